@@ -1,0 +1,75 @@
+"""The one place that owns Numba compile settings and thread control.
+
+Environment variables override the defaults:
+  FASTBP_FASTMATH=0   compile without fast-math (strict IEEE ordering)
+  FASTBP_CACHE=0      do not write compiled kernels to Numba's on-disk cache
+"""
+import contextlib
+import operator
+import os
+
+import numba
+
+# No 'nnan'/'ninf': the epoch loop must still see NaN/inf to report divergence.
+# No 'afn': approximate exp/log would move float64 results away from PyTorch's.
+_FASTMATH_FLAGS = {"nsz", "arcp", "contract", "reassoc"}
+
+
+def _env_flag(name, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+FASTMATH = _FASTMATH_FLAGS if _env_flag("FASTBP_FASTMATH", True) else False
+CACHE = _env_flag("FASTBP_CACHE", True)
+
+
+def jit(fn=None, *, parallel=False):
+    """numba.njit with the project's settings; every kernel is compiled through here."""
+    def wrap(f):
+        return numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=parallel, nogil=True)(f)
+    return wrap(fn) if fn is not None else wrap
+
+
+def max_threads():
+    """Threads Numba can use in this process (cores, or NUMBA_NUM_THREADS)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def resolve_n_threads(n_threads):
+    limit = max_threads()
+    if n_threads is None:
+        return limit
+    if isinstance(n_threads, bool):
+        raise TypeError(f"n_threads must be a positive integer or None, got {n_threads!r}")
+    try:
+        n_threads = operator.index(n_threads)
+    except TypeError:
+        raise TypeError(f"n_threads must be a positive integer or None, got {n_threads!r}") from None
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1 (or None for all {limit} cores), got {n_threads}")
+    if n_threads > limit:
+        raise ValueError(
+            f"n_threads={n_threads} exceeds the {limit} threads Numba was started with; "
+            f"use n_threads<={limit} or set NUMBA_NUM_THREADS before importing fastbp")
+    return n_threads
+
+
+@contextlib.contextmanager
+def thread_limits(numba_threads, blas_threads):
+    """Run a block with `numba_threads` Numba workers and `blas_threads` BLAS threads.
+
+    BLAS calls made inside a prange must run single-threaded, or the two pools
+    oversubscribe the cores; the caller chooses which side gets the threads.
+    """
+    from threadpoolctl import threadpool_limits
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(numba_threads)
+    try:
+        with threadpool_limits(limits=blas_threads, user_api="blas"):
+            yield
+    finally:
+        numba.set_num_threads(previous)

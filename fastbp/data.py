@@ -1,0 +1,107 @@
+"""Validation at the boundary: user arrays in, contiguous arrays of the model dtype out.
+
+Every check raises ValueError or TypeError with a message that names the
+problem and the fix; compiled code only ever sees arrays it can handle.
+Inputs are never modified: conversions copy when they must, and only then.
+"""
+import numpy as np
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def check_dtype(dtype):
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return name
+
+
+def _numeric_array(a, what):
+    if isinstance(a, np.ndarray):
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except Exception as exc:  # ragged lists and the like
+            raise ValueError(f"{what} could not be turned into an array: {exc}") from None
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{what} is complex ({arr.dtype}); pass real numbers (e.g. the real part or magnitude)")
+    if kind in "USV":
+        raise TypeError(f"{what} holds strings/bytes ({arr.dtype}); encode them as numbers first")
+    if kind in "mM":
+        raise TypeError(f"{what} holds dates/times ({arr.dtype}); convert them to numbers first")
+    if kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{what} has dtype object with non-numeric entries; pass a numeric array") from None
+    return arr
+
+
+def check_X(X, dtype, n_features=None):
+    """2-D, non-empty, finite, numeric -> C-contiguous array of `dtype` (no copy when already so)."""
+    arr = _numeric_array(X, "X")
+    if arr.ndim != 2:
+        hint = (" Reshape with X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample."
+                if arr.ndim == 1 else "")
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {arr.shape}.{hint}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"X is empty: it has 0 samples (shape {arr.shape}); pass at least one row")
+    if arr.shape[1] == 0:
+        raise ValueError(f"X has 0 features (shape {arr.shape}); pass at least one column")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"X has {arr.shape[1]} features but the model expects {n_features} "
+                         f"(layer_sizes[0]); pass the same columns as at training")
+    out = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
+    _check_finite(out, "X")
+    return out
+
+
+def _check_finite(arr, what):
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        where = f"row {bad[0]}" + (f", column {bad[1]}" if arr.ndim > 1 else "")
+        raise ValueError(f"{what} contains NaN or infinity (first at {where}, value {arr[tuple(bad)]}); "
+                         "impute or drop those entries first")
+
+
+def check_targets(y, loss, n_out, n_samples, dtype):
+    """Targets as a C-contiguous (n_samples, k) array of `dtype` for the compiled loss.
+
+    cross_entropy: integer class labels 0..n_out-1, shape (n,) or (n, 1) -> k = 1.
+    binary_cross_entropy: values in [0, 1], shape (n,) when n_out == 1, else (n, n_out).
+    mse: shape (n,) when n_out == 1, else (n, n_out).
+    """
+    arr = _numeric_array(y, "y")
+    if arr.ndim == 0:
+        raise ValueError("y must be an array with one entry per sample, got a scalar")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"y has {arr.shape[0]} entries but X has {n_samples} samples; they must match")
+    if loss == "cross_entropy":
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise ValueError(f"cross_entropy needs y as class labels of shape (n_samples,), got shape {arr.shape}; "
+                             "for one-hot targets pass y.argmax(axis=1)")
+        labels = arr.astype(np.float64)
+        _check_finite(labels, "y")
+        if not np.array_equal(labels, np.round(labels)):
+            raise ValueError("cross_entropy needs integer class labels 0..K-1, but y has non-integer values; "
+                             "encode labels with e.g. numpy.unique(y, return_inverse=True)")
+        lo, hi = labels.min(), labels.max()
+        if lo < 0 or hi > n_out - 1:
+            raise ValueError(f"cross_entropy labels must lie in 0..{n_out - 1} (the model has {n_out} outputs), "
+                             f"but y ranges over {lo:g}..{hi:g}; remap the labels or change layer_sizes[-1]")
+        return np.ascontiguousarray(labels.reshape(-1, 1), dtype=DTYPES[dtype])
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2 or arr.shape[1] != n_out:
+        raise ValueError(f"{loss} needs y of shape ({n_samples},{' ' + str(n_out) if n_out > 1 else ''}) "
+                         f"to match the model's {n_out} output(s), got shape {np.shape(y)}")
+    out = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
+    _check_finite(out, "y")
+    if loss == "binary_cross_entropy" and (out.min() < 0 or out.max() > 1):
+        raise ValueError(f"binary_cross_entropy targets must lie in [0, 1], but y ranges over "
+                         f"{out.min():g}..{out.max():g}; use 0/1 labels or probabilities")
+    return out

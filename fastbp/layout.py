@@ -1,0 +1,84 @@
+"""Layout: layer sizes -> offsets into one flat parameter vector, views and init.
+
+Layer l owns params[w_offsets[l] : w_offsets[l] + n_in*n_out] as a row-major
+(n_in, n_out) weight matrix W_l, followed by its n_out biases b_l. Gradients
+and optimizer state are flat vectors with the same layout.
+"""
+import math
+import operator
+
+import numpy as np
+
+INITS = ("auto", "he_uniform", "he_normal", "glorot_uniform", "glorot_normal")
+
+
+def check_layer_sizes(layer_sizes):
+    try:
+        sizes = list(layer_sizes)
+    except TypeError:
+        raise TypeError(f"layer_sizes must be a list of positive integers, got {layer_sizes!r}") from None
+    if len(sizes) < 2:
+        raise ValueError(
+            f"layer_sizes needs at least two entries [n_in, n_out] (hidden sizes in between), got {sizes!r}")
+    checked = []
+    for s in sizes:
+        if isinstance(s, bool):
+            raise TypeError(f"layer_sizes must hold positive integers, got {s!r} in {sizes!r}")
+        try:
+            s = operator.index(s)
+        except TypeError:
+            raise TypeError(f"layer_sizes must hold positive integers, got {s!r} in {sizes!r}") from None
+        if s < 1:
+            raise ValueError(f"every layer size must be >= 1, got {s} in {sizes!r}")
+        checked.append(int(s))
+    return checked
+
+
+class Layout:
+    """Offsets of each layer's W and b in a flat vector."""
+
+    def __init__(self, layer_sizes):
+        self.sizes = np.asarray(check_layer_sizes(layer_sizes), dtype=np.int64)
+        self.n_layers = len(self.sizes) - 1
+        fan = self.sizes[:-1] * self.sizes[1:] + self.sizes[1:]
+        self.w_offsets = np.concatenate(([0], np.cumsum(fan)[:-1])).astype(np.int64)
+        self.n_params = int(fan.sum())
+
+    @property
+    def n_in(self):
+        return int(self.sizes[0])
+
+    @property
+    def n_out(self):
+        return int(self.sizes[-1])
+
+    def views(self, flat):
+        """[(W_l, b_l)] as views into `flat` (writing into them writes into `flat`)."""
+        out = []
+        for l in range(self.n_layers):
+            n_in, n_out = int(self.sizes[l]), int(self.sizes[l + 1])
+            start = int(self.w_offsets[l])
+            W = flat[start:start + n_in * n_out].reshape(n_in, n_out)
+            b = flat[start + n_in * n_out:start + n_in * n_out + n_out]
+            out.append((W, b))
+        return out
+
+    def initialize(self, flat, init, activation, rng):
+        """Fill `flat` with a seeded initialization; biases start at zero."""
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
+        if init == "auto":
+            from .activations import RELU_FAMILY
+            init = "he_uniform" if activation in RELU_FAMILY else "glorot_uniform"
+        for W, b in self.views(flat):
+            fan_in, fan_out = W.shape
+            if init.startswith("he"):
+                std = math.sqrt(2.0 / fan_in)
+            else:
+                std = math.sqrt(2.0 / (fan_in + fan_out))
+            if init.endswith("uniform"):
+                bound = math.sqrt(3.0) * std  # U(-bound, bound) has this std
+                W[...] = rng.uniform(-bound, bound, size=W.shape)
+            else:
+                W[...] = rng.normal(0.0, std, size=W.shape)
+            b[...] = 0.0

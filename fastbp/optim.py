@@ -1,0 +1,100 @@
+"""Optimizers on the flat layout: state is a (n_state, n_params) array, the update is one fused loop.
+
+Each optimizer is an init (how many state vectors, hyper-parameters packed into
+a small array of the model dtype) plus a compiled update that first sums the
+per-thread gradient slabs in a fixed order (deterministic), then steps in place.
+Definitions follow torch.optim.
+"""
+import math
+
+import numpy as np
+from numba import prange
+
+from .config import jit
+
+SGD = 0
+OPTIMIZERS = {"sgd": SGD}
+
+# Indices into the hyper-parameter array passed to compiled code.
+LR, MOMENTUM, NESTEROV, WEIGHT_DECAY = range(4)
+N_HYPER = 4
+
+_BLOCK = 4096  # parameters per parallel work item: large enough to amortize scheduling
+
+
+def optimizer_code(name):
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
+
+
+def check_hyper(lr, momentum, nesterov, weight_decay):
+    def finite_number(name, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        return float(value)
+
+    lr = finite_number("lr", lr)
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}; typical values are 1e-3 to 1e-1")
+    momentum = finite_number("momentum", momentum)
+    if momentum < 0:
+        raise ValueError(f"momentum must be >= 0, got {momentum!r}")
+    weight_decay = finite_number("weight_decay", weight_decay)
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if nesterov and momentum <= 0:
+        raise ValueError("nesterov=True needs momentum > 0 (as in torch.optim.SGD)")
+    return lr, momentum, bool(nesterov), weight_decay
+
+
+def make_hyper(dtype, lr, momentum, nesterov, weight_decay):
+    hyper = np.zeros(N_HYPER, dtype=dtype)
+    hyper[LR] = lr
+    hyper[MOMENTUM] = momentum
+    hyper[NESTEROV] = 1.0 if nesterov else 0.0
+    hyper[WEIGHT_DECAY] = weight_decay
+    return hyper
+
+
+def n_state_vectors(code, momentum):
+    """State vectors the optimizer keeps: SGD needs its momentum buffer only when momentum > 0."""
+    return 1 if momentum > 0 else 0
+
+
+@jit(parallel=True)
+def apply_update(opt_code, params, slabs, n_active, state, step, hyper):
+    """Sum slabs[:n_active] into the gradient and take one optimizer step in place."""
+    step[0] += 1
+    t = step[0]
+    n = params.size
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    for blk in prange(n_blocks):
+        lo = blk * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        _sgd_block(params, slabs, n_active, state, t, hyper, lo, hi)
+
+
+@jit
+def _sgd_block(params, slabs, n_active, state, t, hyper, lo, hi):
+    lr = hyper[LR]
+    momentum = hyper[MOMENTUM]
+    nesterov = hyper[NESTEROV] != 0
+    weight_decay = hyper[WEIGHT_DECAY]
+    zero = params.dtype.type(0.0)
+    for i in range(lo, hi):
+        g = slabs[0, i]
+        for c in range(1, n_active):
+            g += slabs[c, i]
+        if weight_decay != zero:
+            g += weight_decay * params[i]
+        if momentum != zero:
+            if t == 1:
+                buf = g  # torch initializes the buffer with the first gradient
+            else:
+                buf = momentum * state[0, i] + g
+            state[0, i] = buf
+            g = g + momentum * buf if nesterov else buf
+        params[i] -= lr * g
