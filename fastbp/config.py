@@ -9,6 +9,10 @@ import operator
 import os
 
 import numba
+# Numba's np.dot calls the BLAS that SciPy bundles. Load it now, so threadpoolctl
+# sees it and can limit its threads; loaded lazily it would escape the limit and
+# spin extra threads inside every parallel kernel.
+import scipy.linalg.cython_blas  # noqa: F401
 
 # No 'nnan'/'ninf': the epoch loop must still see NaN/inf to report divergence.
 # No 'afn': approximate exp/log would move float64 results away from PyTorch's.

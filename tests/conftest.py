@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+
+ACTIVATIONS = ["relu", "leaky_relu", "tanh", "sigmoid", "identity", "elu", "softplus", "gelu"]
+LOSSES = ["mse", "cross_entropy", "binary_cross_entropy"]
+
+
+def make_problem(loss, n, n_in, n_out, seed=0, dtype=np.float64):
+    """Random X and targets valid for `loss`."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, n_in)).astype(dtype)
+    if loss == "cross_entropy":
+        y = rng.integers(0, n_out, size=n)
+    elif loss == "binary_cross_entropy":
+        y = rng.integers(0, 2, size=(n, n_out)).astype(dtype)
+    else:
+        y = rng.normal(size=(n, n_out)).astype(dtype)
+    return X, y
+
+
+@pytest.fixture
+def problem():
+    return make_problem
