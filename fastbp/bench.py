@@ -1,0 +1,218 @@
+"""Benchmark fastbp against PyTorch and scikit-learn on the same data, net, batch size and threads.
+
+Run as `python scripts/compare_peers.py` or `fastbp bench`. Each system trains
+plain SGD (no momentum, no weight decay) for one warm-up epoch, then the best of
+`--repeat` timed epochs counts. The float32 GEMM peak (numpy matmul) is measured
+in the same run, at 1024^3 and at each workload's layer shapes.
+"""
+import argparse
+import platform
+import time
+import warnings
+
+import numpy as np
+
+# name: (rows, features, hidden, classes, batch)
+WORKLOADS = {
+    "tabular": (262144, 28, (256, 256), 2, 256),
+    "small_batch": (65536, 28, (256, 256), 2, 32),
+    "narrow": (262144, 16, (64, 64), 2, 128),
+    "wide": (65536, 512, (1024, 1024), 10, 1024),
+}
+LR = 0.01
+
+
+def layer_sizes(workload):
+    _, features, hidden, classes, _ = WORKLOADS[workload]
+    return [features, *hidden, classes]
+
+
+def flops_per_sample(sizes):
+    """Forward 2*sum(P) + weight grads 2*sum(P) + input grads 2*sum(P) without the first layer."""
+    P = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * sum(P) + 2 * sum(P) + 2 * sum(P[1:])
+
+
+def make_data(workload, dtype, seed=0):
+    rows, features, _, classes, _ = WORKLOADS[workload]
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, features)).astype(dtype)
+    w = rng.normal(size=(features, classes)).astype(dtype)
+    return X, (X @ w).argmax(axis=1)
+
+
+def best_time(run, repeat):
+    run()  # warm-up: compilation, caches, allocator
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_fastbp(workload, X, y, threads, repeat):
+    from fastbp import Trainer
+
+    batch = WORKLOADS[workload][4]
+    tr = Trainer(layer_sizes(workload), activation="relu", loss="cross_entropy", lr=LR, batch_size=batch,
+                 epochs=1, dtype=X.dtype.name, n_threads=threads, seed=0)
+    return best_time(lambda: tr.fit(X, y), repeat)
+
+
+def time_torch(workload, X, y, threads, repeat):
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    sizes = layer_sizes(workload)
+    dtype = torch.float32 if X.dtype == np.float32 else torch.float64
+    modules = []
+    for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        modules.append(torch.nn.Linear(a, b, dtype=dtype))
+        if l < len(sizes) - 2:
+            modules.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*modules)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y).long()
+    batch = WORKLOADS[workload][4]
+
+    def epoch():
+        perm = torch.randperm(len(Xt))
+        Xs, ys = Xt[perm], yt[perm]  # one gather per epoch: the cheapest loop PyTorch offers
+        for start in range(0, len(Xs), batch):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(Xs[start:start + batch]), ys[start:start + batch]).backward()
+            opt.step()
+
+    return best_time(epoch, repeat)
+
+
+def time_sklearn(workload, X, y, threads, repeat):
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    _, _, hidden, _, batch = WORKLOADS[workload]
+    model = MLPClassifier(hidden_layer_sizes=hidden, solver="sgd", batch_size=batch, learning_rate_init=LR,
+                          momentum=0.0, alpha=0.0, max_iter=1, shuffle=True, random_state=0)
+
+    def epoch():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(X, y)
+
+    with threadpool_limits(limits=threads):
+        return best_time(epoch, repeat)
+
+
+def gemm_gflops(shapes, dtype, threads, min_seconds=0.3):
+    """GFLOP/s of numpy matmul over a list of (m, k, n) shapes, timed together."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(size=(m, k)).astype(dtype), rng.normal(size=(k, n)).astype(dtype)) for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for a, b in pairs:
+            a @ b
+        best = float("inf")
+        deadline = time.perf_counter() + min_seconds
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            for a, b in pairs:
+                a @ b
+            best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+SYSTEMS = {"fastbp": time_fastbp, "torch": time_torch, "sklearn": time_sklearn}
+
+
+def available(system):
+    if system == "fastbp":
+        return True
+    try:
+        __import__("torch" if system == "torch" else "sklearn")
+        return True
+    except ImportError:
+        return False
+
+
+def run(workloads, threads, dtype, repeat, systems):
+    np_dtype = np.dtype(dtype).type
+    peak = gemm_gflops([(1024, 1024, 1024)], np_dtype, threads)
+    rows = []
+    for name in workloads:
+        X, y = make_data(name, np_dtype)
+        n, batch = WORKLOADS[name][0], WORKLOADS[name][4]
+        sizes = layer_sizes(name)
+        shape_peak = gemm_gflops([(batch, a, b) for a, b in zip(sizes[:-1], sizes[1:])], np_dtype, threads)
+        rate = {}
+        for system in systems:
+            if available(system):
+                rate[system] = n / SYSTEMS[system](name, X, y, threads, repeat)
+        fpss = flops_per_sample(sizes)
+        rows.append({"workload": name, "rate": rate, "gflops": {s: r * fpss / 1e9 for s, r in rate.items()},
+                     "peak": peak, "shape_peak": shape_peak})
+        print(format_row(rows[-1], systems), flush=True)
+    return rows
+
+
+HEADER = ("| workload | fastbp samples/s | torch samples/s | sklearn samples/s | fastbp/torch | fastbp/sklearn "
+          "| fastbp GFLOP/s | fastbp % peak | torch % peak | GEMM GFLOP/s at layer shapes |")
+
+
+def format_row(row, systems):
+    rate, gf, peak = row["rate"], row["gflops"], row["peak"]
+
+    def cell(system, fmt):
+        return fmt(system) if system in rate else "—"
+
+    ratio = lambda s: f"{rate['fastbp'] / rate[s]:.2f}×" if s in rate and "fastbp" in rate else "—"
+    return (f"| {row['workload']} | {cell('fastbp', lambda s: f'{rate[s]:,.0f}')} "
+            f"| {cell('torch', lambda s: f'{rate[s]:,.0f}')} | {cell('sklearn', lambda s: f'{rate[s]:,.0f}')} "
+            f"| {ratio('torch')} | {ratio('sklearn')} | {cell('fastbp', lambda s: f'{gf[s]:.1f}')} "
+            f"| {cell('fastbp', lambda s: f'{100 * gf[s] / peak:.0f} %')} "
+            f"| {cell('torch', lambda s: f'{100 * gf[s] / peak:.0f} %')} | {row['shape_peak']:.0f} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="compare_peers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
+    parser.add_argument("--threads", default=None, help="thread counts, comma-separated (default: all cores)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--repeat", type=int, default=3, help="timed epochs per system; the best counts")
+    parser.add_argument("--systems", default="fastbp,torch,sklearn")
+    parser.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
+    args = parser.parse_args(argv)
+    from fastbp.config import max_threads
+
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    systems = [s.strip() for s in args.systems.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [max_threads()]
+    lines = []
+    for threads in thread_counts:
+        title = f"{args.dtype}, {threads} thread(s), best of {args.repeat} epochs after one warm-up"
+        print(f"\n{title}\n{HEADER}\n|{'---|' * HEADER.count('|')[:-1] if False else '---|' * (HEADER.count('|') - 1)}")
+        rows = run(workloads, threads, args.dtype, args.repeat, systems)
+        lines += [f"**{title}**", "", HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+        lines += [format_row(r, systems) for r in rows] + [""]
+        peak = rows[0]["peak"] if rows else float("nan")
+        lines += [f"float32 GEMM peak (numpy matmul 1024³, {threads} thread(s)): {peak:.0f} GFLOP/s", ""]
+        print(lines[-2])
+    machine = f"{platform.processor() or platform.machine()}, {max_threads()} cores, Python {platform.python_version()}"
+    lines.append(f"Machine: {machine}.")
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
