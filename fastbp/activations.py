@@ -37,52 +37,51 @@ def activation_code(name):
 
 
 @jit
-def bias_activate(z, b, a, code):
-    """a = f(z + b) row by row; z and a may be the same array. For gelu, z keeps z + b."""
-    rows, n = z.shape
-    one = z.dtype.type(1.0)
-    zero = z.dtype.type(0.0)
+def bias_activate(a, b, code):
+    """a = f(a + b) in place, for one row (one array, so the loops vectorize without alias checks)."""
+    n = a.shape[0]
+    one = a.dtype.type(1.0)
+    zero = a.dtype.type(0.0)
     if code == IDENTITY:
-        for i in range(rows):
-            for j in range(n):
-                a[i, j] = z[i, j] + b[j]
+        for j in range(n):
+            a[j] += b[j]
     elif code == RELU:
-        for i in range(rows):
-            for j in range(n):
-                a[i, j] = max(z[i, j] + b[j], zero)
+        for j in range(n):
+            a[j] = max(a[j] + b[j], zero)
     elif code == LEAKY_RELU:
-        slope = z.dtype.type(LEAKY_SLOPE)
-        for i in range(rows):
-            for j in range(n):
-                v = z[i, j] + b[j]
-                a[i, j] = v if v > zero else slope * v
+        slope = a.dtype.type(LEAKY_SLOPE)
+        for j in range(n):
+            v = a[j] + b[j]
+            a[j] = v if v > zero else slope * v
     elif code == TANH:
-        for i in range(rows):
-            for j in range(n):
-                a[i, j] = np.tanh(z[i, j] + b[j])
+        for j in range(n):
+            a[j] = np.tanh(a[j] + b[j])
     elif code == SIGMOID:
-        for i in range(rows):
-            for j in range(n):
-                a[i, j] = sigmoid(z[i, j] + b[j], one)
+        for j in range(n):
+            a[j] = sigmoid(a[j] + b[j], one)
     elif code == ELU:
-        for i in range(rows):
-            for j in range(n):
-                v = z[i, j] + b[j]
-                a[i, j] = v if v > zero else np.expm1(v)
+        for j in range(n):
+            v = a[j] + b[j]
+            a[j] = v if v > zero else np.expm1(v)
     elif code == SOFTPLUS:
-        threshold = z.dtype.type(SOFTPLUS_THRESHOLD)
-        for i in range(rows):
-            for j in range(n):
-                v = z[i, j] + b[j]
-                a[i, j] = v if v > threshold else np.log1p(np.exp(v))
-    else:  # GELU, exact erf form
-        half = z.dtype.type(0.5)
-        c = z.dtype.type(INV_SQRT2)
-        for i in range(rows):
-            for j in range(n):
-                v = z[i, j] + b[j]
-                z[i, j] = v
-                a[i, j] = half * v * (one + math.erf(v * c))
+        threshold = a.dtype.type(SOFTPLUS_THRESHOLD)
+        for j in range(n):
+            v = a[j] + b[j]
+            a[j] = v if v > threshold else np.log1p(np.exp(v))
+    else:  # GELU keeps z: callers use gelu_bias_activate
+        raise ValueError("gelu needs gelu_bias_activate")
+
+
+@jit
+def gelu_bias_activate(z, b, a):
+    """z += b; a = gelu(z), exact erf form, for one row."""
+    one = z.dtype.type(1.0)
+    half = z.dtype.type(0.5)
+    c = z.dtype.type(INV_SQRT2)
+    for j in range(z.shape[0]):
+        v = z[j] + b[j]
+        z[j] = v
+        a[j] = half * v * (one + math.erf(v * c))
 
 
 @jit
@@ -96,48 +95,38 @@ def sigmoid(v, one):
 
 @jit
 def scale_by_derivative(d, a, z, code):
-    """d *= f'(z), with f' computed from a = f(z) (or from z for gelu)."""
-    rows, n = d.shape
+    """d *= f'(z) for one row, with f' computed from a = f(z) (or from z for gelu)."""
+    n = d.shape[0]
     one = d.dtype.type(1.0)
     zero = d.dtype.type(0.0)
     if code == IDENTITY:
         return
     if code == RELU:
-        for i in range(rows):
-            for j in range(n):
-                if a[i, j] <= zero:
-                    d[i, j] = zero
+        for j in range(n):
+            d[j] = d[j] if a[j] > zero else zero
     elif code == LEAKY_RELU:
         slope = d.dtype.type(LEAKY_SLOPE)
-        for i in range(rows):
-            for j in range(n):
-                if a[i, j] <= zero:
-                    d[i, j] *= slope
+        for j in range(n):
+            d[j] = d[j] if a[j] > zero else d[j] * slope
     elif code == TANH:
-        for i in range(rows):
-            for j in range(n):
-                d[i, j] *= one - a[i, j] * a[i, j]
+        for j in range(n):
+            d[j] *= one - a[j] * a[j]
     elif code == SIGMOID:
-        for i in range(rows):
-            for j in range(n):
-                d[i, j] *= a[i, j] * (one - a[i, j])
+        for j in range(n):
+            d[j] *= a[j] * (one - a[j])
     elif code == ELU:
-        for i in range(rows):
-            for j in range(n):
-                if a[i, j] <= zero:
-                    d[i, j] *= a[i, j] + one
+        for j in range(n):
+            d[j] = d[j] if a[j] > zero else d[j] * (a[j] + one)
     elif code == SOFTPLUS:
         # softplus'(z) = sigmoid(z) = 1 - exp(-a)
         threshold = d.dtype.type(SOFTPLUS_THRESHOLD)
-        for i in range(rows):
-            for j in range(n):
-                if a[i, j] <= threshold:
-                    d[i, j] *= -np.expm1(-a[i, j])
+        for j in range(n):
+            if a[j] <= threshold:
+                d[j] *= -np.expm1(-a[j])
     else:  # GELU: Phi(z) + z * phi(z)
         half = d.dtype.type(0.5)
         c = d.dtype.type(INV_SQRT2)
         k = d.dtype.type(INV_SQRT_2PI)
-        for i in range(rows):
-            for j in range(n):
-                v = z[i, j]
-                d[i, j] *= half * (one + math.erf(v * c)) + v * k * np.exp(-half * v * v)
+        for j in range(n):
+            v = z[j]
+            d[j] *= half * (one + math.erf(v * c)) + v * k * np.exp(-half * v * v)

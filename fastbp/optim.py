@@ -1,9 +1,8 @@
 """Optimizers on the flat layout: state is a (n_state, n_params) array, the update is one fused loop.
 
 Each optimizer is an init (how many state vectors, hyper-parameters packed into
-a small array of the model dtype) plus a compiled update that first sums the
-per-thread gradient slabs in a fixed order (deterministic), then steps in place.
-Definitions follow torch.optim.
+a small array of the model dtype) plus a compiled update that steps in place,
+in parallel over blocks of parameters. Definitions follow torch.optim.
 """
 import math
 
@@ -65,8 +64,8 @@ def n_state_vectors(code, momentum):
 
 
 @jit(parallel=True)
-def apply_update(opt_code, params, slabs, n_active, state, step, hyper):
-    """Sum slabs[:n_active] into the gradient and take one optimizer step in place."""
+def apply_update(opt_code, params, grad, state, step, hyper):
+    """Take one optimizer step in place from the flat gradient `grad`."""
     step[0] += 1
     t = step[0]
     n = params.size
@@ -74,20 +73,18 @@ def apply_update(opt_code, params, slabs, n_active, state, step, hyper):
     for blk in prange(n_blocks):
         lo = blk * _BLOCK
         hi = min(n, lo + _BLOCK)
-        _sgd_block(params, slabs, n_active, state, t, hyper, lo, hi)
+        _sgd_block(params, grad, state, t, hyper, lo, hi)
 
 
 @jit
-def _sgd_block(params, slabs, n_active, state, t, hyper, lo, hi):
+def _sgd_block(params, grad, state, t, hyper, lo, hi):
     lr = hyper[LR]
     momentum = hyper[MOMENTUM]
     nesterov = hyper[NESTEROV] != 0
     weight_decay = hyper[WEIGHT_DECAY]
     zero = params.dtype.type(0.0)
     for i in range(lo, hi):
-        g = slabs[0, i]
-        for c in range(1, n_active):
-            g += slabs[c, i]
+        g = grad[i]
         if weight_decay != zero:
             g += weight_decay * params[i]
         if momentum != zero:

@@ -14,10 +14,8 @@ from .losses import CLASSIFICATION_LOSSES, CROSS_ENTROPY, elements_per_row, loss
 from .modelfile import read_model, write_model
 from .optim import check_hyper, make_hyper, n_state_vectors, optimizer_code
 
-# Below this many rows per thread a batch is not split across threads: BLAS
-# threads inside each GEMM are cheaper than per-thread slabs on so few rows.
-MIN_ROWS_PER_THREAD = 16
-PREDICT_BLOCK_ROWS = 1024
+PREDICT_BLOCK_ROWS = 1024   # rows per forward block in predict: keeps the workspace small
+GRADIENT_BLOCK_ROWS = 4096  # rows per block in loss_and_grad
 
 
 class TrainingDiverged(FloatingPointError):
@@ -105,21 +103,19 @@ class Trainer:
         n = X.shape[0]
         batch = min(self.batch_size, n)
         n_threads = resolve_n_threads(self.n_threads)
-        n_chunks, blas_threads = self._plan(batch, n_threads)
-        capacity = -(-batch // n_chunks)
-        acts, zs, deltas = self._workspace(n_chunks, capacity)
-        slabs = np.empty((n_chunks, self.layout.n_params), dtype=self.params.dtype)
+        acts, zs, deltas = self._workspace(batch)
+        grad = np.empty_like(self.params)
         hyper = make_hyper(self.params.dtype, self.lr, self.momentum, self.nesterov, self.weight_decay)
         epr = elements_per_row(self._loss_code, self.layout.n_out)
-        with thread_limits(n_chunks if n_chunks > 1 else n_threads, blas_threads):
+        with thread_limits(n_threads, 1):
             for _ in range(self.epochs):
                 order = self._shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
                 backup = (self.params.copy(), self._opt_state.copy(), self._opt_step.copy())
                 start = time.perf_counter()
                 loss = kernels.train_epoch(
-                    self.params, slabs, self._opt_state, self._opt_step, hyper, self._opt_code,
+                    self.params, grad, self._opt_state, self._opt_step, hyper, self._opt_code,
                     self.layout.sizes, self.layout.w_offsets, self._act_codes, self._loss_code, epr,
-                    acts, zs, deltas, capacity, X, Y, order, batch)
+                    acts, zs, deltas, X, Y, order, batch, n_threads)
                 seconds = time.perf_counter() - start
                 if not math.isfinite(loss):
                     self.params[:], self._opt_state[:], self._opt_step[:] = backup
@@ -177,15 +173,14 @@ class Trainer:
         X, Y = self._check_data(X, y)
         n = X.shape[0]
         n_threads = resolve_n_threads(self.n_threads)
-        n_chunks = min(n_threads, n)
-        capacity = min(n, 4096)
-        acts, zs, deltas = self._workspace(n_chunks, capacity)
-        slabs = np.empty((n_chunks, self.layout.n_params), dtype=self.params.dtype)
+        capacity = min(n, GRADIENT_BLOCK_ROWS)
+        acts, zs, deltas = self._workspace(capacity)
         grad = np.empty_like(self.params)
         epr = elements_per_row(self._loss_code, self.layout.n_out)
-        with thread_limits(n_chunks, 1 if n_chunks > 1 else n_threads):
-            loss = kernels.loss_and_gradient(self.params, grad, slabs, self.layout.sizes, self.layout.w_offsets,
-                                             self._act_codes, self._loss_code, epr, acts, zs, deltas, capacity, X, Y)
+        with thread_limits(n_threads, 1):
+            loss = kernels.loss_and_gradient(self.params, grad, self.layout.sizes, self.layout.w_offsets,
+                                             self._act_codes, self._loss_code, epr, acts, zs, deltas, capacity,
+                                             X, Y, n_threads)
         return float(loss), grad
 
     def save(self, path):
@@ -230,33 +225,22 @@ class Trainer:
         Y = check_targets(y, self.loss, self.layout.n_out, X.shape[0], self.dtype)
         return X, Y
 
-    @staticmethod
-    def _plan(batch, n_threads):
-        """(chunks per batch, BLAS threads): split rows over threads, or give BLAS the threads."""
-        if n_threads > 1 and batch // n_threads >= MIN_ROWS_PER_THREAD:
-            return n_threads, 1
-        return 1, n_threads
-
-    def _workspace(self, n_chunks, capacity):
-        """Per-chunk activations, gelu pre-activations (only when a layer uses gelu) and two delta buffers."""
-        sizes = self.layout.sizes
+    def _workspace(self, capacity):
+        """Activations, gelu pre-activations (only when a layer uses gelu) and deltas for `capacity` rows."""
+        width = capacity * int(self.layout.sizes.sum())
         dtype = self.params.dtype
-        acts = np.empty((n_chunks, capacity * int(sizes.sum())), dtype=dtype)
-        z_width = acts.shape[1] if (self._act_codes == GELU).any() else 0
-        zs = np.empty((n_chunks, z_width), dtype=dtype)
-        deltas = np.empty((n_chunks, 2, capacity * int(sizes.max())), dtype=dtype)
-        return acts, zs, deltas
+        zs = np.empty(width if (self._act_codes == GELU).any() else 0, dtype=dtype)
+        return np.empty(width, dtype=dtype), zs, np.empty(width, dtype=dtype)
 
     def _logits(self, X):
         n = X.shape[0]
         n_threads = resolve_n_threads(self.n_threads)
         capacity = min(n, PREDICT_BLOCK_ROWS)
-        n_chunks = min(n_threads, -(-n // capacity))
-        acts, zs, _ = self._workspace(n_chunks, capacity)
+        acts, zs, _ = self._workspace(capacity)
         out = np.empty((n, self.layout.n_out), dtype=self.params.dtype)
-        with thread_limits(n_chunks, 1 if n_chunks > 1 else n_threads):
+        with thread_limits(n_threads, 1):
             kernels.forward_all(self.params, self.layout.sizes, self.layout.w_offsets, self._act_codes,
-                                acts, zs, capacity, X, out)
+                                acts, zs, capacity, X, out, n_threads)
         return out
 
     def _probabilities(self, logits):

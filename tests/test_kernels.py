@@ -105,3 +105,23 @@ def test_large_logits_are_finite():
         tr2.params[:] = tr.params
         value, grad = tr2.loss_and_grad(X, y)
         assert np.isfinite(value) and np.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("sizes", [[37, 70, 33, 5], [16, 64, 64, 2], [3, 130, 2]])
+def test_thread_split_matches_single_thread(sizes):
+    """Wide layers split over 2 threads (rows and aligned dW slices) agree with 1 thread and the reference."""
+    X, y = make_problem("cross_entropy", 203, sizes[0], sizes[-1], seed=6)
+    runs = []
+    for n_threads in (1, 2):
+        tr = fastbp.Trainer(sizes, activation="gelu", lr=0.05, momentum=0.9, batch_size=50, epochs=2,
+                            dtype="float64", n_threads=n_threads, seed=1)
+        layers = naive_layers(tr)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = tr._shuffle_rng.bit_generator.state
+        runs.append(tr.fit(X, y).params)
+    buffers, step = None, 0
+    for _ in range(2):
+        buffers, step = naive.sgd_epoch(layers, ["gelu"] * (len(sizes) - 2), "cross_entropy", X, y,
+                                        rng.permutation(len(X)), 50, 0.05, 0.9, False, 0.0, buffers, step)
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(runs[1], naive.flatten(layers), rtol=1e-9, atol=1e-12)
