@@ -34,7 +34,7 @@ from .activations import GELU, bias_activate, gelu_bias_activate, scale_by_deriv
 from .blas import gemm
 from .config import jit
 from .losses import row_loss_and_delta
-from .optim import apply_update
+from .optim import update_range
 
 _ALIGN = 16  # split points fall on multiples of 16 elements: whole cache lines per thread
 
@@ -121,10 +121,12 @@ def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, acts, zs, del
 
 
 @jit
-def _weight_gradients(grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta):
+def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta,
+                      opt_code, state, t, hyper):
     """This part's slice of every layer's dW rows and db entries, over all `rows` rows.
 
     beta = 0 overwrites the gradient; beta = 1 adds to it (accumulating over blocks).
+    With t > 0, each slice is also stepped by the optimizer right away, while it is in cache.
     """
     one = grad.dtype.type(1.0)
     n_layers = sizes.size - 1
@@ -139,6 +141,8 @@ def _weight_gradients(grad, sizes, w_offsets, acts, deltas, capacity, rows, part
         if k1 > k0:
             gemm(True, False, k1 - k0, n_out, rows, one, acts, off_in + k0, n_in, deltas, d_off, n_out,
                  beta, grad, w0 + k0 * n_out, n_out)
+            if t > 0:
+                update_range(opt_code, params, grad, state, t, hyper, w0 + k0 * n_out, w0 + k1 * n_out)
         c0, c1 = _split(n_out, part, n_parts)
         db = grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1]
         if beta == 0:
@@ -148,14 +152,17 @@ def _weight_gradients(grad, sizes, w_offsets, acts, deltas, capacity, rows, part
             d_row = deltas[r + c0:r + c1]
             for j in range(c1 - c0):
                 db[j] += d_row[j]
+        if t > 0:
+            update_range(opt_code, params, grad, state, t, hyper, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
 
 
 @jit(parallel=True)
 def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, acts, zs, deltas, capacity,
-                   X, Y, order, start, rows, scale, n_parts, beta):
+                   X, Y, order, start, rows, scale, n_parts, beta, opt_code, state, t, hyper):
     """Gradient of scale * (loss sum of rows order[start:start+rows]) into grad (times beta plus it).
 
-    Returns the loss sum of those rows.
+    With t > 0 the optimizer takes step t from that gradient, unless the loss is not
+    finite. Returns the loss sum of those rows.
     """
     part_loss = np.zeros(n_parts)
     for part in prange(n_parts):
@@ -166,11 +173,14 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, acts, z
             _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, r0, r1 - r0)
             part_loss[part] = _backward_rows(params, sizes, w_offsets, act_codes, loss_code, acts, zs, deltas,
                                              capacity, Y, order, start, r0, r1 - r0, scale)
-    for part in prange(n_parts):
-        _weight_gradients(grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta)
     loss = 0.0
     for part in range(n_parts):
         loss += part_loss[part]
+    if not math.isfinite(loss):
+        return loss
+    for part in prange(n_parts):
+        _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta,
+                          opt_code, state, t, hyper)
     return loss
 
 
@@ -190,11 +200,12 @@ def train_epoch(params, grad, state, step, hyper, opt_code, sizes, w_offsets, ac
         m = min(batch_size, n - start)
         scale = one / params.dtype.type(m * loss_elements)
         batch_loss = batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, acts, zs, deltas,
-                                    batch_size, X, Y, order, start, m, scale, min(n_parts, m), zero)
+                                    batch_size, X, Y, order, start, m, scale, min(n_parts, m), zero,
+                                    opt_code, state, step[0] + 1, hyper)
         if not math.isfinite(batch_loss):
             return np.nan
+        step[0] += 1
         total += batch_loss
-        apply_update(opt_code, params, grad, state, step, hyper)
     return total / (n * loss_elements)
 
 
@@ -205,12 +216,15 @@ def loss_and_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss
     n = X.shape[0]
     order = np.arange(n)
     scale = params.dtype.type(1.0) / params.dtype.type(n * loss_elements)
+    no_state = np.empty((0, 0), dtype=params.dtype)
+    no_hyper = np.empty(0, dtype=params.dtype)
     total = 0.0
     for start in range(0, n, capacity):
         rows = min(capacity, n - start)
         beta = params.dtype.type(0.0 if start == 0 else 1.0)
         total += batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, acts, zs, deltas,
-                                capacity, X, Y, order, start, rows, scale, min(n_parts, rows), beta)
+                                capacity, X, Y, order, start, rows, scale, min(n_parts, rows), beta,
+                                0, no_state, 0, no_hyper)
     return total / (n * loss_elements)
 
 

@@ -1,13 +1,13 @@
 """Optimizers on the flat layout: state is a (n_state, n_params) array, the update is one fused loop.
 
 Each optimizer is an init (how many state vectors, hyper-parameters packed into
-a small array of the model dtype) plus a compiled update that steps in place,
-in parallel over blocks of parameters. Definitions follow torch.optim.
+a small array of the model dtype) plus a compiled update of a range of
+parameters, which the kernels call on each thread's slice of the gradient as
+soon as it is computed. Definitions follow torch.optim.
 """
 import math
 
 import numpy as np
-from numba import prange
 
 from .config import jit
 
@@ -17,9 +17,6 @@ OPTIMIZERS = {"sgd": SGD}
 # Indices into the hyper-parameter array passed to compiled code.
 LR, MOMENTUM, NESTEROV, WEIGHT_DECAY = range(4)
 N_HYPER = 4
-
-_BLOCK = 4096  # parameters per parallel work item: large enough to amortize scheduling
-
 
 def optimizer_code(name):
     if not isinstance(name, str) or name not in OPTIMIZERS:
@@ -63,17 +60,10 @@ def n_state_vectors(code, momentum):
     return 1 if momentum > 0 else 0
 
 
-@jit(parallel=True)
-def apply_update(opt_code, params, grad, state, step, hyper):
-    """Take one optimizer step in place from the flat gradient `grad`."""
-    step[0] += 1
-    t = step[0]
-    n = params.size
-    n_blocks = (n + _BLOCK - 1) // _BLOCK
-    for blk in prange(n_blocks):
-        lo = blk * _BLOCK
-        hi = min(n, lo + _BLOCK)
-        _sgd_block(params, grad, state, t, hyper, lo, hi)
+@jit
+def update_range(opt_code, params, grad, state, t, hyper, lo, hi):
+    """Step parameters [lo, hi) in place from their gradient; t is the 1-based step count."""
+    _sgd_block(params, grad, state, t, hyper, lo, hi)
 
 
 @jit
