@@ -36,8 +36,8 @@ def flops_per_sample(sizes):
 def make_data(workload, dtype, seed=0):
     rows, features, _, classes, _ = WORKLOADS[workload]
     rng = np.random.default_rng(seed)
-    X = rng.normal(size=(rows, features)).astype(dtype)
-    w = rng.normal(size=(features, classes)).astype(dtype)
+    X = rng.standard_normal(size=(rows, features), dtype=dtype)
+    w = rng.standard_normal(size=(features, classes), dtype=dtype)
     return X, (X @ w).argmax(axis=1)
 
 
@@ -130,6 +130,66 @@ def gemm_gflops(shapes, dtype, threads, min_seconds=0.3):
 SYSTEMS = {"fastbp": time_fastbp, "torch": time_torch, "sklearn": time_sklearn}
 
 
+def _child_peak_rss(system, workload, dtype, threads):
+    """Run in a fresh process: print RSS (MiB) after imports and data, and the peak after one warm-up and one epoch."""
+    import resource
+
+    X, y = make_data(workload, np.dtype(dtype).type)
+    if system == "torch":
+        import torch  # noqa: F401  (count the library, not only the training)
+    elif system == "sklearn":
+        import sklearn.neural_network  # noqa: F401
+    else:
+        import fastbp  # noqa: F401
+    with open("/proc/self/status") as fh:
+        before = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+    SYSTEMS[system](workload, X, y, threads, 1)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{before:.0f} {after:.0f}")
+
+
+def peak_rss(system, workload, dtype, threads):
+    """(MiB after imports and data, MiB peak after training) measured in a subprocess."""
+    import subprocess
+    import sys
+
+    code = f"from fastbp.bench import _child_peak_rss; _child_peak_rss({system!r}, {workload!r}, {dtype!r}, {threads})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
+_STARTUP = """
+import time
+start = time.perf_counter()
+import numpy as np
+import fastbp
+try:
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+except ImportError:  # same shape as digits
+    rng = np.random.default_rng(0)
+    X, y = rng.integers(0, 17, size=(1797, 64)).astype(float), rng.integers(0, 10, size=1797)
+fastbp.Trainer([64, 100, 10], lr=0.01, batch_size=200, epochs=1, dtype={dtype!r}).fit(X / 16.0, y)
+print(time.perf_counter() - start)
+"""
+
+
+def startup_seconds(dtype):
+    """(seconds with an empty Numba cache, seconds with a warm cache) for import + one epoch on digits."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        run = lambda: float(subprocess.run([sys.executable, "-c", _STARTUP.format(dtype=dtype)], env=env,
+                                           capture_output=True, text=True, check=True).stdout.split()[-1])
+        cold = run()
+        warm = min(run() for _ in range(3))
+    return cold, warm
+
+
 def available(system):
     if system == "fastbp":
         return True
@@ -186,6 +246,10 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--repeat", type=int, default=3, help="timed epochs per system; the best counts")
     parser.add_argument("--systems", default="fastbp,torch,sklearn")
+    parser.add_argument("--memory", action="store_true",
+                        help="also report peak RSS of one epoch per system (each in a fresh process)")
+    parser.add_argument("--startup", action="store_true",
+                        help="also time import + one epoch on digits with an empty and a warm Numba cache")
     parser.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
     args = parser.parse_args(argv)
     from fastbp.config import max_threads
@@ -205,6 +269,26 @@ def main(argv=None):
         lines += [format_row(r, systems) for r in rows] + [""]
         peak = rows[0]["peak"] if rows else float("nan")
         lines += [f"float32 GEMM peak (numpy matmul 1024³, {threads} thread(s)): {peak:.0f} GFLOP/s", ""]
+        print(lines[-2])
+    if args.memory:
+        threads = thread_counts[-1]
+        lines += [f"**Peak RSS, one {args.dtype} epoch, {threads} thread(s)** (MiB: after imports and data → peak)", "",
+                  "| workload | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+        for name in workloads:
+            cells = []
+            for system in systems:
+                if available(system):
+                    base, peak = peak_rss(system, name, args.dtype, threads)
+                    cells.append(f"{base:.0f} → {peak:.0f}")
+                else:
+                    cells.append("—")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+        lines.append("")
+    if args.startup:
+        cold, warm = startup_seconds(args.dtype)
+        lines += [f"Import + one {args.dtype} epoch on digits in a fresh process: {cold:.1f} s with an empty "
+                  f"Numba cache, {warm:.2f} s with a warm cache.", ""]
         print(lines[-2])
     machine = f"{platform.processor() or platform.machine()}, {max_threads()} cores, Python {platform.python_version()}"
     lines.append(f"Machine: {machine}.")
