@@ -94,8 +94,12 @@ def sigmoid(v, one):
 
 
 @jit
-def scale_by_derivative(d, a, z, code):
-    """d *= f'(z) for one row, with f' computed from a = f(z) (or from z for gelu)."""
+def scale_by_derivative(d, a, z, code, a_scale):
+    """d *= f'(z) for one row, with f' computed from a = a_scale * (stored a) (or from z for gelu).
+
+    a_scale undoes inverted dropout's 1/keep scaling of the stored activations
+    (dropped units have d = 0 already); it is 1 without dropout.
+    """
     n = d.shape[0]
     one = d.dtype.type(1.0)
     zero = d.dtype.type(0.0)
@@ -110,19 +114,22 @@ def scale_by_derivative(d, a, z, code):
             d[j] = d[j] if a[j] > zero else d[j] * slope
     elif code == TANH:
         for j in range(n):
-            d[j] *= one - a[j] * a[j]
+            v = a[j] * a_scale
+            d[j] *= one - v * v
     elif code == SIGMOID:
         for j in range(n):
-            d[j] *= a[j] * (one - a[j])
+            v = a[j] * a_scale
+            d[j] *= v * (one - v)
     elif code == ELU:
         for j in range(n):
-            d[j] = d[j] if a[j] > zero else d[j] * (a[j] + one)
+            d[j] = d[j] if a[j] > zero else d[j] * (a[j] * a_scale + one)
     elif code == SOFTPLUS:
         # softplus'(z) = sigmoid(z) = 1 - exp(-a)
         threshold = d.dtype.type(SOFTPLUS_THRESHOLD)
         for j in range(n):
-            if a[j] <= threshold:
-                d[j] *= -np.expm1(-a[j])
+            v = a[j] * a_scale
+            if v <= threshold:
+                d[j] *= -np.expm1(-v)
     else:  # GELU: Phi(z) + z * phi(z)
         half = d.dtype.type(0.5)
         c = d.dtype.type(INV_SQRT2)

@@ -105,3 +105,60 @@ def check_targets(y, loss, n_out, n_samples, dtype):
         raise ValueError(f"binary_cross_entropy targets must lie in [0, 1], but y ranges over "
                          f"{out.min():g}..{out.max():g}; use 0/1 labels or probabilities")
     return out
+
+
+def check_sample_weight(sample_weight, n_samples):
+    """None, or a float64 array of n_samples finite non-negative weights."""
+    if sample_weight is None:
+        return None
+    w = _numeric_array(sample_weight, "sample_weight")
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(f"sample_weight must have shape ({n_samples},) (one weight per row), got {w.shape}")
+    w = w.astype(np.float64)
+    _check_finite(w, "sample_weight")
+    if (w < 0).any():
+        raise ValueError("sample_weight has negative entries; weights must be >= 0")
+    return w
+
+
+def class_weights_per_sample(class_weight, Y, loss):
+    """Each row's class weight: {label: weight} or "balanced" = n_samples / (n_classes * count(label))."""
+    if loss == "binary_cross_entropy" and Y.shape[1] != 1:
+        raise ValueError("class_weight works with one target column; for multilabel targets pass sample_weight")
+    labels = Y[:, 0]
+    if loss == "binary_cross_entropy" and not np.isin(labels, (0, 1)).all():
+        raise ValueError("class_weight needs 0/1 targets for binary_cross_entropy, not probabilities")
+    labels = labels.astype(np.int64)
+    present, counts = np.unique(labels, return_counts=True)
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
+        table = dict(zip(present.tolist(), (len(labels) / (len(present) * counts)).tolist()))
+    elif isinstance(class_weight, dict):
+        table = {}
+        for label, weight in class_weight.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(weight) or weight < 0:
+                raise ValueError(f"class_weight[{label!r}] must be a finite number >= 0, got {weight!r}")
+            table[int(label)] = float(weight)
+    else:
+        raise TypeError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
+    return np.array([table.get(label, 1.0) for label in range(int(labels.max()) + 1)])[labels]
+
+
+def validation_indices(n_samples, fraction, labels, seed):
+    """(train, validation) row indices; stratified by `labels` when given (None: a plain random split)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        groups = [rng.permutation(n_samples)]
+    else:
+        groups = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    val = np.concatenate([g[:int(round(fraction * len(g)))] for g in groups])
+    if len(val) == 0 or len(val) == n_samples:
+        raise ValueError(f"validation_split={fraction} leaves {len(val)} of {n_samples} rows for validation; "
+                         "it needs at least one row on each side")
+    mask = np.zeros(n_samples, dtype=bool)
+    mask[val] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)

@@ -23,7 +23,12 @@ every layer's outputs at the same offsets (deltas; the input block is unused).
 
 Types are fixed per dtype (sizes, offsets and codes are int64 arrays, scalars
 are int64 or the model dtype), so each kernel compiles once per dtype whatever
-the layer count or batch size.
+the layer count or batch size. Options that are off cost nothing measurable:
+sample weights are an empty array, dropout a vector of zeros, clipping 0.
+
+A model's fixed description travels as `net`-prefixed arguments: sizes,
+w_offsets, act_codes (hidden activations, identity last), loss_code and
+loss_param (huber's delta).
 """
 import math
 
@@ -33,8 +38,9 @@ from numba import prange
 from .activations import GELU, bias_activate, gelu_bias_activate, scale_by_derivative
 from .blas import gemm
 from .config import jit
+from .dropout import apply_mask, mask_delta, row_key
 from .losses import row_loss_and_delta
-from .optim import update_range
+from .optim import update_all, update_range
 
 _ALIGN = 16  # split points fall on multiples of 16 elements: whole cache lines per thread
 
@@ -68,8 +74,11 @@ def _gather_rows(X, order, start, row0, rows, acts):
 
 
 @jit
-def _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, row0, rows):
-    """Forward pass of workspace rows [row0, row0+rows) through every layer: a = f(a_in @ W + b)."""
+def _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, row0, rows, dropout, seed, t):
+    """Forward pass of workspace rows [row0, row0+rows) through every layer: a = f(a_in @ W + b).
+
+    dropout[l] > 0 drops units of hidden layer l (training only; predict passes zeros).
+    """
     one = params.dtype.type(1.0)
     zero = params.dtype.type(0.0)
     n_layers = sizes.size - 1
@@ -83,18 +92,24 @@ def _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, row0,
         code = act_codes[l]
         z = zs if code == GELU else acts
         gemm(False, False, rows, n_out, n_in, one, acts, off_in, n_in, params, w0, n_out, zero, z, off_out, n_out)
+        p = dropout[l]
         for i in range(rows):
             r = off_out + i * n_out
             if code == GELU:
                 gelu_bias_activate(zs[r:r + n_out], b, acts[r:r + n_out])
             else:
                 bias_activate(acts[r:r + n_out], b, code)
+            if p > 0:
+                apply_mask(acts[r:r + n_out], p, row_key(seed, t, l, row0 + i))
 
 
 @jit
-def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, acts, zs, deltas, capacity, Y, order,
-                   start, row0, rows, scale):
-    """Output delta and the deltas of every hidden layer for rows [row0, row0+rows); returns their loss sum."""
+def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas, capacity,
+                   Y, weights, order, start, row0, rows, scale, dropout, seed, t):
+    """Output delta and the deltas of every hidden layer for rows [row0, row0+rows); returns their loss sum.
+
+    With sample weights, row i's loss and delta count weights[i] times.
+    """
     one = params.dtype.type(1.0)
     zero = params.dtype.type(0.0)
     n_layers = sizes.size - 1
@@ -103,8 +118,10 @@ def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, acts, zs, del
     loss = 0.0
     for i in range(rows):
         r = off + i * n_out
-        loss += row_loss_and_delta(loss_code, acts[r:r + n_out], Y[order[start + row0 + i]],
-                                   deltas[r:r + n_out], scale)
+        src = order[start + row0 + i]
+        w = weights[src] if weights.size else one
+        loss += w * row_loss_and_delta(loss_code, loss_param, acts[r:r + n_out], Y[src], deltas[r:r + n_out],
+                                       scale * w)
     for l in range(n_layers - 1, 0, -1):  # the input layer needs no delta
         n_in = sizes[l]
         n_out = sizes[l + 1]
@@ -114,19 +131,23 @@ def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, acts, zs, del
         gemm(False, True, rows, n_in, n_out, one, deltas, d_off, n_out, params, w_offsets[l], n_out,
              zero, deltas, din_off, n_in)
         code = act_codes[l - 1]
+        p = dropout[l - 1]
+        keep = one - p
         for i in range(rows):
             r = din_off + i * n_in
-            scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], zs[r:r + n_in], code)
+            if p > 0:
+                mask_delta(deltas[r:r + n_in], p, row_key(seed, t, l - 1, row0 + i))
+            scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], zs[r:r + n_in], code, keep)
     return loss
 
 
 @jit
 def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta,
-                      opt_code, state, t, hyper):
+                      opt_code, state, t, hyper, update):
     """This part's slice of every layer's dW rows and db entries, over all `rows` rows.
 
     beta = 0 overwrites the gradient; beta = 1 adds to it (accumulating over blocks).
-    With t > 0, each slice is also stepped by the optimizer right away, while it is in cache.
+    With `update`, each slice is also stepped (step t) by the optimizer right away, while it is in cache.
     """
     one = grad.dtype.type(1.0)
     n_layers = sizes.size - 1
@@ -141,8 +162,8 @@ def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, ro
         if k1 > k0:
             gemm(True, False, k1 - k0, n_out, rows, one, acts, off_in + k0, n_in, deltas, d_off, n_out,
                  beta, grad, w0 + k0 * n_out, n_out)
-            if t > 0:
-                update_range(opt_code, params, grad, state, t, hyper, w0 + k0 * n_out, w0 + k1 * n_out)
+            if update:
+                update_range(opt_code, params, grad, state, t, hyper, one, w0 + k0 * n_out, w0 + k1 * n_out)
         c0, c1 = _split(n_out, part, n_parts)
         db = grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1]
         if beta == 0:
@@ -152,16 +173,19 @@ def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, ro
             d_row = deltas[r + c0:r + c1]
             for j in range(c1 - c0):
                 db[j] += d_row[j]
-        if t > 0:
-            update_range(opt_code, params, grad, state, t, hyper, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
+        if update:
+            update_range(opt_code, params, grad, state, t, hyper, one, w0 + n_in * n_out + c0,
+                         w0 + n_in * n_out + c1)
 
 
 @jit(parallel=True)
-def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, acts, zs, deltas, capacity,
-                   X, Y, order, start, rows, scale, n_parts, beta, opt_code, state, t, hyper):
+def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas, capacity,
+                   X, Y, weights, order, start, rows, scale, n_parts, beta, dropout, seed,
+                   opt_code, state, t, hyper, update):
     """Gradient of scale * (loss sum of rows order[start:start+rows]) into grad (times beta plus it).
 
-    With t > 0 the optimizer takes step t from that gradient, unless the loss is not
+    t is the step number (it also keys the dropout masks). With `update` the optimizer
+    takes step t from that gradient (fused, slice by slice), unless the loss is not
     finite. Returns the loss sum of those rows.
     """
     part_loss = np.zeros(n_parts)
@@ -170,9 +194,10 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, acts, z
         r1 = ((part + 1) * rows) // n_parts
         if r1 > r0:
             _gather_rows(X, order, start, r0, r1 - r0, acts)
-            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, r0, r1 - r0)
-            part_loss[part] = _backward_rows(params, sizes, w_offsets, act_codes, loss_code, acts, zs, deltas,
-                                             capacity, Y, order, start, r0, r1 - r0, scale)
+            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, r0, r1 - r0, dropout, seed, t)
+            part_loss[part] = _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
+                                             deltas, capacity, Y, weights, order, start, r0, r1 - r0, scale,
+                                             dropout, seed, t)
     loss = 0.0
     for part in range(n_parts):
         loss += part_loss[part]
@@ -180,52 +205,83 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, acts, z
         return loss
     for part in prange(n_parts):
         _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta,
-                          opt_code, state, t, hyper)
+                          opt_code, state, t, hyper, update)
     return loss
 
 
+@jit(parallel=True)
+def _norm(v):
+    total = 0.0
+    for i in prange(v.size):
+        total += float(v[i]) * float(v[i])
+    return math.sqrt(total)
+
+
 @jit
-def train_epoch(params, grad, state, step, hyper, opt_code, sizes, w_offsets, act_codes, loss_code,
-                loss_elements, acts, zs, deltas, X, Y, order, batch_size, n_parts):
+def train_epoch(params, grad, state, step, hyper, opt_code, clip_norm, sizes, w_offsets, act_codes, loss_code,
+                loss_param, loss_elements, acts, zs, deltas, X, Y, weights, order, batch_size, n_parts,
+                dropout, seed):
     """One epoch of mini-batch training over rows in `order`, updating params in place.
 
-    Returns the mean loss over the epoch, or NaN as soon as a batch's loss is not
-    finite (that batch's update is not applied).
+    Each batch's loss is a mean (weighted by `weights` when given: sum w_i loss_i / sum w_i).
+    clip_norm > 0 rescales each batch gradient to at most that global L2 norm first
+    (torch.nn.utils.clip_grad_norm_). Returns the epoch's mean loss, or NaN as soon
+    as a batch's loss is not finite (that batch's update is not applied).
     """
     n = order.size
     one = params.dtype.type(1.0)
     zero = params.dtype.type(0.0)
     total = 0.0
+    total_weight = 0.0
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
-        scale = one / params.dtype.type(m * loss_elements)
-        batch_loss = batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, acts, zs, deltas,
-                                    batch_size, X, Y, order, start, m, scale, min(n_parts, m), zero,
-                                    opt_code, state, step[0] + 1, hyper)
+        batch_weight = float(m)
+        if weights.size:
+            batch_weight = 0.0
+            for i in range(start, start + m):
+                batch_weight += weights[order[i]]
+            if batch_weight <= 0:
+                continue  # nothing to learn from an all-zero-weight batch
+        scale = one / params.dtype.type(batch_weight * loss_elements)
+        t = step[0] + 1
+        batch_loss = batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
+                                    deltas, batch_size, X, Y, weights, order, start, m, scale, min(n_parts, m),
+                                    zero, dropout, seed, opt_code, state, t, hyper, clip_norm <= 0)
         if not math.isfinite(batch_loss):
             return np.nan
-        step[0] += 1
+        if clip_norm > 0:
+            norm = _norm(grad)
+            coef = min(1.0, clip_norm / (norm + 1e-6))
+            update_all(opt_code, params, grad, state, t, hyper, params.dtype.type(coef))
+        step[0] = t
         total += batch_loss
-    return total / (n * loss_elements)
+        total_weight += batch_weight
+    return total / (total_weight * loss_elements) if total_weight > 0 else 0.0
 
 
 @jit
-def loss_and_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_elements,
-                      acts, zs, deltas, capacity, X, Y, n_parts):
-    """Mean loss over all rows of X and its gradient (into `grad`), in blocks of `capacity` rows."""
+def loss_and_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, loss_elements,
+                      acts, zs, deltas, capacity, X, Y, weights, n_parts):
+    """Mean (or weighted mean) loss over all rows of X and its gradient (into `grad`), `capacity` rows at a time."""
     n = X.shape[0]
     order = np.arange(n)
-    scale = params.dtype.type(1.0) / params.dtype.type(n * loss_elements)
+    total_weight = float(n)
+    if weights.size:
+        total_weight = 0.0
+        for i in range(n):
+            total_weight += weights[i]
+    scale = params.dtype.type(1.0) / params.dtype.type(total_weight * loss_elements)
     no_state = np.empty((0, 0), dtype=params.dtype)
     no_hyper = np.empty(0, dtype=params.dtype)
+    no_dropout = np.zeros(sizes.size - 1, dtype=params.dtype)
     total = 0.0
     for start in range(0, n, capacity):
         rows = min(capacity, n - start)
         beta = params.dtype.type(0.0 if start == 0 else 1.0)
-        total += batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, acts, zs, deltas,
-                                capacity, X, Y, order, start, rows, scale, min(n_parts, rows), beta,
-                                0, no_state, 0, no_hyper)
-    return total / (n * loss_elements)
+        total += batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas,
+                                capacity, X, Y, weights, order, start, rows, scale, min(n_parts, rows), beta,
+                                no_dropout, 0, 0, no_state, 0, no_hyper, False)
+    return total / (total_weight * loss_elements)
 
 
 @jit(parallel=True)
@@ -236,6 +292,7 @@ def forward_all(params, sizes, w_offsets, act_codes, acts, zs, capacity, X, out,
     n_out = sizes[n_layers]
     off_out = _offset(sizes, capacity, n_layers)
     order = np.arange(n)
+    no_dropout = np.zeros(n_layers, dtype=params.dtype)
     for start in range(0, n, capacity):
         rows = min(capacity, n - start)
         parts = min(n_parts, rows)
@@ -243,5 +300,5 @@ def forward_all(params, sizes, w_offsets, act_codes, acts, zs, capacity, X, out,
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
             _gather_rows(X, order, start, r0, r1 - r0, acts)
-            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, r0, r1 - r0)
+            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, r0, r1 - r0, no_dropout, 0, 0)
         out[start:start + rows] = acts[off_out:off_out + rows * n_out].reshape((rows, n_out))

@@ -1,21 +1,23 @@
 """Losses: name -> integer code, and the fused output delta.
 
 The output layer is linear (logits); each loss owns its output nonlinearity,
-as PyTorch's MSELoss, CrossEntropyLoss and BCEWithLogitsLoss do, with mean
-reduction: cross_entropy averages over rows, mse and binary_cross_entropy over
-all elements. The delta written is d(mean loss)/d(logits).
+as PyTorch's MSELoss, L1Loss, HuberLoss, CrossEntropyLoss and BCEWithLogitsLoss
+do, with mean reduction: cross_entropy averages over rows, the others over all
+elements. The delta written is d(mean loss)/d(logits).
 """
 import numpy as np
 
 from .activations import sigmoid
 from .config import jit
 
-MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = range(3)
+MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MAE, HUBER = range(5)
 
 LOSSES = {
     "mse": MSE,
     "cross_entropy": CROSS_ENTROPY,
     "binary_cross_entropy": BINARY_CROSS_ENTROPY,
+    "mae": MAE,
+    "huber": HUBER,
 }
 CLASSIFICATION_LOSSES = {"cross_entropy", "binary_cross_entropy"}
 
@@ -32,11 +34,12 @@ def elements_per_row(code, n_out):
 
 
 @jit
-def row_loss_and_delta(code, z, y, d, scale):
+def row_loss_and_delta(code, delta, z, y, d, scale):
     """Loss of one row (summed over its outputs); d = scale * dloss/dz. Float64 result.
 
     z: logits (n_out,), y: that row's targets (class index in y[0] for
-    cross_entropy), d: output for the delta (may alias nothing else).
+    cross_entropy), d: output for the delta (may alias nothing else),
+    delta: huber's threshold (unused by the other losses).
     """
     n_out = z.shape[0]
     one = z.dtype.type(1.0)
@@ -63,6 +66,21 @@ def row_loss_and_delta(code, z, y, d, scale):
             # max(v, 0) - v*y + log(1 + exp(-|v|)): finite for any finite logit
             loss += float(max(v, zero) - v * y[j] + np.log1p(np.exp(-abs(v))))
             d[j] = (sigmoid(v, one) - y[j]) * scale
+    elif code == MAE:
+        for j in range(n_out):
+            r = z[j] - y[j]
+            loss += float(abs(r))
+            d[j] = scale if r > zero else (-scale if r < zero else zero)
+    elif code == HUBER:
+        half = z.dtype.type(0.5)
+        for j in range(n_out):
+            r = z[j] - y[j]
+            if abs(r) < delta:
+                loss += float(half * r * r)
+                d[j] = r * scale
+            else:
+                loss += float(delta * (abs(r) - half * delta))
+                d[j] = (delta if r > zero else -delta) * scale
     else:  # MSE
         two = z.dtype.type(2.0)
         for j in range(n_out):
@@ -73,11 +91,11 @@ def row_loss_and_delta(code, z, y, d, scale):
 
 
 @jit
-def loss_sum(code, logits, Y):
-    """Sum of row losses over a block of rows (no delta needed)."""
+def row_losses(code, delta, logits, Y):
+    """Each row's loss (summed over its outputs), float64, for a block of rows."""
     scratch = np.empty(logits.shape[1], logits.dtype)
     zero = logits.dtype.type(0.0)
-    total = 0.0
+    out = np.empty(logits.shape[0])
     for i in range(logits.shape[0]):
-        total += row_loss_and_delta(code, logits[i], Y[i], scratch, zero)
-    return total
+        out[i] = row_loss_and_delta(code, delta, logits[i], Y[i], scratch, zero)
+    return out

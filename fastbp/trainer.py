@@ -2,17 +2,22 @@
 import math
 import operator
 import time
+import warnings
 
 import numpy as np
 
 from . import kernels
 from .activations import GELU, IDENTITY, activation_code
+from .callbacks import Callback, EpochLogger, ProgressBar
 from .config import resolve_n_threads, thread_limits
-from .data import DTYPES, check_dtype, check_targets, check_X
+from .data import (DTYPES, check_dtype, check_sample_weight, check_targets, check_X, class_weights_per_sample,
+                   validation_indices)
 from .layout import INITS, Layout
-from .losses import CLASSIFICATION_LOSSES, CROSS_ENTROPY, elements_per_row, loss_code, loss_sum
-from .modelfile import read_model, write_model
-from .optim import check_hyper, make_hyper, n_state_vectors, optimizer_code
+from .losses import (BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, elements_per_row, loss_code,
+                     row_losses)
+from .modelfile import ModelFileError, read_model, write_model
+from .optim import Optimizer
+from .schedules import make_schedule, schedule_from_spec, schedule_spec
 
 PREDICT_BLOCK_ROWS = 1024   # rows per forward block in predict: keeps the workspace small
 GRADIENT_BLOCK_ROWS = 4096  # rows per block in loss_and_grad
@@ -22,15 +27,15 @@ class TrainingDiverged(FloatingPointError):
     """The training loss became NaN or infinite; parameters were restored to the last finite epoch."""
 
 
-def _positive_int(name, value, allow_zero=False):
+def _int(name, value, minimum):
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
         value = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if value < (0 if allow_zero else 1):
-        raise ValueError(f"{name} must be >= {0 if allow_zero else 1}, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -40,21 +45,20 @@ class Trainer:
     layer_sizes: [n_in, hidden..., n_out]. activation: one name for every hidden layer
     or a list with one per hidden layer; the output layer is linear and the loss applies
     softmax (cross_entropy) or sigmoid (binary_cross_entropy) itself, as PyTorch's losses do.
+    Optimizer hyper-parameters left at None take torch.optim's defaults for that optimizer.
     """
 
-    def __init__(self, layer_sizes, activation="relu", loss="cross_entropy", optimizer="sgd", lr=0.01,
-                 momentum=0.0, nesterov=False, weight_decay=0.0, batch_size=256, epochs=10, shuffle=True,
-                 seed=0, dtype="float32", n_threads=None, init="auto"):
+    def __init__(self, layer_sizes, activation="relu", loss="cross_entropy", optimizer="sgd", lr=None,
+                 momentum=0.0, nesterov=False, weight_decay=None, batch_size=256, epochs=10, shuffle=True,
+                 seed=0, dtype="float32", n_threads=None, init="auto", betas=(0.9, 0.999), eps=1e-8,
+                 amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
+                 huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0):
         self.layout = Layout(layer_sizes)
         self.layer_sizes = [int(s) for s in self.layout.sizes]
         n_hidden = self.layout.n_layers - 1
-        if isinstance(activation, str) or not hasattr(activation, "__len__"):
-            hidden = [activation] * n_hidden
-        else:
-            hidden = list(activation)
-            if len(hidden) != n_hidden:
-                raise ValueError(f"activation lists one name per hidden layer: expected {n_hidden}, got {len(hidden)}")
-        act_names = hidden if hidden else [activation]
+        hidden = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if len(hidden) != n_hidden:
+            raise ValueError(f"activation lists one name per hidden layer: expected {n_hidden}, got {len(hidden)}")
         self._act_codes = np.array([activation_code(a) for a in hidden] + [IDENTITY], dtype=np.int64)
         self.activation = activation if isinstance(activation, str) else list(activation)
         self.loss = loss
@@ -62,32 +66,58 @@ class Trainer:
         if loss == "cross_entropy" and self.layout.n_out < 2:
             raise ValueError("cross_entropy needs at least 2 outputs (layer_sizes[-1] >= 2); "
                              "for one output use binary_cross_entropy")
+        self.huber_delta = float(huber_delta)
+        if not (math.isfinite(self.huber_delta) and self.huber_delta > 0):
+            raise ValueError(f"huber_delta must be > 0, got {huber_delta!r}")
+        self._optimizer = Optimizer(optimizer, lr, momentum, nesterov, weight_decay, betas, eps, amsgrad, alpha,
+                                    centered, l1)
         self.optimizer = optimizer
-        self._opt_code = optimizer_code(optimizer)
-        self.lr, self.momentum, self.nesterov, self.weight_decay = check_hyper(lr, momentum, nesterov, weight_decay)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.epochs = _positive_int("epochs", epochs, allow_zero=True)
+        if clip_grad_norm is not None and not (isinstance(clip_grad_norm, (int, float)) and clip_grad_norm > 0
+                                               and math.isfinite(clip_grad_norm)):
+            raise ValueError(f"clip_grad_norm must be a positive number or None, got {clip_grad_norm!r}")
+        self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
+        drops = [dropout] * n_hidden if not hasattr(dropout, "__len__") else list(dropout)
+        if len(drops) != n_hidden:
+            raise ValueError(f"dropout lists one rate per hidden layer: expected {n_hidden}, got {len(drops)}")
+        for p in drops:
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                raise ValueError(f"dropout rates must lie in [0, 1), got {dropout!r}")
+        self.dropout = dropout if not hasattr(dropout, "__len__") else [float(p) for p in drops]
+        self._dropout_rates = [float(p) for p in drops] + [0.0]
+        self.batch_size = _int("batch_size", batch_size, 1)
+        self.epochs = _int("epochs", epochs, 0)
         self.shuffle = bool(shuffle)
-        if seed is not None:
-            seed = _positive_int("seed", seed, allow_zero=True)
-        self.seed = seed
+        self.seed = None if seed is None else _int("seed", seed, 0)
         self.dtype = check_dtype(dtype)
         self.n_threads = None if n_threads is None else resolve_n_threads(n_threads)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
         self.init = init
+        self.lr_schedule = make_schedule(lr_schedule)
+        if on_divergence not in ("raise", "warn"):
+            raise ValueError(f"on_divergence must be 'raise' or 'warn', got {on_divergence!r}")
+        self.on_divergence = on_divergence
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (a line per epoch), got {verbose!r}")
+        self.verbose = verbose
 
         np_dtype = DTYPES[self.dtype]
-        init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
+        init_seq, shuffle_seq, dropout_seq, split_seq = np.random.SeedSequence(seed).spawn(4)
         self.params = np.zeros(self.layout.n_params, dtype=np_dtype)
-        self.layout.initialize(self.params, init, act_names[0], np.random.default_rng(init_seq))
+        self.layout.initialize(self.params, init, (hidden or ["identity"])[0], np.random.default_rng(init_seq))
         self._shuffle_rng = np.random.default_rng(shuffle_seq)
-        n_state = n_state_vectors(self._opt_code, self.momentum)
-        self._opt_state = np.zeros((n_state, self.layout.n_params), dtype=np_dtype)
+        self._dropout_seed = int(dropout_seq.generate_state(1, np.uint32)[0])
+        self._split_seed = int(split_seq.generate_state(1, np.uint32)[0])
+        self._opt_state = np.zeros((self._optimizer.n_state, self.layout.n_params), dtype=np_dtype)
         self._opt_step = np.zeros(1, dtype=np.int64)
         self.history = []
+        self.stop_training = False
 
     # ------------------------------------------------------------------ public API
+    @property
+    def lr(self):
+        return self._optimizer.lr
+
     @property
     def layers(self):
         """[(W, b)] live views into params; W has shape (n_in, n_out)."""
@@ -97,35 +127,72 @@ class Trainer:
     def is_classifier(self):
         return self.loss in CLASSIFICATION_LOSSES
 
-    def fit(self, X, y):
-        """Train the current parameters for `epochs` epochs; returns self."""
+    def fit(self, X, y, sample_weight=None, class_weight=None, validation_data=None, validation_split=0.0,
+            callbacks=None, verbose=None):
+        """Train the current parameters for `epochs` more epochs; returns self.
+
+        sample_weight: one non-negative weight per row; each batch's loss is the weighted
+        mean sum(w_i * loss_i) / sum(w_i). class_weight: {label: weight} or "balanced"
+        (scikit-learn's n_samples / (n_classes * count)); multiplies sample_weight.
+        validation_data: (X_val, y_val) or (X_val, y_val, w_val); validation_split: the
+        fraction of rows held out instead (stratified for single-label classification).
+        """
         X, Y = self._check_data(X, y)
+        weights = self._weights(Y, sample_weight, class_weight)
+        X, Y, weights, validation = self._validation(X, Y, weights, validation_data, validation_split)
+        callbacks = self._callbacks(callbacks, self.verbose if verbose is None else verbose)
         n = X.shape[0]
         batch = min(self.batch_size, n)
         n_threads = resolve_n_threads(self.n_threads)
         acts, zs, deltas = self._workspace(batch)
         grad = np.empty_like(self.params)
-        hyper = make_hyper(self.params.dtype, self.lr, self.momentum, self.nesterov, self.weight_decay)
         epr = elements_per_row(self._loss_code, self.layout.n_out)
-        with thread_limits(n_threads, 1):
+        dropout = np.array(self._dropout_rates, dtype=self.params.dtype)
+        self._epochs_this_fit = self.epochs
+        self.lr_schedule.start(self.epochs)
+        self.stop_training = False
+        for cb in callbacks:
+            cb.on_train_begin(self)
+        try:
             for _ in range(self.epochs):
+                epoch = len(self.history)
+                lr = self.lr_schedule.lr(epoch, self._optimizer.lr)
+                momentum = self.lr_schedule.momentum(epoch)
+                cycles_beta1 = self._optimizer.name in ("adam", "adamw")
+                hyper = self._optimizer.hyper(self.params.dtype, lr=lr, momentum=None if cycles_beta1 else momentum,
+                                              beta1=momentum if cycles_beta1 else None)
                 order = self._shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
-                backup = (self.params.copy(), self._opt_state.copy(), self._opt_step.copy())
+                backup = self._snapshot()
                 start = time.perf_counter()
-                loss = kernels.train_epoch(
-                    self.params, grad, self._opt_state, self._opt_step, hyper, self._opt_code,
-                    self.layout.sizes, self.layout.w_offsets, self._act_codes, self._loss_code, epr,
-                    acts, zs, deltas, X, Y, order, batch, n_threads)
+                with thread_limits(n_threads, 1):
+                    loss = kernels.train_epoch(
+                        self.params, grad, self._opt_state, self._opt_step, hyper, self._optimizer.code,
+                        self.clip_grad_norm or 0.0, self.layout.sizes, self.layout.w_offsets, self._act_codes,
+                        self._loss_code, self.params.dtype.type(self.huber_delta), epr, acts, zs, deltas, X, Y,
+                        weights, order, batch, n_threads, dropout, self._dropout_seed)
                 seconds = time.perf_counter() - start
                 if not math.isfinite(loss):
-                    self.params[:], self._opt_state[:], self._opt_step[:] = backup
-                    raise TrainingDiverged(
-                        f"training diverged in epoch {len(self.history) + 1}: the loss became NaN or infinite. "
-                        f"Parameters are restored to the end of the last finite epoch. Try a lower learning "
-                        f"rate (lr={self.lr:g}), standardized features, or float64.")
-                self.history.append({"epoch": len(self.history) + 1, "loss": float(loss), "seconds": seconds,
-                                     "samples_per_s": n / seconds if seconds > 0 else float("inf"),
-                                     "lr": self.lr})
+                    self._restore(backup)
+                    message = (f"training diverged in epoch {epoch + 1}: the loss became NaN or infinite. "
+                               f"Parameters are restored to the end of the last finite epoch. Try a lower learning "
+                               f"rate (lr={lr:g}), clip_grad_norm, standardized features, or float64.")
+                    if self.on_divergence == "raise":
+                        raise TrainingDiverged(message)
+                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+                    break
+                logs = {"epoch": epoch + 1, "loss": float(loss), "lr": lr, "seconds": seconds,
+                        "samples_per_s": n / seconds if seconds > 0 else float("inf")}
+                if validation is not None:
+                    logs.update({f"val_{k}": v for k, v in self.evaluate(*validation).items()})
+                self.lr_schedule.observe(logs)
+                self.history.append(logs)
+                for cb in callbacks:
+                    cb.on_epoch_end(self, epoch + 1, logs)
+                if self.stop_training:
+                    break
+        finally:
+            for cb in callbacks:
+                cb.on_train_end(self)
         return self
 
     def decision_function(self, X):
@@ -140,37 +207,43 @@ class Trainer:
         return self._probabilities(self.decision_function(X))
 
     def predict(self, X):
-        """Class labels for classification losses (shape (n,), or (n, n_out) for multilabel); values for mse."""
+        """Class labels for classification losses (shape (n,), or (n, n_out) for multilabel); values otherwise."""
         logits = self.decision_function(X)
         if self._loss_code == CROSS_ENTROPY:
             return logits.argmax(axis=1)
-        if self.loss == "binary_cross_entropy":
+        if self._loss_code == BINARY_CROSS_ENTROPY:
             labels = (logits >= 0).astype(np.int64)  # sigmoid(z) >= 0.5
             return labels[:, 0] if labels.shape[1] == 1 else labels
         return logits[:, 0] if logits.shape[1] == 1 else logits
 
-    def evaluate(self, X, y):
-        """{"loss": mean loss, "accuracy": ...} for classification; {"loss", "r2"} for mse."""
+    def evaluate(self, X, y, sample_weight=None):
+        """{"loss": (weighted) mean loss, "accuracy": ...} for classification; {"loss", "r2"} for regression."""
         X, Y = self._check_data(X, y)
+        w = check_sample_weight(sample_weight, X.shape[0])
         logits = self._logits(X)
         epr = elements_per_row(self._loss_code, self.layout.n_out)
-        result = {"loss": float(loss_sum(self._loss_code, logits, Y)) / (X.shape[0] * epr)}
+        losses = row_losses(self._loss_code, self.params.dtype.type(self.huber_delta), logits, Y)
+        result = {"loss": float(np.average(losses, weights=w)) / epr}
         if self._loss_code == CROSS_ENTROPY:
-            result["accuracy"] = float(np.mean(logits.argmax(axis=1) == Y[:, 0]))
-        elif self.loss == "binary_cross_entropy":
-            hits = (logits >= 0) == (Y >= 0.5)
-            result["accuracy"] = float(np.mean(hits.all(axis=1)))
+            result["accuracy"] = float(np.average(logits.argmax(axis=1) == Y[:, 0], weights=w))
+        elif self._loss_code == BINARY_CROSS_ENTROPY:
+            result["accuracy"] = float(np.average(((logits >= 0) == (Y >= 0.5)).all(axis=1), weights=w))
         else:
-            residual = ((Y - logits) ** 2).sum(axis=0, dtype=np.float64)
-            spread = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0, dtype=np.float64)
+            mean = np.average(Y, axis=0, weights=w)
+            residual = np.average((Y - logits) ** 2, axis=0, weights=w)
+            spread = np.average((Y - mean) ** 2, axis=0, weights=w)
             with np.errstate(divide="ignore", invalid="ignore"):
                 r2 = np.where(spread > 0, 1 - residual / spread, 0.0)
             result["r2"] = float(r2.mean())
         return result
 
-    def loss_and_grad(self, X, y):
-        """(mean loss, flat gradient in the params layout) at the current parameters; nothing is updated."""
+    def loss_and_grad(self, X, y, sample_weight=None):
+        """(mean loss, flat gradient in the params layout) at the current parameters; nothing is updated.
+
+        No dropout, no penalty terms: the gradient of the loss the data defines.
+        """
         X, Y = self._check_data(X, y)
+        weights = self._weights(Y, sample_weight, None)
         n = X.shape[0]
         n_threads = resolve_n_threads(self.n_threads)
         capacity = min(n, GRADIENT_BLOCK_ROWS)
@@ -179,21 +252,22 @@ class Trainer:
         epr = elements_per_row(self._loss_code, self.layout.n_out)
         with thread_limits(n_threads, 1):
             loss = kernels.loss_and_gradient(self.params, grad, self.layout.sizes, self.layout.w_offsets,
-                                             self._act_codes, self._loss_code, epr, acts, zs, deltas, capacity,
-                                             X, Y, n_threads)
+                                             self._act_codes, self._loss_code,
+                                             self.params.dtype.type(self.huber_delta), epr, acts, zs, deltas,
+                                             capacity, X, Y, weights, n_threads)
         return float(loss), grad
 
     def save(self, path):
-        """Write the model, optimizer state and history to `path` atomically (see fastbp.modelfile)."""
+        """Write the model, optimizer and schedule state, RNG state and history to `path` atomically."""
         config = {"fastbp_version": _version(), "init_args": self._init_args(), "history": self.history,
-                  "shuffle_rng_state": self._shuffle_rng.bit_generator.state}
+                  "shuffle_rng_state": self._shuffle_rng.bit_generator.state,
+                  "lr_schedule": schedule_spec(self.lr_schedule)}
         arrays = {"params": self.params, "opt_state": self._opt_state, "opt_step": self._opt_step}
         write_model(path, config, arrays)
 
     @classmethod
     def load(cls, path):
-        """Rebuild a Trainer saved with save(); parameters and optimizer state round-trip exactly."""
-        from .modelfile import ModelFileError
+        """Rebuild a Trainer saved with save(); everything round-trips exactly (a custom Schedule becomes constant)."""
         config, arrays = read_model(path)
         try:
             trainer = cls(**config["init_args"])
@@ -204,6 +278,8 @@ class Trainer:
                 target[...] = arrays[name]
             trainer._shuffle_rng.bit_generator.state = config["shuffle_rng_state"]
             trainer.history = list(config["history"])
+            if config.get("lr_schedule"):
+                trainer.lr_schedule = schedule_from_spec(config["lr_schedule"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path!r} does not describe a valid fastbp model: {exc}") from None
         return trainer
@@ -214,16 +290,72 @@ class Trainer:
 
     # ------------------------------------------------------------------ internals
     def _init_args(self):
-        return {"layer_sizes": self.layer_sizes, "activation": self.activation, "loss": self.loss,
-                "optimizer": self.optimizer, "lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay, "batch_size": self.batch_size, "epochs": self.epochs,
+        args = {"layer_sizes": self.layer_sizes, "activation": self.activation, "loss": self.loss,
+                "optimizer": self.optimizer, "batch_size": self.batch_size, "epochs": self.epochs,
                 "shuffle": self.shuffle, "seed": self.seed, "dtype": self.dtype, "n_threads": self.n_threads,
-                "init": self.init}
+                "init": self.init, "clip_grad_norm": self.clip_grad_norm, "dropout": self.dropout,
+                "huber_delta": self.huber_delta, "on_divergence": self.on_divergence, "verbose": self.verbose}
+        args.update(self._optimizer.settings())
+        return args
 
     def _check_data(self, X, y):
         X = check_X(X, self.dtype, self.layout.n_in)
         Y = check_targets(y, self.loss, self.layout.n_out, X.shape[0], self.dtype)
         return X, Y
+
+    def _weights(self, Y, sample_weight, class_weight):
+        """Per-row weights as the model dtype, or an empty array when every weight is 1."""
+        w = check_sample_weight(sample_weight, Y.shape[0])
+        if class_weight is not None:
+            if not self.is_classifier:
+                raise ValueError(f"class_weight needs a classification loss; this model uses {self.loss!r}")
+            cw = class_weights_per_sample(class_weight, Y, self.loss)
+            w = cw if w is None else w * cw
+        if w is None:
+            return np.empty(0, dtype=self.params.dtype)
+        if not w.sum() > 0:
+            raise ValueError("sample weights sum to zero: at least one row needs a positive weight")
+        return np.ascontiguousarray(w, dtype=self.params.dtype)
+
+    def _validation(self, X, Y, weights, validation_data, validation_split):
+        """Split off or check validation data; returns (X, Y, weights, (X_val, y_val, w_val) or None)."""
+        if validation_data is not None and validation_split:
+            raise ValueError("pass validation_data or validation_split, not both")
+        if validation_data is not None:
+            try:
+                Xv, yv, *rest = validation_data
+            except (TypeError, ValueError):
+                raise TypeError("validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight_val)") from None
+            if len(rest) > 1:
+                raise TypeError("validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight_val)")
+            Xv, Yv = self._check_data(Xv, yv)
+            return X, Y, weights, (Xv, Yv[:, 0] if self._loss_code == CROSS_ENTROPY else Yv, rest[0] if rest else None)
+        if not validation_split:
+            return X, Y, weights, None
+        labels = Y[:, 0] if self._loss_code == CROSS_ENTROPY or (
+            self._loss_code == BINARY_CROSS_ENTROPY and Y.shape[1] == 1) else None
+        train, val = validation_indices(X.shape[0], validation_split, labels, self._split_seed)
+        w_val = weights[val] if weights.size else None
+        Yv = Y[val]
+        return (X[train], Y[train], weights[train] if weights.size else weights,
+                (X[val], Yv[:, 0] if self._loss_code == CROSS_ENTROPY else Yv, w_val))
+
+    def _callbacks(self, callbacks, verbose):
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be fastbp.callbacks.Callback instances, got {cb!r}")
+        if verbose == 1:
+            callbacks.append(ProgressBar())
+        elif verbose == 2:
+            callbacks.append(EpochLogger())
+        return callbacks
+
+    def _snapshot(self):
+        return self.params.copy(), self._opt_state.copy(), self._opt_step.copy()
+
+    def _restore(self, snapshot):
+        self.params[...], self._opt_state[...], self._opt_step[...] = snapshot
 
     def _workspace(self, capacity):
         """Activations, gelu pre-activations (only when a layer uses gelu) and deltas for `capacity` rows."""

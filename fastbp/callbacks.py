@@ -1,0 +1,132 @@
+"""Callbacks: hooks called between compiled epochs, never per batch.
+
+A callback may set `trainer.stop_training = True` in on_epoch_end to end fit
+after that epoch. `logs` holds the epoch's history entry (loss, lr, val_loss,
+val_accuracy / val_r2 when validating, seconds, samples_per_s).
+"""
+import math
+import os
+import sys
+
+
+class Callback:
+    def on_train_begin(self, trainer):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        pass
+
+    def on_train_end(self, trainer):
+        pass
+
+
+def _monitor_mode(monitor, mode):
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        return "max" if monitor.endswith(("accuracy", "r2")) else "min"
+    return mode
+
+
+def _monitored(logs, monitor):
+    if monitor not in logs:
+        raise ValueError(f"cannot monitor {monitor!r}: the epoch logs have {', '.join(sorted(logs))} "
+                         "(val_* entries need validation_data or validation_split)")
+    return logs[monitor]
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by more than min_delta for `patience` epochs.
+
+    With restore_best_weights (the default) the parameters and optimizer state of
+    the best epoch are put back when training stops or ends.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=10, mode="auto", restore_best_weights=True):
+        self.monitor, self.min_delta, self.patience = monitor, abs(float(min_delta)), int(patience)
+        self.mode = _monitor_mode(monitor, mode)
+        self.restore_best_weights = bool(restore_best_weights)
+
+    def on_train_begin(self, trainer):
+        self.best, self.best_epoch, self.wait, self._snapshot = None, None, 0, None
+        self.stopped_epoch = None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        value = _monitored(logs, self.monitor)
+        improved = self.best is None or (
+            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta)
+        if improved:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self._snapshot = trainer._snapshot()
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.stop_training = True
+                self.stopped_epoch = epoch
+
+    def on_train_end(self, trainer):
+        if self.restore_best_weights and self._snapshot is not None and self.best_epoch != trainer.history[-1]["epoch"]:
+            trainer._restore(self._snapshot)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (atomically) after epochs: every epoch, or only when `monitor` improves.
+
+    filepath may contain {epoch} and any log key, e.g. "model-{epoch:03d}.fbp".
+    """
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto"):
+        self.filepath, self.monitor, self.save_best_only = os.fspath(filepath), monitor, bool(save_best_only)
+        self.mode = _monitor_mode(monitor, mode)
+
+    def on_train_begin(self, trainer):
+        self.best = None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.save_best_only:
+            value = _monitored(logs, self.monitor)
+            if self.best is not None and not (value < self.best if self.mode == "min" else value > self.best):
+                return
+            self.best = value
+        trainer.save(self.filepath.format(**logs))
+
+
+class TerminateOnNaN(Callback):
+    """Stop as soon as the training or validation loss is not finite.
+
+    (A non-finite training loss already stops fit inside the compiled epoch; this
+    also catches a diverging validation loss.)
+    """
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if any(not math.isfinite(logs[k]) for k in ("loss", "val_loss") if k in logs):
+            trainer.stop_training = True
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over epochs showing loss, val loss and samples/s (verbose=1)."""
+
+    def on_train_begin(self, trainer):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=trainer._epochs_this_fit, unit="epoch", file=sys.stderr, leave=True)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        shown = {k: f"{logs[k]:.4g}" for k in ("loss", "val_loss", "val_accuracy", "val_r2") if k in logs}
+        shown["samples/s"] = f"{logs['samples_per_s']:,.0f}"
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, trainer):
+        self.bar.close()
+
+
+class EpochLogger(Callback):
+    """One line per epoch on stdout (verbose=2)."""
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        parts = [f"epoch {epoch}"] + [f"{k} {logs[k]:.4g}" for k in ("loss", "val_loss", "val_accuracy", "val_r2", "lr")
+                                      if k in logs]
+        parts.append(f"{logs['samples_per_s']:,.0f} samples/s")
+        print(" - ".join(parts), flush=True)
