@@ -65,6 +65,30 @@ def test_evaluate_and_loss_and_grad_validate_too():
         tr.loss_and_grad(with_nan(X_OK), Y_OK)
 
 
+def test_weight_and_validation_arguments():
+    tr = ce()
+    with pytest.raises(ValueError, match="negative"):
+        tr.fit(X_OK, Y_OK, sample_weight=-np.ones(10))
+    with pytest.raises(ValueError, match="one weight per row"):
+        tr.fit(X_OK, Y_OK, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="sum to zero"):
+        tr.fit(X_OK, Y_OK, sample_weight=np.zeros(10))
+    with pytest.raises(ValueError, match="dict or 'balanced'"):
+        tr.fit(X_OK, Y_OK, class_weight="auto")
+    with pytest.raises(ValueError, match="class_weight needs a classification loss"):
+        fastbp.Trainer([3, 1], loss="mse").fit(X_OK, Y_OK, class_weight="balanced")
+    with pytest.raises(ValueError, match="not both"):
+        tr.fit(X_OK, Y_OK, validation_data=(X_OK, Y_OK), validation_split=0.2)
+    with pytest.raises(ValueError, match="fraction in"):
+        tr.fit(X_OK, Y_OK, validation_split=1.5)
+    with pytest.raises(ValueError, match="expects 3"):
+        tr.fit(X_OK, Y_OK, validation_data=(X_OK[:, :2], Y_OK))
+    with pytest.raises(ValueError, match="cannot monitor 'val_loss'"):
+        tr.fit(X_OK, Y_OK, callbacks=[fastbp.EarlyStopping()])
+    with pytest.raises(TypeError, match="Callback instances"):
+        tr.fit(X_OK, Y_OK, callbacks=[print])
+
+
 def test_target_checks_per_loss():
     bce = fastbp.Trainer([3, 2], loss="binary_cross_entropy")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -105,6 +129,16 @@ CONSTRUCTOR_CASES = [
     (dict(n_threads=10_000), ValueError, "exceeds"),
     (dict(init="orthogonal"), ValueError, "valid inits"),
     (dict(layer_sizes=[3, 1], loss="cross_entropy"), ValueError, "at least 2 outputs"),
+    (dict(dropout=1.0), ValueError, r"dropout rates must lie in \[0, 1\)"),
+    (dict(dropout=[0.1, 0.2]), ValueError, "one rate per hidden layer"),
+    (dict(clip_grad_norm=-1), ValueError, "clip_grad_norm"),
+    (dict(lr_schedule="warmup"), ValueError, "valid schedules"),
+    (dict(lr_schedule=("step", {"size": 3})), TypeError, "bad options for lr_schedule"),
+    (dict(optimizer="adam", betas=(0.9, 1.0)), ValueError, r"betas\[1\] must be < 1"),
+    (dict(optimizer="adam", momentum=0.9), ValueError, "no momentum parameter"),
+    (dict(on_divergence="ignore"), ValueError, "on_divergence"),
+    (dict(verbose=3), ValueError, "verbose"),
+    (dict(loss="huber", huber_delta=0), ValueError, "huber_delta"),
 ]
 
 
