@@ -35,7 +35,11 @@ CACHE = _env_flag("FASTBP_CACHE", True)
 def jit(fn=None, *, parallel=False):
     """numba.njit with the project's settings; every kernel is compiled through here."""
     def wrap(f):
-        return numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=parallel, nogil=True)(f)
+        # error_model="numpy": float division by zero gives inf/nan instead of a
+        # Python exception, whose check would stop every loop with a division
+        # (Adam, RMSprop) from vectorizing.
+        return numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=parallel, nogil=True,
+                          error_model="numpy")(f)
     return wrap(fn) if fn is not None else wrap
 
 

@@ -39,6 +39,7 @@ from .activations import GELU, bias_activate, gelu_bias_activate, scale_by_deriv
 from .blas import gemm
 from .config import jit
 from .dropout import apply_mask, mask_delta, row_key
+from .fpmode import flush_denormals, restore_fp_mode
 from .losses import row_loss_and_delta
 from .optim import update_all, update_range
 
@@ -190,6 +191,7 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
     """
     part_loss = np.zeros(n_parts)
     for part in prange(n_parts):
+        fp_mode = flush_denormals()
         r0 = (part * rows) // n_parts
         r1 = ((part + 1) * rows) // n_parts
         if r1 > r0:
@@ -198,14 +200,17 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
             part_loss[part] = _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
                                              deltas, capacity, Y, weights, order, start, r0, r1 - r0, scale,
                                              dropout, seed, t)
+        restore_fp_mode(fp_mode)
     loss = 0.0
     for part in range(n_parts):
         loss += part_loss[part]
     if not math.isfinite(loss):
         return loss
     for part in prange(n_parts):
+        fp_mode = flush_denormals()
         _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta,
                           opt_code, state, t, hyper, update)
+        restore_fp_mode(fp_mode)
     return loss
 
 
@@ -297,8 +302,10 @@ def forward_all(params, sizes, w_offsets, act_codes, acts, zs, capacity, X, out,
         rows = min(capacity, n - start)
         parts = min(n_parts, rows)
         for part in prange(parts):
+            fp_mode = flush_denormals()
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
             _gather_rows(X, order, start, r0, r1 - r0, acts)
             _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, r0, r1 - r0, no_dropout, 0, 0)
+            restore_fp_mode(fp_mode)
         out[start:start + rows] = acts[off_out:off_out + rows * n_out].reshape((rows, n_out))

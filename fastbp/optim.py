@@ -12,6 +12,7 @@ import numpy as np
 from numba import prange
 
 from .config import jit
+from .fpmode import flush_denormals, restore_fp_mode
 
 SGD, ADAM, ADAMW, RMSPROP = range(4)
 OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW, "rmsprop": RMSPROP}
@@ -101,13 +102,19 @@ class Optimizer:
 
 @jit
 def update_range(opt_code, params, grad, state, t, hyper, grad_scale, lo, hi):
-    """Step parameters [lo, hi) in place from grad_scale * grad; t is the 1-based step count."""
+    """Step parameters [lo, hi) in place from grad_scale * grad; t is the 1-based step count.
+
+    The optimizers run on 0-based views of the range: with a non-negative index
+    known to the compiler, and numpy's error model, their loops vectorize.
+    """
+    p = params[lo:hi]
+    g = grad[lo:hi]
     if opt_code == SGD:
-        _sgd(params, grad, state, t, hyper, grad_scale, lo, hi)
+        _sgd(p, g, state, lo, hi, t, hyper, grad_scale)
     elif opt_code == RMSPROP:
-        _rmsprop(params, grad, state, hyper, grad_scale, lo, hi)
+        _rmsprop(p, g, state, lo, hi, hyper, grad_scale)
     else:
-        _adam(opt_code, params, grad, state, t, hyper, grad_scale, lo, hi)
+        _adam(opt_code == ADAMW, p, g, state, lo, hi, t, hyper, grad_scale)
 
 
 @jit(parallel=True)
@@ -116,89 +123,93 @@ def update_all(opt_code, params, grad, state, t, hyper, grad_scale):
     n = params.size
     block = 4096
     for blk in prange((n + block - 1) // block):
+        fp_mode = flush_denormals()
         update_range(opt_code, params, grad, state, t, hyper, grad_scale, blk * block, min(n, (blk + 1) * block))
+        restore_fp_mode(fp_mode)
 
 
 @jit
-def _penalized(params, grad, i, hyper, grad_scale, coupled_decay):
-    """The gradient torch's optimizers act on: clipped gradient + L1 sign term + (coupled) L2 decay."""
-    g = grad[i] * grad_scale
-    l1 = hyper[L1]
-    if l1 != 0:
-        p = params[i]
-        g += l1 * (1 if p > 0 else (-1 if p < 0 else 0))
-    if coupled_decay:
-        g += hyper[WEIGHT_DECAY] * params[i]
-    return g
+def _effective(p, g, i, grad_scale, decay, l1):
+    """The gradient torch's optimizers act on: clipped gradient + coupled L2 decay + L1 sign term."""
+    zero = p.dtype.type(0.0)
+    sign = p.dtype.type(1.0) if p[i] > zero else (p.dtype.type(-1.0) if p[i] < zero else zero)
+    return g[i] * grad_scale + decay * p[i] + l1 * sign
 
 
 @jit
-def _sgd(params, grad, state, t, hyper, grad_scale, lo, hi):
+def _sgd(p, g, state, lo, hi, t, hyper, grad_scale):
     lr = hyper[LR]
     momentum = hyper[MOMENTUM]
+    decay = hyper[WEIGHT_DECAY]
+    l1 = hyper[L1]
+    if momentum == 0:
+        for i in range(p.size):
+            p[i] -= lr * _effective(p, g, i, grad_scale, decay, l1)
+        return
     nesterov = hyper[NESTEROV] != 0
-    decay = hyper[WEIGHT_DECAY] != 0
-    for i in range(lo, hi):
-        g = _penalized(params, grad, i, hyper, grad_scale, decay)
-        if momentum != 0:
-            buf = g if t == 1 else momentum * state[0, i] + g  # torch starts the buffer at the first gradient
-            state[0, i] = buf
-            g = g + momentum * buf if nesterov else buf
-        params[i] -= lr * g
+    buf = state[0][lo:hi]
+    first = t == 1  # torch starts the buffer at the first gradient
+    for i in range(p.size):
+        gi = _effective(p, g, i, grad_scale, decay, l1)
+        b = gi if first else momentum * buf[i] + gi
+        buf[i] = b
+        p[i] -= lr * (gi + momentum * b if nesterov else b)
 
 
 @jit
-def _adam(opt_code, params, grad, state, t, hyper, grad_scale, lo, hi):
+def _adam(decoupled, p, g, state, lo, hi, t, hyper, grad_scale):
+    dtype = p.dtype.type
+    one = dtype(1.0)
     lr = hyper[LR]
     beta1 = hyper[BETA1]
     beta2 = hyper[BETA2]
     eps = hyper[EPS]
+    l1 = hyper[L1]
+    step_size = dtype(lr / (1.0 - float(beta1) ** t))
+    inv_bias2_sqrt = dtype(1.0 / np.sqrt(1.0 - float(beta2) ** t))
+    # Adam adds decay to the gradient; AdamW shrinks the weights first (decoupled)
+    coupled = dtype(0.0) if decoupled else hyper[WEIGHT_DECAY]
+    shrink = one - lr * hyper[WEIGHT_DECAY] if decoupled else one
     amsgrad = hyper[AMSGRAD] != 0
-    one = params.dtype.type(1.0)
-    bias1 = one - beta1 ** t
-    step_size = lr / bias1
-    bias2_sqrt = np.sqrt(one - beta2 ** t)
-    decoupled = opt_code == ADAMW
-    coupled = not decoupled and hyper[WEIGHT_DECAY] != 0
-    shrink = one - lr * hyper[WEIGHT_DECAY]
-    for i in range(lo, hi):
-        g = _penalized(params, grad, i, hyper, grad_scale, coupled)
-        if decoupled:
-            params[i] *= shrink
-        m = state[0, i] + (one - beta1) * (g - state[0, i])
-        v = beta2 * state[1, i] + (one - beta2) * g * g
-        state[0, i] = m
-        state[1, i] = v
-        if amsgrad:
-            v = max(state[2, i], v)
-            state[2, i] = v
-        params[i] -= step_size * m / (np.sqrt(v) / bias2_sqrt + eps)
+    m = state[0][lo:hi]
+    v = state[1][lo:hi]
+    for i in range(p.size):
+        gi = _effective(p, g, i, grad_scale, coupled, l1)
+        p[i] *= shrink
+        m[i] += (one - beta1) * (gi - m[i])
+        v[i] = beta2 * v[i] + (one - beta2) * gi * gi
+        if not amsgrad:
+            p[i] -= step_size * m[i] / (np.sqrt(v[i]) * inv_bias2_sqrt + eps)
+    if amsgrad:  # a separate loop: aliasing v_max to v would stop the common loop from vectorizing
+        v_max = state[2][lo:hi]
+        for i in range(p.size):
+            v_max[i] = max(v_max[i], v[i])
+            p[i] -= step_size * m[i] / (np.sqrt(v_max[i]) * inv_bias2_sqrt + eps)
 
 
 @jit
-def _rmsprop(params, grad, state, hyper, grad_scale, lo, hi):
+def _rmsprop(p, g, state, lo, hi, hyper, grad_scale):
+    one = p.dtype.type(1.0)
     lr = hyper[LR]
     alpha = hyper[ALPHA]
     eps = hyper[EPS]
     momentum = hyper[MOMENTUM]
+    decay = hyper[WEIGHT_DECAY]
+    l1 = hyper[L1]
     centered = hyper[CENTERED] != 0
-    decay = hyper[WEIGHT_DECAY] != 0
-    one = params.dtype.type(1.0)
-    buf_row = 1
-    avg_row = 2 if momentum != 0 else 1
-    for i in range(lo, hi):
-        g = _penalized(params, grad, i, hyper, grad_scale, decay)
-        sq = alpha * state[0, i] + (one - alpha) * g * g
-        state[0, i] = sq
+    square_avg = state[0][lo:hi]
+    buf = state[1][lo:hi] if momentum != 0 else square_avg
+    grad_avg = state[2 if momentum != 0 else 1][lo:hi] if centered else square_avg
+    for i in range(p.size):
+        gi = _effective(p, g, i, grad_scale, decay, l1)
+        square_avg[i] = alpha * square_avg[i] + (one - alpha) * gi * gi
         if centered:
-            avg = state[avg_row, i] + (one - alpha) * (g - state[avg_row, i])
-            state[avg_row, i] = avg
-            denom = np.sqrt(sq - avg * avg) + eps
+            grad_avg[i] += (one - alpha) * (gi - grad_avg[i])
+            denom = np.sqrt(square_avg[i] - grad_avg[i] * grad_avg[i]) + eps
         else:
-            denom = np.sqrt(sq) + eps
+            denom = np.sqrt(square_avg[i]) + eps
         if momentum != 0:
-            buf = momentum * state[buf_row, i] + g / denom
-            state[buf_row, i] = buf
-            params[i] -= lr * buf
+            buf[i] = momentum * buf[i] + gi / denom
+            p[i] -= lr * buf[i]
         else:
-            params[i] -= lr * g / denom
+            p[i] -= lr * gi / denom
