@@ -132,8 +132,6 @@ SYSTEMS = {"fastbp": time_fastbp, "torch": time_torch, "sklearn": time_sklearn}
 
 def _child_peak_rss(system, workload, dtype, threads):
     """Run in a fresh process: print RSS (MiB) after imports and data, and the peak after one warm-up and one epoch."""
-    import resource
-
     X, y = make_data(workload, np.dtype(dtype).type)
     if system == "torch":
         import torch  # noqa: F401  (count the library, not only the training)
@@ -141,11 +139,15 @@ def _child_peak_rss(system, workload, dtype, threads):
         import sklearn.neural_network  # noqa: F401
     else:
         import fastbp  # noqa: F401
-    with open("/proc/self/status") as fh:
-        before = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+    before = _proc_status_mib("VmRSS")
     SYSTEMS[system](workload, X, y, threads, 1)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{before:.0f} {after:.0f}")
+    print(f"{before:.0f} {_proc_status_mib('VmHWM'):.0f}")
+
+
+def _proc_status_mib(key):
+    # VmHWM, unlike getrusage's ru_maxrss, starts afresh at exec instead of inheriting the parent's peak
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(key + ":")) / 1024
 
 
 def peak_rss(system, workload, dtype, threads):

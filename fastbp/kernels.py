@@ -144,13 +144,16 @@ def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, a
 
 @jit
 def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta,
-                      opt_code, state, t, hyper, update):
+                      weight_l2, opt_code, state, t, hyper, update):
     """This part's slice of every layer's dW rows and db entries, over all `rows` rows.
 
     beta = 0 overwrites the gradient; beta = 1 adds to it (accumulating over blocks).
+    weight_l2 > 0 adds weight_l2 * W to dW (scikit-learn's alpha term: weights only, per
+    batch); the slice's sum of W**2 before the step is returned for the loss.
     With `update`, each slice is also stepped (step t) by the optimizer right away, while it is in cache.
     """
     one = grad.dtype.type(1.0)
+    squares = 0.0
     n_layers = sizes.size - 1
     for l in range(n_layers):
         n_in = sizes[l]
@@ -163,6 +166,12 @@ def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, ro
         if k1 > k0:
             gemm(True, False, k1 - k0, n_out, rows, one, acts, off_in + k0, n_in, deltas, d_off, n_out,
                  beta, grad, w0 + k0 * n_out, n_out)
+            if weight_l2 > 0:
+                w = params[w0 + k0 * n_out:w0 + k1 * n_out]
+                dw = grad[w0 + k0 * n_out:w0 + k1 * n_out]
+                for i in range(w.size):
+                    dw[i] += weight_l2 * w[i]
+                    squares += float(w[i]) * float(w[i])
             if update:
                 update_range(opt_code, params, grad, state, t, hyper, one, w0 + k0 * n_out, w0 + k1 * n_out)
         c0, c1 = _split(n_out, part, n_parts)
@@ -177,17 +186,19 @@ def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, ro
         if update:
             update_range(opt_code, params, grad, state, t, hyper, one, w0 + n_in * n_out + c0,
                          w0 + n_in * n_out + c1)
+    return squares
 
 
 @jit(parallel=True)
 def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas, capacity,
-                   X, Y, weights, order, start, rows, scale, n_parts, beta, dropout, seed,
+                   X, Y, weights, order, start, rows, scale, n_parts, beta, dropout, seed, alpha,
                    opt_code, state, t, hyper, update):
     """Gradient of scale * (loss sum of rows order[start:start+rows]) into grad (times beta plus it).
 
-    t is the step number (it also keys the dropout masks). With `update` the optimizer
-    takes step t from that gradient (fused, slice by slice), unless the loss is not
-    finite. Returns the loss sum of those rows.
+    t is the step number (it also keys the dropout masks). alpha > 0 adds scikit-learn's
+    penalty alpha/2 * sum(W**2) (weights only) to the loss sum. With `update` the
+    optimizer takes step t from that gradient (fused, slice by slice), unless the loss
+    is not finite. Returns the loss sum of those rows (plus the penalty).
     """
     part_loss = np.zeros(n_parts)
     for part in prange(n_parts):
@@ -206,11 +217,15 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
         loss += part_loss[part]
     if not math.isfinite(loss):
         return loss
+    squares = np.zeros(n_parts)
     for part in prange(n_parts):
         fp_mode = flush_denormals()
-        _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta,
-                          opt_code, state, t, hyper, update)
+        squares[part] = _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part,
+                                          n_parts, beta, alpha * scale, opt_code, state, t, hyper, update)
         restore_fp_mode(fp_mode)
+    if alpha > 0:
+        for part in range(n_parts):
+            loss += 0.5 * alpha * squares[part]
     return loss
 
 
@@ -225,7 +240,7 @@ def _norm(v):
 @jit
 def train_epoch(params, grad, state, step, hyper, opt_code, clip_norm, sizes, w_offsets, act_codes, loss_code,
                 loss_param, loss_elements, acts, zs, deltas, X, Y, weights, order, batch_size, n_parts,
-                dropout, seed):
+                dropout, seed, alpha):
     """One epoch of mini-batch training over rows in `order`, updating params in place.
 
     Each batch's loss is a mean (weighted by `weights` when given: sum w_i loss_i / sum w_i).
@@ -251,7 +266,7 @@ def train_epoch(params, grad, state, step, hyper, opt_code, clip_norm, sizes, w_
         t = step[0] + 1
         batch_loss = batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
                                     deltas, batch_size, X, Y, weights, order, start, m, scale, min(n_parts, m),
-                                    zero, dropout, seed, opt_code, state, t, hyper, clip_norm <= 0)
+                                    zero, dropout, seed, alpha, opt_code, state, t, hyper, clip_norm <= 0)
         if not math.isfinite(batch_loss):
             return np.nan
         if clip_norm > 0:
@@ -285,7 +300,7 @@ def loss_and_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss
         beta = params.dtype.type(0.0 if start == 0 else 1.0)
         total += batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas,
                                 capacity, X, Y, weights, order, start, rows, scale, min(n_parts, rows), beta,
-                                no_dropout, 0, 0, no_state, 0, no_hyper, False)
+                                no_dropout, 0, params.dtype.type(0.0), 0, no_state, 0, no_hyper, False)
     return total / (total_weight * loss_elements)
 
 

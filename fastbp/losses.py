@@ -10,7 +10,9 @@ import numpy as np
 from .activations import sigmoid
 from .config import jit
 
-MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MAE, HUBER = range(5)
+MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MAE, HUBER, SKLEARN_SQUARED = range(6)
+# scikit-learn's squared loss (fastbp.sklearn only): reports mean(r**2)/2 over outputs but
+# back-propagates r, not r/n_outputs, exactly as MLPRegressor does.
 
 LOSSES = {
     "mse": MSE,
@@ -81,6 +83,11 @@ def row_loss_and_delta(code, delta, z, y, d, scale):
             else:
                 loss += float(delta * (abs(r) - half * delta))
                 d[j] = (delta if r > zero else -delta) * scale
+    elif code == SKLEARN_SQUARED:
+        for j in range(n_out):
+            r = z[j] - y[j]
+            loss += 0.5 * float(r * r) / n_out
+            d[j] = r * scale
     else:  # MSE
         two = z.dtype.type(2.0)
         for j in range(n_out):

@@ -14,8 +14,11 @@ from numba import prange
 from .config import jit
 from .fpmode import flush_denormals, restore_fp_mode
 
-SGD, ADAM, ADAMW, RMSPROP = range(4)
+SGD, ADAM, ADAMW, RMSPROP, SKLEARN_SGD, SKLEARN_ADAM = range(6)
 OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW, "rmsprop": RMSPROP}
+# scikit-learn's own forms (fastbp.sklearn): SGD keeps a velocity v = momentum*v - lr*g
+# (not torch's lr-free buffer, which differs once the lr changes), and Adam puts eps
+# outside the bias correction. Neither applies weight decay: the alpha term is in the gradient.
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2, "rmsprop": 0.0}
 
@@ -113,6 +116,10 @@ def update_range(opt_code, params, grad, state, t, hyper, grad_scale, lo, hi):
         _sgd(p, g, state, lo, hi, t, hyper, grad_scale)
     elif opt_code == RMSPROP:
         _rmsprop(p, g, state, lo, hi, hyper, grad_scale)
+    elif opt_code == SKLEARN_SGD:
+        _sklearn_sgd(p, g, state, lo, hi, hyper)
+    elif opt_code == SKLEARN_ADAM:
+        _sklearn_adam(p, g, state, lo, hi, t, hyper)
     else:
         _adam(opt_code == ADAMW, p, g, state, lo, hi, t, hyper, grad_scale)
 
@@ -213,3 +220,31 @@ def _rmsprop(p, g, state, lo, hi, hyper, grad_scale):
             p[i] -= lr * buf[i]
         else:
             p[i] -= lr * gi / denom
+
+
+@jit
+def _sklearn_sgd(p, g, state, lo, hi, hyper):
+    lr = hyper[LR]
+    momentum = hyper[MOMENTUM]
+    nesterov = hyper[NESTEROV] != 0
+    velocity = state[0][lo:hi]
+    for i in range(p.size):
+        v = momentum * velocity[i] - lr * g[i]
+        velocity[i] = v
+        p[i] += momentum * v - lr * g[i] if nesterov else v
+
+
+@jit
+def _sklearn_adam(p, g, state, lo, hi, t, hyper):
+    dtype = p.dtype.type
+    one = dtype(1.0)
+    beta1 = hyper[BETA1]
+    beta2 = hyper[BETA2]
+    eps = hyper[EPS]
+    lr_t = dtype(float(hyper[LR]) * np.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
+    m = state[0][lo:hi]
+    v = state[1][lo:hi]
+    for i in range(p.size):
+        m[i] = beta1 * m[i] + (one - beta1) * g[i]
+        v[i] = beta2 * v[i] + (one - beta2) * g[i] * g[i]
+        p[i] -= lr_t * m[i] / (np.sqrt(v[i]) + eps)

@@ -169,7 +169,7 @@ class Trainer:
                         self.params, grad, self._opt_state, self._opt_step, hyper, self._optimizer.code,
                         self.clip_grad_norm or 0.0, self.layout.sizes, self.layout.w_offsets, self._act_codes,
                         self._loss_code, self.params.dtype.type(self.huber_delta), epr, acts, zs, deltas, X, Y,
-                        weights, order, batch, n_threads, dropout, self._dropout_seed)
+                        weights, order, batch, n_threads, dropout, self._dropout_seed, self.params.dtype.type(0.0))
                 seconds = time.perf_counter() - start
                 if not math.isfinite(loss):
                     self._restore(backup)
