@@ -245,14 +245,16 @@ def train_epoch(params, grad, state, step, hyper, opt_code, clip_norm, sizes, w_
 
     Each batch's loss is a mean (weighted by `weights` when given: sum w_i loss_i / sum w_i).
     clip_norm > 0 rescales each batch gradient to at most that global L2 norm first
-    (torch.nn.utils.clip_grad_norm_). Returns the epoch's mean loss, or NaN as soon
-    as a batch's loss is not finite (that batch's update is not applied).
+    (torch.nn.utils.clip_grad_norm_). Returns (the epoch's weighted mean loss, the mean
+    of the batch losses weighted by their row counts, as scikit-learn reports it); both
+    are NaN as soon as a batch's loss is not finite (that batch's update is not applied).
     """
     n = order.size
     one = params.dtype.type(1.0)
     zero = params.dtype.type(0.0)
     total = 0.0
     total_weight = 0.0
+    by_rows = 0.0
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         batch_weight = float(m)
@@ -268,7 +270,7 @@ def train_epoch(params, grad, state, step, hyper, opt_code, clip_norm, sizes, w_
                                     deltas, batch_size, X, Y, weights, order, start, m, scale, min(n_parts, m),
                                     zero, dropout, seed, alpha, opt_code, state, t, hyper, clip_norm <= 0)
         if not math.isfinite(batch_loss):
-            return np.nan
+            return np.nan, np.nan
         if clip_norm > 0:
             norm = _norm(grad)
             coef = min(1.0, clip_norm / (norm + 1e-6))
@@ -276,7 +278,10 @@ def train_epoch(params, grad, state, step, hyper, opt_code, clip_norm, sizes, w_
         step[0] = t
         total += batch_loss
         total_weight += batch_weight
-    return total / (total_weight * loss_elements) if total_weight > 0 else 0.0
+        by_rows += batch_loss / batch_weight * m
+    if total_weight == 0:
+        return 0.0, 0.0
+    return total / (total_weight * loss_elements), by_rows / (n * loss_elements)
 
 
 @jit

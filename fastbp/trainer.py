@@ -165,7 +165,7 @@ class Trainer:
                 backup = self._snapshot()
                 start = time.perf_counter()
                 with thread_limits(n_threads, 1):
-                    loss = kernels.train_epoch(
+                    loss, _ = kernels.train_epoch(
                         self.params, grad, self._opt_state, self._opt_step, hyper, self._optimizer.code,
                         self.clip_grad_norm or 0.0, self.layout.sizes, self.layout.w_offsets, self._act_codes,
                         self._loss_code, self.params.dtype.type(self.huber_delta), epr, acts, zs, deltas, X, Y,

@@ -1,0 +1,346 @@
+"""scikit-learn drop-in: MLPClassifier and MLPRegressor trained by fastbp's compiled kernels.
+
+Change one import line:
+
+    from fastbp.sklearn import MLPClassifier   # instead of sklearn.neural_network
+
+These subclass scikit-learn's own estimators, so parameter validation, label
+handling, the random-number sequence (initialization, early-stopping split,
+shuffling), the convergence rules, warm_start, partial_fit and every fitted
+attribute are scikit-learn's. What fastbp replaces is the numerical work: each
+epoch of the sgd and adam solvers runs as one compiled call (forward, backward,
+alpha penalty on the weights, and scikit-learn's update rule, fused), lbfgs is
+driven by the compiled loss and gradient, and prediction uses the compiled
+forward pass. coefs_ and intercepts_ are views into one flat parameter array.
+
+Written against scikit-learn 1.9; importing this module requires scikit-learn,
+importing fastbp does not.
+"""
+import numbers
+import warnings
+
+import numpy as np
+import scipy.optimize
+import sklearn
+from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
+from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.optimize import _check_optimize_result
+from sklearn.utils.validation import validate_data
+
+from . import kernels
+from .activations import ACTIVATIONS, IDENTITY, activation_code
+from .config import resolve_n_threads, thread_limits
+from .layout import Layout
+from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, SKLEARN_SQUARED
+from .optim import BETA1, BETA2, EPS, LR, MOMENTUM, N_HYPER, NESTEROV, SKLEARN_ADAM, SKLEARN_SGD
+
+if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
+    raise ImportError(f"fastbp.sklearn needs scikit-learn >= 1.7, found {sklearn.__version__}")
+
+# scikit-learn's names first; fastbp's other activations work too
+_ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
+                     **{name: name for name in ACTIVATIONS if name not in ("identity", "sigmoid")}}
+_EXTRA_CONSTRAINTS = {
+    "activation": [StrOptions(set(_ACTIVATION_NAMES))],
+    "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
+}
+_GRADIENT_BLOCK_ROWS = 4096
+_PREDICT_BLOCK_ROWS = 1024
+
+
+class _FastbpMixin:
+    """The numerical core shared by both estimators (sklearn's MRO calls into it)."""
+
+    # ------------------------------------------------------------------ model plumbing
+    def _net(self, layer_units):
+        """Layout, activation codes and a flat parameter buffer holding coefs_ / intercepts_ as views."""
+        layout = Layout(layer_units)
+        hidden = activation_code(_ACTIVATION_NAMES[self.activation])
+        codes = np.array([hidden] * (layout.n_layers - 1) + [IDENTITY], dtype=np.int64)
+        flat = getattr(self, "_fastbp_flat", None)
+        views = layout.views(flat) if flat is not None and flat.dtype == self.coefs_[0].dtype and \
+            flat.size == layout.n_params else None
+        if views is None or any(W.ctypes.data != c.ctypes.data or b.ctypes.data != i.ctypes.data
+                                for (W, b), c, i in zip(views, self.coefs_, self.intercepts_)):
+            flat = np.empty(layout.n_params, dtype=self.coefs_[0].dtype)
+            views = layout.views(flat)
+            for (W, b), coef, intercept in zip(views, self.coefs_, self.intercepts_):
+                W[...] = coef
+                b[...] = intercept
+            self._fastbp_flat = flat
+            self.coefs_ = [W for W, _ in views]
+            self.intercepts_ = [b for _, b in views]
+        return layout, codes, flat
+
+    def _loss_setup(self, y):
+        """(loss code, targets for the kernel): labels for softmax, 0/1 columns for logistic, values for identity."""
+        dtype = self.coefs_[0].dtype
+        y = np.asarray(y)
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        if self.out_activation_ == "softmax":
+            return CROSS_ENTROPY, np.ascontiguousarray(y.argmax(axis=1).reshape(-1, 1), dtype=dtype)
+        if self.out_activation_ == "logistic":
+            return BINARY_CROSS_ENTROPY, np.ascontiguousarray(y, dtype=dtype)
+        return SKLEARN_SQUARED, np.ascontiguousarray(y, dtype=dtype)
+
+    @staticmethod
+    def _dense(X):
+        if hasattr(X, "toarray"):  # sparse input: the compiled kernels need rows in memory
+            X = X.toarray()
+        return np.ascontiguousarray(X)
+
+    def _weights(self, sample_weight, dtype):
+        if sample_weight is None:
+            return np.empty(0, dtype=dtype)
+        return np.ascontiguousarray(sample_weight, dtype=dtype)
+
+    @staticmethod
+    def _workspace(layout, capacity, dtype, gelu):
+        width = capacity * int(layout.sizes.sum())
+        return (np.empty(width, dtype=dtype), np.empty(width if gelu else 0, dtype=dtype),
+                np.empty(width, dtype=dtype))
+
+    # ------------------------------------------------------------------ stochastic solvers
+    def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
+                        layer_units, incremental):
+        from sklearn.base import is_classifier
+        from sklearn.model_selection import train_test_split
+        from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
+        from sklearn.utils import shuffle
+
+        layout, codes, flat = self._net(layer_units)
+        new_optimizer = not incremental or not hasattr(self, "_optimizer")
+        if new_optimizer:
+            # scikit-learn's optimizer objects keep the learning-rate bookkeeping
+            # (invscaling, adaptive, stopping); the updates themselves run compiled.
+            if self.solver == "sgd":
+                self._optimizer = SGDOptimizer([], self.learning_rate_init, self.learning_rate, self.momentum,
+                                               self.nesterovs_momentum, self.power_t)
+            else:
+                self._optimizer = AdamOptimizer([], self.learning_rate_init, self.beta_1, self.beta_2,
+                                                self.epsilon)
+            n_state = 1 if self.solver == "sgd" else 2
+            self._fastbp_state = np.zeros((n_state, layout.n_params), dtype=flat.dtype)
+            self._fastbp_step = np.zeros(1, dtype=np.int64)
+
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        if early_stopping:
+            stratify = y if is_classifier(self) and self.n_outputs_ == 1 else None
+            arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            split = train_test_split(*arrays, random_state=self._random_state, test_size=self.validation_fraction,
+                                     stratify=stratify)
+            X_train, X_val, y_train, y_val = split[:4]
+            sample_weight_train, sample_weight_val = (split[4], split[5]) if sample_weight is not None else (None, None)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase 'validation_fraction' "
+                                 "or the size of your dataset.")
+            if is_classifier(self):
+                y_val = self._label_binarizer.inverse_transform(y_val)
+        else:
+            X_train, y_train, sample_weight_train = X, y, sample_weight
+            X_val = y_val = sample_weight_val = None
+
+        n_samples = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+
+        Xc = self._dense(X_train)
+        loss_code, Y = self._loss_setup(y_train)
+        weights = self._weights(sample_weight_train, flat.dtype)
+        dtype = flat.dtype.type
+        n_threads = resolve_n_threads(self.n_threads)
+        acts, zs, dls = self._workspace(layout, batch_size, flat.dtype, (codes == activation_code("gelu")).any())
+        grad = np.empty_like(flat)
+        no_dropout = np.zeros(layout.n_layers, dtype=flat.dtype)
+        opt_code = SKLEARN_SGD if self.solver == "sgd" else SKLEARN_ADAM
+        sample_idx = np.arange(n_samples, dtype=int)
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    sample_idx = shuffle(sample_idx, random_state=self._random_state)
+                hyper = np.zeros(N_HYPER, dtype=flat.dtype)
+                hyper[LR] = getattr(self._optimizer, "learning_rate", self.learning_rate_init) \
+                    if self.solver == "sgd" else self.learning_rate_init
+                hyper[MOMENTUM] = self.momentum
+                hyper[NESTEROV] = self.nesterovs_momentum
+                hyper[BETA1], hyper[BETA2], hyper[EPS] = self.beta_1, self.beta_2, self.epsilon
+                with thread_limits(n_threads, 1):
+                    _, loss = kernels.train_epoch(
+                        flat, grad, self._fastbp_state, self._fastbp_step, hyper, opt_code, 0.0, layout.sizes,
+                        layout.w_offsets, codes, loss_code, dtype(0.0), 1, acts, zs, dls, Xc, Y, weights,
+                        np.ascontiguousarray(sample_idx, dtype=np.int64), batch_size, n_threads, no_dropout, 0,
+                        dtype(self.alpha))
+                self.n_iter_ += 1
+                self.loss_ = float(loss)
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                self._update_no_improvement_count(early_stopping, X_val, y_val, sample_weight_val)
+                self._optimizer.iteration_ends(self.t_)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    what = "Validation score" if early_stopping else "Training loss"
+                    msg = (f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} "
+                           "consecutive epochs.")
+                    if self._optimizer.trigger_stopping(msg, self.verbose):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    from sklearn.exceptions import ConvergenceWarning
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                                  "optimization hasn't converged yet.", ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        if early_stopping:
+            for W, best in zip(self.coefs_, self._best_coefs):
+                W[...] = best
+            for b, best in zip(self.intercepts_, self._best_intercepts):
+                b[...] = best
+
+    # ------------------------------------------------------------------ lbfgs
+    def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units):
+        layout, codes, flat = self._net(layer_units)
+        Xc = self._dense(X)
+        loss_code, Y = self._loss_setup(y)
+        weights = self._weights(sample_weight, flat.dtype)
+        n_threads = resolve_n_threads(self.n_threads)
+        capacity = min(Xc.shape[0], _GRADIENT_BLOCK_ROWS)
+        acts, zs, dls = self._workspace(layout, capacity, flat.dtype, (codes == activation_code("gelu")).any())
+        grad = np.empty_like(flat)
+        weight_mask = np.zeros(layout.n_params, dtype=bool)
+        for W, _ in layout.views(weight_mask):
+            W[...] = True
+        sw_sum = Xc.shape[0] if sample_weight is None else float(np.sum(sample_weight))
+
+        def loss_grad(packed):
+            flat[...] = packed
+            with thread_limits(n_threads, 1):
+                loss = kernels.loss_and_gradient(flat, grad, layout.sizes, layout.w_offsets, codes, loss_code,
+                                                 flat.dtype.type(0.0), 1, acts, zs, dls, capacity, Xc, Y, weights,
+                                                 n_threads)
+            W = flat[weight_mask]
+            loss += 0.5 * self.alpha * float(W @ W) / sw_sum
+            full = grad.astype(np.float64)
+            full[weight_mask] += self.alpha * W / sw_sum
+            return loss, full
+
+        iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
+        options = {"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol}
+        if tuple(int(p) for p in scipy.__version__.split(".")[:2]) < (1, 15):
+            options["iprint"] = iprint
+        result = scipy.optimize.minimize(loss_grad, flat.astype(np.float64), method="L-BFGS-B", jac=True,
+                                         options=options)
+        self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
+        self.loss_ = float(result.fun)
+        flat[...] = result.x
+
+    # ------------------------------------------------------------------ prediction
+    def _forward_pass_fast(self, X, check_input=True):
+        if check_input:
+            X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
+        layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        layout, codes, flat = self._net(layer_units)
+        Xc = np.ascontiguousarray(self._dense(X), dtype=flat.dtype)
+        n = Xc.shape[0]
+        out = np.empty((n, layout.n_out), dtype=flat.dtype)
+        if n:
+            capacity = min(n, _PREDICT_BLOCK_ROWS)
+            acts, zs, _ = self._workspace(layout, capacity, flat.dtype, (codes == activation_code("gelu")).any())
+            n_threads = resolve_n_threads(self.n_threads)
+            with thread_limits(n_threads, 1):
+                kernels.forward_all(flat, layout.sizes, layout.w_offsets, codes, acts, zs, capacity, Xc, out,
+                                    n_threads)
+        if self.out_activation_ == "softmax":
+            out -= out.max(axis=1, keepdims=True)
+            np.exp(out, out=out)
+            out /= out.sum(axis=1, keepdims=True)
+        elif self.out_activation_ == "logistic":
+            from scipy.special import expit
+            expit(out, out=out)
+        return out
+
+
+
+class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
+    """scikit-learn's MLPClassifier (same parameters, defaults and attributes), trained by fastbp.
+
+    Beyond scikit-learn: more activations (leaky_relu, elu, softplus, gelu), `class_weight`
+    ({label: weight} or "balanced", multiplied into sample_weight), and `n_threads`
+    (None: every core). Float32 input stays float32 throughout.
+    """
+
+    _parameter_constraints = {**_SkMLPClassifier._parameter_constraints, **_EXTRA_CONSTRAINTS,
+                              "class_weight": [dict, StrOptions({"balanced"}), None]}
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
+                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, class_weight=None,
+                 n_threads=None):
+        super().__init__(hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver, alpha=alpha,
+                         batch_size=batch_size, learning_rate=learning_rate, learning_rate_init=learning_rate_init,
+                         power_t=power_t, max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+                         verbose=verbose, warm_start=warm_start, momentum=momentum,
+                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         n_iter_no_change=n_iter_no_change, max_fun=max_fun)
+        self.class_weight = class_weight
+        self.n_threads = n_threads
+
+    def _with_class_weight(self, y, sample_weight):
+        if self.class_weight is None:
+            return sample_weight
+        y_arr = np.asarray(y)
+        if y_arr.ndim > 1 and y_arr.shape[1] > 1:
+            raise ValueError("class_weight is not supported for multilabel targets; pass sample_weight instead")
+        cw = compute_sample_weight(self.class_weight, y_arr.ravel())
+        return cw if sample_weight is None else cw * np.asarray(sample_weight, dtype=np.float64)
+
+    def fit(self, X, y, sample_weight=None):
+        return super().fit(X, y, sample_weight=self._with_class_weight(y, sample_weight))
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        return super().partial_fit(X, y, sample_weight=self._with_class_weight(y, sample_weight), classes=classes)
+
+    partial_fit.__doc__ = _SkMLPClassifier.partial_fit.__doc__
+
+
+class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
+    """scikit-learn's MLPRegressor (same parameters, defaults and attributes), trained by fastbp.
+
+    loss='squared_error' only (scikit-learn's 'poisson' is not implemented here).
+    Extra: more activations and `n_threads`.
+    """
+
+    _parameter_constraints = {**_SkMLPRegressor._parameter_constraints, **_EXTRA_CONSTRAINTS,
+                              "loss": [StrOptions({"squared_error"})]}
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, n_threads=None):
+        super().__init__(loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+                         alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+                         learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter, shuffle=shuffle,
+                         random_state=random_state, tol=tol, verbose=verbose, warm_start=warm_start,
+                         momentum=momentum, nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         n_iter_no_change=n_iter_no_change, max_fun=max_fun)
+        self.n_threads = n_threads
+
+
+__all__ = ["MLPClassifier", "MLPRegressor"]

@@ -1,0 +1,160 @@
+"""fastbp.sklearn against scikit-learn's own MLP: same trajectories, scores, API and estimator checks."""
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn import datasets  # noqa: E402
+from sklearn.base import clone  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split  # noqa: E402
+from sklearn.neural_network import MLPClassifier as SkClassifier  # noqa: E402
+from sklearn.neural_network import MLPRegressor as SkRegressor  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from fastbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+
+def fit_quietly(model, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(*args, **kwargs)
+
+
+def assert_same_model(ours, theirs, rtol=1e-8):
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-10)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-8)
+    assert ours.n_iter_ == theirs.n_iter_ and ours.t_ == theirs.t_
+
+
+def problems():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 6))
+    return {
+        "multiclass": (SkClassifier, MLPClassifier, X, (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)),
+        "binary": (SkClassifier, MLPClassifier, X, np.where(X[:, 0] * X[:, 1] > 0, "yes", "no")),
+        "multilabel": (SkClassifier, MLPClassifier, X, np.stack([X[:, 0] > 0, X[:, 1] > 0.5], axis=1).astype(int)),
+        "regression": (SkRegressor, MLPRegressor, X, X[:, 0] - 2 * X[:, 1] ** 2),
+        "multi_output": (SkRegressor, MLPRegressor, X, np.stack([X[:, 0], X[:, 1] * X[:, 2]], axis=1)),
+    }
+
+
+SOLVERS = [
+    dict(solver="adam"),
+    dict(solver="sgd", learning_rate_init=0.05),
+    dict(solver="sgd", learning_rate_init=0.05, nesterovs_momentum=False),
+    dict(solver="sgd", learning_rate_init=0.05, learning_rate="invscaling", momentum=0.5),
+    dict(solver="sgd", learning_rate_init=0.05, learning_rate="adaptive", n_iter_no_change=2, tol=0.1),
+    dict(solver="adam", early_stopping=True, n_iter_no_change=3),
+]
+
+
+@pytest.mark.parametrize("params", SOLVERS, ids=[str(p) for p in SOLVERS])
+@pytest.mark.parametrize("problem", list(problems()))
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_same_trajectory_as_sklearn(params, problem, shuffle):
+    sk_cls, our_cls, X, y = problems()[problem]
+    if params.get("early_stopping") and problem == "multilabel":
+        pytest.skip("covered by the other problems")
+    kwargs = dict(hidden_layer_sizes=(12, 7), activation="tanh", max_iter=8, batch_size=32, shuffle=shuffle,
+                  random_state=3, alpha=1e-3, **params)
+    theirs = fit_quietly(sk_cls(**kwargs), X, y)
+    ours = fit_quietly(our_cls(**kwargs), X, y)
+    assert_same_model(ours, theirs)
+    if params.get("early_stopping"):
+        np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "regression"])
+def test_sample_weight_and_partial_fit_match_sklearn(problem):
+    sk_cls, our_cls, X, y = problems()[problem]
+    w = np.random.default_rng(1).uniform(0.1, 3, size=len(y))
+    kwargs = dict(hidden_layer_sizes=(10,), solver="sgd", learning_rate_init=0.02, batch_size=25, max_iter=4,
+                  random_state=0, shuffle=False)
+    assert_same_model(fit_quietly(our_cls(**kwargs), X, y, sample_weight=w),
+                      fit_quietly(sk_cls(**kwargs), X, y, sample_weight=w))
+    extra = {"classes": np.unique(y)} if problem == "multiclass" else {}
+    ours, theirs = our_cls(**kwargs), sk_cls(**kwargs)
+    for start in range(0, 150, 50):
+        ours.partial_fit(X[start:start + 50], y[start:start + 50], **extra)
+        theirs.partial_fit(X[start:start + 50], y[start:start + 50], **extra)
+    for a, b in zip(ours.coefs_, theirs.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "binary", "regression"])
+def test_lbfgs_matches_sklearn(problem):
+    sk_cls, our_cls, X, y = problems()[problem]
+    # Without hidden layers and with alpha > 0 the problem is convex: both must reach its one minimum.
+    kwargs = dict(hidden_layer_sizes=(), solver="lbfgs", alpha=0.5, max_iter=2000, random_state=0, tol=1e-10)
+    assert abs(fit_quietly(our_cls(**kwargs), X, y).loss_ - fit_quietly(sk_cls(**kwargs), X, y).loss_) < 1e-6
+    # With a hidden layer, the same iterations from the same start give the same loss.
+    kwargs.update(hidden_layer_sizes=(8,), max_iter=20)
+    ours, theirs = fit_quietly(our_cls(**kwargs), X, y), fit_quietly(sk_cls(**kwargs), X, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["digits", "breast_cancer", "wine", "diabetes"])
+def test_default_settings_score_like_sklearn(name):
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    if name == "diabetes":
+        y = (y - y.mean()) / y.std()
+    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
+    scaler = StandardScaler().fit(X_train)
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    ours_cls, sk_cls = (MLPRegressor, SkRegressor) if name == "diabetes" else (MLPClassifier, SkClassifier)
+    ours = fit_quietly(ours_cls(random_state=0), X_train, y_train).score(X_test, y_test)
+    theirs = fit_quietly(sk_cls(random_state=0), X_train, y_train).score(X_test, y_test)
+    assert abs(ours - theirs) <= 0.01
+
+
+def test_pipeline_grid_search_clone_pickle():
+    X, y = datasets.load_iris(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0))
+    search = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1e-2]}, cv=3)
+    fit_quietly(search, X, y)
+    assert search.best_score_ > 0.8
+    assert cross_val_score(clone(pipe), X, y, cv=3).mean() > 0.8
+    model = search.best_estimator_
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
+    assert clone(MLPClassifier(n_threads=1, activation="gelu")).get_params()["activation"] == "gelu"
+
+
+def test_float32_kept_and_class_weight():
+    X, y = datasets.load_iris(return_X_y=True)
+    X = X.astype(np.float32)
+    model = fit_quietly(MLPClassifier(hidden_layer_sizes=(8,), max_iter=50, random_state=0), X, y)
+    assert model.coefs_[0].dtype == np.float32 and model.predict_proba(X).dtype == np.float32
+    counts = np.array([1, 3, 2])[y]  # class_weight equals integer-valued sample weights
+    a = fit_quietly(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0,
+                                  class_weight={0: 1, 1: 3, 2: 2}), X, y)
+    b = fit_quietly(MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0), X, y, sample_weight=counts)
+    for u, v in zip(a.coefs_, b.coefs_):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_importing_fastbp_does_not_import_sklearn():
+    code = "import sys, fastbp; fastbp.Trainer([2, 2]); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# Checks that fail with a reason: keep this list short and explained.
+EXPECTED_FAILED = {}
+
+
+@parametrize_with_checks([MLPClassifier(max_iter=50), MLPRegressor(max_iter=50)],
+                         expected_failed_checks=lambda est: EXPECTED_FAILED)
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
