@@ -130,6 +130,35 @@ def gemm_gflops(shapes, dtype, threads, min_seconds=0.3):
 SYSTEMS = {"fastbp": time_fastbp, "torch": time_torch, "sklearn": time_sklearn}
 
 
+def dropin_speedup(workload, solver, epochs, threads):
+    """(fastbp.sklearn seconds, scikit-learn seconds) to fit `epochs` epochs with the same estimator settings."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier as SkMLP
+    from threadpoolctl import threadpool_limits
+
+    from fastbp.sklearn import MLPClassifier as FastMLP
+
+    if workload == "digits":
+        from sklearn.datasets import load_digits
+        X, y = load_digits(return_X_y=True)
+        X = X / 16.0
+        hidden, batch = (100,), "auto"
+    else:
+        X, y = make_data(workload, np.float32)
+        _, _, hidden, _, batch = WORKLOADS[workload]
+    settings = dict(hidden_layer_sizes=hidden, solver=solver, batch_size=batch, max_iter=epochs, random_state=0,
+                    n_iter_no_change=10 ** 9)
+    times = []
+    for make in (lambda: FastMLP(n_threads=threads, **settings), lambda: SkMLP(**settings)):
+        with warnings.catch_warnings(), threadpool_limits(limits=threads):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            make().set_params(max_iter=1).fit(X[:2000], y[:2000])  # warm-up (compilation)
+            start = time.perf_counter()
+            make().fit(X, y)
+            times.append(time.perf_counter() - start)
+    return tuple(times)
+
+
 def _child_peak_rss(system, workload, dtype, threads):
     """Run in a fresh process: print RSS (MiB) after imports and data, and the peak after one warm-up and one epoch."""
     X, y = make_data(workload, np.dtype(dtype).type)
@@ -252,6 +281,9 @@ def main(argv=None):
                         help="also report peak RSS of one epoch per system (each in a fresh process)")
     parser.add_argument("--startup", action="store_true",
                         help="also time import + one epoch on digits with an empty and a warm Numba cache")
+    parser.add_argument("--dropin", action="store_true",
+                        help="also time fastbp.sklearn.MLPClassifier against scikit-learn's (adam and sgd; "
+                             "the workloads and digits)")
     parser.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
     args = parser.parse_args(argv)
     from fastbp.config import max_threads
@@ -292,6 +324,17 @@ def main(argv=None):
         lines += [f"Import + one {args.dtype} epoch on digits in a fresh process: {cold:.1f} s with an empty "
                   f"Numba cache, {warm:.2f} s with a warm cache.", ""]
         print(lines[-2])
+    if args.dropin:
+        threads = thread_counts[-1]
+        lines += [f"**fastbp.sklearn.MLPClassifier vs scikit-learn's, {threads} thread(s), whole fit**", "",
+                  "| data | solver | epochs | fastbp.sklearn s | scikit-learn s | speed-up |", "|---|---|---|---|---|---|"]
+        for name in workloads + ["digits"]:
+            epochs = 200 if name == "digits" else (1 if name == "wide" else 3)
+            for solver in ("adam", "sgd"):
+                ours, theirs = dropin_speedup(name, solver, epochs, threads)
+                lines.append(f"| {name} | {solver} | {epochs} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.2f}× |")
+                print(lines[-1], flush=True)
+        lines.append("")
     machine = f"{platform.processor() or platform.machine()}, {max_threads()} cores, Python {platform.python_version()}"
     lines.append(f"Machine: {machine}.")
     if args.markdown:

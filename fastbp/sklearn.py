@@ -163,6 +163,7 @@ class _FastbpMixin:
         no_dropout = np.zeros(layout.n_layers, dtype=flat.dtype)
         opt_code = SKLEARN_SGD if self.solver == "sgd" else SKLEARN_ADAM
         sample_idx = np.arange(n_samples, dtype=int)
+        order = np.empty(n_samples, dtype=np.int64)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
@@ -174,12 +175,12 @@ class _FastbpMixin:
                 hyper[MOMENTUM] = self.momentum
                 hyper[NESTEROV] = self.nesterovs_momentum
                 hyper[BETA1], hyper[BETA2], hyper[EPS] = self.beta_1, self.beta_2, self.epsilon
+                order[:] = sample_idx
                 with thread_limits(n_threads, 1):
                     _, loss = kernels.train_epoch(
                         flat, grad, self._fastbp_state, self._fastbp_step, hyper, opt_code, 0.0, layout.sizes,
                         layout.w_offsets, codes, loss_code, dtype(0.0), 1, acts, zs, dls, Xc, Y, weights,
-                        np.ascontiguousarray(sample_idx, dtype=np.int64), batch_size, n_threads, no_dropout, 0,
-                        dtype(self.alpha))
+                        order, batch_size, n_threads, no_dropout, 0, dtype(self.alpha))
                 self.n_iter_ += 1
                 self.loss_ = float(loss)
                 self.t_ += n_samples
