@@ -302,7 +302,7 @@ def main(argv=None):
         lines += [f"**{title}**", "", HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
         lines += [format_row(r, systems) for r in rows] + [""]
         peak = rows[0]["peak"] if rows else float("nan")
-        lines += [f"float32 GEMM peak (numpy matmul 1024³, {threads} thread(s)): {peak:.0f} GFLOP/s", ""]
+        lines += [f"{args.dtype} GEMM peak (numpy matmul 1024³, {threads} thread(s)): {peak:.0f} GFLOP/s", ""]
         print(lines[-2])
     if args.memory:
         threads = thread_counts[-1]

@@ -6,6 +6,8 @@ resolves it by name, so compiled kernels stay cacheable) with explicit offsets
 and leading dimensions: a thread can compute a column block of a layer in place,
 and beta = 1 accumulates.
 """
+import numba
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -69,3 +71,22 @@ def gemm(trans_a, trans_b, m, n, k, alpha, A, a_off, lda, B, b_off, ldb, beta, C
         return
     # A row-major matrix is its transpose in column-major order: C^T = op(B)^T @ op(A)^T.
     _xgemm(trans_b, trans_a, n, m, k, alpha, B, b_off, ldb, A, a_off, lda, beta, C, c_off, ldc)
+
+
+def _strided(buf, offset, rows, cols, ld):
+    """A (rows, cols) view of flat `buf` starting at `offset` with row stride `ld`."""
+    item = buf.itemsize
+    return np.lib.stride_tricks.as_strided(buf[offset:], shape=(rows, cols), strides=(ld * item, item))
+
+
+def _gemm_python(trans_a, trans_b, m, n, k, alpha, A, a_off, lda, B, b_off, ldb, beta, C, c_off, ldc):
+    if m == 0 or n == 0:
+        return
+    a = _strided(A, a_off, k, m, lda).T if trans_a else _strided(A, a_off, m, k, lda)
+    b = _strided(B, b_off, n, k, ldb).T if trans_b else _strided(B, b_off, k, n, ldb)
+    c = _strided(C, c_off, m, n, ldc)
+    c[...] = alpha * (a @ b) + (beta * c if beta != 0 else 0)
+
+
+if numba.config.DISABLE_JIT:  # pure-Python runs (coverage, debugging): intrinsics cannot run there
+    gemm = _gemm_python

@@ -11,6 +11,7 @@ FASTBP_FLUSH_DENORMALS=0 turns this off; on non-x86 machines it does nothing.
 """
 import platform
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -60,3 +61,11 @@ def restore_fp_mode(typingctx, old):
         return context.get_dummy_value()
 
     return types.void(types.uint32), codegen
+
+
+if numba.config.DISABLE_JIT:  # pure-Python runs: there is no compiled region to protect
+    def flush_denormals():
+        return 0
+
+    def restore_fp_mode(old):
+        pass

@@ -7,8 +7,9 @@ import pytest
 
 from fastbp.fpmode import _ENABLED, flush_denormals, restore_fp_mode
 
-pytestmark = pytest.mark.skipif(not _ENABLED or platform.machine().lower() not in ("x86_64", "amd64"),
-                                reason="FTZ/DAZ control is x86-only and can be disabled")
+pytestmark = pytest.mark.skipif(
+    not _ENABLED or numba.config.DISABLE_JIT or platform.machine().lower() not in ("x86_64", "amd64"),
+    reason="FTZ/DAZ control is x86-only, compiled-only, and can be disabled")
 
 
 @numba.njit
