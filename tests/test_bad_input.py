@@ -1,4 +1,9 @@
-"""Bad input at the boundary: a ValueError/TypeError whose message names the problem."""
+"""The bad-input catalogue: each case raises ValueError/TypeError (or ModelFileError) naming the problem.
+
+Inputs that look unusual but are valid (Fortran order, strides, read-only, memory-mapped,
+integer, bool, float16) must work instead: see test_trainer.py and the cases at the end.
+Data-file readers and the CLI add their rows when they land.
+"""
 import numpy as np
 import pytest
 
@@ -216,3 +221,47 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
         tr.save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.fbp"]
+
+
+ESTIMATOR_CASES = [
+    ("nan in X", lambda: (with_nan(X_OK), Y_OK), ValueError, "NaN"),
+    ("1-D X", lambda: (X_OK[:, 0], Y_OK), ValueError, "2D array"),
+    ("empty X", lambda: (np.empty((0, 3)), np.empty(0)), ValueError, "0 sample"),
+    ("y too short", lambda: (X_OK, Y_OK[:5]), ValueError, "inconsistent numbers of samples"),
+    ("complex X", lambda: (X_OK + 1j, Y_OK), ValueError, "[Cc]omplex"),
+]
+
+
+@pytest.mark.parametrize("name,make,exc,message", ESTIMATOR_CASES, ids=[c[0] for c in ESTIMATOR_CASES])
+def test_estimators_reject(name, make, exc, message):
+    sk = pytest.importorskip("fastbp.sklearn")
+    X, y = make()
+    for estimator in (sk.MLPClassifier(max_iter=2), sk.MLPRegressor(max_iter=2)):
+        with pytest.raises(exc, match=message):
+            estimator.fit(X, y)
+    with pytest.raises(ValueError, match="activation"):
+        sk.MLPClassifier(activation="swish").fit(X_OK, Y_OK)
+    fitted = sk.MLPClassifier(max_iter=2).fit(X_OK, Y_OK)
+    with pytest.raises(ValueError, match="features"):
+        fitted.predict(X_OK[:, :2])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32, np.uint8, np.bool_])
+def test_narrow_numeric_dtypes_work(dtype):
+    X = (np.abs(X_OK) * 3).astype(dtype)
+    tr = ce()
+    tr.fit(X, Y_OK)
+    assert tr.predict(X).shape == (10,)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy", "mse", "huber", "mae"])
+def test_huge_logits_give_finite_loss_and_gradient(loss):
+    n_out = 2
+    tr = fastbp.Trainer([2, n_out], loss=loss, dtype="float32")
+    W, b = tr.layers[0]
+    W[...] = [[1e4, -1e4], [0.0, 0.0]]
+    b[...] = 0.0
+    X = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    y = [1, 0] if loss == "cross_entropy" else [[0.0, 1.0], [1.0, 0.0]]
+    value, grad = tr.loss_and_grad(X, y)
+    assert np.isfinite(value) and np.isfinite(grad).all()
