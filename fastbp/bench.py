@@ -60,6 +60,20 @@ def time_fastbp(workload, X, y, threads, repeat):
     return best_time(lambda: tr.fit(X, y), repeat)
 
 
+def optimizer_costs(workload, dtype, threads, repeat):
+    """Seconds per fastbp epoch with each optimizer (torch defaults), for the cost of Adam & co over SGD."""
+    from fastbp import Trainer
+
+    X, y = make_data(workload, np.dtype(dtype).type)
+    batch = WORKLOADS[workload][4]
+    costs = {}
+    for optimizer in ("sgd", "adam", "adamw", "rmsprop"):
+        tr = Trainer(layer_sizes(workload), optimizer=optimizer, batch_size=batch, epochs=1, dtype=dtype,
+                     n_threads=threads, seed=0)
+        costs[optimizer] = best_time(lambda: tr.fit(X, y), repeat)
+    return costs
+
+
 def time_torch(workload, X, y, threads, repeat):
     import torch
 
@@ -284,6 +298,8 @@ def main(argv=None):
     parser.add_argument("--dropin", action="store_true",
                         help="also time fastbp.sklearn.MLPClassifier against scikit-learn's (adam and sgd; "
                              "the workloads and digits)")
+    parser.add_argument("--optimizers", action="store_true",
+                        help="also time one fastbp epoch per optimizer (sgd, adam, adamw, rmsprop)")
     parser.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
     args = parser.parse_args(argv)
     from fastbp.config import max_threads
@@ -324,6 +340,16 @@ def main(argv=None):
         lines += [f"Import + one {args.dtype} epoch on digits in a fresh process: {cold:.1f} s with an empty "
                   f"Numba cache, {warm:.2f} s with a warm cache.", ""]
         print(lines[-2])
+    if args.optimizers:
+        threads = thread_counts[-1]
+        lines += [f"**Epoch time relative to SGD, fastbp, {args.dtype}, {threads} thread(s)**", "",
+                  "| workload | adam | adamw | rmsprop |", "|---|---|---|---|"]
+        for name in workloads:
+            c = optimizer_costs(name, args.dtype, threads, args.repeat)
+            lines.append(f"| {name} | " + " | ".join(f"{c[o] / c['sgd']:.2f}×" for o in ("adam", "adamw", "rmsprop"))
+                         + " |")
+            print(lines[-1], flush=True)
+        lines.append("")
     if args.dropin:
         threads = thread_counts[-1]
         lines += [f"**fastbp.sklearn.MLPClassifier vs scikit-learn's, {threads} thread(s), whole fit**", "",
