@@ -140,14 +140,35 @@ class Trainer:
         X, Y = self._check_data(X, y)
         weights = self._weights(Y, sample_weight, class_weight)
         X, Y, weights, validation = self._validation(X, Y, weights, validation_data, validation_split)
-        callbacks = self._callbacks(callbacks, self.verbose if verbose is None else verbose)
         n = X.shape[0]
-        batch = min(self.batch_size, n)
+
+        def run_epoch(hyper):
+            order = self._shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
+            return self._train_rows(X, Y, weights, order, hyper), n
+
+        return self._fit_loop(run_epoch, validation, callbacks, verbose)
+
+    def _train_rows(self, X, Y, weights, order, hyper):
+        """Mini-batches over rows `order` of X (a whole epoch, or one streamed buffer); returns the mean loss."""
+        batch = min(self.batch_size, len(order))
+        if getattr(self, "_train_ws", (0,))[0] < batch:
+            self._train_ws = (batch, *self._workspace(batch), np.empty_like(self.params))
+        _, acts, zs, deltas, grad = self._train_ws
         n_threads = resolve_n_threads(self.n_threads)
-        acts, zs, deltas = self._workspace(batch)
-        grad = np.empty_like(self.params)
-        epr = elements_per_row(self._loss_code, self.layout.n_out)
         dropout = np.array(self._dropout_rates, dtype=self.params.dtype)
+        with thread_limits(n_threads, 1):
+            loss, _ = kernels.train_epoch(
+                self.params, grad, self._opt_state, self._opt_step, hyper, self._optimizer.code,
+                self.clip_grad_norm or 0.0, self.layout.sizes, self.layout.w_offsets, self._act_codes,
+                self._loss_code, self.params.dtype.type(self.huber_delta),
+                elements_per_row(self._loss_code, self.layout.n_out), acts, zs, deltas, X, Y, weights,
+                np.ascontiguousarray(order, dtype=np.int64), batch, n_threads, dropout, self._dropout_seed,
+                self.params.dtype.type(0.0))
+        return loss
+
+    def _fit_loop(self, run_epoch, validation, callbacks, verbose):
+        """The epochs of fit: schedule, one compiled run_epoch(hyper) -> (loss, rows), divergence, validation, callbacks."""
+        callbacks = self._callbacks(callbacks, self.verbose if verbose is None else verbose)
         self._epochs_this_fit = self.epochs
         self.lr_schedule.start(self.epochs)
         self.stop_training = False
@@ -161,15 +182,13 @@ class Trainer:
                 cycles_beta1 = self._optimizer.name in ("adam", "adamw")
                 hyper = self._optimizer.hyper(self.params.dtype, lr=lr, momentum=None if cycles_beta1 else momentum,
                                               beta1=momentum if cycles_beta1 else None)
-                order = self._shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
                 backup = self._snapshot()
                 start = time.perf_counter()
-                with thread_limits(n_threads, 1):
-                    loss, _ = kernels.train_epoch(
-                        self.params, grad, self._opt_state, self._opt_step, hyper, self._optimizer.code,
-                        self.clip_grad_norm or 0.0, self.layout.sizes, self.layout.w_offsets, self._act_codes,
-                        self._loss_code, self.params.dtype.type(self.huber_delta), epr, acts, zs, deltas, X, Y,
-                        weights, order, batch, n_threads, dropout, self._dropout_seed, self.params.dtype.type(0.0))
+                try:
+                    loss, n = run_epoch(hyper)
+                except BaseException:  # Ctrl-C or a failing reader mid-epoch: keep the last whole epoch
+                    self._restore(backup)
+                    raise
                 seconds = time.perf_counter() - start
                 if not math.isfinite(loss):
                     self._restore(backup)
@@ -178,7 +197,7 @@ class Trainer:
                                f"rate (lr={lr:g}), clip_grad_norm, standardized features, or float64.")
                     if self.on_divergence == "raise":
                         raise TrainingDiverged(message)
-                    warnings.warn(message, RuntimeWarning, stacklevel=2)
+                    warnings.warn(message, RuntimeWarning, stacklevel=3)
                     break
                 logs = {"epoch": epoch + 1, "loss": float(loss), "lr": lr, "seconds": seconds,
                         "samples_per_s": n / seconds if seconds > 0 else float("inf")}
