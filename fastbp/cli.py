@@ -1,11 +1,29 @@
-"""fastbp command line. `fastbp demo` trains on a built-in synthetic dataset (no download)."""
+"""fastbp command line: train, predict, evaluate, info, demo, bench.
+
+Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no traceback);
+1 an unexpected error (with its traceback); 130 interrupted (after saving a checkpoint).
+"""
 import argparse
+import json
+import os
+import signal
 import sys
+import tempfile
 import time
+import traceback
 
 import numpy as np
 
+from .callbacks import Callback
 
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(ValueError):
+    """Bad input detected by the CLI itself."""
+
+
+# ---------------------------------------------------------------------------- demo
 def synthetic_classification(n_samples, n_features, n_classes, seed):
     """A non-linear tabular problem: the class is the arg-max of random quadratic scores."""
     rng = np.random.default_rng(seed)
@@ -21,8 +39,7 @@ def demo(args):
 
     X, y = synthetic_classification(args.rows, 20, 3, args.seed)
     n_train = int(0.8 * len(X))
-    hidden = [int(h) for h in args.hidden.split(",")]
-    trainer = Trainer([20, *hidden, 3], activation="relu", loss="cross_entropy", lr=0.05, momentum=0.9,
+    trainer = Trainer([20, *_sizes(args.hidden), 3], activation="relu", loss="cross_entropy", lr=0.05, momentum=0.9,
                       batch_size=128, epochs=args.epochs, seed=args.seed, n_threads=args.threads)
     print(f"fastbp demo: {len(X)} synthetic rows x 20 features, 3 classes; MLP {trainer.layer_sizes}, "
           f"SGD lr=0.05 momentum=0.9, batch 128")
@@ -36,12 +53,329 @@ def demo(args):
     if args.out:
         trainer.save(args.out)
         print(f"model saved to {args.out}")
-    return 0
+    return EXIT_OK
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastbp", description=__doc__)
+# ---------------------------------------------------------------------------- train
+def _sizes(text):
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--hidden takes comma-separated layer sizes like 256,256, got {text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise UsageError(f"--hidden sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+class _JsonLog(Callback):
+    """One JSON line of metrics per epoch."""
+
+    def __init__(self, path):
+        self.path = path
+        open(path, "a").close()  # fail now, not after the first epoch
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(logs) + "\n")
+
+
+class _EveryN(Callback):
+    """Run a callback's on_epoch_end every n-th epoch only."""
+
+    def __init__(self, callback, n):
+        if n < 1:
+            raise UsageError(f"--checkpoint-every must be >= 1, got {n}")
+        self.callback, self.n = callback, n
+
+    def on_train_begin(self, trainer):
+        self.callback.on_train_begin(trainer)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if epoch % self.n == 0:
+            self.callback.on_epoch_end(trainer, epoch, logs)
+
+
+def _checkpoint_path(args):
+    return os.path.join(args.checkpoint_dir, "checkpoint.fbp") if args.checkpoint_dir else None
+
+
+def train(args):
+    from .callbacks import ModelCheckpoint
+    from .preprocess import Preprocessor
+    from .sources import open_source
+    from .streaming import StreamStats, fit_source
+    from .trainer import Trainer, load
+
+    source = open_source(args.data, args.chunk_rows)
+    checkpoint = _checkpoint_path(args)
+    if args.resume and not checkpoint:
+        raise UsageError("--resume needs --checkpoint-dir (where the checkpoint was written)")
+    progress = _rows_progress("reading (first pass)", source.n_rows, args.quiet)
+    try:
+        prep, held, n_rows = Preprocessor.fit(
+            source, args.target, args.features.split(",") if args.features else None, args.task, args.impute,
+            args.max_categories, args.val_split, val_max_rows=args.val_max_rows, seed=args.seed, progress=progress)
+    finally:
+        progress(None)
+    n_out = len(prep.classes()) if prep.task == "classify" else 1
+    loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
+    if args.resume and os.path.exists(checkpoint):
+        trainer = load(checkpoint)
+        if trainer.preprocessing != prep.state:
+            raise UsageError(f"{checkpoint!r} was trained on differently prepared data; resume with the same data "
+                             "and options, or start without --resume")
+        done = len(trainer.history)
+        trainer.epochs = max(0, args.epochs - done)
+        _say(args, f"resuming from {checkpoint} after epoch {done}; {trainer.epochs} epoch(s) to go")
+    else:
+        trainer = Trainer([prep.n_inputs, *_sizes(args.hidden), n_out], activation=args.activation, loss=loss,
+                          optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                          seed=args.seed, n_threads=args.threads, dtype=args.dtype)
+        trainer.preprocessing = prep.state
+    _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
+               f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
+    validation = None
+    if held is not None and len(held[prep.target]):
+        Xv, yv = prep.transform(held, 0, dtype=trainer.params.dtype)
+        validation = (Xv, yv, None)
+    callbacks = []
+    if checkpoint:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        callbacks.append(_EveryN(ModelCheckpoint(checkpoint), args.checkpoint_every))
+    if args.log_file:
+        callbacks.append(_JsonLog(args.log_file))
+    stats = StreamStats()
+    try:
+        with _sigint_as_keyboard_interrupt():
+            fit_source(trainer, source, prep, args.buffer_rows, args.val_split, args.seed, validation, callbacks,
+                       0 if args.quiet else 1, stats)
+    except KeyboardInterrupt:
+        target = checkpoint or args.out + ".interrupted.fbp"
+        trainer.save(target)
+        print(f"fastbp: interrupted after epoch {len(trainer.history)}; saved {target}. Resume with the same "
+              f"command plus --resume{'' if checkpoint else ' --checkpoint-dir DIR (move the file to DIR/checkpoint.fbp)'}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    trainer.save(args.out)
+    if checkpoint:
+        trainer.save(checkpoint)
+    last = trainer.history[-1] if trainer.history else {}
+    _say(args, "done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("loss", "val_loss",
+                                                                                      "val_accuracy", "val_r2"))
+         + f"; model saved to {args.out}")
+    if args.plot:
+        _plot(trainer.history, args.plot)
+    return EXIT_OK
+
+
+class _sigint_as_keyboard_interrupt:
+    """Make sure Ctrl-C raises KeyboardInterrupt in the main thread (it is checked between compiled calls)."""
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def _rows_progress(what, total, quiet):
+    if quiet:
+        return lambda n: None
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, unit="rows", desc=what, file=sys.stderr, unit_scale=True)
+
+    def update(n):
+        if n is None:
+            bar.close()
+        else:
+            bar.update(n)
+    return update
+
+
+def _plot(history, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'fastbp[plot]'") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["loss"] for h in history], label="loss")
+    if history and "val_loss" in history[0]:
+        ax.plot(epochs, [h["val_loss"] for h in history], label="val loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+# ---------------------------------------------------------------------------- predict / evaluate / info
+def _load_with_prep(model_path):
+    from .preprocess import Preprocessor
+    from .trainer import load
+
+    trainer = load(model_path)
+    if trainer.preprocessing is None:
+        raise UsageError(f"{model_path!r} was not trained from a file (no column information); "
+                         "use the Python API to predict with it")
+    return trainer, Preprocessor(trainer.preprocessing)
+
+
+def predict(args):
+    from .sources import open_source
+
+    trainer, prep = _load_with_prep(args.model)
+    if args.proba and prep.task != "classify":
+        raise UsageError("--proba needs a classification model")
+    source = open_source(args.data, args.chunk_rows)
+    ext = os.path.splitext(args.out)[1].lower()
+    if ext not in (".csv", ".parquet", ".npy"):
+        raise UsageError(f"--out must end in .csv, .parquet or .npy, got {args.out!r}")
+    classes = prep.classes()
+    pieces = []
+    for start, chunk in source.chunks([c for c in prep.features if c in source.columns] or prep.features):
+        X, _ = prep.transform(chunk, start, with_target=False, dtype=trainer.params.dtype)
+        if args.proba:
+            pieces.append(trainer.predict_proba(X))
+        elif prep.task == "classify":
+            pieces.append(np.asarray(classes, dtype=object)[trainer.predict(X)])
+        else:
+            pieces.append(trainer.predict(X))
+    result = np.concatenate(pieces) if pieces else np.empty(0)
+    names = [f"proba_{c}" for c in classes] if args.proba else ["prediction"]
+    _write_table(args.out, result, names)
+    _say(args, f"wrote {len(result)} predictions to {args.out}")
+    return EXIT_OK
+
+
+def _write_table(path, values, names):
+    """Atomically write predictions as .npy, .csv or .parquet."""
+    folder = os.path.dirname(os.path.abspath(path))
+    ext = os.path.splitext(path)[1].lower()
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=ext, dir=folder)
+    os.close(fd)
+    try:
+        if ext == ".npy":
+            np.save(tmp, values.astype(str) if values.dtype == object else values, allow_pickle=False)
+        else:
+            import pyarrow as pa
+            cols = values.T if values.ndim == 2 else [values]
+            table = pa.table({n: (list(map(str, c)) if c.dtype == object else c) for n, c in zip(names, cols)})
+            if ext == ".csv":
+                import pyarrow.csv as pcsv
+                pcsv.write_csv(table, tmp)
+            else:
+                import pyarrow.parquet as pq
+                pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def evaluate(args):
+    from .sources import open_source
+
+    trainer, prep = _load_with_prep(args.model)
+    source = open_source(args.data, args.chunk_rows)
+    totals, n = {}, 0
+    for start, chunk in source.chunks(prep.features + [prep.target]):
+        X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
+        scores = trainer.evaluate(X, y)
+        for k, v in scores.items():
+            totals[k] = totals.get(k, 0.0) + v * len(X)
+        n += len(X)
+    if n == 0:
+        raise UsageError(f"{args.data!r} has no rows")
+    result = {k: v / n for k, v in totals.items()}
+    result["rows"] = n
+    print(json.dumps(result))
+    return EXIT_OK
+
+
+def info(args):
+    from .modelfile import read_model
+
+    config, arrays = read_model(args.model)
+    init = config["init_args"]
+    prep = config.get("preprocessing") or {}
+    summary = {"fastbp_version": config.get("fastbp_version"), "layer_sizes": init["layer_sizes"],
+               "activation": init["activation"], "loss": init["loss"], "optimizer": init["optimizer"],
+               "dtype": init["dtype"], "parameters": int(arrays["params"].size), "epochs_trained": len(config["history"]),
+               "last_epoch": config["history"][-1] if config["history"] else None,
+               "target": prep.get("target"), "task": prep.get("task"), "features": prep.get("features"),
+               "classes": prep.get("classes")}
+    print(json.dumps(summary, indent=1))
+    return EXIT_OK
+
+
+def bench(args):
+    from .bench import main as bench_main
+    return bench_main(args.bench_args)
+
+
+# ---------------------------------------------------------------------------- plumbing
+def _say(args, message):
+    if not getattr(args, "quiet", False):
+        print(message, flush=True)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="fastbp", description="Train and use MLPs on tabular files.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train a model from a .csv, .parquet, .npy or .npz file")
+    p.add_argument("data")
+    p.add_argument("--target", required=True, help="target column name (column index for .npy/.npz)")
+    p.add_argument("--features", help="comma-separated feature columns (default: all but the target)")
+    p.add_argument("--task", choices=["classify", "regress"], help="default: guessed from the target column")
+    p.add_argument("--hidden", default="256,256")
+    p.add_argument("--activation", default="relu")
+    p.add_argument("--loss", help="default: cross_entropy to classify, mse to regress")
+    p.add_argument("--optimizer", default="adam")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--val-max-rows", type=int, default=200_000, help="validation rows kept in memory at most")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--impute", choices=["mean", "median"], help="fill missing values (default: they are errors)")
+    p.add_argument("--max-categories", type=int, default=1000)
+    p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
+    p.add_argument("--buffer-rows", type=int, default=262_144, help="rows shuffled together in memory")
+    p.add_argument("--out", default="model.fbp")
+    p.add_argument("--checkpoint-dir")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/checkpoint.fbp")
+    p.add_argument("--log-file", help="append one JSON line of metrics per epoch")
+    p.add_argument("--plot", help="draw loss / val loss curves to this image (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=train)
+
+    p = commands.add_parser("predict", help="predict with a model trained by `fastbp train`")
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--out", required=True, help="preds.csv, preds.parquet or preds.npy")
+    p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
+    p.add_argument("--chunk-rows", type=int, default=65536)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=predict)
+
+    p = commands.add_parser("evaluate", help="loss and accuracy / R2 of a model on a labelled file (JSON)")
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--chunk-rows", type=int, default=65536)
+    p.set_defaults(run=evaluate)
+
+    p = commands.add_parser("info", help="describe a model file (JSON)")
+    p.add_argument("model")
+    p.set_defaults(run=info)
+
     p = commands.add_parser("demo", help="train on a built-in synthetic dataset and report")
     p.add_argument("--rows", type=int, default=50_000)
     p.add_argument("--hidden", default="128,128", help="hidden layer sizes, comma-separated")
@@ -50,12 +384,31 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="save the trained model to this .fbp file")
     p.set_defaults(run=demo)
-    args = parser.parse_args(argv)
+
+    p = commands.add_parser("bench", help="fastbp vs PyTorch vs scikit-learn (see scripts/compare_peers.py)",
+                            add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(run=bench)
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)  # exits with 2 on bad usage
+    from .modelfile import ModelFileError
+    from .sources import SourceError
+    from .trainer import TrainingDiverged
     try:
         return args.run(args)
-    except (ValueError, TypeError, OSError) as exc:
+    except (UsageError, SourceError, ModelFileError, TrainingDiverged, ValueError, TypeError,
+            FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         print(f"fastbp: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("fastbp: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

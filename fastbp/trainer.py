@@ -112,6 +112,7 @@ class Trainer:
         self._opt_step = np.zeros(1, dtype=np.int64)
         self.history = []
         self.stop_training = False
+        self.preprocessing = None  # a file's column handling (fastbp.preprocess), saved with the model
 
     # ------------------------------------------------------------------ public API
     @property
@@ -280,7 +281,7 @@ class Trainer:
         """Write the model, optimizer and schedule state, RNG state and history to `path` atomically."""
         config = {"fastbp_version": _version(), "init_args": self._init_args(), "history": self.history,
                   "shuffle_rng_state": self._shuffle_rng.bit_generator.state,
-                  "lr_schedule": schedule_spec(self.lr_schedule)}
+                  "lr_schedule": schedule_spec(self.lr_schedule), "preprocessing": self.preprocessing}
         arrays = {"params": self.params, "opt_state": self._opt_state, "opt_step": self._opt_step}
         write_model(path, config, arrays)
 
@@ -299,6 +300,7 @@ class Trainer:
             trainer.history = list(config["history"])
             if config.get("lr_schedule"):
                 trainer.lr_schedule = schedule_from_spec(config["lr_schedule"])
+            trainer.preprocessing = config.get("preprocessing")
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path!r} does not describe a valid fastbp model: {exc}") from None
         return trainer

@@ -1,0 +1,240 @@
+"""Column handling for files: feature selection, one-hot categories, imputation, standardization.
+
+`Preprocessor.fit` learns everything in one streaming pass over a source (and keeps
+a bounded sample of held-out validation rows); `transform` turns one chunk into the
+model's input matrix and encoded targets. The fitted state is plain JSON, stored
+in the model file, so `fastbp predict` applies exactly what training used.
+"""
+import numpy as np
+
+MISSING = "<missing>"
+MEDIAN_SAMPLE = 10_000  # per-column reservoir for --impute median (approximate on larger files)
+
+
+def _is_text(values):
+    return values.dtype == object
+
+
+def holdout_mask(seed, rows, fraction):
+    """Rows whose hash falls below `fraction` are validation rows: stateless, same in every pass."""
+    if fraction <= 0:
+        return np.zeros(len(rows), dtype=bool)
+    x = (rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+
+
+class Preprocessor:
+    def __init__(self, state):
+        self.state = state
+        self.features = state["features"]
+        self.target = state["target"]
+        self.task = state["task"]
+        self.n_inputs = int(sum(len(c) if c is not None else 1 for c in state["categories"]))
+        self._index = {f: i for i, f in enumerate(self.features)}
+        self._class_index = {self._label_key(c): i for i, c in enumerate(state.get("classes") or [])}
+
+    # ------------------------------------------------------------------ learning
+    @classmethod
+    def fit(cls, source, target, features=None, task=None, impute=None, max_categories=1000, val_split=0.0,
+            val_max_rows=200_000, seed=0, progress=None):
+        """One pass over `source`: statistics of the training rows and a sample of validation rows."""
+        if target not in source.columns:
+            raise ValueError(f"target column {target!r} is not in the data; columns are: {', '.join(source.columns)}")
+        features = [c for c in source.columns if c != target] if not features else list(features)
+        missing = [c for c in features if c not in source.columns]
+        if missing:
+            raise ValueError(f"feature column(s) {', '.join(map(repr, missing))} not in the data; "
+                             f"columns are: {', '.join(source.columns)}")
+        if target in features:
+            raise ValueError(f"the target column {target!r} is also listed as a feature")
+        if not features:
+            raise ValueError("no feature columns: the data has only the target column")
+        if impute not in (None, "mean", "median"):
+            raise ValueError(f"impute must be 'mean' or 'median', got {impute!r}")
+        count = {c: 0 for c in features}
+        total = {c: 0.0 for c in features}
+        squares = {c: 0.0 for c in features}
+        sample = {c: [] for c in features}
+        categories = {c: None for c in features}
+        labels, text_target, numeric_target_integral = set(), None, True
+        n_rows = 0
+        held = []
+        rng = np.random.default_rng(seed)
+        for start, chunk in source.chunks(features + [target]):
+            rows = np.arange(start, start + len(chunk[target]))
+            val = holdout_mask(seed, rows, val_split)
+            if val.any() and sum(len(h[target]) for h in held) < val_max_rows:
+                held.append({c: v[val] for c, v in chunk.items()})
+            train = ~val
+            n_rows += int(train.sum())
+            y = chunk[target][train]
+            if _is_text(y):
+                text_target = True
+                bad = np.flatnonzero([v is None for v in y])
+            else:
+                text_target = False if text_target is None else text_target
+                bad = np.flatnonzero(np.isnan(y))
+                numeric_target_integral &= bool(np.all(y[~np.isnan(y)] == np.round(y[~np.isnan(y)])))
+            if bad.size:
+                raise ValueError(f"target column {target!r} has a missing value at row {rows[train][bad[0]]}; "
+                                 "drop those rows first")
+            if task != "regress" and len(labels) <= 10_000:
+                labels.update(y.tolist())
+            for c in features:
+                v = chunk[c][train]
+                if _is_text(v):
+                    if categories[c] is None:
+                        if count[c]:
+                            raise ValueError(f"column {c!r} mixes numbers and text")
+                        categories[c] = set()
+                    nulls = np.flatnonzero([x is None for x in v])
+                    if nulls.size and impute is None:
+                        raise ValueError(f"column {c!r} has a missing value at row {rows[train][nulls[0]]}; "
+                                         "pass --impute mean|median (text columns get their own 'missing' "
+                                         "category) or clean the data")
+                    _refuse_numbers_in_text(c, v, rows[train])
+                    categories[c].update(MISSING if x is None else str(x) for x in v)
+                    if len(categories[c]) > max_categories:
+                        raise ValueError(f"column {c!r} has more than {max_categories} distinct values; it looks "
+                                         "like an identifier: drop it, or raise --max-categories")
+                else:
+                    if categories[c] is not None:
+                        raise ValueError(f"column {c!r} mixes numbers and text")
+                    nan = np.isnan(v)
+                    if nan.any() and impute is None:
+                        raise ValueError(f"column {c!r} has a missing value at row {rows[train][np.flatnonzero(nan)[0]]}"
+                                         "; pass --impute mean|median or clean the data")
+                    ok = v[~nan]
+                    count[c] += ok.size
+                    total[c] += float(ok.sum())
+                    squares[c] += float((ok * ok).sum())
+                    if impute == "median":
+                        _reservoir(sample[c], ok, rng)
+            if progress is not None:
+                progress(len(chunk[target]))
+        if n_rows == 0:
+            raise ValueError("the data has no training rows")
+        if task is None:
+            task = "classify" if text_target or (numeric_target_integral and len(labels) <= 50) else "regress"
+        if task not in ("classify", "regress"):
+            raise ValueError(f"task must be 'classify' or 'regress', got {task!r}")
+        if task == "regress" and text_target:
+            raise ValueError(f"target column {target!r} holds text; regression needs numbers (use --task classify)")
+        if task == "classify" and len(labels) < 2:
+            raise ValueError(f"target column {target!r} has {len(labels)} distinct value(s); classification needs 2+")
+        if task == "classify" and len(labels) > 10_000:
+            raise ValueError(f"target column {target!r} has over 10000 distinct values; is it a regression target?")
+        state = {"features": features, "target": target, "task": task, "impute": impute,
+                 "categories": [sorted(categories[c]) if categories[c] is not None else None for c in features],
+                 "mean": [], "scale": [], "fill": []}
+        for c in features:
+            if categories[c] is not None:
+                state["mean"].append(0.0), state["scale"].append(1.0), state["fill"].append(0.0)
+                continue
+            n = max(count[c], 1)
+            mean = total[c] / n
+            std = np.sqrt(max(squares[c] / n - mean * mean, 0.0))
+            fill = mean if impute != "median" else (float(np.median(sample[c])) if sample[c] else mean)
+            state["mean"].append(mean), state["scale"].append(std if std > 1e-12 else 1.0), state["fill"].append(fill)
+        if task == "classify":
+            state["classes"] = sorted(labels, key=lambda v: (isinstance(v, str), v))
+        prep = cls(state)
+        held_rows = {c: np.concatenate([h[c] for h in held])[:val_max_rows] for c in features + [target]} \
+            if held else None
+        return prep, held_rows, n_rows
+
+    # ------------------------------------------------------------------ applying
+    @staticmethod
+    def _label_key(v):
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            return int(v)
+        return v
+
+    def transform(self, chunk, start=0, with_target=True, dtype=np.float32):
+        """(X, y) for one chunk; y is None without the target. Rows are numbered from `start` in messages."""
+        n = len(next(iter(chunk.values())))
+        X = np.empty((n, self.n_inputs), dtype=dtype)
+        col = 0
+        for c, cats, mean, scale, fill in zip(self.features, self.state["categories"], self.state["mean"],
+                                              self.state["scale"], self.state["fill"]):
+            if c not in chunk:
+                raise ValueError(f"column {c!r}, used in training, is not in the data")
+            v = chunk[c]
+            if cats is None:
+                if _is_text(v):
+                    raise ValueError(f"column {c!r} holds text but was numeric in training")
+                nan = np.isnan(v)
+                if nan.any():
+                    if self.state["impute"] is None:
+                        raise ValueError(f"column {c!r} has a missing value at row {start + np.flatnonzero(nan)[0]}; "
+                                         "the model was trained without --impute")
+                    v = np.where(nan, fill, v)
+                X[:, col] = (v - mean) / scale
+                col += 1
+            else:
+                lookup = {k: i for i, k in enumerate(cats)}
+                X[:, col:col + len(cats)] = 0
+                for i, x in enumerate(v):
+                    key = MISSING if x is None else str(x)
+                    j = lookup.get(key)
+                    if j is not None:  # an unseen category becomes all zeros
+                        X[i, col + j] = 1
+                    elif x is None:
+                        raise ValueError(f"column {c!r} has a missing value at row {start + i}")
+                col += len(cats)
+        if not with_target:
+            return X, None
+        if self.target not in chunk:
+            raise ValueError(f"target column {self.target!r} is not in the data")
+        y = chunk[self.target]
+        if self.task == "regress":
+            if _is_text(y) or np.isnan(y).any():
+                raise ValueError(f"target column {self.target!r} must be numeric with no missing values")
+            return X, y.astype(dtype)
+        codes = np.empty(n, dtype=dtype)
+        for i, v in enumerate(y.tolist()):
+            j = self._class_index.get(self._label_key(v))
+            if j is None:
+                raise ValueError(f"target value {v!r} at row {start + i} was not seen in training; "
+                                 f"known classes: {self.state['classes'][:20]}")
+            codes[i] = j
+        return X, codes
+
+    def classes(self):
+        return self.state.get("classes")
+
+
+def _refuse_numbers_in_text(column, values, rows):
+    """A text column whose cells are mostly numbers has a bad cell, not categories."""
+    numeric = np.array([_parses_as_number(x) for x in values], dtype=bool)
+    present = np.array([x is not None for x in values], dtype=bool)
+    if numeric.any() and (present & ~numeric).any() and numeric.sum() >= (present & ~numeric).sum():
+        i = np.flatnonzero(present & ~numeric)[0]
+        raise ValueError(f"column {column!r} holds numbers but row {rows[i]} has the non-numeric value "
+                         f"{values[i]!r}; fix or remove that cell")
+
+
+def _parses_as_number(x):
+    if x is None:
+        return False
+    try:
+        float(x)
+        return True
+    except ValueError:
+        return False
+
+
+def _reservoir(sample, values, rng):
+    """Keep a uniform sample of at most MEDIAN_SAMPLE values (approximately, chunk by chunk)."""
+    room = MEDIAN_SAMPLE - len(sample)
+    if room > 0:
+        sample.extend(values[:room].tolist())
+        values = values[room:]
+    if values.size:
+        keep = rng.random(values.size) < MEDIAN_SAMPLE / (MEDIAN_SAMPLE + values.size)
+        for v in values[keep]:
+            sample[int(rng.integers(0, MEDIAN_SAMPLE))] = float(v)

@@ -1,0 +1,142 @@
+"""The fastbp command line end to end (subprocess), file readers and bounded streaming."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fastbp
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.csv as pcsv  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+
+def fastbp_cli(*args, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    n = 3000
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n)
+    label = np.where(x1 + 1.5 * (color == "red") - x2 > 0.2, "yes", "no")
+    table = pa.table({"x1": x1, "x2": x2, "color": color, "label": label, "value": 2 * x1 - x2})
+    pcsv.write_csv(table, folder / "d.csv")
+    pq.write_table(table, folder / "d.parquet", row_group_size=500)
+    np.save(folder / "d.npy", np.column_stack([x1, x2, (x1 - x2 > 0).astype(float)]))
+    np.savez(folder / "d.npz", X=np.column_stack([x1, x2]), y=(x1 > 0).astype(float))
+    return folder
+
+
+@pytest.mark.parametrize("name,target", [("d.csv", "label"), ("d.parquet", "label"), ("d.npy", "2"),
+                                         ("d.npz", "y"), ("d.parquet", "value")])
+def test_train_predict_evaluate_info(files, tmp_path, name, target):
+    model = tmp_path / "m.fbp"
+    code, out, err = fastbp_cli("train", files / name, "--target", target, "--hidden", "16", "--epochs", 15,
+                                "--lr", 0.01, "--quiet", "--out", model, "--log-file", tmp_path / "log.jsonl")
+    assert code == 0, err
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 15 and "val_loss" in log[0]
+    code, out, err = fastbp_cli("evaluate", model, files / name)
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["rows"] == 3000
+    assert (scores["r2"] > 0.9) if target == "value" else (scores["accuracy"] > 0.85)
+    for ext in ("csv", "parquet", "npy"):
+        code, out, err = fastbp_cli("predict", model, files / name, "--out", tmp_path / f"p.{ext}", "--quiet")
+        assert code == 0, err
+    assert len(np.load(tmp_path / "p.npy")) == 3000
+    code, out, _ = fastbp_cli("info", model)
+    assert code == 0 and json.loads(out)["target"] == target
+
+
+def test_bad_input_exit_codes(files, tmp_path):
+    rng = np.random.default_rng(1)
+    (tmp_path / "ragged.csv").write_text("a,b,t\n1,2,0\n3,4\n5,6,1\n")
+    (tmp_path / "text_in_numbers.csv").write_text("a,b,t\n" + "1,2,0\n" * 5 + "1,oops,1\n")
+    (tmp_path / "missing.csv").write_text("a,b,t\n1,2,0\n3,,1\n5,6,1\n7,8,0\n")
+    data = (files / "d.parquet").read_bytes()
+    (tmp_path / "trunc.parquet").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    (tmp_path / "bad.fbp").write_bytes(rng.bytes(100))
+    cases = [
+        (("train", files / "d.csv", "--target", "nope"), "target column 'nope' is not in the data"),
+        (("train", tmp_path / "ragged.csv", "--target", "t"), "CSV"),
+        (("train", tmp_path / "text_in_numbers.csv", "--target", "t"), "oops"),
+        (("train", tmp_path / "missing.csv", "--target", "t"), "column 'b' has a missing value at row 1"),
+        (("train", tmp_path / "trunc.parquet", "--target", "label"), "not a readable Parquet file"),
+        (("train", tmp_path / "empty.parquet", "--target", "label"), "not a readable Parquet file"),
+        (("train", tmp_path / "nothing.csv", "--target", "t"), "no data file"),
+        (("train", files / "d.csv", "--target", "label", "--hidden", "0"), "--hidden sizes must be >= 1"),
+        (("train", files / "d.csv", "--target", "label", "--lr", "-1"), "lr must be > 0"),
+        (("predict", tmp_path / "bad.fbp", files / "d.csv", "--out", tmp_path / "p.csv"), "truncated or corrupted"),
+        (("info", tmp_path / "missing.fbp"), "no model file"),
+        (("train", files / "d.csv", "--target", "label", "--resume"), "--resume needs --checkpoint-dir"),
+    ]
+    for args, message in cases:
+        code, out, err = fastbp_cli(*args, "--quiet") if args[0] == "train" else fastbp_cli(*args)
+        assert code == 2, (args, err)
+        assert message in err, (args, err)
+        assert "Traceback" not in err
+    code, _, err = fastbp_cli("train", tmp_path / "missing.csv", "--target", "t", "--impute", "median", "--quiet",
+                              "--hidden", "4", "--epochs", "1", "--out", tmp_path / "m.fbp", "--val-split", "0")
+    assert code == 0, err
+    code, _, err = fastbp_cli("train")  # argparse usage error
+    assert code == 2 and "usage" in err
+
+
+def test_resume_equals_uninterrupted(files, tmp_path):
+    common = ["--target", "label", "--hidden", "8", "--seed", "3", "--quiet", "--threads", "1", "--buffer-rows", "1024"]
+    code, _, err = fastbp_cli("train", files / "d.parquet", *common, "--epochs", 4, "--out", tmp_path / "full.fbp")
+    assert code == 0, err
+    ckpt = tmp_path / "ckpt"
+    code, _, err = fastbp_cli("train", files / "d.parquet", *common, "--epochs", 2, "--checkpoint-dir", ckpt,
+                              "--out", tmp_path / "half.fbp")
+    assert code == 0, err
+    code, out, err = fastbp_cli("train", files / "d.parquet", *common, "--epochs", 4, "--checkpoint-dir", ckpt,
+                                "--resume", "--out", tmp_path / "resumed.fbp")
+    assert code == 0, err
+    np.testing.assert_array_equal(fastbp.load(tmp_path / "resumed.fbp").params, fastbp.load(tmp_path / "full.fbp").params)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(files, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "fastbp", "train", str(files / "d.parquet"), "--target", "label",
+                             "--epochs", "100000", "--hidden", "8", "--checkpoint-dir", str(ckpt), "--log-file",
+                             str(tmp_path / "log.jsonl"), "--out", str(tmp_path / "m.fbp"), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "log.jsonl").exists() or \
+            not (tmp_path / "log.jsonl").read_text().count("\n") >= 2:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    assert len(fastbp.load(ckpt / "checkpoint.fbp").history) >= 2
+
+
+def test_loader_buffers_stay_within_their_configured_size(files):
+    from fastbp.preprocess import Preprocessor
+    from fastbp.sources import open_source
+    from fastbp.streaming import StreamStats, fit_source
+
+    source = open_source(files / "d.npy", chunk_rows=300)
+    prep, held, n = Preprocessor.fit(source, "2", val_split=0.1, val_max_rows=100, seed=0)
+    assert len(held["2"]) <= 100
+    tr = fastbp.Trainer([prep.n_inputs, 8, 2], batch_size=64, epochs=2)
+    stats = StreamStats()
+    fit_source(tr, source, prep, buffer_rows=500, val_split=0.1, stats=stats)
+    assert stats.max_buffer_rows <= 448  # 500 rounded down to whole batches of 64
+    assert stats.max_chunk_rows <= 300
+    assert stats.rows_per_epoch == n
