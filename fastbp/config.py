@@ -5,7 +5,6 @@ Environment variables override the defaults:
   FASTBP_CACHE=0      do not write compiled kernels to Numba's on-disk cache
 """
 import contextlib
-import operator
 import os
 
 import numba
@@ -52,14 +51,9 @@ def resolve_n_threads(n_threads):
     limit = max_threads()
     if n_threads is None:
         return limit
-    if isinstance(n_threads, bool):
-        raise TypeError(f"n_threads must be a positive integer or None, got {n_threads!r}")
-    try:
-        n_threads = operator.index(n_threads)
-    except TypeError:
-        raise TypeError(f"n_threads must be a positive integer or None, got {n_threads!r}") from None
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1 (or None for all {limit} cores), got {n_threads}")
+    from .data import check_int
+
+    n_threads = check_int("n_threads", n_threads, 1, f" (or None for all {limit} cores)")
     if n_threads > limit:
         raise ValueError(
             f"n_threads={n_threads} exceeds the {limit} threads Numba was started with; "

@@ -4,9 +4,24 @@ Every check raises ValueError or TypeError with a message that names the
 problem and the fix; compiled code only ever sees arrays it can handle.
 Inputs are never modified: conversions copy when they must, and only then.
 """
+import operator
+
 import numpy as np
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def check_int(name, value, minimum, hint=""):
+    """An int >= minimum (bools and floats refused: they are usually mistakes)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{hint}, got {value}")
+    return int(value)
 
 
 def check_dtype(dtype):

@@ -5,7 +5,6 @@ Layer l owns params[w_offsets[l] : w_offsets[l] + n_in*n_out] as a row-major
 and optimizer state are flat vectors with the same layout.
 """
 import math
-import operator
 
 import numpy as np
 
@@ -20,18 +19,9 @@ def check_layer_sizes(layer_sizes):
     if len(sizes) < 2:
         raise ValueError(
             f"layer_sizes needs at least two entries [n_in, n_out] (hidden sizes in between), got {sizes!r}")
-    checked = []
-    for s in sizes:
-        if isinstance(s, bool):
-            raise TypeError(f"layer_sizes must hold positive integers, got {s!r} in {sizes!r}")
-        try:
-            s = operator.index(s)
-        except TypeError:
-            raise TypeError(f"layer_sizes must hold positive integers, got {s!r} in {sizes!r}") from None
-        if s < 1:
-            raise ValueError(f"every layer size must be >= 1, got {s} in {sizes!r}")
-        checked.append(int(s))
-    return checked
+    from .data import check_int
+
+    return [check_int(f"every layer size (in {sizes!r})", s, 1) for s in sizes]
 
 
 class Layout:

@@ -1,6 +1,5 @@
 """Trainer: the thin Python class users import. It validates, allocates once, and calls compiled epochs."""
 import math
-import operator
 import time
 import warnings
 
@@ -10,8 +9,8 @@ from . import kernels
 from .activations import GELU, IDENTITY, activation_code
 from .callbacks import Callback, EpochLogger, ProgressBar
 from .config import resolve_n_threads, thread_limits
-from .data import (DTYPES, check_dtype, check_sample_weight, check_targets, check_X, class_weights_per_sample,
-                   validation_indices)
+from .data import (DTYPES, check_dtype, check_int, check_sample_weight, check_targets, check_X,
+                   class_weights_per_sample, validation_indices)
 from .layout import INITS, Layout
 from .losses import (BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, elements_per_row, loss_code,
                      row_losses)
@@ -25,18 +24,6 @@ GRADIENT_BLOCK_ROWS = 4096  # rows per block in loss_and_grad
 
 class TrainingDiverged(FloatingPointError):
     """The training loss became NaN or infinite; parameters were restored to the last finite epoch."""
-
-
-def _int(name, value, minimum):
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class Trainer:
@@ -84,10 +71,10 @@ class Trainer:
                 raise ValueError(f"dropout rates must lie in [0, 1), got {dropout!r}")
         self.dropout = dropout if not hasattr(dropout, "__len__") else [float(p) for p in drops]
         self._dropout_rates = [float(p) for p in drops] + [0.0]
-        self.batch_size = _int("batch_size", batch_size, 1)
-        self.epochs = _int("epochs", epochs, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.epochs = check_int("epochs", epochs, 0)
         self.shuffle = bool(shuffle)
-        self.seed = None if seed is None else _int("seed", seed, 0)
+        self.seed = None if seed is None else check_int("seed", seed, 0)
         self.dtype = check_dtype(dtype)
         self.n_threads = None if n_threads is None else resolve_n_threads(n_threads)
         if init not in INITS:

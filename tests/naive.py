@@ -113,3 +113,17 @@ def sgd_epoch(layers, activations, loss, X, y, order, batch_size, lr, momentum=0
 
 def flatten(pairs):
     return np.concatenate([np.concatenate([W.ravel(), b.ravel()]) for W, b in pairs])
+
+
+def numeric_gradient(trainer, X, y, eps=1e-6):
+    """Central differences of trainer.loss_and_grad's loss, one parameter at a time."""
+    numeric = np.empty_like(trainer.params)
+    for i in range(trainer.params.size):
+        saved = trainer.params[i]
+        trainer.params[i] = saved + eps
+        up, _ = trainer.loss_and_grad(X, y)
+        trainer.params[i] = saved - eps
+        down, _ = trainer.loss_and_grad(X, y)
+        trainer.params[i] = saved
+        numeric[i] = (up - down) / (2 * eps)
+    return numeric

@@ -112,7 +112,7 @@ CONSTRUCTOR_CASES = [
     (dict(layer_sizes=[3]), ValueError, "at least two"),
     (dict(layer_sizes=[3, 0, 2]), ValueError, ">= 1"),
     (dict(layer_sizes=[3, -4, 2]), ValueError, ">= 1"),
-    (dict(layer_sizes=[3, 2.5, 2]), TypeError, "positive integers"),
+    (dict(layer_sizes=[3, 2.5, 2]), TypeError, "layer size .* must be an integer"),
     (dict(layer_sizes=5), TypeError, "list of positive integers"),
     (dict(activation="swish"), ValueError, "valid activations: identity, relu"),
     (dict(activation=["relu", "tanh"]), ValueError, "one name per hidden layer"),
