@@ -230,50 +230,89 @@ def predict(args):
     if args.proba and prep.task != "classify":
         raise UsageError("--proba needs a classification model")
     source = open_source(args.data, args.chunk_rows)
-    ext = os.path.splitext(args.out)[1].lower()
-    if ext not in (".csv", ".parquet", ".npy"):
-        raise UsageError(f"--out must end in .csv, .parquet or .npy, got {args.out!r}")
     classes = prep.classes()
-    pieces = []
-    for start, chunk in source.chunks([c for c in prep.features if c in source.columns] or prep.features):
-        X, _ = prep.transform(chunk, start, with_target=False, dtype=trainer.params.dtype)
-        if args.proba:
-            pieces.append(trainer.predict_proba(X))
-        elif prep.task == "classify":
-            pieces.append(np.asarray(classes, dtype=object)[trainer.predict(X)])
-        else:
-            pieces.append(trainer.predict(X))
-    result = np.concatenate(pieces) if pieces else np.empty(0)
     names = [f"proba_{c}" for c in classes] if args.proba else ["prediction"]
-    _write_table(args.out, result, names)
-    _say(args, f"wrote {len(result)} predictions to {args.out}")
+    n = 0
+    with _TableWriter(args.out, names) as writer:
+        for start, chunk in source.chunks([c for c in prep.features if c in source.columns] or prep.features):
+            X, _ = prep.transform(chunk, start, with_target=False, dtype=trainer.params.dtype)
+            if args.proba:
+                values = trainer.predict_proba(X)
+            elif prep.task == "classify":
+                values = np.asarray(classes, dtype=object)[trainer.predict(X)]
+            else:
+                values = trainer.predict(X)
+            writer.write(values)
+            n += len(X)
+    _say(args, f"wrote {n} predictions to {args.out}")
     return EXIT_OK
 
 
-def _write_table(path, values, names):
-    """Atomically write predictions as .npy, .csv or .parquet."""
-    folder = os.path.dirname(os.path.abspath(path))
-    ext = os.path.splitext(path)[1].lower()
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=ext, dir=folder)
-    os.close(fd)
-    try:
-        if ext == ".npy":
-            np.save(tmp, values.astype(str) if values.dtype == object else values, allow_pickle=False)
-        else:
-            import pyarrow as pa
-            cols = values.T if values.ndim == 2 else [values]
-            table = pa.table({n: (list(map(str, c)) if c.dtype == object else c) for n, c in zip(names, cols)})
-            if ext == ".csv":
+class _TableWriter:
+    """Predictions written chunk by chunk to .csv, .parquet or .npy, under a temporary name until complete."""
+
+    def __init__(self, path, names):
+        self.path, self.names = path, names
+        self.ext = os.path.splitext(path)[1].lower()
+        if self.ext not in (".csv", ".parquet", ".npy"):
+            raise UsageError(f"--out must end in .csv, .parquet or .npy, got {path!r}")
+
+    def __enter__(self):
+        folder = os.path.dirname(os.path.abspath(self.path))
+        fd, self.tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=self.ext, dir=folder)
+        os.close(fd)
+        self.writer, self.rows, self.dtype, self.width = None, 0, None, ()
+        if self.ext == ".npy":
+            self.raw = open(self.tmp + ".raw", "wb")
+        return self
+
+    def write(self, values):
+        if values.dtype == object:
+            values = values.astype(str)
+        if self.ext == ".npy":
+            if self.dtype is None:
+                self.dtype, self.width = values.dtype, values.shape[1:]
+            self.raw.write(np.ascontiguousarray(values.astype(self.dtype)).tobytes())
+            self.rows += len(values)
+            return
+        import pyarrow as pa
+        cols = values.T if values.ndim == 2 else [values]
+        table = pa.table(dict(zip(self.names, cols)))
+        if self.writer is None:
+            if self.ext == ".csv":
                 import pyarrow.csv as pcsv
-                pcsv.write_csv(table, tmp)
+                self.writer = pcsv.CSVWriter(self.tmp, table.schema)
             else:
                 import pyarrow.parquet as pq
-                pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+                self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+
+    def __exit__(self, kind, exc, tb):
+        try:
+            if self.ext == ".npy":
+                self.raw.close()
+                if kind is None:
+                    self._assemble_npy()
+            elif self.writer is not None:
+                self.writer.close()
+            if kind is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            for leftover in (self.tmp, self.tmp + ".raw"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+
+    def _assemble_npy(self):
+        """Header now that the row count is known, then the raw rows copied in blocks."""
+        dtype = self.dtype if self.dtype is not None else np.dtype(np.float32)
+        with open(self.tmp, "wb") as out, open(self.tmp + ".raw", "rb") as raw:
+            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                       "fortran_order": False, "shape": (self.rows, *self.width)})
+            while True:
+                block = raw.read(1 << 24)
+                if not block:
+                    break
+                out.write(block)
 
 
 def evaluate(args):

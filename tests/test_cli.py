@@ -140,3 +140,65 @@ def test_loader_buffers_stay_within_their_configured_size(files):
     assert stats.max_buffer_rows <= 448  # 500 rounded down to whole batches of 64
     assert stats.max_chunk_rows <= 300
     assert stats.rows_per_epoch == n
+
+
+def test_predictions_match_the_python_api(files, tmp_path):
+    from fastbp.preprocess import Preprocessor
+    model = tmp_path / "m.fbp"
+    assert fastbp_cli("train", files / "d.parquet", "--target", "label", "--hidden", "8", "--epochs", 2, "--quiet",
+                      "--out", model)[0] == 0
+    for args in ((), ("--proba",)):
+        code, _, err = fastbp_cli("predict", model, files / "d.parquet", "--out", tmp_path / "p.npy",
+                                  "--chunk-rows", 700, "--quiet", *args)
+        assert code == 0, err
+        trainer = fastbp.load(model)
+        prep = Preprocessor(trainer.preprocessing)
+        X, _ = prep.transform({c: v for c, v in _columns(files / "d.parquet").items()}, with_target=False)
+        expected = trainer.predict_proba(X) if args else np.array(prep.classes())[trainer.predict(X)]
+        got = np.load(tmp_path / "p.npy")
+        if args:
+            np.testing.assert_allclose(got, expected, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(got, expected)
+
+
+def _columns(path):
+    table = pq.read_table(path)
+    return {name: (table.column(name).to_numpy() if name != "color" and name != "label"
+                   else np.asarray(table.column(name).to_pylist(), dtype=object)) for name in table.column_names}
+
+
+def test_unexpected_errors_exit_1_with_a_traceback(monkeypatch, capsys):
+    from fastbp import cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "info", broken)
+    parser = cli._parser
+    monkeypatch.setattr(cli, "_parser", lambda: _with_run(parser(), broken))
+    assert cli.main(["info", "whatever.fbp"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def _with_run(parser, run):
+    parser._subparsers._group_actions[0].choices["info"].set_defaults(run=run)
+    return parser
+
+
+def test_kill_9_while_checkpointing_leaves_a_loadable_checkpoint(files, tmp_path):
+    import random
+    rng = random.Random(1)
+    ckpt = tmp_path / "ckpt"
+    for trial in range(5):
+        proc = subprocess.Popen([sys.executable, "-m", "fastbp", "train", str(files / "d.npy"), "--target", "2",
+                                 "--epochs", "100000", "--hidden", "256,256", "--checkpoint-dir", str(ckpt),
+                                 "--val-split", "0", "--out", str(tmp_path / "m.fbp"), "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (ckpt / "checkpoint.fbp").exists():
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.kill()
+        proc.wait()
+        assert len(fastbp.load(ckpt / "checkpoint.fbp").history) >= 1
