@@ -106,6 +106,9 @@ def train(args):
     from .streaming import StreamStats, fit_source
     from .trainer import Trainer, load
 
+    comm = "mpi" if _launched_by_mpi() else None
+    if comm and _rank() != 0:
+        args.quiet = True  # one voice per job: rank 0 prints and writes files
     source = open_source(args.data, args.chunk_rows)
     checkpoint = _checkpoint_path(args)
     if args.resume and not checkpoint:
@@ -120,7 +123,7 @@ def train(args):
     n_out = len(prep.classes()) if prep.task == "classify" else 1
     loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
     if args.resume and os.path.exists(checkpoint):
-        trainer = load(checkpoint)
+        trainer = load(checkpoint, comm=comm)
         if trainer.preprocessing != prep.state:
             raise UsageError(f"{checkpoint!r} was trained on differently prepared data; resume with the same data "
                              "and options, or start without --resume")
@@ -130,7 +133,7 @@ def train(args):
     else:
         trainer = Trainer([prep.n_inputs, *_sizes(args.hidden), n_out], activation=args.activation, loss=loss,
                           optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                          seed=args.seed, n_threads=args.threads, dtype=args.dtype)
+                          seed=args.seed, n_threads=args.threads, dtype=args.dtype, comm=comm)
         trainer.preprocessing = prep.state
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
@@ -139,10 +142,10 @@ def train(args):
         Xv, yv = prep.transform(held, 0, dtype=trainer.params.dtype)
         validation = (Xv, yv, None)
     callbacks = []
-    if checkpoint:
+    if checkpoint and _rank() == 0:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
         callbacks.append(_EveryN(ModelCheckpoint(checkpoint), args.checkpoint_every))
-    if args.log_file:
+    if args.log_file and _rank() == 0:
         callbacks.append(_JsonLog(args.log_file))
     stats = StreamStats()
     try:
@@ -163,7 +166,7 @@ def train(args):
     _say(args, "done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("loss", "val_loss",
                                                                                       "val_accuracy", "val_r2"))
          + f"; model saved to {args.out}")
-    if args.plot:
+    if args.plot and _rank() == 0:
         _plot(trainer.history, args.plot)
     return EXIT_OK
 
@@ -176,6 +179,22 @@ class _sigint_as_keyboard_interrupt:
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self.previous)
+
+
+_MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+
+
+def _launched_by_mpi():
+    """True under mpiexec/srun with more than one rank (mpi4py is imported only then)."""
+    return any(int(os.environ.get(v, "1") or 1) > 1 for v in _MPI_SIZE_VARIABLES[:3]) or (
+        "SLURM_NTASKS" in os.environ and "PMI_RANK" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1)
+
+
+def _rank():
+    for variable in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        if variable in os.environ:
+            return int(os.environ[variable])
+    return 0
 
 
 def _rows_progress(what, total, quiet):

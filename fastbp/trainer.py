@@ -8,6 +8,7 @@ import numpy as np
 from . import kernels
 from .activations import GELU, IDENTITY, activation_code
 from .callbacks import Callback, EpochLogger, ProgressBar
+from .comm import checksum, make_comm
 from .config import resolve_n_threads, thread_limits
 from .data import (DTYPES, check_dtype, check_int, check_sample_weight, check_targets, check_X,
                    class_weights_per_sample, validation_indices)
@@ -15,7 +16,7 @@ from .layout import INITS, Layout
 from .losses import (BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, elements_per_row, loss_code,
                      row_losses)
 from .modelfile import ModelFileError, read_model, write_model
-from .optim import Optimizer
+from .optim import Optimizer, update_all
 from .schedules import make_schedule, schedule_from_spec, schedule_spec
 
 PREDICT_BLOCK_ROWS = 1024   # rows per forward block in predict: keeps the workspace small
@@ -39,7 +40,7 @@ class Trainer:
                  momentum=0.0, nesterov=False, weight_decay=None, batch_size=256, epochs=10, shuffle=True,
                  seed=0, dtype="float32", n_threads=None, init="auto", betas=(0.9, 0.999), eps=1e-8,
                  amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
-                 huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0):
+                 huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None):
         self.layout = Layout(layer_sizes)
         self.layer_sizes = [int(s) for s in self.layout.sizes]
         n_hidden = self.layout.n_layers - 1
@@ -88,6 +89,10 @@ class Trainer:
             raise ValueError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (a line per epoch), got {verbose!r}")
         self.verbose = verbose
 
+        self.comm = comm
+        self._comm = make_comm(comm)
+        if self._comm.size > 1 and seed is None:  # every rank must draw the same batch order
+            seed = int(self._comm.allgather(int(np.random.SeedSequence().entropy % 2 ** 63))[0])
         np_dtype = DTYPES[self.dtype]
         init_seq, shuffle_seq, dropout_seq, split_seq = np.random.SeedSequence(seed).spawn(4)
         self.params = np.zeros(self.layout.n_params, dtype=np_dtype)
@@ -97,6 +102,7 @@ class Trainer:
         self._split_seed = int(split_seq.generate_state(1, np.uint32)[0])
         self._opt_state = np.zeros((self._optimizer.n_state, self.layout.n_params), dtype=np_dtype)
         self._opt_step = np.zeros(1, dtype=np.int64)
+        self._comm.bcast(self.params)  # rank 0's initial parameters everywhere
         self.history = []
         self.stop_training = False
         self.preprocessing = None  # a file's column handling (fastbp.preprocess), saved with the model
@@ -138,6 +144,8 @@ class Trainer:
 
     def _train_rows(self, X, Y, weights, order, hyper):
         """Mini-batches over rows `order` of X (a whole epoch, or one streamed buffer); returns the mean loss."""
+        if self._comm.size > 1:
+            return self._train_rows_distributed(X, Y, weights, order, hyper)
         batch = min(self.batch_size, len(order))
         if getattr(self, "_train_ws", (0,))[0] < batch:
             self._train_ws = (batch, *self._workspace(batch), np.empty_like(self.params))
@@ -153,6 +161,51 @@ class Trainer:
                 np.ascontiguousarray(order, dtype=np.int64), batch, n_threads, dropout, self._dropout_seed,
                 self.params.dtype.type(0.0))
         return loss
+
+    def _train_rows_distributed(self, X, Y, weights, order, hyper):
+        """Synchronous data parallelism: every rank walks the same global batches, computes the gradient
+        of its slice of each (compiled), one Allreduce sums gradient and loss, every rank takes the same step.
+        """
+        comm, P = self._comm, self.params.size
+        batch = min(self.batch_size, len(order))
+        local = -(-batch // comm.size)
+        if getattr(self, "_dist_ws", (0,))[0] < local:
+            self._dist_ws = (local, *self._workspace(local), np.empty(P + 1, dtype=self.params.dtype))
+        _, acts, zs, deltas, buf = self._dist_ws
+        grad = buf[:P]
+        dtype = self.params.dtype.type
+        n_threads = resolve_n_threads(self.n_threads)
+        epr = elements_per_row(self._loss_code, self.layout.n_out)
+        dropout = np.array(self._dropout_rates, dtype=self.params.dtype)
+        order = np.ascontiguousarray(order, dtype=np.int64)
+        total, total_weight = 0.0, 0.0
+        with thread_limits(n_threads, 1):
+            for start in range(0, len(order), batch):
+                m = min(batch, len(order) - start)
+                weight = float(weights[order[start:start + m]].sum()) if weights.size else float(m)
+                if weight <= 0:
+                    continue
+                r0, r1 = start + comm.rank * m // comm.size, start + (comm.rank + 1) * m // comm.size
+                t = int(self._opt_step[0]) + 1
+                if r1 > r0:
+                    buf[P] = kernels.batch_gradient(
+                        self.params, grad, self.layout.sizes, self.layout.w_offsets, self._act_codes,
+                        self._loss_code, dtype(self.huber_delta), acts, zs, deltas, local, X, Y, weights, order, r0,
+                        r1 - r0, dtype(1.0 / (weight * epr)), min(n_threads, r1 - r0), dtype(0.0), dropout,
+                        self._dropout_seed, dtype(0.0), self._optimizer.code, self._opt_state, t, hyper, False)
+                else:
+                    buf[:] = 0
+                comm.allreduce_sum(buf)  # the one collective per batch: gradient and loss together
+                if not math.isfinite(buf[P]):
+                    return float("nan")
+                coef = 1.0
+                if self.clip_grad_norm:
+                    coef = min(1.0, self.clip_grad_norm / (float(np.linalg.norm(grad.astype(np.float64))) + 1e-6))
+                update_all(self._optimizer.code, self.params, grad, self._opt_state, t, hyper, dtype(coef))
+                self._opt_step[0] = t
+                total += float(buf[P])
+                total_weight += weight
+        return total / (total_weight * epr) if total_weight else 0.0
 
     def _fit_loop(self, run_epoch, validation, callbacks, verbose):
         """The epochs of fit: schedule, one compiled run_epoch(hyper) -> (loss, rows), divergence, validation, callbacks."""
@@ -191,6 +244,8 @@ class Trainer:
                         "samples_per_s": n / seconds if seconds > 0 else float("inf")}
                 if validation is not None:
                     logs.update({f"val_{k}": v for k, v in self.evaluate(*validation).items()})
+                if self._comm.size > 1:
+                    self._check_ranks_agree(epoch + 1)
                 self.lr_schedule.observe(logs)
                 self.history.append(logs)
                 for cb in callbacks:
@@ -265,7 +320,12 @@ class Trainer:
         return float(loss), grad
 
     def save(self, path):
-        """Write the model, optimizer and schedule state, RNG state and history to `path` atomically."""
+        """Write the model, optimizer and schedule state, RNG state and history to `path` atomically.
+
+        In distributed training only rank 0 writes (the parameters are the same on every rank).
+        """
+        if self._comm.rank != 0:
+            return
         config = {"fastbp_version": _version(), "init_args": self._init_args(), "history": self.history,
                   "shuffle_rng_state": self._shuffle_rng.bit_generator.state,
                   "lr_schedule": schedule_spec(self.lr_schedule), "preprocessing": self.preprocessing}
@@ -273,11 +333,14 @@ class Trainer:
         write_model(path, config, arrays)
 
     @classmethod
-    def load(cls, path):
-        """Rebuild a Trainer saved with save(); everything round-trips exactly (a custom Schedule becomes constant)."""
+    def load(cls, path, comm=None):
+        """Rebuild a Trainer saved with save(); everything round-trips exactly (a custom Schedule becomes constant).
+
+        comm: as in the constructor, to resume distributed training (every rank loads the same file).
+        """
         config, arrays = read_model(path)
         try:
-            trainer = cls(**config["init_args"])
+            trainer = cls(**config["init_args"], comm=comm)
             for name, target in (("params", trainer.params), ("opt_state", trainer._opt_state),
                                  ("opt_step", trainer._opt_step)):
                 if arrays[name].shape != target.shape or arrays[name].dtype != target.dtype:
@@ -350,6 +413,7 @@ class Trainer:
 
     def _callbacks(self, callbacks, verbose):
         callbacks = list(callbacks or [])
+        verbose = verbose if self._comm.rank == 0 else 0  # one progress display per job
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be fastbp.callbacks.Callback instances, got {cb!r}")
@@ -358,6 +422,12 @@ class Trainer:
         elif verbose == 2:
             callbacks.append(EpochLogger())
         return callbacks
+
+    def _check_ranks_agree(self, epoch):
+        sums = self._comm.allgather(checksum(self.params))
+        if len(set(sums)) > 1:
+            raise RuntimeError(f"parameters differ across MPI ranks after epoch {epoch} (checksums {sums}); every "
+                               "rank must see the same data, seed and options")
 
     def _snapshot(self):
         return self.params.copy(), self._opt_state.copy(), self._opt_step.copy()
@@ -396,9 +466,9 @@ class Trainer:
         return out
 
 
-def load(path):
+def load(path, comm=None):
     """Load a Trainer saved with Trainer.save (alias of Trainer.load)."""
-    return Trainer.load(path)
+    return Trainer.load(path, comm=comm)
 
 
 def _version():
