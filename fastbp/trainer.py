@@ -40,7 +40,7 @@ class Trainer:
                  momentum=0.0, nesterov=False, weight_decay=None, batch_size=256, epochs=10, shuffle=True,
                  seed=0, dtype="float32", n_threads=None, init="auto", betas=(0.9, 0.999), eps=1e-8,
                  amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
-                 huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None):
+                 huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1):
         self.layout = Layout(layer_sizes)
         self.layer_sizes = [int(s) for s in self.layout.sizes]
         n_hidden = self.layout.n_layers - 1
@@ -91,6 +91,7 @@ class Trainer:
 
         self.comm = comm
         self._comm = make_comm(comm)
+        self.sync_every = check_int("sync_every", sync_every, 1)
         if self._comm.size > 1 and seed is None:  # every rank must draw the same batch order
             seed = int(self._comm.allgather(int(np.random.SeedSequence().entropy % 2 ** 63))[0])
         np_dtype = DTYPES[self.dtype]
@@ -146,6 +147,9 @@ class Trainer:
         """Mini-batches over rows `order` of X (a whole epoch, or one streamed buffer); returns the mean loss."""
         if self._comm.size > 1:
             return self._train_rows_distributed(X, Y, weights, order, hyper)
+        return self._train_rows_single(X, Y, weights, order, hyper)
+
+    def _train_rows_single(self, X, Y, weights, order, hyper):
         batch = min(self.batch_size, len(order))
         if getattr(self, "_train_ws", (0,))[0] < batch:
             self._train_ws = (batch, *self._workspace(batch), np.empty_like(self.params))
@@ -165,7 +169,12 @@ class Trainer:
     def _train_rows_distributed(self, X, Y, weights, order, hyper):
         """Synchronous data parallelism: every rank walks the same global batches, computes the gradient
         of its slice of each (compiled), one Allreduce sums gradient and loss, every rank takes the same step.
+
+        With sync_every = K > 1 ("local SGD", approximate): each rank steps on its own slice's mean
+        gradient, and the parameters are averaged over the ranks every K batches and at the end.
         """
+        if self.sync_every > 1:
+            return self._train_rows_local_sgd(X, Y, weights, order, hyper)
         comm, P = self._comm, self.params.size
         batch = min(self.batch_size, len(order))
         local = -(-batch // comm.size)
@@ -206,6 +215,29 @@ class Trainer:
                 total += float(buf[P])
                 total_weight += weight
         return total / (total_weight * epr) if total_weight else 0.0
+
+    def _train_rows_local_sgd(self, X, Y, weights, order, hyper):
+        comm, size = self._comm, self._comm.size
+        batch = min(self.batch_size, len(order))
+        # each rank trains on its slice of every global batch, as its own (smaller) batch
+        mine = np.concatenate([order[s + comm.rank * min(batch, len(order) - s) // size:
+                                     s + (comm.rank + 1) * min(batch, len(order) - s) // size]
+                               for s in range(0, len(order), batch)])
+        local_batch = -(-batch // size)
+        n_steps = -(-len(mine) // local_batch)
+        loss_sum = np.zeros(2)
+        for first in range(0, n_steps, self.sync_every):
+            rows = mine[first * local_batch:(first + self.sync_every) * local_batch]
+            saved, self.batch_size = self.batch_size, local_batch
+            try:
+                loss = self._train_rows_single(X, Y, weights, rows, hyper)
+            finally:
+                self.batch_size = saved
+            loss_sum += (loss * len(rows), len(rows))
+            comm.allreduce_sum(self.params)
+            self.params /= size
+        comm.allreduce_sum(loss_sum)
+        return loss_sum[0] / loss_sum[1] if loss_sum[1] else 0.0
 
     def _fit_loop(self, run_epoch, validation, callbacks, verbose):
         """The epochs of fit: schedule, one compiled run_epoch(hyper) -> (loss, rows), divergence, validation, callbacks."""
@@ -365,7 +397,8 @@ class Trainer:
                 "optimizer": self.optimizer, "batch_size": self.batch_size, "epochs": self.epochs,
                 "shuffle": self.shuffle, "seed": self.seed, "dtype": self.dtype, "n_threads": self.n_threads,
                 "init": self.init, "clip_grad_norm": self.clip_grad_norm, "dropout": self.dropout,
-                "huber_delta": self.huber_delta, "on_divergence": self.on_divergence, "verbose": self.verbose}
+                "huber_delta": self.huber_delta, "on_divergence": self.on_divergence, "verbose": self.verbose,
+                "sync_every": self.sync_every}
         args.update(self._optimizer.settings())
         return args
 
