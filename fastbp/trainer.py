@@ -16,7 +16,7 @@ from .layout import INITS, Layout
 from .losses import (BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, elements_per_row, loss_code,
                      row_losses)
 from .modelfile import ModelFileError, read_model, write_model
-from .optim import Optimizer, update_all
+from .optim import Optimizer
 from .schedules import make_schedule, schedule_from_spec, schedule_spec
 
 PREDICT_BLOCK_ROWS = 1024   # rows per forward block in predict: keeps the workspace small
@@ -146,7 +146,8 @@ class Trainer:
     def _train_rows(self, X, Y, weights, order, hyper):
         """Mini-batches over rows `order` of X (a whole epoch, or one streamed buffer); returns the mean loss."""
         if self._comm.size > 1:
-            return self._train_rows_distributed(X, Y, weights, order, hyper)
+            from .distributed import train_rows_distributed
+            return train_rows_distributed(self, X, Y, weights, order, hyper)
         return self._train_rows_single(X, Y, weights, order, hyper)
 
     def _train_rows_single(self, X, Y, weights, order, hyper):
@@ -165,79 +166,6 @@ class Trainer:
                 np.ascontiguousarray(order, dtype=np.int64), batch, n_threads, dropout, self._dropout_seed,
                 self.params.dtype.type(0.0))
         return loss
-
-    def _train_rows_distributed(self, X, Y, weights, order, hyper):
-        """Synchronous data parallelism: every rank walks the same global batches, computes the gradient
-        of its slice of each (compiled), one Allreduce sums gradient and loss, every rank takes the same step.
-
-        With sync_every = K > 1 ("local SGD", approximate): each rank steps on its own slice's mean
-        gradient, and the parameters are averaged over the ranks every K batches and at the end.
-        """
-        if self.sync_every > 1:
-            return self._train_rows_local_sgd(X, Y, weights, order, hyper)
-        comm, P = self._comm, self.params.size
-        batch = min(self.batch_size, len(order))
-        local = -(-batch // comm.size)
-        if getattr(self, "_dist_ws", (0,))[0] < local:
-            self._dist_ws = (local, *self._workspace(local), np.empty(P + 1, dtype=self.params.dtype))
-        _, acts, zs, deltas, buf = self._dist_ws
-        grad = buf[:P]
-        dtype = self.params.dtype.type
-        n_threads = resolve_n_threads(self.n_threads)
-        epr = elements_per_row(self._loss_code, self.layout.n_out)
-        dropout = np.array(self._dropout_rates, dtype=self.params.dtype)
-        order = np.ascontiguousarray(order, dtype=np.int64)
-        total, total_weight = 0.0, 0.0
-        with thread_limits(n_threads, 1):
-            for start in range(0, len(order), batch):
-                m = min(batch, len(order) - start)
-                weight = float(weights[order[start:start + m]].sum()) if weights.size else float(m)
-                if weight <= 0:
-                    continue
-                r0, r1 = start + comm.rank * m // comm.size, start + (comm.rank + 1) * m // comm.size
-                t = int(self._opt_step[0]) + 1
-                if r1 > r0:
-                    buf[P] = kernels.batch_gradient(
-                        self.params, grad, self.layout.sizes, self.layout.w_offsets, self._act_codes,
-                        self._loss_code, dtype(self.huber_delta), acts, zs, deltas, local, X, Y, weights, order, r0,
-                        r1 - r0, dtype(1.0 / (weight * epr)), min(n_threads, r1 - r0), dtype(0.0), dropout,
-                        self._dropout_seed, dtype(0.0), self._optimizer.code, self._opt_state, t, hyper, False)
-                else:
-                    buf[:] = 0
-                comm.allreduce_sum(buf)  # the one collective per batch: gradient and loss together
-                if not math.isfinite(buf[P]):
-                    return float("nan")
-                coef = 1.0
-                if self.clip_grad_norm:
-                    coef = min(1.0, self.clip_grad_norm / (float(np.linalg.norm(grad.astype(np.float64))) + 1e-6))
-                update_all(self._optimizer.code, self.params, grad, self._opt_state, t, hyper, dtype(coef))
-                self._opt_step[0] = t
-                total += float(buf[P])
-                total_weight += weight
-        return total / (total_weight * epr) if total_weight else 0.0
-
-    def _train_rows_local_sgd(self, X, Y, weights, order, hyper):
-        comm, size = self._comm, self._comm.size
-        batch = min(self.batch_size, len(order))
-        # each rank trains on its slice of every global batch, as its own (smaller) batch
-        mine = np.concatenate([order[s + comm.rank * min(batch, len(order) - s) // size:
-                                     s + (comm.rank + 1) * min(batch, len(order) - s) // size]
-                               for s in range(0, len(order), batch)])
-        local_batch = -(-batch // size)
-        n_steps = -(-len(mine) // local_batch)
-        loss_sum = np.zeros(2)
-        for first in range(0, n_steps, self.sync_every):
-            rows = mine[first * local_batch:(first + self.sync_every) * local_batch]
-            saved, self.batch_size = self.batch_size, local_batch
-            try:
-                loss = self._train_rows_single(X, Y, weights, rows, hyper)
-            finally:
-                self.batch_size = saved
-            loss_sum += (loss * len(rows), len(rows))
-            comm.allreduce_sum(self.params)
-            self.params /= size
-        comm.allreduce_sum(loss_sum)
-        return loss_sum[0] / loss_sum[1] if loss_sum[1] else 0.0
 
     def _fit_loop(self, run_epoch, validation, callbacks, verbose):
         """The epochs of fit: schedule, one compiled run_epoch(hyper) -> (loss, rows), divergence, validation, callbacks."""
