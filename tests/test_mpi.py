@@ -125,3 +125,24 @@ def test_local_sgd_keeps_ranks_identical_and_learns(tmp_path):
     proc = launch(2, script)
     assert proc.returncode == 0, proc.stderr
     assert min(float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("accuracy")) > 0.8
+
+
+def test_memory_mapped_data_on_ranks_equals_in_memory_training(tmp_path):
+    """Each rank gathers only the rows of its slices from the mapped file; the result equals in-memory data."""
+    namespace = {}
+    exec(PROBLEM, namespace)
+    X, y = namespace["X"], namespace["y"]
+    np.save(tmp_path / "X.npy", X)
+    script = tmp_path / "mapped.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, numpy as np, fastbp
+        X = np.load({str(tmp_path / 'X.npy')!r}, mmap_mode="r")
+        y = {y.tolist()!r}
+        tr = fastbp.Trainer([6, 32, 3], batch_size=32, epochs=3, dtype="float64", seed=1, n_threads=1, comm="mpi")
+        tr.fit(X, y)
+        tr.save(sys.argv[1])
+        """))
+    proc = launch(2, script, tmp_path / "m.fbp")
+    assert proc.returncode == 0, proc.stderr
+    single = fastbp.Trainer([6, 32, 3], batch_size=32, epochs=3, dtype="float64", seed=1, n_threads=1).fit(X, y)
+    np.testing.assert_allclose(fastbp.load(tmp_path / "m.fbp").params, single.params, rtol=1e-9, atol=1e-12)
