@@ -202,3 +202,8 @@ def test_kill_9_while_checkpointing_leaves_a_loadable_checkpoint(files, tmp_path
         proc.kill()
         proc.wait()
         assert len(fastbp.load(ckpt / "checkpoint.fbp").history) >= 1
+
+
+def test_bench_is_reachable_from_the_cli():
+    code, out, err = fastbp_cli("bench", "--help")
+    assert code == 0 and "--workloads" in out
