@@ -1,15 +1,16 @@
 """Compiled forward / backward / epoch kernels. No Python objects inside.
 
 One mini-batch gradient takes two parallel regions, each thread writing only
-memory that no other thread touches (interleaved writes by two threads into
-the same rows measured 40 % slower than one thread alone):
+memory that no other thread touches (two threads writing interleaved column
+blocks of the same rows measured no faster than one thread):
 
 1. rows: each thread takes a contiguous slice of the batch's rows and runs
    forward through every layer, the fused output delta, and the deltas back
    down every layer. Rows are independent, so no thread waits for another.
 2. weights: each thread takes a contiguous slice of every layer's dW rows (the
    layer's inputs) and computes it over the whole batch in one GEMM,
-   dW[k0:k1] = a_in[:, k0:k1]^T @ delta, plus a slice of db.
+   dW[k0:k1] = a_in[:, k0:k1]^T @ delta, plus a slice of db, and steps the
+   optimizer on that slice at once (unless clipping needs the whole gradient).
 
 No per-thread gradient copies and no reduction: every gradient element is
 computed by one thread in one fixed-order GEMM, so results are deterministic.
@@ -26,9 +27,9 @@ are int64 or the model dtype), so each kernel compiles once per dtype whatever
 the layer count or batch size. Options that are off cost nothing measurable:
 sample weights are an empty array, dropout a vector of zeros, clipping 0.
 
-A model's fixed description travels as `net`-prefixed arguments: sizes,
-w_offsets, act_codes (hidden activations, identity last), loss_code and
-loss_param (huber's delta).
+A model's fixed description travels as the arguments sizes, w_offsets,
+act_codes (hidden activations, identity last), loss_code and loss_param
+(huber's delta).
 """
 import math
 
