@@ -70,7 +70,7 @@ def optimizer_costs(workload, dtype, threads, repeat):
     for optimizer in ("sgd", "adam", "adamw", "rmsprop"):
         tr = Trainer(layer_sizes(workload), optimizer=optimizer, batch_size=batch, epochs=1, dtype=dtype,
                      n_threads=threads, seed=0)
-        costs[optimizer] = best_time(lambda: tr.fit(X, y), repeat)
+        costs[optimizer] = best_time(lambda tr=tr: tr.fit(X, y), repeat)
     return costs
 
 

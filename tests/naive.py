@@ -6,7 +6,7 @@ check the compiled kernels' derivative-from-outputs shortcuts independently.
 import math
 
 import numpy as np
-from scipy.special import erf, expit, log_softmax, logsumexp, softmax
+from scipy.special import erf, expit, log_softmax, softmax
 
 
 def activate(name, z):

@@ -1,6 +1,5 @@
 """The fastbp command line end to end (subprocess), file readers and bounded streaming."""
 import json
-import os
 import signal
 import subprocess
 import sys
