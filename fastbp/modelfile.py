@@ -8,15 +8,18 @@ Layout of a .fbp file:
 Writes are atomic (temporary file in the same folder, fsync, os.replace), so a
 crash or a full disk never leaves a partial file under the final name.
 """
+import glob
 import hashlib
 import io
 import json
 import os
 import tempfile
+import time
 import zipfile
 
 import numpy as np
 
+STALE_TEMP_SECONDS = 3600  # a temporary file this old was abandoned by a killed writer
 FORMAT_NAME = "fastbp-model"
 FORMAT_VERSION = 1
 _META = "fastbp.json"
@@ -41,6 +44,7 @@ def write_model(path, config, arrays):
                    for name, a in arrays.items()},
     }
     folder = os.path.dirname(os.path.abspath(path))
+    _remove_abandoned_temporaries(folder, os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -70,6 +74,16 @@ def write_model(path, config, arrays):
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _remove_abandoned_temporaries(folder, name):
+    """Delete old temporary files of this model name left by writers that were killed mid-write."""
+    for leftover in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+        try:
+            if time.time() - os.path.getmtime(leftover) > STALE_TEMP_SECONDS:
+                os.unlink(leftover)
+        except OSError:
+            pass  # another process got there first, or it is not ours to remove
 
 
 def read_model(path):

@@ -35,5 +35,13 @@ def test_sigkill_during_save_always_leaves_a_loadable_model(tmp_path):
         model = fastbp.load(path)  # raises if the file under the final name were partial
         assert model.params.shape == (64 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10,)
         assert np.isfinite(model.params).all()
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "model.fbp"]
-    assert all(name.endswith(".tmp") for name in leftovers)  # only abandoned temporary files
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "model.fbp"]
+    assert all(p.name.endswith(".tmp") for p in leftovers)  # only abandoned temporary files
+    # the next save removes the ones old enough to be surely abandoned, and keeps recent ones
+    old = tmp_path / ".model.fbp.old.tmp"
+    old.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    recent = tmp_path / ".model.fbp.recent.tmp"
+    recent.write_bytes(b"partial")
+    model.save(path)
+    assert not old.exists() and recent.exists()
