@@ -150,8 +150,8 @@ def train(args):
     stats = StreamStats()
     try:
         with _sigint_as_keyboard_interrupt():
-            fit_source(trainer, source, prep, args.buffer_rows, args.val_split, args.seed, validation, callbacks,
-                       0 if args.quiet else 1, stats)
+            fit_source(trainer, source, prep, n_rows, args.buffer_rows, args.val_split, args.seed, validation,
+                       callbacks, 0 if args.quiet else 1, stats)
     except KeyboardInterrupt:
         target = checkpoint or args.out + ".interrupted.fbp"
         trainer.save(target)

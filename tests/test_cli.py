@@ -135,7 +135,7 @@ def test_loader_buffers_stay_within_their_configured_size(files):
     assert len(held["2"]) <= 100
     tr = fastbp.Trainer([prep.n_inputs, 8, 2], batch_size=64, epochs=2)
     stats = StreamStats()
-    fit_source(tr, source, prep, buffer_rows=500, val_split=0.1, stats=stats)
+    fit_source(tr, source, prep, n, buffer_rows=500, val_split=0.1, stats=stats)
     assert stats.max_buffer_rows <= 448  # 500 rounded down to whole batches of 64
     assert stats.max_chunk_rows <= 300
     assert stats.rows_per_epoch == n
