@@ -120,11 +120,13 @@ class NpzSource(_ArraySource):
 
 
 def _arrow_columns(table, columns):
+    """{name: float64 array (NaN = missing)} for numeric columns, object arrays (None = missing) for text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     out = {}
     for name in columns:
         col = table.column(name)
-        import pyarrow as pa
-        import pyarrow.compute as pc
         if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type) \
                 or pa.types.is_decimal(col.type):
             out[name] = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
@@ -193,11 +195,12 @@ class CsvSource:
                                    convert_options=convert)
 
     def chunks(self, columns, order=None):
+        import pyarrow as pa
+
         start = 0
         try:
             with self._open(columns) as reader:
                 for batch in reader:
-                    import pyarrow as pa
                     data = _arrow_columns(pa.Table.from_batches([batch]), columns)
                     yield start, data
                     start += batch.num_rows
