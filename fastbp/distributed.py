@@ -11,6 +11,7 @@ from . import kernels
 from .config import resolve_n_threads, thread_limits
 from .losses import elements_per_row
 from .optim import update_all
+from .passes import workspace
 
 
 def train_rows_distributed(trainer, X, Y, weights, order, hyper):
@@ -26,7 +27,8 @@ def train_rows_distributed(trainer, X, Y, weights, order, hyper):
     batch = min(trainer.batch_size, len(order))
     local = -(-batch // comm.size)
     if getattr(trainer, "_dist_ws", (0,))[0] < local:
-        trainer._dist_ws = (local, *trainer._workspace(local), np.empty(P + 1, dtype=trainer.params.dtype))
+        trainer._dist_ws = (local, *workspace(trainer.layout.sizes, trainer._act_codes, local, trainer.params.dtype),
+                            np.empty(P + 1, dtype=trainer.params.dtype))
     _, acts, zs, deltas, buf = trainer._dist_ws
     grad = buf[:P]
     dtype = trainer.params.dtype.type

@@ -29,7 +29,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import validate_data
 
-from . import kernels
+from . import kernels, passes
 from .activations import ACTIVATIONS, IDENTITY, activation_code
 from .config import resolve_n_threads, thread_limits
 from .layout import Layout
@@ -46,8 +46,6 @@ _EXTRA_CONSTRAINTS = {
     "activation": [StrOptions(set(_ACTIVATION_NAMES))],
     "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
 }
-_GRADIENT_BLOCK_ROWS = 4096
-_PREDICT_BLOCK_ROWS = 1024
 
 
 class _FastbpMixin:
@@ -96,12 +94,6 @@ class _FastbpMixin:
         if sample_weight is None:
             return np.empty(0, dtype=dtype)
         return np.ascontiguousarray(sample_weight, dtype=dtype)
-
-    @staticmethod
-    def _workspace(layout, capacity, dtype, gelu):
-        width = capacity * int(layout.sizes.sum())
-        return (np.empty(width, dtype=dtype), np.empty(width if gelu else 0, dtype=dtype),
-                np.empty(width, dtype=dtype))
 
     # ------------------------------------------------------------------ stochastic solvers
     def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
@@ -158,7 +150,7 @@ class _FastbpMixin:
         weights = self._weights(sample_weight_train, flat.dtype)
         dtype = flat.dtype.type
         n_threads = resolve_n_threads(self.n_threads)
-        acts, zs, dls = self._workspace(layout, batch_size, flat.dtype, (codes == activation_code("gelu")).any())
+        acts, zs, dls = passes.workspace(layout.sizes, codes, batch_size, flat.dtype)
         grad = np.empty_like(flat)
         no_dropout = np.zeros(layout.n_layers, dtype=flat.dtype)
         opt_code = SKLEARN_SGD if self.solver == "sgd" else SKLEARN_ADAM
@@ -216,9 +208,8 @@ class _FastbpMixin:
         Xc = self._dense(X)
         loss_code, Y = self._loss_setup(y)
         weights = self._weights(sample_weight, flat.dtype)
-        n_threads = resolve_n_threads(self.n_threads)
-        capacity = min(Xc.shape[0], _GRADIENT_BLOCK_ROWS)
-        acts, zs, dls = self._workspace(layout, capacity, flat.dtype, (codes == activation_code("gelu")).any())
+        full_gradient = passes.FullGradient(layout.sizes, layout.w_offsets, codes, loss_code, flat.dtype.type(0.0), 1,
+                                            Xc, Y, weights, resolve_n_threads(self.n_threads), flat.dtype)
         grad = np.empty_like(flat)
         weight_mask = np.zeros(layout.n_params, dtype=bool)
         for W, _ in layout.views(weight_mask):
@@ -227,10 +218,7 @@ class _FastbpMixin:
 
         def loss_grad(packed):
             flat[...] = packed
-            with thread_limits(n_threads, 1):
-                loss = kernels.loss_and_gradient(flat, grad, layout.sizes, layout.w_offsets, codes, loss_code,
-                                                 flat.dtype.type(0.0), 1, acts, zs, dls, capacity, Xc, Y, weights,
-                                                 n_threads)
+            loss = full_gradient(flat, grad)
             W = flat[weight_mask]
             loss += 0.5 * self.alpha * float(W @ W) / sw_sum
             full = grad.astype(np.float64)
@@ -254,22 +242,9 @@ class _FastbpMixin:
         layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
         layout, codes, flat = self._net(layer_units)
         Xc = np.ascontiguousarray(self._dense(X), dtype=flat.dtype)
-        n = Xc.shape[0]
-        out = np.empty((n, layout.n_out), dtype=flat.dtype)
-        if n:
-            capacity = min(n, _PREDICT_BLOCK_ROWS)
-            acts, zs, _ = self._workspace(layout, capacity, flat.dtype, (codes == activation_code("gelu")).any())
-            n_threads = resolve_n_threads(self.n_threads)
-            with thread_limits(n_threads, 1):
-                kernels.forward_all(flat, layout.sizes, layout.w_offsets, codes, acts, zs, capacity, Xc, out,
-                                    n_threads)
-        if self.out_activation_ == "softmax":
-            out -= out.max(axis=1, keepdims=True)
-            np.exp(out, out=out)
-            out /= out.sum(axis=1, keepdims=True)
-        elif self.out_activation_ == "logistic":
-            from scipy.special import expit
-            expit(out, out=out)
+        out = passes.forward(flat, layout.sizes, layout.w_offsets, codes, Xc, resolve_n_threads(self.n_threads))
+        if self.out_activation_ in ("softmax", "logistic"):
+            passes.to_probabilities(out, softmax=self.out_activation_ == "softmax")
         return out
 
 

@@ -5,8 +5,8 @@ import warnings
 
 import numpy as np
 
-from . import kernels
-from .activations import GELU, IDENTITY, activation_code
+from . import kernels, passes
+from .activations import IDENTITY, activation_code
 from .callbacks import Callback, EpochLogger, ProgressBar
 from .comm import checksum, make_comm
 from .config import resolve_n_threads, thread_limits
@@ -18,9 +18,6 @@ from .losses import (BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY,
 from .modelfile import ModelFileError, read_model, write_model
 from .optim import Optimizer
 from .schedules import make_schedule, schedule_from_spec, schedule_spec
-
-PREDICT_BLOCK_ROWS = 1024   # rows per forward block in predict: keeps the workspace small
-GRADIENT_BLOCK_ROWS = 4096  # rows per block in loss_and_grad
 
 
 class TrainingDiverged(FloatingPointError):
@@ -153,7 +150,8 @@ class Trainer:
     def _train_rows_single(self, X, Y, weights, order, hyper):
         batch = min(self.batch_size, len(order))
         if getattr(self, "_train_ws", (0,))[0] < batch:
-            self._train_ws = (batch, *self._workspace(batch), np.empty_like(self.params))
+            self._train_ws = (batch, *passes.workspace(self.layout.sizes, self._act_codes, batch, self.params.dtype),
+                              np.empty_like(self.params))
         _, acts, zs, deltas, grad = self._train_ws
         n_threads = resolve_n_threads(self.n_threads)
         dropout = np.array(self._dropout_rates, dtype=self.params.dtype)
@@ -266,17 +264,11 @@ class Trainer:
         """
         X, Y = self._check_data(X, y)
         weights = self._weights(Y, sample_weight, None)
-        n = X.shape[0]
-        n_threads = resolve_n_threads(self.n_threads)
-        capacity = min(n, GRADIENT_BLOCK_ROWS)
-        acts, zs, deltas = self._workspace(capacity)
         grad = np.empty_like(self.params)
-        epr = elements_per_row(self._loss_code, self.layout.n_out)
-        with thread_limits(n_threads, 1):
-            loss = kernels.loss_and_gradient(self.params, grad, self.layout.sizes, self.layout.w_offsets,
-                                             self._act_codes, self._loss_code,
-                                             self.params.dtype.type(self.huber_delta), epr, acts, zs, deltas,
-                                             capacity, X, Y, weights, n_threads)
+        loss = passes.FullGradient(self.layout.sizes, self.layout.w_offsets, self._act_codes, self._loss_code,
+                                   self.params.dtype.type(self.huber_delta),
+                                   elements_per_row(self._loss_code, self.layout.n_out), X, Y, weights,
+                                   resolve_n_threads(self.n_threads), self.params.dtype)(self.params, grad)
         return float(loss), grad
 
     def save(self, path):
@@ -396,36 +388,12 @@ class Trainer:
     def _restore(self, snapshot):
         self.params[...], self._opt_state[...], self._opt_step[...] = snapshot
 
-    def _workspace(self, capacity):
-        """Activations, gelu pre-activations (only when a layer uses gelu) and deltas for `capacity` rows."""
-        width = capacity * int(self.layout.sizes.sum())
-        dtype = self.params.dtype
-        zs = np.empty(width if (self._act_codes == GELU).any() else 0, dtype=dtype)
-        return np.empty(width, dtype=dtype), zs, np.empty(width, dtype=dtype)
-
     def _logits(self, X):
-        n = X.shape[0]
-        n_threads = resolve_n_threads(self.n_threads)
-        capacity = min(n, PREDICT_BLOCK_ROWS)
-        acts, zs, _ = self._workspace(capacity)
-        out = np.empty((n, self.layout.n_out), dtype=self.params.dtype)
-        with thread_limits(n_threads, 1):
-            kernels.forward_all(self.params, self.layout.sizes, self.layout.w_offsets, self._act_codes,
-                                acts, zs, capacity, X, out, n_threads)
-        return out
+        return passes.forward(self.params, self.layout.sizes, self.layout.w_offsets, self._act_codes, X,
+                              resolve_n_threads(self.n_threads))
 
     def _probabilities(self, logits):
-        if self._loss_code == CROSS_ENTROPY:
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            e = np.exp(shifted)
-            return e / e.sum(axis=1, keepdims=True)
-        out = np.empty_like(logits)
-        pos = logits >= 0
-        out[pos] = 1.0 / (1.0 + np.exp(-logits[pos]))
-        e = np.exp(logits[~pos])
-        out[~pos] = e / (1.0 + e)
-        return out
-
+        return passes.to_probabilities(logits, softmax=self._loss_code == CROSS_ENTROPY)
 
 def load(path, comm=None):
     """Load a Trainer saved with Trainer.save (alias of Trainer.load)."""
