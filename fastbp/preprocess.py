@@ -35,7 +35,11 @@ class Preprocessor:
         self.task = state["task"]
         self.n_inputs = int(sum(len(c) if c is not None else 1 for c in state["categories"]))
         self._index = {f: i for i, f in enumerate(self.features)}
-        self._class_index = {self._label_key(c): i for i, c in enumerate(state.get("classes") or [])}
+        classes = state.get("classes") or []
+        self._class_index = {self._label_key(c): i for i, c in enumerate(classes)}
+        # numeric labels (the common case) are encoded with one searchsorted, not a loop over rows
+        self._numeric_classes = np.array(classes, dtype=np.float64) \
+            if classes and not any(isinstance(c, str) for c in classes) else None
 
     # ------------------------------------------------------------------ learning
     @classmethod
@@ -195,6 +199,15 @@ class Preprocessor:
             if _is_text(y) or np.isnan(y).any():
                 raise ValueError(f"target column {self.target!r} must be numeric with no missing values")
             return X, y.astype(dtype)
+        if self._numeric_classes is not None and not _is_text(y):
+            known = self._numeric_classes
+            index = np.minimum(np.searchsorted(known, y), len(known) - 1)
+            unseen = np.flatnonzero(known[index] != y)
+            if unseen.size:
+                i = unseen[0]
+                raise ValueError(f"target value {self._label_key(y[i].item())!r} at row {start + i} was not seen in "
+                                 f"training; known classes: {self.state['classes'][:20]}")
+            return X, index.astype(dtype)
         codes = np.empty(n, dtype=dtype)
         for i, v in enumerate(y.tolist()):
             j = self._class_index.get(self._label_key(v))
