@@ -206,3 +206,19 @@ def test_kill_9_while_checkpointing_leaves_a_loadable_checkpoint(files, tmp_path
 def test_bench_is_reachable_from_the_cli():
     code, out, err = fastbp_cli("bench", "--help")
     assert code == 0 and "--workloads" in out
+
+
+def test_evaluate_computes_r2_over_the_whole_file_not_per_chunk(files, tmp_path):
+    model = tmp_path / "m.fbp"
+    assert fastbp_cli("train", files / "d.npy", "--target", "0", "--task", "regress", "--hidden", "8",
+                      "--epochs", 3, "--quiet", "--out", model)[0] == 0
+    code, out, err = fastbp_cli("evaluate", model, files / "d.npy", "--chunk-rows", 250)
+    assert code == 0, err
+    from fastbp.preprocess import Preprocessor
+    trainer = fastbp.load(model)
+    data = np.load(files / "d.npy")
+    X, y = Preprocessor(trainer.preprocessing).transform({str(i): data[:, i] for i in range(3)})
+    expected = trainer.evaluate(X, y)
+    scores = json.loads(out)
+    assert scores["r2"] == pytest.approx(expected["r2"], rel=1e-5)
+    assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-5)
