@@ -34,7 +34,6 @@ def train_rows_distributed(trainer, X, Y, weights, order, hyper):
     dtype = trainer.params.dtype.type
     n_threads = resolve_n_threads(trainer.n_threads)
     epr = elements_per_row(trainer._loss_code, trainer.layout.n_out)
-    dropout = np.array(trainer._dropout_rates, dtype=trainer.params.dtype)
     order = np.ascontiguousarray(order, dtype=np.int64)
     total, total_weight = 0.0, 0.0
     with thread_limits(n_threads, 1):
@@ -49,7 +48,7 @@ def train_rows_distributed(trainer, X, Y, weights, order, hyper):
                 buf[P] = kernels.batch_gradient(
                     trainer.params, grad, trainer.layout.sizes, trainer.layout.w_offsets, trainer._act_codes,
                     trainer._loss_code, dtype(trainer.huber_delta), acts, zs, deltas, local, X, Y, weights, order, r0,
-                    r1 - r0, dtype(1.0 / (weight * epr)), min(n_threads, r1 - r0), dtype(0.0), dropout,
+                    r1 - r0, dtype(1.0 / (weight * epr)), min(n_threads, r1 - r0), dtype(0.0), trainer._dropout,
                     trainer._dropout_seed, dtype(0.0), trainer._optimizer.code, trainer._opt_state, t, hyper, False)
             else:
                 buf[:] = 0

@@ -68,7 +68,6 @@ class Trainer:
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
                 raise ValueError(f"dropout rates must lie in [0, 1), got {dropout!r}")
         self.dropout = dropout if not hasattr(dropout, "__len__") else [float(p) for p in drops]
-        self._dropout_rates = [float(p) for p in drops] + [0.0]
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.epochs = check_int("epochs", epochs, 0)
         self.shuffle = bool(shuffle)
@@ -92,6 +91,7 @@ class Trainer:
         if self._comm.size > 1 and seed is None:  # every rank must draw the same batch order
             seed = int(self._comm.allgather(int(np.random.SeedSequence().entropy % 2 ** 63))[0])
         np_dtype = DTYPES[self.dtype]
+        self._dropout = np.array([float(p) for p in drops] + [0.0], dtype=np_dtype)  # per layer, output last
         init_seq, shuffle_seq, dropout_seq, split_seq = np.random.SeedSequence(seed).spawn(4)
         self.params = np.zeros(self.layout.n_params, dtype=np_dtype)
         self.layout.initialize(self.params, init, (hidden or ["identity"])[0], np.random.default_rng(init_seq))
@@ -154,14 +154,13 @@ class Trainer:
                               np.empty_like(self.params))
         _, acts, zs, deltas, grad = self._train_ws
         n_threads = resolve_n_threads(self.n_threads)
-        dropout = np.array(self._dropout_rates, dtype=self.params.dtype)
         with thread_limits(n_threads, 1):
             loss, _ = kernels.train_epoch(
                 self.params, grad, self._opt_state, self._opt_step, hyper, self._optimizer.code,
                 self.clip_grad_norm or 0.0, self.layout.sizes, self.layout.w_offsets, self._act_codes,
                 self._loss_code, self.params.dtype.type(self.huber_delta),
                 elements_per_row(self._loss_code, self.layout.n_out), acts, zs, deltas, X, Y, weights,
-                np.ascontiguousarray(order, dtype=np.int64), batch, n_threads, dropout, self._dropout_seed,
+                np.ascontiguousarray(order, dtype=np.int64), batch, n_threads, self._dropout, self._dropout_seed,
                 self.params.dtype.type(0.0))
         return loss
 
