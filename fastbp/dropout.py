@@ -1,10 +1,11 @@
 """Inverted dropout with masks from a counter-based hash: no mask storage, no RNG state.
 
-Unit j of hidden layer l in row i of training step t is kept when
-u(seed, t, l, i, j) >= p, where u is a splitmix64 hash mapped to [0, 1).
-The mask depends only on those integers, never on which thread computes it,
-so training with dropout is reproducible for any thread count, and the
-backward pass recomputes the mask instead of storing it.
+Unit j of hidden layer l for data row i (its index in the training array or
+buffer) at training step t is kept when u(seed, t, l, i, j) >= p, where u is a
+splitmix64 hash mapped to [0, 1). The mask depends only on those integers, never
+on which thread or MPI rank computes it, so training with dropout is reproducible
+for any thread or rank count, and the backward pass recomputes the mask instead
+of storing it.
 """
 import numpy as np
 

@@ -76,10 +76,13 @@ def _gather_rows(X, order, start, row0, rows, acts):
 
 
 @jit
-def _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, row0, rows, dropout, seed, t):
+def _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, row0, rows, dropout, seed,
+                  t):
     """Forward pass of workspace rows [row0, row0+rows) through every layer: a = f(a_in @ W + b).
 
-    dropout[l] > 0 drops units of hidden layer l (training only; predict passes zeros).
+    dropout[l] > 0 drops units of hidden layer l (training only; predict passes zeros). Masks are
+    keyed by the data row order[start + i], not the workspace row, so they do not depend on how a
+    batch is split over threads or MPI ranks.
     """
     one = params.dtype.type(1.0)
     zero = params.dtype.type(0.0)
@@ -102,7 +105,7 @@ def _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, row0,
             else:
                 bias_activate(acts[r:r + n_out], b, code)
             if p > 0:
-                apply_mask(acts[r:r + n_out], p, row_key(seed, t, l, row0 + i))
+                apply_mask(acts[r:r + n_out], p, row_key(seed, t, l, order[start + row0 + i]))
 
 
 @jit
@@ -138,7 +141,7 @@ def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, a
         for i in range(rows):
             r = din_off + i * n_in
             if p > 0:
-                mask_delta(deltas[r:r + n_in], p, row_key(seed, t, l - 1, row0 + i))
+                mask_delta(deltas[r:r + n_in], p, row_key(seed, t, l - 1, order[start + row0 + i]))
             scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], zs[r:r + n_in], code, keep)
     return loss
 
@@ -208,7 +211,8 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
         r1 = ((part + 1) * rows) // n_parts
         if r1 > r0:
             _gather_rows(X, order, start, r0, r1 - r0, acts)
-            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, r0, r1 - r0, dropout, seed, t)
+            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, r0, r1 - r0, dropout,
+                          seed, t)
             part_loss[part] = _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
                                              deltas, capacity, Y, weights, order, start, r0, r1 - r0, scale,
                                              dropout, seed, t)
@@ -327,6 +331,7 @@ def forward_all(params, sizes, w_offsets, act_codes, acts, zs, capacity, X, out,
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
             _gather_rows(X, order, start, r0, r1 - r0, acts)
-            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, r0, r1 - r0, no_dropout, 0, 0)
+            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, r0, r1 - r0,
+                          no_dropout, 0, 0)
             restore_fp_mode(fp_mode)
         out[start:start + rows] = acts[off_out:off_out + rows * n_out].reshape((rows, n_out))

@@ -25,6 +25,7 @@ SETTINGS = {
     "adam": dict(optimizer="adam"),
     "sgd_clip": dict(optimizer="sgd", momentum=0.9, nesterov=True, clip_grad_norm=0.5, lr=0.05),
     "rmsprop_weights": dict(optimizer="rmsprop", lr=0.005),
+    "adam_dropout": dict(optimizer="adam", dropout=0.3),  # masks follow the data row, not the rank's slice
 }
 
 
