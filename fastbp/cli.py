@@ -103,13 +103,16 @@ def train(args):
     from .callbacks import ModelCheckpoint
     from .preprocess import Preprocessor
     from .sources import open_source
-    from .streaming import StreamStats, fit_source
+    from .comm import MPIComm
+    from .streaming import StreamStats, fit_source, shard_mode
     from .trainer import Trainer, load
 
     comm = "mpi" if _launched_by_mpi() else None
     if comm and _rank() != 0:
         args.quiet = True  # one voice per job: rank 0 prints and writes files
     source = open_source(args.data, args.chunk_rows)
+    # checked before the first pass, which can take long on a big file
+    shard_mode(args.shard, source, MPIComm().size if comm else 1)
     checkpoint = _checkpoint_path(args)
     if args.resume and not checkpoint:
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoint was written)")
@@ -133,7 +136,8 @@ def train(args):
     else:
         trainer = Trainer([prep.n_inputs, *_sizes(args.hidden), n_out], activation=args.activation, loss=loss,
                           optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                          seed=args.seed, n_threads=args.threads, dtype=args.dtype, comm=comm)
+                          seed=args.seed, n_threads=args.threads, dtype=args.dtype, comm=comm,
+                          sync_every=args.sync_every)
         trainer.preprocessing = prep.state
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
@@ -151,7 +155,7 @@ def train(args):
     try:
         with _sigint_as_keyboard_interrupt():
             fit_source(trainer, source, prep, n_rows, args.buffer_rows, args.val_split, args.seed, validation,
-                       callbacks, 0 if args.quiet else 1, stats)
+                       callbacks, 0 if args.quiet else 1, stats, shard=args.shard)
     except KeyboardInterrupt:
         target = checkpoint or args.out + ".interrupted.fbp"
         trainer.save(target)
@@ -409,6 +413,12 @@ def _parser():
     p.add_argument("--max-categories", type=int, default=1000)
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
     p.add_argument("--buffer-rows", type=int, default=262_144, help="rows shuffled together in memory")
+    p.add_argument("--shard", choices=["auto", "rows", "chunks"], default="auto",
+                   help="under mpiexec: 'rows' = every rank reads every chunk, result equal to one process; "
+                        "'chunks' = each rank reads only its own chunks (not bit-equal); auto: chunks for Parquet")
+    p.add_argument("--sync-every", type=int, default=1,
+                   help="under mpiexec: average parameters every K batches (local SGD, approximate) "
+                        "instead of averaging gradients every batch")
     p.add_argument("--out", default="model.fbp")
     p.add_argument("--checkpoint-dir")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")

@@ -42,6 +42,7 @@ class _ArraySource:
     """A 2-D numeric array whose columns are named "0", "1", ..."""
 
     shuffleable = True
+    shard_by_chunks = False  # under MPI, "auto" keeps the exact row split (same result as one process)
 
     def __init__(self, path, array, chunk_rows):
         if array.ndim != 2 or array.dtype.kind not in "biuf":
@@ -51,6 +52,7 @@ class _ArraySource:
         self.columns = [str(i) for i in range(array.shape[1])]
         self.n_rows = array.shape[0]
         self.n_chunks = -(-self.n_rows // self.chunk_rows) if self.n_rows else 0
+        self.chunk_starts = np.minimum(np.arange(self.n_chunks + 1) * self.chunk_rows, self.n_rows)
 
     def chunks(self, columns, order=None):
         index = [self.columns.index(c) for c in columns]
@@ -141,6 +143,7 @@ class ParquetSource:
     """Parquet, one row group per chunk (chunk order can be shuffled)."""
 
     shuffleable = True
+    shard_by_chunks = True  # under MPI, "auto" gives each rank its own row groups
 
     def __init__(self, path):
         try:
@@ -155,7 +158,7 @@ class ParquetSource:
         self.columns = list(self.file.schema_arrow.names)
         self.n_rows = self.file.metadata.num_rows
         self.n_chunks = self.file.num_row_groups
-        self._starts = np.concatenate(
+        self.chunk_starts = np.concatenate(
             [[0], np.cumsum([self.file.metadata.row_group(i).num_rows for i in range(self.n_chunks)])]).astype(int)
 
     def chunks(self, columns, order=None):
@@ -164,14 +167,15 @@ class ParquetSource:
                 table = self.file.read_row_group(int(k), columns=list(columns))
             except Exception as exc:
                 raise SourceError(f"{self.path!r}: row group {k} cannot be read ({exc})") from None
-            yield int(self._starts[k]), _arrow_columns(table, columns)
+            yield int(self.chunk_starts[k]), _arrow_columns(table, columns)
 
 
 class CsvSource:
     """CSV through pyarrow's streaming reader: blocks in file order (no chunk shuffling)."""
 
     shuffleable = False
-    n_chunks = None
+    shard_by_chunks = False
+    n_chunks = chunk_starts = None
 
     def __init__(self, path, chunk_rows, delimiter=","):
         try:

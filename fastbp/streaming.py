@@ -7,10 +7,25 @@ full buffer is trained in a random row order by the same compiled epoch kernel
 as in-memory data; the last, partial buffer ends the epoch. Memory is the buffer,
 one chunk, and the validation sample - never the file. Validation rows (chosen by
 a stateless hash of the row number) are skipped here.
+
+Under MPI there are two ways to share a file between ranks (`shard`):
+- "rows": every rank walks the same global batches as one process would and
+  transforms only its slice of each; the parameters equal one process's, but every
+  rank reads every chunk.
+- "chunks": each epoch's shuffled chunk order is dealt out round-robin, so each rank
+  reads only its own chunks (.npy slices, Parquet row groups) into its own buffer;
+  step s averages the gradients of every rank's s-th local batch. A valid
+  data-parallel run, but its batches differ from one process's (not bit-equal).
+"auto" picks "chunks" for Parquet and "rows" for the others (arrays keep the result
+of one process; ranks on one machine share the mapped pages of a .npy; CSV cannot be
+split without reading all of it).
 """
 import numpy as np
 
+from .distributed import SynchronousSteps, average_parameters, train_local_steps
 from .preprocess import holdout_mask
+
+SHARD_MODES = ("auto", "rows", "chunks")
 
 
 class StreamStats:
@@ -20,16 +35,165 @@ class StreamStats:
         self.max_buffer_rows = 0
         self.max_chunk_rows = 0
         self.rows_per_epoch = 0
+        self.chunks_read = []  # this rank's chunk numbers in the last epoch
 
 
 def fit_source(trainer, source, prep, train_rows, buffer_rows=262_144, val_split=0.0, seed=0, validation=None,
-               callbacks=None, verbose=None, stats=None):
+               callbacks=None, verbose=None, stats=None, shard="auto"):
     """Train `trainer` for its `epochs` on `source` (columns mapped by the fitted `prep`).
 
     train_rows: the training rows per epoch (from Preprocessor.fit), so every buffer's size,
-    and so its row order, is known before it is filled. Under MPI each rank then transforms
-    and copies only the buffer rows of its slices of each batch.
+    and so its row order, is known before it is filled. Under MPI, `shard` says how ranks
+    split the file (see the module notes).
     """
+    if train_rows < 1:
+        raise ValueError("no training rows were read from the data")
+    stats = stats if stats is not None else StreamStats()
+    if shard_mode(shard, source, trainer._comm.size) == "chunks":
+        run_epoch = _chunk_sharded_epochs(trainer, source, prep, train_rows, buffer_rows, val_split, seed, stats)
+    else:
+        run_epoch = _row_exact_epochs(trainer, source, prep, train_rows, buffer_rows, val_split, seed, stats)
+    return trainer._fit_loop(run_epoch, validation, callbacks, verbose)
+
+
+def shard_mode(shard, source, ranks):
+    """The mode ("rows" or "chunks") that `shard` means for this source and rank count; errors say why not."""
+    if shard not in SHARD_MODES:
+        raise ValueError(f"shard must be one of {', '.join(SHARD_MODES)}, got {shard!r}")
+    if shard == "chunks" and source.chunk_starts is None:
+        raise ValueError(f"{source.path!r}: a CSV file cannot be split into chunks without reading all of it; "
+                         "convert it to Parquet (or .npy) to shard it, or use shard 'rows'")
+    if ranks == 1:
+        return "rows"
+    if shard == "chunks" and source.n_chunks < ranks:
+        raise ValueError(f"{source.path!r} has {source.n_chunks} chunk(s) for {ranks} ranks; write it in smaller "
+                         "row groups (or pass smaller --chunk-rows for .npy), or use shard 'rows'")
+    if shard == "auto":
+        chunked = source.shard_by_chunks and source.n_chunks >= ranks
+        return "chunks" if chunked else "rows"
+    return shard
+
+
+def _read_training_rows(source, prep, columns, order, val_split, seed, stats, dtype):
+    """(start row, X, y) of the training rows of each chunk, in the given chunk order."""
+    for start, chunk in source.chunks(columns, order):
+        n = len(chunk[prep.target])
+        stats.max_chunk_rows = max(stats.max_chunk_rows, n)
+        kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
+        X, y = prep.transform({c: v[kept] for c, v in chunk.items()}, start, dtype=dtype)
+        yield start, X, y
+
+
+def _chunk_sharded_epochs(trainer, source, prep, train_rows, buffer_rows, val_split, seed, stats):
+    """run_epoch for shard="chunks": each rank trains on its own chunks; see the module notes."""
+    comm = trainer._comm
+    ranks = comm.size
+    starts = source.chunk_starts
+    # training rows per chunk, from the stateless hold-out hash: every rank knows every rank's
+    # row count, so all agree on the number of steps and each step's total weight without talking
+    counts = np.array([int((~holdout_mask(seed, np.arange(a, b), val_split)).sum())
+                       for a, b in zip(starts[:-1], starts[1:])])
+    if counts.sum() != train_rows:
+        raise ValueError(f"the file has {counts.sum()} training rows now, but the first pass counted {train_rows}; "
+                         "was the file changed during training?")
+    local_batch = -(-trainer.batch_size // ranks)
+    buffer_rows = max(local_batch, int(buffer_rows) // local_batch * local_batch)
+    dtype = trainer.params.dtype
+    Xbuf = np.empty((min(buffer_rows, train_rows), prep.n_inputs), dtype=dtype)
+    Ybuf = np.empty((len(Xbuf), 1), dtype=dtype)
+    no_weights = np.empty(0, dtype=dtype)
+    columns = prep.features + [prep.target]
+
+    def run_epoch(hyper):
+        order = trainer._shuffle_rng.permutation(source.n_chunks) if trainer.shuffle else np.arange(source.n_chunks)
+        # rows within a rank's buffer are shuffled by a per-rank generator, so the shared one stays in step
+        buffer_rng = np.random.default_rng([int(trainer._shuffle_rng.integers(2 ** 63)), comm.rank])
+        rows_of = [int(counts[order[r::ranks]].sum()) for r in range(ranks)]
+        n_steps = max(-(-n // local_batch) for n in rows_of)
+        weights = [sum(min(local_batch, max(0, n - s * local_batch)) for n in rows_of) for s in range(n_steps)]
+        mine = order[comm.rank::ranks]
+        stats.chunks_read = [int(k) for k in mine]
+        steps = (SynchronousSteps(trainer, local_batch, hyper) if trainer.sync_every == 1
+                 else _LocalSteps(trainer, local_batch, hyper))
+        step = 0
+        with steps:
+            def train_buffer(size):
+                nonlocal step
+                stats.max_buffer_rows = max(stats.max_buffer_rows, size)
+                perm = buffer_rng.permutation(size) if trainer.shuffle else np.arange(size)
+                for s in range(0, size, local_batch):
+                    m = min(local_batch, size - s)
+                    if not steps.step(Xbuf, Ybuf, no_weights, perm, s, m, float(weights[step])):
+                        return False
+                    step += 1
+                return True
+
+            filled, rows = 0, 0
+            for _, X, y in _read_training_rows(source, prep, columns, mine, val_split, seed, stats, dtype):
+                if rows + filled + len(y) > rows_of[comm.rank]:
+                    raise ValueError("the data has more training rows than its first pass counted; "
+                                     "was the file changed during training?")
+                pos = 0
+                while pos < len(y):
+                    take = min(len(Xbuf) - filled, len(y) - pos)
+                    Xbuf[filled:filled + take] = X[pos:pos + take]
+                    Ybuf[filled:filled + take, 0] = y[pos:pos + take]
+                    filled, pos = filled + take, pos + take
+                    if filled == len(Xbuf):
+                        if not train_buffer(filled):
+                            return float("nan"), train_rows
+                        rows, filled = rows + filled, 0
+            if rows + filled != rows_of[comm.rank]:
+                raise ValueError(f"read {rows + filled} training rows of this rank's chunks, but the first pass "
+                                 f"counted {rows_of[comm.rank]}; was the file changed during training?")
+            if filled and not train_buffer(filled):
+                return float("nan"), train_rows
+            while step < n_steps:  # this rank's chunks are used up: it joins the others' remaining steps
+                if not steps.step(Xbuf, Ybuf, no_weights, np.arange(1), 0, 0, float(weights[step])):
+                    return float("nan"), train_rows
+                step += 1
+        stats.rows_per_epoch = train_rows
+        return steps.mean_loss(), train_rows
+
+    return run_epoch
+
+
+class _LocalSteps:
+    """Local SGD in the chunk-sharded loop: each rank steps on its own batch; parameters are
+    averaged (weighted by the steps each rank took) every sync_every steps and at the end."""
+
+    def __init__(self, trainer, local_batch, hyper):
+        self.trainer, self.local_batch, self.hyper = trainer, local_batch, hyper
+        self.count, self.taken = 0, 0
+        self.loss_rows = np.zeros(2)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None and self.count % self.trainer.sync_every:
+            average_parameters(self.trainer, self.taken)
+
+    def step(self, X, Y, weights, order, start, rows, batch_weight):
+        if rows > 0:
+            loss = train_local_steps(self.trainer, X, Y, weights, order[start:start + rows], rows, self.hyper)
+            if not np.isfinite(loss):
+                return False
+            self.loss_rows += (loss * rows, rows)
+            self.taken += 1
+        self.count += 1
+        if self.count % self.trainer.sync_every == 0:
+            average_parameters(self.trainer, self.taken)
+            self.taken = 0
+        return True
+
+    def mean_loss(self):
+        self.trainer._comm.allreduce_sum(self.loss_rows)
+        return self.loss_rows[0] / self.loss_rows[1] if self.loss_rows[1] else 0.0
+
+
+def _row_exact_epochs(trainer, source, prep, train_rows, buffer_rows, val_split, seed, stats):
+    """run_epoch for one process and for shard="rows" (equal to one process under MPI)."""
     batch = trainer.batch_size
     buffer_rows = max(batch, int(buffer_rows) // batch * batch)
     dtype = trainer.params.dtype
@@ -37,7 +201,6 @@ def fit_source(trainer, source, prep, train_rows, buffer_rows=262_144, val_split
     Ybuf = np.empty((len(Xbuf), 1), dtype=dtype)
     no_weights = np.empty(0, dtype=dtype)
     columns = prep.features + [prep.target]
-    stats = stats if stats is not None else StreamStats()
     comm = trainer._comm
 
     def plan(first_row):
@@ -63,7 +226,7 @@ def fit_source(trainer, source, prep, train_rows, buffer_rows=262_144, val_split
             stats.max_chunk_rows = max(stats.max_chunk_rows, n)
             kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
             if need is None:  # one process: transform the whole chunk at once
-                X, y = prep.transform({c: v[kept] for c, v in chunk.items()}, start)
+                X, y = prep.transform({c: v[kept] for c, v in chunk.items()}, start, dtype=dtype)
             pos = 0
             while pos < len(kept):
                 if rows + filled >= train_rows:
@@ -76,7 +239,7 @@ def fit_source(trainer, source, prep, train_rows, buffer_rows=262_144, val_split
                 else:
                     mine = np.flatnonzero(need[filled:filled + take])
                     sub = kept[pos:pos + take][mine]
-                    Xs, ys = prep.transform({c: v[sub] for c, v in chunk.items()}, start)
+                    Xs, ys = prep.transform({c: v[sub] for c, v in chunk.items()}, start, dtype=dtype)
                     Xbuf[filled + mine] = Xs
                     Ybuf[filled + mine, 0] = ys
                 filled += take
@@ -98,6 +261,4 @@ def fit_source(trainer, source, prep, train_rows, buffer_rows=262_144, val_split
         stats.rows_per_epoch = rows
         return total / rows, rows
 
-    if train_rows < 1:
-        raise ValueError("no training rows were read from the data")
-    return trainer._fit_loop(run_epoch, validation, callbacks, verbose)
+    return run_epoch

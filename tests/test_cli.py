@@ -81,6 +81,8 @@ def test_bad_input_exit_codes(files, tmp_path):
         (("predict", tmp_path / "bad.fbp", files / "d.csv", "--out", tmp_path / "p.csv"), "truncated or corrupted"),
         (("info", tmp_path / "missing.fbp"), "no model file"),
         (("train", files / "d.csv", "--target", "label", "--resume"), "--resume needs --checkpoint-dir"),
+        (("train", files / "d.csv", "--target", "label", "--shard", "chunks"), "convert it to Parquet"),
+        (("train", files / "d.csv", "--target", "label", "--sync-every", "0"), "sync_every must be >= 1"),
     ]
     for args, message in cases:
         code, out, err = fastbp_cli(*args, "--quiet") if args[0] == "train" else fastbp_cli(*args)

@@ -147,3 +147,104 @@ def test_memory_mapped_data_on_ranks_equals_in_memory_training(tmp_path):
     assert proc.returncode == 0, proc.stderr
     single = fastbp.Trainer([6, 32, 3], batch_size=32, epochs=3, dtype="float64", seed=1, n_threads=1).fit(X, y)
     np.testing.assert_allclose(fastbp.load(tmp_path / "m.fbp").params, single.params, rtol=1e-9, atol=1e-12)
+
+
+def _parquet(path, groups, rows_per_group, seed=0):
+    """A classification table (4 features, 3 classes) written with the given row-group layout."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(groups * rows_per_group, 4))
+    label = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 0.5)
+    table = pa.table({**{f"f{i}": X[:, i] for i in range(4)}, "label": label})
+    pq.write_table(table, path, row_group_size=rows_per_group)
+    return path
+
+
+SHARDED_SCRIPT = """
+import json, sys, numpy as np, fastbp
+from fastbp.preprocess import Preprocessor
+from fastbp.sources import open_source
+from fastbp.streaming import StreamStats, fit_source
+source = open_source(sys.argv[1])
+prep, _, n = Preprocessor.fit(source, "label")
+tr = fastbp.Trainer([prep.n_inputs, 16, 3], batch_size=32, dtype="float64", seed=1, n_threads=1, comm="mpi",
+                    **json.loads(sys.argv[3]))
+stats = StreamStats()
+fit_source(tr, source, prep, n, buffer_rows=64, stats=stats, shard="chunks")
+with open(f"{sys.argv[2]}.rank{tr._comm.rank}", "w") as f:  # which chunks this rank read in the last epoch
+    f.write(" ".join(map(str, stats.chunks_read)))
+tr.save(sys.argv[2])
+"""
+
+
+def _chunks_read(model, rank):
+    return Path(f"{model}.rank{rank}").read_text().split()
+
+
+def test_chunk_sharded_steps_average_each_ranks_local_batch(tmp_path):
+    """Without shuffling, step s of 2 chunk-sharded ranks is one batch of rank 0's s-th 16 rows plus rank 1's."""
+    data = _parquet(tmp_path / "d.parquet", groups=4, rows_per_group=64)
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT)
+    proc = launch(2, script, data, tmp_path / "m.fbp", '{"shuffle": false, "epochs": 2, "optimizer": "adam"}')
+    assert proc.returncode == 0, proc.stderr
+    assert [_chunks_read(tmp_path / "m.fbp", r) for r in (0, 1)] == [["0", "2"], ["1", "3"]]
+    from fastbp.preprocess import Preprocessor
+    from fastbp.sources import open_source
+    source = open_source(data)
+    prep, _, _ = Preprocessor.fit(source, "label")
+    columns = prep.features + ["label"]
+    groups = [prep.transform(chunk, start, dtype=np.float64) for start, chunk in source.chunks(columns)]
+    per_rank = [[np.concatenate([groups[k][i] for k in (r, r + 2)]) for i in (0, 1)] for r in (0, 1)]
+    blocks = [per_rank[r][i][s:s + 16] for s in range(0, 128, 16) for r in (0, 1) for i in (0, 1)]
+    X = np.concatenate(blocks[0::2])
+    y = np.concatenate(blocks[1::2]).astype(int)
+    single = fastbp.Trainer([prep.n_inputs, 16, 3], batch_size=32, dtype="float64", seed=1, n_threads=1,
+                            shuffle=False, epochs=2, optimizer="adam").fit(X, y)
+    np.testing.assert_allclose(fastbp.load(tmp_path / "m.fbp").params, single.params, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("settings", ['{"epochs": 25, "optimizer": "adam", "lr": 0.01}',
+                                      '{"epochs": 25, "optimizer": "adam", "lr": 0.01, "sync_every": 3}'])
+def test_chunk_sharded_ranks_read_disjoint_chunks_and_learn(tmp_path, settings):
+    data = _parquet(tmp_path / "d.parquet", groups=5, rows_per_group=60)  # uneven: ranks get 3 and 2 row groups
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT)
+    proc = launch(2, script, data, tmp_path / "m.fbp", settings)
+    assert proc.returncode == 0, proc.stderr  # the per-epoch checksum would fail if ranks drifted apart
+    read = [_chunks_read(tmp_path / "m.fbp", r) for r in (0, 1)]
+    assert sorted(len(r) for r in read) == [2, 3]
+    assert sorted(sum(read, [])) == ["0", "1", "2", "3", "4"]
+    from fastbp.preprocess import Preprocessor
+    from fastbp.sources import open_source
+    source = open_source(data)
+    prep, _, _ = Preprocessor.fit(source, "label")
+    X, y = prep.transform(next(source.chunks(prep.features + ["label"]))[1], dtype=np.float64)
+    assert fastbp.load(tmp_path / "m.fbp").evaluate(X, y.astype(int))["accuracy"] > 0.85
+
+
+def test_resume_after_kill_under_mpi_equals_an_uninterrupted_run(tmp_path):
+    data = _parquet(tmp_path / "d.parquet", groups=8, rows_per_group=2000)
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+
+    def train(out, *extra):
+        return [str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "fastbp", "train", str(data),
+                "--target", "label", "--hidden", "64,64", "--epochs", "6", "--threads", "1", "--dtype", "float64",
+                "--buffer-rows", "1024", "--quiet", "--out", str(out), *map(str, extra)]
+
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen(train(tmp_path / "killed.fbp", "--checkpoint-dir", ckpt), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt / "checkpoint.fbp").exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, 9)  # mpiexec and both ranks
+    proc.wait()
+    assert len(fastbp.load(ckpt / "checkpoint.fbp").history) >= 1
+    resumed = subprocess.run(train(tmp_path / "resumed.fbp", "--checkpoint-dir", ckpt, "--resume"), env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    full = subprocess.run(train(tmp_path / "full.fbp"), env=env, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    np.testing.assert_array_equal(fastbp.load(tmp_path / "resumed.fbp").params,
+                                  fastbp.load(tmp_path / "full.fbp").params)
