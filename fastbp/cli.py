@@ -107,12 +107,13 @@ def train(args):
     from .streaming import StreamStats, fit_source, shard_mode
     from .trainer import Trainer, load
 
-    comm = "mpi" if _launched_by_mpi() else None
-    if comm and _rank() != 0:
+    comm = MPIComm() if _launched_by_mpi() else None
+    rank = comm.rank if comm else 0
+    if rank != 0:
         args.quiet = True  # one voice per job: rank 0 prints and writes files
     source = open_source(args.data, args.chunk_rows)
     # checked before the first pass, which can take long on a big file
-    shard_mode(args.shard, source, MPIComm().size if comm else 1)
+    shard_mode(args.shard, source, comm.size if comm else 1)
     checkpoint = _checkpoint_path(args)
     if args.resume and not checkpoint:
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoint was written)")
@@ -120,7 +121,8 @@ def train(args):
     try:
         prep, held, n_rows = Preprocessor.fit(
             source, args.target, args.features.split(",") if args.features else None, args.task, args.impute,
-            args.max_categories, args.val_split, val_max_rows=args.val_max_rows, seed=args.seed, progress=progress)
+            args.max_categories, args.val_split, val_max_rows=args.val_max_rows, seed=args.seed, progress=progress,
+            comm=comm)
     finally:
         progress(None)
     n_out = len(prep.classes()) if prep.task == "classify" else 1
@@ -146,10 +148,10 @@ def train(args):
         Xv, yv = prep.transform(held, 0, dtype=trainer.params.dtype)
         validation = (Xv, yv, None)
     callbacks = []
-    if checkpoint and _rank() == 0:
+    if checkpoint and rank == 0:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
         callbacks.append(_EveryN(ModelCheckpoint(checkpoint), args.checkpoint_every))
-    if args.log_file and _rank() == 0:
+    if args.log_file and rank == 0:
         callbacks.append(_JsonLog(args.log_file))
     stats = StreamStats()
     try:
@@ -170,7 +172,7 @@ def train(args):
     _say(args, "done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("loss", "val_loss",
                                                                                       "val_accuracy", "val_r2"))
          + f"; model saved to {args.out}")
-    if args.plot and _rank() == 0:
+    if args.plot and rank == 0:
         _plot(trainer.history, args.plot)
     return EXIT_OK
 
@@ -192,13 +194,6 @@ def _launched_by_mpi():
     """True under mpiexec/srun with more than one rank (mpi4py is imported only then)."""
     return any(int(os.environ.get(v, "1") or 1) > 1 for v in _MPI_SIZE_VARIABLES[:3]) or (
         "SLURM_NTASKS" in os.environ and "PMI_RANK" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1)
-
-
-def _rank():
-    for variable in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
-        if variable in os.environ:
-            return int(os.environ[variable])
-    return 0
 
 
 def _rows_progress(what, total, quiet):

@@ -19,8 +19,8 @@ def holdout_mask(seed, rows, fraction):
     """Rows whose hash falls below `fraction` are validation rows: stateless, same in every pass."""
     if fraction <= 0:
         return np.zeros(len(rows), dtype=bool)
-    x = (rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # wrapping uint64 arithmetic is the point of the hash
+        x = (rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
@@ -44,8 +44,12 @@ class Preprocessor:
     # ------------------------------------------------------------------ learning
     @classmethod
     def fit(cls, source, target, features=None, task=None, impute=None, max_categories=1000, val_split=0.0,
-            val_max_rows=200_000, seed=0, progress=None):
-        """One pass over `source`: statistics of the training rows and a sample of validation rows."""
+            val_max_rows=200_000, seed=0, progress=None, comm=None):
+        """One pass over `source`: statistics of the training rows and a sample of validation rows.
+
+        With an MPI communicator (size > 1) and a source in chunks (.npy, Parquet), each rank scans
+        only every size-th chunk and the statistics are merged, identically on every rank.
+        """
         if target not in source.columns:
             raise ValueError(f"target column {target!r} is not in the data; columns are: {', '.join(source.columns)}")
         features = [c for c in source.columns if c != target] if not features else list(features)
@@ -59,79 +63,31 @@ class Preprocessor:
             raise ValueError("no feature columns: the data has only the target column")
         if impute not in (None, "mean", "median"):
             raise ValueError(f"impute must be 'mean' or 'median', got {impute!r}")
-        count = {c: 0 for c in features}
-        total = {c: 0.0 for c in features}
-        squares = {c: 0.0 for c in features}
-        sample = {c: [] for c in features}
-        categories = {c: None for c in features}
-        labels, text_target, numeric_target_integral = set(), None, True
-        n_rows = 0
-        held = []
-        rng = np.random.default_rng(seed)
-        for start, chunk in source.chunks(features + [target]):
-            rows = np.arange(start, start + len(chunk[target]))
-            val = holdout_mask(seed, rows, val_split)
-            if val.any() and sum(len(h[target]) for h in held) < val_max_rows:
-                held.append({c: v[val] for c, v in chunk.items()})
-            train = ~val
-            n_rows += int(train.sum())
-            y = chunk[target][train]
-            if _is_text(y):
-                text_target = True
-                bad = np.flatnonzero([v is None for v in y])
-            else:
-                text_target = False if text_target is None else text_target
-                bad = np.flatnonzero(np.isnan(y))
-                numeric_target_integral &= bool(np.all(y[~np.isnan(y)] == np.round(y[~np.isnan(y)])))
-            if bad.size:
-                raise ValueError(f"target column {target!r} has a missing value at row {rows[train][bad[0]]}; "
-                                 "drop those rows first")
-            if task != "regress" and len(labels) <= 10_000:
-                labels.update(y.tolist())
-            for c in features:
-                v = chunk[c][train]
-                if _is_text(v):
-                    if categories[c] is None:
-                        if count[c]:
-                            raise ValueError(f"column {c!r} mixes numbers and text")
-                        categories[c] = set()
-                    nulls = np.flatnonzero([x is None for x in v])
-                    if nulls.size and impute is None:
-                        raise ValueError(f"column {c!r} has a missing value at row {rows[train][nulls[0]]}; "
-                                         "pass --impute mean|median (text columns get their own 'missing' "
-                                         "category) or clean the data")
-                    _refuse_numbers_in_text(c, v, rows[train])
-                    categories[c].update(MISSING if x is None else str(x) for x in v)
-                    if len(categories[c]) > max_categories:
-                        raise ValueError(f"column {c!r} has more than {max_categories} distinct values; it looks "
-                                         "like an identifier: drop it, or raise --max-categories")
-                else:
-                    if categories[c] is not None:
-                        raise ValueError(f"column {c!r} mixes numbers and text")
-                    nan = np.isnan(v)
-                    if nan.any() and impute is None:
-                        raise ValueError(f"column {c!r} has a missing value at row {rows[train][np.flatnonzero(nan)[0]]}"
-                                         "; pass --impute mean|median or clean the data")
-                    ok = v[~nan]
-                    count[c] += ok.size
-                    total[c] += float(ok.sum())
-                    squares[c] += float((ok * ok).sum())
-                    if impute == "median":
-                        _reservoir(sample[c], ok, rng)
-            if progress is not None:
-                progress(len(chunk[target]))
-        if n_rows == 0:
+        sharded = comm is not None and comm.size > 1 and getattr(source, "chunk_starts", None) is not None
+        chunks = range(comm.rank, source.n_chunks, comm.size) if sharded else None
+        stats = _scan(source, target, features, task, impute, max_categories, val_split,
+                      max(1, val_max_rows // comm.size) if sharded else val_max_rows, seed, progress, chunks)
+        if sharded:
+            stats = _merge(comm.allgather(stats), features, max_categories, seed)
+        return cls._from_stats(stats, target, features, task, impute, val_max_rows)
+
+    @classmethod
+    def _from_stats(cls, st, target, features, task, impute, val_max_rows):
+        if st["n_rows"] == 0:
             raise ValueError("the data has no training rows")
+        labels = st["labels"]
         if task is None:
-            task = "classify" if text_target or (numeric_target_integral and len(labels) <= 50) else "regress"
+            small = st["integral_target"] and len(labels) <= 50
+            task = "classify" if st["text_target"] or small else "regress"
         if task not in ("classify", "regress"):
             raise ValueError(f"task must be 'classify' or 'regress', got {task!r}")
-        if task == "regress" and text_target:
+        if task == "regress" and st["text_target"]:
             raise ValueError(f"target column {target!r} holds text; regression needs numbers (use --task classify)")
         if task == "classify" and len(labels) < 2:
             raise ValueError(f"target column {target!r} has {len(labels)} distinct value(s); classification needs 2+")
         if task == "classify" and len(labels) > 10_000:
             raise ValueError(f"target column {target!r} has over 10000 distinct values; is it a regression target?")
+        categories = st["categories"]
         state = {"features": features, "target": target, "task": task, "impute": impute,
                  "categories": [sorted(categories[c]) if categories[c] is not None else None for c in features],
                  "mean": [], "scale": [], "fill": []}
@@ -139,17 +95,18 @@ class Preprocessor:
             if categories[c] is not None:
                 state["mean"].append(0.0), state["scale"].append(1.0), state["fill"].append(0.0)
                 continue
-            n = max(count[c], 1)
-            mean = total[c] / n
-            std = np.sqrt(max(squares[c] / n - mean * mean, 0.0))
-            fill = mean if impute != "median" else (float(np.median(sample[c])) if sample[c] else mean)
+            n = max(st["count"][c], 1)
+            mean = st["total"][c] / n
+            std = np.sqrt(max(st["squares"][c] / n - mean * mean, 0.0))
+            sample = st["sample"][c]
+            fill = mean if impute != "median" else (float(np.median(sample)) if sample else mean)
             state["mean"].append(mean), state["scale"].append(std if std > 1e-12 else 1.0), state["fill"].append(fill)
         if task == "classify":
             state["classes"] = sorted(labels, key=lambda v: (isinstance(v, str), v))
-        prep = cls(state)
+        held = st["held"]
         held_rows = {c: np.concatenate([h[c] for h in held])[:val_max_rows] for c in features + [target]} \
             if held else None
-        return prep, held_rows, n_rows
+        return cls(state), held_rows, st["n_rows"]
 
     # ------------------------------------------------------------------ applying
     @staticmethod
@@ -219,6 +176,103 @@ class Preprocessor:
 
     def classes(self):
         return self.state.get("classes")
+
+
+def _scan(source, target, features, task, impute, max_categories, val_split, val_max_rows, seed, progress, chunks):
+    """Statistics of the training rows of the given chunks (all when None), as a plain dict."""
+    count = {c: 0 for c in features}
+    total = {c: 0.0 for c in features}
+    squares = {c: 0.0 for c in features}
+    sample = {c: [] for c in features}
+    categories = {c: None for c in features}
+    labels, text_target, numeric_target_integral = set(), None, True
+    n_rows = 0
+    held = []
+    rng = np.random.default_rng(seed)
+    for start, chunk in source.chunks(features + [target], chunks):
+        rows = np.arange(start, start + len(chunk[target]))
+        val = holdout_mask(seed, rows, val_split)
+        if val.any() and sum(len(h[target]) for h in held) < val_max_rows:
+            held.append({c: v[val] for c, v in chunk.items()})
+        train = ~val
+        n_rows += int(train.sum())
+        y = chunk[target][train]
+        if _is_text(y):
+            text_target = True
+            bad = np.flatnonzero([v is None for v in y])
+        else:
+            text_target = False if text_target is None else text_target
+            bad = np.flatnonzero(np.isnan(y))
+            numeric_target_integral &= bool(np.all(y[~np.isnan(y)] == np.round(y[~np.isnan(y)])))
+        if bad.size:
+            raise ValueError(f"target column {target!r} has a missing value at row {rows[train][bad[0]]}; "
+                             "drop those rows first")
+        if task != "regress" and len(labels) <= 10_000:
+            labels.update(y.tolist())
+        for c in features:
+            v = chunk[c][train]
+            if _is_text(v):
+                if categories[c] is None:
+                    if count[c]:
+                        raise ValueError(f"column {c!r} mixes numbers and text")
+                    categories[c] = set()
+                nulls = np.flatnonzero([x is None for x in v])
+                if nulls.size and impute is None:
+                    raise ValueError(f"column {c!r} has a missing value at row {rows[train][nulls[0]]}; "
+                                     "pass --impute mean|median (text columns get their own 'missing' "
+                                     "category) or clean the data")
+                _refuse_numbers_in_text(c, v, rows[train])
+                categories[c].update(MISSING if x is None else str(x) for x in v)
+                if len(categories[c]) > max_categories:
+                    raise ValueError(f"column {c!r} has more than {max_categories} distinct values; it looks "
+                                     "like an identifier: drop it, or raise --max-categories")
+            else:
+                if categories[c] is not None:
+                    raise ValueError(f"column {c!r} mixes numbers and text")
+                nan = np.isnan(v)
+                if nan.any() and impute is None:
+                    raise ValueError(f"column {c!r} has a missing value at row {rows[train][np.flatnonzero(nan)[0]]}"
+                                     "; pass --impute mean|median or clean the data")
+                ok = v[~nan]
+                count[c] += ok.size
+                total[c] += float(ok.sum())
+                squares[c] += float((ok * ok).sum())
+                if impute == "median":
+                    _reservoir(sample[c], ok, rng)
+        if progress is not None:
+            progress(len(chunk[target]))
+    return {"count": count, "total": total, "squares": squares, "sample": sample, "categories": categories,
+            "labels": labels, "text_target": text_target, "integral_target": numeric_target_integral,
+            "n_rows": n_rows, "held": held}
+
+
+def _merge(parts, features, max_categories, seed):
+    """One rank's statistics from every rank's (in rank order, so every rank gets the same numbers)."""
+    merged = {"count": {}, "total": {}, "squares": {}, "sample": {}, "categories": {},
+              "labels": set().union(*(p["labels"] for p in parts)),
+              "text_target": any(p["text_target"] for p in parts),
+              "integral_target": all(p["integral_target"] for p in parts),
+              "n_rows": sum(p["n_rows"] for p in parts), "held": sum((p["held"] for p in parts), [])}
+    rng = np.random.default_rng(seed)
+    for c in features:
+        for key in ("count", "total", "squares"):
+            merged[key][c] = sum(p[key][c] for p in parts)
+        text = [p["categories"][c] for p in parts if p["categories"][c] is not None]
+        if text and merged["count"][c]:
+            raise ValueError(f"column {c!r} mixes numbers and text")
+        merged["categories"][c] = set().union(*text) if text else None
+        if text and len(merged["categories"][c]) > max_categories:
+            raise ValueError(f"column {c!r} has more than {max_categories} distinct values; it looks "
+                             "like an identifier: drop it, or raise --max-categories")
+        # median sample: each rank's reservoir contributes in proportion to the values it saw
+        merged["sample"][c] = []
+        for p in parts:
+            share = round(MEDIAN_SAMPLE * p["count"][c] / max(merged["count"][c], 1))
+            values = np.asarray(p["sample"][c])
+            if values.size > share:
+                values = rng.choice(values, share, replace=False)
+            merged["sample"][c].extend(values.tolist())
+    return merged
 
 
 def _refuse_numbers_in_text(column, values, rows):

@@ -102,7 +102,8 @@ def test_cli_under_mpiexec_matches_one_process(tmp_path):
     data = np.column_stack([rng.normal(size=(600, 4)), (rng.normal(size=600) > 0)])
     np.save(tmp_path / "d.npy", data)
     common = ["train", tmp_path / "d.npy", "--target", "4", "--hidden", "8", "--epochs", "2", "--threads", "1",
-              "--dtype", "float64", "--buffer-rows", "256", "--batch-size", "64", "--quiet"]
+              "--dtype", "float64", "--buffer-rows", "256", "--batch-size", "64", "--quiet", "--chunk-rows", "100"]
+    # 6 chunks: the ranks split the first pass and merge its statistics; training stays equal to one process
     env = dict(os.environ, NUMBA_NUM_THREADS="1")
     proc = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "fastbp", *map(str, common),
                            "--out", str(tmp_path / "mpi.fbp")], capture_output=True, text=True, timeout=120, env=env)

@@ -1,0 +1,90 @@
+"""How ranks split a file, checked in one process: merged first-pass statistics and the shard choice."""
+import numpy as np
+import pytest
+
+from fastbp.preprocess import Preprocessor
+from fastbp.sources import open_source
+from fastbp.streaming import shard_mode
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.csv as pcsv  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+
+class GatherOfRanks:
+    """Stands in for an MPI communicator: rank `rank` of `size`, whose allgather returns given values."""
+
+    def __init__(self, rank, size, gathered=None):
+        self.rank, self.size, self.gathered = rank, size, gathered
+
+    def allgather(self, value):
+        return self.gathered
+
+
+@pytest.fixture
+def table_file(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 5000
+    x = rng.normal(3, 2, size=n)
+    x[rng.random(n) < 0.05] = np.nan
+    color = rng.choice(["red", "green", "blue", None], size=n)
+    color[:1000] = "red"  # one rank's chunks see fewer categories than the other's
+    label = np.where(np.nan_to_num(x) + (color == "red") > 3, "yes", "no")
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"x": x, "color": color, "label": label}), path, row_group_size=700)
+    return path
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("impute", ["mean", "median"])
+def test_ranks_first_passes_merge_to_the_whole_files_statistics(table_file, ranks, impute):
+    import fastbp.preprocess as pre
+    source = open_source(table_file)
+    options = dict(impute=impute, val_split=0.2, seed=4)
+    whole, held, n = Preprocessor.fit(source, "label", **options)
+    chunks = [range(r, source.n_chunks, ranks) for r in range(ranks)]
+    parts = [pre._scan(source, "label", ["x", "color"], None, impute, 1000, 0.2, 10 ** 6, 4, None, c)
+             for c in chunks]
+    for rank in range(ranks):
+        merged, merged_held, merged_n = Preprocessor.fit(source, "label", **options,
+                                                         comm=GatherOfRanks(rank, ranks, parts))
+        assert merged_n == n
+        state, expected = merged.state, whole.state
+        assert state["categories"] == expected["categories"] and state["classes"] == expected["classes"]
+        np.testing.assert_allclose(state["mean"], expected["mean"], rtol=1e-12)
+        np.testing.assert_allclose(state["scale"], expected["scale"], rtol=1e-12)
+        if impute == "mean":
+            np.testing.assert_allclose(state["fill"], expected["fill"], rtol=1e-12)
+        else:  # a sample median of 5000 values: close, not equal
+            assert abs(state["fill"][0] - np.nanmedian(pq.read_table(table_file)["x"].to_numpy())) < 0.2
+        assert sorted(np.nan_to_num(merged_held["x"])) == sorted(np.nan_to_num(held["x"]))
+
+
+def test_a_rank_that_saw_text_where_another_saw_numbers_is_an_error(table_file):
+    import fastbp.preprocess as pre
+    source = open_source(table_file)
+    part = pre._scan(source, "label", ["x", "color"], None, "mean", 1000, 0.0, 100, 0, None, [0])
+    as_text = {**part, "categories": {**part["categories"], "x": {"a"}},
+               "count": {**part["count"], "x": 0}}
+    with pytest.raises(ValueError, match="column 'x' mixes numbers and text"):
+        Preprocessor.fit(source, "label", impute="mean", comm=GatherOfRanks(0, 2, [part, as_text]))
+
+
+def test_shard_modes(tmp_path, table_file):
+    parquet = open_source(table_file)  # 8 row groups
+    np.save(tmp_path / "a.npy", np.zeros((100, 3)))
+    array = open_source(tmp_path / "a.npy", chunk_rows=10)
+    pcsv.write_csv(pa.table({"a": [1, 2]}), tmp_path / "c.csv")
+    csv = open_source(tmp_path / "c.csv")
+    assert shard_mode("auto", parquet, 1) == "rows"
+    assert shard_mode("auto", parquet, 4) == "chunks"
+    assert shard_mode("auto", parquet, 9) == "rows"  # fewer row groups than ranks: keep every rank busy
+    assert shard_mode("auto", array, 4) == "rows"
+    assert shard_mode("chunks", array, 4) == "chunks"
+    assert shard_mode("auto", csv, 4) == "rows"
+    with pytest.raises(ValueError, match="convert it to Parquet"):
+        shard_mode("chunks", csv, 1)
+    with pytest.raises(ValueError, match="has 8 chunk"):
+        shard_mode("chunks", parquet, 9)
+    with pytest.raises(ValueError, match="shard must be one of"):
+        shard_mode("files", parquet, 2)
