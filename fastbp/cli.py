@@ -334,28 +334,19 @@ class _TableWriter:
 
 
 def evaluate(args):
+    from . import metrics
     from .sources import open_source
 
     trainer, prep = _load_with_prep(args.model)
     source = open_source(args.data, args.chunk_rows)
-    totals, n = {}, 0
-    squares = np.zeros(3)  # R2 is not a mean over chunks: sum (y - pred)^2, sum y, sum y^2
+    part, n = None, 0
     for start, chunk in source.chunks(prep.features + [prep.target]):
         X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
-        scores = trainer.evaluate(X, y)
-        scores.pop("r2", None)
-        for k, v in scores.items():  # mean loss and accuracy: row-weighted means of the chunks'
-            totals[k] = totals.get(k, 0.0) + v * len(X)
-        if prep.task == "regress":
-            y64 = y.astype(np.float64)
-            squares += (((y64 - trainer.predict(X)) ** 2).sum(), y64.sum(), (y64 ** 2).sum())
+        part = metrics.combine([part, trainer._metric_part(X, y)])  # exact over the file, not a mean of chunks
         n += len(X)
     if n == 0:
         raise UsageError(f"{args.data!r} has no rows")
-    result = {k: v / n for k, v in totals.items()}
-    if prep.task == "regress":
-        spread = squares[2] - squares[1] ** 2 / n
-        result["r2"] = float(1 - squares[0] / spread) if spread > 0 else 0.0
+    result = metrics.finish(part)
     result["rows"] = n
     print(json.dumps(result))
     return EXIT_OK

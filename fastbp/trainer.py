@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from . import kernels, passes
+from . import kernels, metrics, passes
 from .activations import IDENTITY, activation_code
 from .callbacks import Callback, EpochLogger, ProgressBar
 from .comm import checksum, make_comm
@@ -13,8 +13,7 @@ from .config import resolve_n_threads, thread_limits
 from .data import (DTYPES, check_dtype, check_int, check_sample_weight, check_targets, check_X,
                    class_weights_per_sample, validation_indices)
 from .layout import INITS, Layout
-from .losses import (BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, elements_per_row, loss_code,
-                     row_losses)
+from .losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, elements_per_row, loss_code
 from .modelfile import ModelFileError, read_model, write_model
 from .optim import Optimizer
 from .schedules import make_schedule, schedule_from_spec, schedule_spec
@@ -200,7 +199,7 @@ class Trainer:
                 logs = {"epoch": epoch + 1, "loss": float(loss), "lr": lr, "seconds": seconds,
                         "samples_per_s": n / seconds if seconds > 0 else float("inf")}
                 if validation is not None:
-                    logs.update({f"val_{k}": v for k, v in self.evaluate(*validation).items()})
+                    logs.update({f"val_{k}": v for k, v in self._validation_metrics(*validation).items()})
                 if self._comm.size > 1:
                     self._check_ranks_agree(epoch + 1)
                 self.lr_schedule.observe(logs)
@@ -237,24 +236,24 @@ class Trainer:
 
     def evaluate(self, X, y, sample_weight=None):
         """{"loss": (weighted) mean loss, "accuracy": ...} for classification; {"loss", "r2"} for regression."""
+        return metrics.finish(self._metric_part(X, y, sample_weight))
+
+    def _metric_part(self, X, y, sample_weight=None):
         X, Y = self._check_data(X, y)
         w = check_sample_weight(sample_weight, X.shape[0])
-        logits = self._logits(X)
-        epr = elements_per_row(self._loss_code, self.layout.n_out)
-        losses = row_losses(self._loss_code, self.params.dtype.type(self.huber_delta), logits, Y)
-        result = {"loss": float(np.average(losses, weights=w)) / epr}
-        if self._loss_code == CROSS_ENTROPY:
-            result["accuracy"] = float(np.average(logits.argmax(axis=1) == Y[:, 0], weights=w))
-        elif self._loss_code == BINARY_CROSS_ENTROPY:
-            result["accuracy"] = float(np.average(((logits >= 0) == (Y >= 0.5)).all(axis=1), weights=w))
-        else:
-            mean = np.average(Y, axis=0, weights=w)
-            residual = np.average((Y - logits) ** 2, axis=0, weights=w)
-            spread = np.average((Y - mean) ** 2, axis=0, weights=w)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                r2 = np.where(spread > 0, 1 - residual / spread, 0.0)
-            result["r2"] = float(r2.mean())
-        return result
+        if w is not None and not w.sum() > 0:
+            raise ValueError("sample_weight entries sum to zero; nothing to evaluate")
+        return metrics.metric_part(self._loss_code, self.params.dtype.type(self.huber_delta), self._logits(X), Y, w)
+
+    def _validation_metrics(self, X, y, sample_weight=None):
+        """evaluate() of the validation data; under MPI each rank evaluates a slice and the parts combine."""
+        comm = self._comm
+        if comm.size == 1:
+            return self.evaluate(X, y, sample_weight)
+        lo, hi = comm.rank * len(X) // comm.size, (comm.rank + 1) * len(X) // comm.size
+        part = self._metric_part(X[lo:hi], y[lo:hi], None if sample_weight is None else sample_weight[lo:hi]) \
+            if hi > lo else None
+        return metrics.finish(metrics.combine(comm.allgather(part)))
 
     def loss_and_grad(self, X, y, sample_weight=None):
         """(mean loss, flat gradient in the params layout) at the current parameters; nothing is updated.

@@ -88,3 +88,33 @@ def test_shard_modes(tmp_path, table_file):
         shard_mode("chunks", parquet, 9)
     with pytest.raises(ValueError, match="shard must be one of"):
         shard_mode("files", parquet, 2)
+
+
+@pytest.mark.parametrize("loss,n_out", [("mse", 2), ("huber", 1), ("cross_entropy", 3),
+                                        ("binary_cross_entropy", 2)])
+def test_metrics_combined_from_parts_equal_metrics_of_all_rows(loss, n_out):
+    """What MPI ranks (validation slices) and `fastbp evaluate` (file chunks) rely on."""
+    import fastbp
+    from fastbp import metrics
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(301, 5))
+    if loss == "cross_entropy":
+        y = rng.integers(0, 3, size=301)
+    elif loss == "binary_cross_entropy":
+        y = (rng.random((301, 2)) > 0.5).astype(float)
+    else:  # a large offset: a one-pass sum(y^2) - sum(y)^2/n formula would lose R2 entirely
+        y = 1e8 + rng.normal(size=(301, n_out)).squeeze()
+    w = rng.uniform(0, 2, size=301)
+    tr = fastbp.Trainer([5, 8, n_out], loss=loss, dtype="float64", seed=0)
+    if loss in ("mse", "huber"):
+        tr.params[tr.layout.w_offsets[1] + 8 * n_out:] = 1e8  # output bias near the targets
+    whole = tr.evaluate(X, y, sample_weight=w)
+    cuts = [0, 7, 150, 151, 301]
+    parts = [tr._metric_part(X[a:b], y[a:b], w[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    combined = metrics.finish(metrics.combine(parts))
+    assert combined.keys() == whole.keys()
+    for key in whole:  # r2 to 1e-7: float64 holds a mean near 1e8 only to ~1e-8
+        assert combined[key] == pytest.approx(whole[key], rel=1e-7 if key == "r2" else 1e-9, abs=1e-12)
+    if "r2" in whole:
+        sk = pytest.importorskip("sklearn.metrics")
+        assert whole["r2"] == pytest.approx(sk.r2_score(y, tr.predict(X), sample_weight=w), rel=1e-7)
