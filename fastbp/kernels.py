@@ -1,19 +1,24 @@
 """Compiled forward / backward / epoch kernels. No Python objects inside.
 
-One mini-batch gradient takes two parallel regions, each thread writing only
-memory that no other thread touches (two threads writing interleaved column
-blocks of the same rows measured no faster than one thread):
+One mini-batch gradient takes two parallel regions. The first always splits
+rows: each thread takes a contiguous slice of the batch's rows and runs forward
+through every layer, the fused output delta, and the deltas back down every
+layer. The second depends on which data is smaller to move between cores:
 
-1. rows: each thread takes a contiguous slice of the batch's rows and runs
-   forward through every layer, the fused output delta, and the deltas back
-   down every layer. Rows are independent, so no thread waits for another.
-2. weights: each thread takes a contiguous slice of every layer's dW rows (the
-   layer's inputs) and computes it over the whole batch in one GEMM,
-   dW[k0:k1] = a_in[:, k0:k1]^T @ delta, plus a slice of db, and steps the
-   optimizer on that slice at once (unless clipping needs the whole gradient).
+- slabs (when the parameters, times threads - 1, are fewer than the batch's
+  activation values: narrow and typical tabular nets): in the first region each
+  thread also computes the whole gradient of its own rows (thread 0 into grad,
+  the others into private slabs); the second region sums the slabs range by
+  range of parameters and steps the optimizer on each block while it is in L1.
+- weight slices (few rows, many parameters, e.g. 32-row batches of a 256-wide
+  net): each thread takes a contiguous slice of every layer's dW rows and
+  computes it over the whole batch in one GEMM, dW[k0:k1] = a_in[:, k0:k1]^T @
+  delta, plus a slice of db, and steps the optimizer on that slice at once.
 
-No per-thread gradient copies and no reduction: every gradient element is
-computed by one thread in one fixed-order GEMM, so results are deterministic.
+Either way each thread writes only memory no other thread touches (two threads
+writing interleaved column blocks of the same rows measured no faster than one),
+the summation order is fixed for a given thread count, and results are
+deterministic. Clipping needs the whole gradient, so it steps after the batch.
 All GEMMs call BLAS single-threaded (fastbp.blas); the threads are ours.
 
 Workspace (one per fit): for up to `capacity` rows, the activations of every
@@ -45,6 +50,17 @@ from .losses import row_loss_and_delta
 from .optim import update_all, update_range
 
 _ALIGN = 16  # split points fall on multiples of 16 elements: whole cache lines per thread
+_STEP_BLOCK = 1024  # parameters summed and stepped together (grad, slabs, params, state blocks stay in L1)
+
+
+@jit
+def uses_slabs(n_params, sizes, rows, n_parts):
+    """True when batch_gradient sums per-thread gradient slabs, False when threads split the weights:
+    slabs move (n_parts - 1) * n_params values between cores, weight slices the batch's activations."""
+    width = 0
+    for size in sizes:
+        width += size
+    return n_parts > 1 and (n_parts - 1) * n_params <= rows * width
 
 
 @jit
@@ -147,9 +163,9 @@ def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, a
 
 
 @jit
-def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part, n_parts, beta,
+def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, row0, rows, part, n_parts, beta,
                       weight_l2, opt_code, state, t, hyper, update):
-    """This part's slice of every layer's dW rows and db entries, over all `rows` rows.
+    """This part's slice of every layer's dW rows and db entries, over workspace rows [row0, row0+rows).
 
     beta = 0 overwrites the gradient; beta = 1 adds to it (accumulating over blocks).
     weight_l2 > 0 adds weight_l2 * W to dW (scikit-learn's alpha term: weights only, per
@@ -162,8 +178,8 @@ def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, ro
     for l in range(n_layers):
         n_in = sizes[l]
         n_out = sizes[l + 1]
-        off_in = _offset(sizes, capacity, l)
-        d_off = _offset(sizes, capacity, l + 1)
+        off_in = _offset(sizes, capacity, l) + row0 * n_in
+        d_off = _offset(sizes, capacity, l + 1) + row0 * n_out
         w0 = w_offsets[l]
         k0, k1 = _split(n_in, part, n_parts)
         # dW[k0:k1] = a_in[:, k0:k1]^T @ d
@@ -204,6 +220,10 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
     optimizer takes step t from that gradient (fused, slice by slice), unless the loss
     is not finite. Returns the loss sum of those rows (plus the penalty).
     """
+    if beta == 0 and uses_slabs(grad.size, sizes, rows, n_parts):
+        return _batch_gradient_slabs(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
+                                     deltas, capacity, X, Y, weights, order, start, rows, scale, n_parts, dropout,
+                                     seed, alpha, opt_code, state, t, hyper, update)
     part_loss = np.zeros(n_parts)
     for part in prange(n_parts):
         fp_mode = flush_denormals()
@@ -225,13 +245,93 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
     squares = np.zeros(n_parts)
     for part in prange(n_parts):
         fp_mode = flush_denormals()
-        squares[part] = _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, rows, part,
+        squares[part] = _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, 0, rows, part,
                                           n_parts, beta, alpha * scale, opt_code, state, t, hyper, update)
         restore_fp_mode(fp_mode)
     if alpha > 0:
         for part in range(n_parts):
             loss += 0.5 * alpha * squares[part]
     return loss
+
+
+@jit(parallel=True)
+def _batch_gradient_slabs(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas,
+                          capacity, X, Y, weights, order, start, rows, scale, n_parts, dropout, seed, alpha,
+                          opt_code, state, t, hyper, update):
+    """batch_gradient with per-thread gradient slabs: in the first region each thread also computes
+    the whole gradient of its own rows (thread 0 into grad, the others into private slabs); the
+    second sums the slabs, parameter range by range, and steps each range. For networks whose
+    parameters are fewer than the batch's activations, moving the slabs between cores costs less
+    than the other path's second region, which reads every thread's activations and deltas."""
+    P = grad.size
+    zero = grad.dtype.type(0.0)
+    slabs = np.empty((n_parts - 1) * P, dtype=grad.dtype)
+    part_loss = np.zeros(n_parts)
+    for part in prange(n_parts):
+        fp_mode = flush_denormals()
+        r0 = (part * rows) // n_parts
+        r1 = ((part + 1) * rows) // n_parts
+        target = grad if part == 0 else slabs[(part - 1) * P:part * P]
+        if r1 > r0:
+            _gather_rows(X, order, start, r0, r1 - r0, acts)
+            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, r0, r1 - r0, dropout,
+                          seed, t)
+            part_loss[part] = _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
+                                             deltas, capacity, Y, weights, order, start, r0, r1 - r0, scale,
+                                             dropout, seed, t)
+            _weight_gradients(params, target, sizes, w_offsets, acts, deltas, capacity, r0, r1 - r0, 0, 1, zero,
+                              0.0, opt_code, state, t, hyper, False)
+        else:
+            target[:] = 0
+        restore_fp_mode(fp_mode)
+    loss = 0.0
+    for part in range(n_parts):
+        loss += part_loss[part]
+    if not math.isfinite(loss):
+        return loss
+    squares = np.zeros(n_parts)
+    for part in prange(n_parts):
+        fp_mode = flush_denormals()
+        lo, hi = _split(P, part, n_parts)
+        squares[part] = _sum_slabs_and_step(params, grad, slabs, sizes, w_offsets, alpha * scale, opt_code, state,
+                                            t, hyper, update, lo, hi)
+        restore_fp_mode(fp_mode)
+    for part in range(n_parts):
+        loss += 0.5 * alpha * squares[part]
+    return loss
+
+
+@jit
+def _sum_slabs_and_step(params, grad, slabs, sizes, w_offsets, weight_l2, opt_code, state, t, hyper, update, lo,
+                        hi):
+    """grad[lo:hi] += every slab's [lo:hi], plus the weight penalty, then the optimizer step on that range,
+    block by block while each block is in L1; returns the range's sum(W**2) when weight_l2 > 0."""
+    P = grad.size
+    squares = 0.0
+    for b0 in range(lo, hi, _STEP_BLOCK):
+        b1 = min(hi, b0 + _STEP_BLOCK)
+        g = grad[b0:b1]
+        for q in range(slabs.size // P):
+            slab = slabs[q * P + b0:q * P + b1]
+            for i in range(b1 - b0):
+                g[i] += slab[i]
+        if weight_l2 > 0:
+            squares += _add_weight_penalty(params, grad, sizes, w_offsets, weight_l2, b0, b1)
+        if update:
+            update_range(opt_code, params, grad, state, t, hyper, grad.dtype.type(1.0), b0, b1)
+    return squares
+
+
+@jit
+def _add_weight_penalty(params, grad, sizes, w_offsets, weight_l2, lo, hi):
+    """grad_W += weight_l2 * W for the weights (not biases) within [lo, hi); returns their sum(W**2)."""
+    squares = 0.0
+    for l in range(sizes.size - 1):
+        w0 = w_offsets[l]
+        for i in range(max(lo, w0), min(hi, w0 + sizes[l] * sizes[l + 1])):
+            grad[i] += weight_l2 * params[i]
+            squares += float(params[i]) * float(params[i])
+    return squares
 
 
 @jit(parallel=True)

@@ -108,12 +108,16 @@ def test_large_logits_are_finite():
 
 
 @pytest.mark.parametrize("sizes", [[37, 70, 33, 5], [16, 64, 64, 2], [3, 130, 2]])
-def test_thread_split_matches_single_thread(sizes):
-    """Wide layers split over 2 threads (rows and aligned dW slices) agree with 1 thread and the reference."""
+@pytest.mark.parametrize("batch_size", [50, 4])
+def test_thread_split_matches_single_thread(sizes, batch_size):
+    """2 threads (rows, then per-thread slabs or aligned dW slices) agree with 1 thread and the reference."""
+    from fastbp.kernels import uses_slabs
     X, y = make_problem("cross_entropy", 203, sizes[0], sizes[-1], seed=6)
+    n_params = fastbp.Trainer(sizes).params.size
+    assert uses_slabs(n_params, np.array(sizes), batch_size, 2) == (batch_size == 50)  # both paths covered
     runs = []
     for n_threads in (1, 2):
-        tr = fastbp.Trainer(sizes, activation="gelu", lr=0.05, momentum=0.9, batch_size=50, epochs=2,
+        tr = fastbp.Trainer(sizes, activation="gelu", lr=0.05, momentum=0.9, batch_size=batch_size, epochs=2,
                             dtype="float64", n_threads=n_threads, seed=1)
         layers = naive_layers(tr)
         rng = np.random.default_rng()
@@ -122,6 +126,6 @@ def test_thread_split_matches_single_thread(sizes):
     buffers, step = None, 0
     for _ in range(2):
         buffers, step = naive.sgd_epoch(layers, ["gelu"] * (len(sizes) - 2), "cross_entropy", X, y,
-                                        rng.permutation(len(X)), 50, 0.05, 0.9, False, 0.0, buffers, step)
+                                        rng.permutation(len(X)), batch_size, 0.05, 0.9, False, 0.0, buffers, step)
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(runs[1], naive.flatten(layers), rtol=1e-9, atol=1e-12)
