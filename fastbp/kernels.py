@@ -163,6 +163,16 @@ def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, a
 
 
 @jit
+def _forward_backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas, capacity,
+                           X, Y, weights, order, start, row0, rows, scale, dropout, seed, t):
+    """Rows order[start+row0 : start+row0+rows]: gathered, forward, output delta and hidden deltas; their loss sum."""
+    _gather_rows(X, order, start, row0, rows, acts)
+    _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, row0, rows, dropout, seed, t)
+    return _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas, capacity,
+                          Y, weights, order, start, row0, rows, scale, dropout, seed, t)
+
+
+@jit
 def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, row0, rows, part, n_parts, beta,
                       weight_l2, opt_code, state, t, hyper, update):
     """This part's slice of every layer's dW rows and db entries, over workspace rows [row0, row0+rows).
@@ -230,12 +240,9 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
         r0 = (part * rows) // n_parts
         r1 = ((part + 1) * rows) // n_parts
         if r1 > r0:
-            _gather_rows(X, order, start, r0, r1 - r0, acts)
-            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, r0, r1 - r0, dropout,
-                          seed, t)
-            part_loss[part] = _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
-                                             deltas, capacity, Y, weights, order, start, r0, r1 - r0, scale,
-                                             dropout, seed, t)
+            part_loss[part] = _forward_backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts,
+                                                     zs, deltas, capacity, X, Y, weights, order, start, r0, r1 - r0,
+                                                     scale, dropout, seed, t)
         restore_fp_mode(fp_mode)
     loss = 0.0
     for part in range(n_parts):
@@ -273,12 +280,9 @@ def _batch_gradient_slabs(params, grad, sizes, w_offsets, act_codes, loss_code, 
         r1 = ((part + 1) * rows) // n_parts
         target = grad if part == 0 else slabs[(part - 1) * P:part * P]
         if r1 > r0:
-            _gather_rows(X, order, start, r0, r1 - r0, acts)
-            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, r0, r1 - r0, dropout,
-                          seed, t)
-            part_loss[part] = _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
-                                             deltas, capacity, Y, weights, order, start, r0, r1 - r0, scale,
-                                             dropout, seed, t)
+            part_loss[part] = _forward_backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts,
+                                                     zs, deltas, capacity, X, Y, weights, order, start, r0, r1 - r0,
+                                                     scale, dropout, seed, t)
             _weight_gradients(params, target, sizes, w_offsets, acts, deltas, capacity, r0, r1 - r0, 0, 1, zero,
                               0.0, opt_code, state, t, hyper, False)
         else:
