@@ -175,10 +175,11 @@ class _LocalSteps:
             average_parameters(self.trainer, self.taken)
 
     def step(self, X, Y, weights, order, start, rows, batch_weight):
+        """Always True: a rank whose loss is NaN keeps stepping in lockstep (a diverging batch is not
+        applied), so no rank is left waiting in a collective; the NaN reaches every rank through
+        mean_loss at the end of the epoch."""
         if rows > 0:
             loss = train_local_steps(self.trainer, X, Y, weights, order[start:start + rows], rows, self.hyper)
-            if not np.isfinite(loss):
-                return False
             self.loss_rows += (loss * rows, rows)
             self.taken += 1
         self.count += 1

@@ -249,3 +249,16 @@ def test_resume_after_kill_under_mpi_equals_an_uninterrupted_run(tmp_path):
     assert full.returncode == 0, full.stderr
     np.testing.assert_array_equal(fastbp.load(tmp_path / "resumed.fbp").params,
                                   fastbp.load(tmp_path / "full.fbp").params)
+
+
+@pytest.mark.parametrize("sync_every", [1, 3])
+def test_divergence_on_chunk_sharded_ranks_ends_every_rank_together(tmp_path, sync_every):
+    """Ranks see different rows, so one may hit NaN first; none may be left waiting in a collective."""
+    data = _parquet(tmp_path / "d.parquet", groups=4, rows_per_group=60)
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT)
+    settings = f'{{"epochs": 3, "optimizer": "sgd", "lr": 1e30, "on_divergence": "warn", "sync_every": {sync_every}}}'
+    proc = launch(2, script, data, tmp_path / "m.fbp", settings, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("training diverged") == 2  # each rank warns, after the same epoch
+    assert np.isfinite(fastbp.load(tmp_path / "m.fbp").params).all()
