@@ -101,9 +101,9 @@ def _checkpoint_path(args):
 
 def train(args):
     from .callbacks import ModelCheckpoint
+    from .comm import MPIComm
     from .preprocess import Preprocessor
     from .sources import open_source
-    from .comm import MPIComm
     from .streaming import StreamStats, fit_source, shard_mode
     from .trainer import Trainer, load
 
