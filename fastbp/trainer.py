@@ -131,6 +131,8 @@ class Trainer:
         X, Y = self._check_data(X, y)
         weights = self._weights(Y, sample_weight, class_weight)
         X, Y, weights, validation = self._validation(X, Y, weights, validation_data, validation_split)
+        if self._comm.size > 1:
+            self._check_ranks_share_data(X, Y, weights, validation)
         n = X.shape[0]
 
         def run_epoch(hyper):
@@ -373,6 +375,22 @@ class Trainer:
         elif verbose == 2:
             callbacks.append(EpochLogger())
         return callbacks
+
+    def _check_ranks_share_data(self, *arrays):
+        """Under MPI every rank must pass the same rows (each computes its slice of every global batch);
+        ranks with different data would walk different batch counts and wait on each other forever."""
+        def fingerprint(a):
+            if a is None or isinstance(a, tuple):
+                return None if a is None else tuple(fingerprint(b) for b in a)
+            a = np.asarray(a) if not hasattr(a, "shape") else a
+            rows = np.unique(np.linspace(0, a.shape[0] - 1, 64).astype(np.int64)) if a.shape[0] else []
+            return a.shape, checksum(np.asarray(a[rows]))
+        prints = self._comm.allgather(fingerprint(arrays))
+        if any(p != prints[0] for p in prints):
+            differ = [r for r, p in enumerate(prints) if p != prints[0]]
+            raise ValueError(f"MPI ranks {differ} passed different training data than rank 0 (shapes or sampled "
+                             "rows differ): every rank must call fit with the same X, y, weights and validation "
+                             "data; each rank then computes its own slice of every batch")
 
     def _check_ranks_agree(self, epoch):
         sums = self._comm.allgather(checksum(self.params))

@@ -262,3 +262,16 @@ def test_divergence_on_chunk_sharded_ranks_ends_every_rank_together(tmp_path, sy
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("training diverged") == 2  # each rank warns, after the same epoch
     assert np.isfinite(fastbp.load(tmp_path / "m.fbp").params).all()
+
+
+def test_ranks_passing_different_data_get_a_clear_error_not_a_hang(tmp_path):
+    script = tmp_path / "different.py"
+    script.write_text(PROBLEM + textwrap.dedent("""
+        import fastbp
+        from mpi4py import MPI
+        rows = 203 if MPI.COMM_WORLD.Get_rank() == 0 else 150   # each rank loaded "its own" data
+        fastbp.Trainer([6, 8, 3], epochs=2, n_threads=1, comm="mpi").fit(X[:rows], y[:rows])
+        """))
+    proc = launch(2, script, timeout=60)
+    assert proc.returncode != 0
+    assert "MPI ranks [1] passed different training data than rank 0" in proc.stderr
