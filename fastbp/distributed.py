@@ -14,22 +14,33 @@ from .optim import update_all
 from .passes import workspace
 
 
+def rank_steps(trainer, max_rows, hyper):
+    """The step-taker for ranks that each hold their own rows: synchronous, or local SGD (sync_every > 1)."""
+    if trainer.sync_every > 1:
+        return LocalSteps(trainer, max_rows, hyper)
+    return SynchronousSteps(trainer, max_rows, hyper, own_data=True)
+
+
 class SynchronousSteps:
     """One synchronous step per global batch: each rank computes the gradient of its rows (compiled),
     one Allreduce sums gradient and loss, every rank applies the same update.
 
-    Ranks may hold different data (shards of a file): a rank with no rows left in a step passes
-    rows=0 and still joins the Allreduce; `batch_weight` is the step's weight summed over all ranks.
+    Ranks may hold different data (shards): a rank with no rows left in a step passes rows=0 and
+    still joins the Allreduce. `batch_weight` is the step's weight summed over all ranks, or None
+    when ranks cannot know each other's weights: the weight then travels in the same Allreduce and
+    the summed gradient is scaled afterwards. With own_data, dropout masks also depend on the rank
+    (its row numbers are local, so they would repeat across ranks).
     """
 
-    def __init__(self, trainer, max_rows, hyper):
+    def __init__(self, trainer, max_rows, hyper, own_data=False):
         self.trainer, self.hyper = trainer, hyper
         P = trainer.params.size
         if getattr(trainer, "_dist_ws", (0,))[0] < max_rows:
             trainer._dist_ws = (max_rows, *workspace(trainer.layout.sizes, trainer._act_codes, max_rows,
                                                      trainer.params.dtype),
-                                np.empty(P + 1, dtype=trainer.params.dtype))
+                                np.empty(P + 2, dtype=trainer.params.dtype))
         self.ws = trainer._dist_ws
+        self.dropout_seed = trainer._dropout_seed + (trainer._comm.rank * 0x9E3779B9 if own_data else 0)
         self.n_threads = resolve_n_threads(trainer.n_threads)
         self.epr = elements_per_row(trainer._loss_code, trainer.layout.n_out)
         self.total, self.total_weight = 0.0, 0.0
@@ -42,7 +53,7 @@ class SynchronousSteps:
     def __exit__(self, *exc):
         return self._limits.__exit__(*exc)
 
-    def step(self, X, Y, weights, order, start, rows, batch_weight):
+    def step(self, X, Y, weights, order, start, rows, batch_weight=None):
         """Take one step on rows order[start:start+rows] of this rank; False if the loss is not finite."""
         tr = self.trainer
         capacity, acts, zs, deltas, buf = self.ws
@@ -50,15 +61,26 @@ class SynchronousSteps:
         grad = buf[:P]
         dtype = tr.params.dtype.type
         t = int(tr._opt_step[0]) + 1
+        buf[P:] = 0
         if rows > 0:
+            if batch_weight is None:  # the gradient is scaled by the summed weight after the Allreduce
+                buf[P + 1] = float(weights[order[start:start + rows]].sum()) if weights.size else float(rows)
+                scale = 1.0 / self.epr
+            else:
+                scale = 1.0 / (batch_weight * self.epr)
             buf[P] = kernels.batch_gradient(
                 tr.params, grad, tr.layout.sizes, tr.layout.w_offsets, tr._act_codes, tr._loss_code,
                 dtype(tr.huber_delta), acts, zs, deltas, capacity, X, Y, weights, order, start, rows,
-                dtype(1.0 / (batch_weight * self.epr)), min(self.n_threads, rows), dtype(0.0), tr._dropout,
-                tr._dropout_seed, dtype(0.0), tr._optimizer.code, tr._opt_state, t, self.hyper, False)
+                dtype(scale), min(self.n_threads, rows), dtype(0.0), tr._dropout, self.dropout_seed, dtype(0.0),
+                tr._optimizer.code, tr._opt_state, t, self.hyper, False)
         else:
-            buf[:] = 0
-        tr._comm.allreduce_sum(buf)  # the one collective per step: gradient and loss together
+            grad[:] = 0
+        tr._comm.allreduce_sum(buf)  # the one collective per step: gradient, loss (and weight) together
+        if batch_weight is None:
+            batch_weight = float(buf[P + 1])
+            if batch_weight <= 0:
+                return True  # only zero-weight rows in this step, on every rank: nothing to learn
+            grad *= dtype(1.0 / batch_weight)
         if not math.isfinite(buf[P]):
             return False
         coef = 1.0
@@ -86,6 +108,64 @@ def average_parameters(trainer, weight=1.0):
     trainer._comm.allreduce_sum(buf)
     if buf[-1] > 0:
         trainer.params[:] = buf[:-1] / buf[-1]
+
+
+class LocalSteps:
+    """Local SGD for ranks with their own rows: each rank steps on its own batch; parameters are
+    averaged (weighted by the steps each rank took) every sync_every steps and at the end."""
+
+    def __init__(self, trainer, local_batch, hyper):
+        self.trainer, self.local_batch, self.hyper = trainer, local_batch, hyper
+        self.count, self.taken = 0, 0
+        self.loss_rows = np.zeros(2)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None and self.count % self.trainer.sync_every:
+            average_parameters(self.trainer, self.taken)
+
+    def step(self, X, Y, weights, order, start, rows, batch_weight=None):
+        """Always True: a rank whose loss is NaN keeps stepping in lockstep (a diverging batch is not
+        applied), so no rank is left waiting in a collective; the NaN reaches every rank through
+        mean_loss at the end of the epoch."""
+        if rows > 0:
+            loss = train_local_steps(self.trainer, X, Y, weights, order[start:start + rows], rows, self.hyper)
+            self.loss_rows += (loss * rows, rows)
+            self.taken += 1
+        self.count += 1
+        if self.count % self.trainer.sync_every == 0:
+            average_parameters(self.trainer, self.taken)
+            self.taken = 0
+        return True
+
+    def mean_loss(self):
+        self.trainer._comm.allreduce_sum(self.loss_rows)
+        return self.loss_rows[0] / self.loss_rows[1] if self.loss_rows[1] else 0.0
+
+
+def local_data_epochs(trainer, X, Y, weights):
+    """run_epoch for Trainer.fit(local_data=True): each rank holds its own rows. Each epoch every
+    rank shuffles its rows (a per-rank generator seeded from the shared one, which stays in step);
+    step s averages the gradients of every rank's s-th batch of ceil(batch_size / ranks) rows, and
+    ranks with fewer rows join the remaining steps with none."""
+    comm = trainer._comm
+    sizes = comm.allgather(len(X))
+    local_batch = -(-trainer.batch_size // comm.size)
+    n_steps = max(-(-n // local_batch) for n in sizes)
+
+    def run_epoch(hyper):
+        rng = np.random.default_rng([int(trainer._shuffle_rng.integers(2 ** 63)), comm.rank])
+        order = rng.permutation(len(X)) if trainer.shuffle else np.arange(len(X))
+        with rank_steps(trainer, local_batch, hyper) as steps:
+            for s in range(n_steps):
+                start = min(s * local_batch, len(X))
+                if not steps.step(X, Y, weights, order, start, min(local_batch, len(X) - start)):
+                    return float("nan"), sum(sizes)
+        return steps.mean_loss(), sum(sizes)
+
+    return run_epoch
 
 
 def train_rows_distributed(trainer, X, Y, weights, order, hyper):

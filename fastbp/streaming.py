@@ -22,7 +22,7 @@ split without reading all of it).
 """
 import numpy as np
 
-from .distributed import SynchronousSteps, average_parameters, train_local_steps
+from .distributed import rank_steps
 from .preprocess import holdout_mask
 
 SHARD_MODES = ("auto", "rows", "chunks")
@@ -113,8 +113,7 @@ def _chunk_sharded_epochs(trainer, source, prep, train_rows, buffer_rows, val_sp
         weights = [sum(min(local_batch, max(0, n - s * local_batch)) for n in rows_of) for s in range(n_steps)]
         mine = order[comm.rank::ranks]
         stats.chunks_read = [int(k) for k in mine]
-        steps = (SynchronousSteps(trainer, local_batch, hyper) if trainer.sync_every == 1
-                 else _LocalSteps(trainer, local_batch, hyper))
+        steps = rank_steps(trainer, local_batch, hyper)
         step = 0
         with steps:
             def train_buffer(size):
@@ -156,41 +155,6 @@ def _chunk_sharded_epochs(trainer, source, prep, train_rows, buffer_rows, val_sp
         return steps.mean_loss(), train_rows
 
     return run_epoch
-
-
-class _LocalSteps:
-    """Local SGD in the chunk-sharded loop: each rank steps on its own batch; parameters are
-    averaged (weighted by the steps each rank took) every sync_every steps and at the end."""
-
-    def __init__(self, trainer, local_batch, hyper):
-        self.trainer, self.local_batch, self.hyper = trainer, local_batch, hyper
-        self.count, self.taken = 0, 0
-        self.loss_rows = np.zeros(2)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None and self.count % self.trainer.sync_every:
-            average_parameters(self.trainer, self.taken)
-
-    def step(self, X, Y, weights, order, start, rows, batch_weight):
-        """Always True: a rank whose loss is NaN keeps stepping in lockstep (a diverging batch is not
-        applied), so no rank is left waiting in a collective; the NaN reaches every rank through
-        mean_loss at the end of the epoch."""
-        if rows > 0:
-            loss = train_local_steps(self.trainer, X, Y, weights, order[start:start + rows], rows, self.hyper)
-            self.loss_rows += (loss * rows, rows)
-            self.taken += 1
-        self.count += 1
-        if self.count % self.trainer.sync_every == 0:
-            average_parameters(self.trainer, self.taken)
-            self.taken = 0
-        return True
-
-    def mean_loss(self):
-        self.trainer._comm.allreduce_sum(self.loss_rows)
-        return self.loss_rows[0] / self.loss_rows[1] if self.loss_rows[1] else 0.0
 
 
 def _row_exact_epochs(trainer, source, prep, train_rows, buffer_rows, val_split, seed, stats):

@@ -119,7 +119,7 @@ class Trainer:
         return self.loss in CLASSIFICATION_LOSSES
 
     def fit(self, X, y, sample_weight=None, class_weight=None, validation_data=None, validation_split=0.0,
-            callbacks=None, verbose=None):
+            callbacks=None, verbose=None, local_data=False):
         """Train the current parameters for `epochs` more epochs; returns self.
 
         sample_weight: one non-negative weight per row; each batch's loss is the weighted
@@ -127,10 +127,18 @@ class Trainer:
         (scikit-learn's n_samples / (n_classes * count)); multiplies sample_weight.
         validation_data: (X_val, y_val) or (X_val, y_val, w_val); validation_split: the
         fraction of rows held out instead (stratified for single-label classification).
+        local_data (MPI only): False - every rank passes the same data and computes its slice of
+        each global batch (the result equals one process); True - each rank passes its own rows
+        (e.g. its slice of a memory-mapped file) and validation data, step s averages the gradients
+        of every rank's s-th batch of ceil(batch_size / ranks) rows (not equal to one process).
         """
         X, Y = self._check_data(X, y)
         weights = self._weights(Y, sample_weight, class_weight)
         X, Y, weights, validation = self._validation(X, Y, weights, validation_data, validation_split)
+        if self._comm.size > 1 and local_data:
+            from .distributed import local_data_epochs
+            return self._fit_loop(local_data_epochs(self, X, Y, weights), validation, callbacks, verbose,
+                                  validation_is_local=True)
         if self._comm.size > 1:
             self._check_ranks_share_data(X, Y, weights, validation)
         n = X.shape[0]
@@ -165,8 +173,9 @@ class Trainer:
                 self.params.dtype.type(0.0))
         return loss
 
-    def _fit_loop(self, run_epoch, validation, callbacks, verbose):
-        """The epochs of fit: schedule, one compiled run_epoch(hyper) -> (loss, rows), divergence, validation, callbacks."""
+    def _fit_loop(self, run_epoch, validation, callbacks, verbose, validation_is_local=False):
+        """The epochs of fit: schedule, one compiled run_epoch(hyper) -> (loss, rows), divergence, validation,
+        callbacks. validation_is_local: under MPI each rank holds its own validation rows."""
         callbacks = self._callbacks(callbacks, self.verbose if verbose is None else verbose)
         self._epochs_this_fit = self.epochs
         self.lr_schedule.start(self.epochs)
@@ -201,7 +210,8 @@ class Trainer:
                 logs = {"epoch": epoch + 1, "loss": float(loss), "lr": lr, "seconds": seconds,
                         "samples_per_s": n / seconds if seconds > 0 else float("inf")}
                 if validation is not None:
-                    logs.update({f"val_{k}": v for k, v in self._validation_metrics(*validation).items()})
+                    logs.update({f"val_{k}": v for k, v in
+                                 self._validation_metrics(*validation, is_local=validation_is_local).items()})
                 if self._comm.size > 1:
                     self._check_ranks_agree(epoch + 1)
                 self.lr_schedule.observe(logs)
@@ -247,12 +257,13 @@ class Trainer:
             raise ValueError("sample_weight entries sum to zero; nothing to evaluate")
         return metrics.metric_part(self._loss_code, self.params.dtype.type(self.huber_delta), self._logits(X), Y, w)
 
-    def _validation_metrics(self, X, y, sample_weight=None):
-        """evaluate() of the validation data; under MPI each rank evaluates a slice and the parts combine."""
+    def _validation_metrics(self, X, y, sample_weight=None, is_local=False):
+        """evaluate() of the validation data; under MPI each rank evaluates a slice (or, is_local, its own
+        validation rows) and the parts combine."""
         comm = self._comm
         if comm.size == 1:
             return self.evaluate(X, y, sample_weight)
-        lo, hi = comm.rank * len(X) // comm.size, (comm.rank + 1) * len(X) // comm.size
+        lo, hi = (0, len(X)) if is_local else (comm.rank * len(X) // comm.size, (comm.rank + 1) * len(X) // comm.size)
         part = self._metric_part(X[lo:hi], y[lo:hi], None if sample_weight is None else sample_weight[lo:hi]) \
             if hi > lo else None
         return metrics.finish(metrics.combine(comm.allgather(part)))
