@@ -129,9 +129,10 @@ def train(args):
     loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
     if args.resume and os.path.exists(checkpoint):
         trainer = load(checkpoint, comm=comm)
-        if trainer.preprocessing != prep.state:
+        if not trainer.preprocessing or not prep.matches(trainer.preprocessing):
             raise UsageError(f"{checkpoint!r} was trained on differently prepared data; resume with the same data "
                              "and options, or start without --resume")
+        prep = Preprocessor(trainer.preprocessing)  # transform exactly as the checkpoint was trained
         done = len(trainer.history)
         trainer.epochs = max(0, args.epochs - done)
         _say(args, f"resuming from {checkpoint} after epoch {done}; {trainer.epochs} epoch(s) to go")

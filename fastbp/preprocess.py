@@ -108,6 +108,21 @@ class Preprocessor:
             if held else None
         return cls(state), held_rows, st["n_rows"]
 
+    def matches(self, state):
+        """True when `state` prepares data the same way: same columns, categories, classes and task, and
+        statistics equal to rounding (a first pass split over a different number of MPI ranks sums in
+        another order)."""
+        mine = self.state
+        if set(mine) != set(state):
+            return False
+        for key, value in mine.items():
+            if key in ("mean", "scale", "fill"):
+                if len(value) != len(state[key]) or not np.allclose(value, state[key], rtol=1e-9, atol=1e-12):
+                    return False
+            elif value != state[key]:
+                return False
+        return True
+
     # ------------------------------------------------------------------ applying
     @staticmethod
     def _label_key(v):

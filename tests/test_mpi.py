@@ -320,3 +320,25 @@ def test_local_data_with_uneven_ranks_learns_and_stays_identical(tmp_path, optio
     namespace = {}
     exec(PROBLEM, namespace)
     assert fastbp.load(tmp_path / "m.fbp").evaluate(namespace["X"], namespace["y"])["accuracy"] > 0.85
+
+
+def test_exact_mode_resumes_on_a_different_number_of_ranks(tmp_path):
+    """--shard rows equals one process for any rank count, so a checkpoint moves between 2 and 3 ranks."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "d.npy", np.column_stack([rng.normal(size=(600, 4)), (rng.normal(size=600) > 0)]))
+    common = ["train", tmp_path / "d.npy", "--target", "4", "--hidden", "8", "--threads", "1", "--dtype", "float64",
+              "--buffer-rows", "256", "--batch-size", "64", "--quiet", "--chunk-rows", "100"]
+    ckpt = tmp_path / "ckpt"
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+
+    def run(ranks, *args):
+        launcher = [str(MPIEXEC), "-n", str(ranks), sys.executable, "-m", "mpi4py"] if ranks > 1 else [sys.executable]
+        proc = subprocess.run([*launcher, "-m", "fastbp", *map(str, common), *map(str, args)], capture_output=True,
+                              text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr
+
+    run(2, "--epochs", 2, "--checkpoint-dir", ckpt, "--out", tmp_path / "half.fbp")
+    run(3, "--epochs", 4, "--checkpoint-dir", ckpt, "--resume", "--out", tmp_path / "resumed.fbp")
+    run(1, "--epochs", 4, "--out", tmp_path / "one.fbp")
+    np.testing.assert_allclose(fastbp.load(tmp_path / "resumed.fbp").params, fastbp.load(tmp_path / "one.fbp").params,
+                               rtol=1e-9, atol=1e-12)

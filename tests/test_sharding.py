@@ -58,6 +58,17 @@ def test_ranks_first_passes_merge_to_the_whole_files_statistics(table_file, rank
         else:  # a sample median of 5000 values: close, not equal
             assert abs(state["fill"][0] - np.nanmedian(pq.read_table(table_file)["x"].to_numpy())) < 0.2
         assert sorted(np.nan_to_num(merged_held["x"])) == sorted(np.nan_to_num(held["x"]))
+        assert merged.matches(whole.state)  # a checkpoint resumes across rank counts
+
+
+def test_preparation_matches_to_rounding_but_not_beyond(table_file):
+    prep, _, _ = Preprocessor.fit(open_source(table_file), "label", impute="mean")
+    state = prep.state
+    assert prep.matches({**state, "mean": [m * (1 + 1e-13) for m in state["mean"]]})
+    assert not prep.matches({**state, "scale": [v * 1.001 for v in state["scale"]]})
+    assert not prep.matches({**state, "categories": [None, ["blue", "red"]]})
+    assert not prep.matches({**state, "classes": ["no"]})
+    assert not prep.matches({k: v for k, v in state.items() if k != "impute"})
 
 
 def test_a_rank_that_saw_text_where_another_saw_numbers_is_an_error(table_file):
