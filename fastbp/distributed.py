@@ -17,7 +17,7 @@ from .passes import workspace
 def rank_steps(trainer, max_rows, hyper):
     """The step-taker for ranks that each hold their own rows: synchronous, or local SGD (sync_every > 1)."""
     if trainer.sync_every > 1:
-        return LocalSteps(trainer, max_rows, hyper)
+        return LocalSteps(trainer, hyper)
     return SynchronousSteps(trainer, max_rows, hyper, own_data=True)
 
 
@@ -114,8 +114,8 @@ class LocalSteps:
     """Local SGD for ranks with their own rows: each rank steps on its own batch; parameters are
     averaged (weighted by the steps each rank took) every sync_every steps and at the end."""
 
-    def __init__(self, trainer, local_batch, hyper):
-        self.trainer, self.local_batch, self.hyper = trainer, local_batch, hyper
+    def __init__(self, trainer, hyper):
+        self.trainer, self.hyper = trainer, hyper
         self.count, self.taken = 0, 0
         self.loss_rows = np.zeros(2)
 
