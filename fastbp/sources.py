@@ -55,12 +55,21 @@ class _ArraySource:
         self.chunk_starts = np.minimum(np.arange(self.n_chunks + 1) * self.chunk_rows, self.n_rows)
 
     def chunks(self, columns, order=None):
+        for start, _, read in self.chunk_readers(columns, order):
+            yield start, read(None)
+
+    def chunk_readers(self, columns, order=None):
+        """(start, rows, read) per chunk, where read(rows) reads only those rows of the chunk (None: all)."""
         index = [self.columns.index(c) for c in columns]
         for k in (range(self.n_chunks) if order is None else order):
             start = k * self.chunk_rows
             stop = min(self.n_rows, start + self.chunk_rows)
-            block = np.asarray(self.array[start:stop])
-            yield start, {c: block[:, i].astype(np.float64) for c, i in zip(columns, index)}
+
+            def read(rows, start=start, stop=stop):
+                block = np.asarray(self.array[start:stop] if rows is None else self.array[start + rows])
+                return {c: block[:, i].astype(np.float64) for c, i in zip(columns, index)}
+
+            yield start, stop - start, read
             self._release(start, stop)
 
     def _release(self, start, stop):
@@ -119,6 +128,17 @@ class NpzSource(_ArraySource):
         super().__init__(path, array, chunk_rows)
         if set(names) >= {"X", "y"}:
             self.columns[-1] = "y"
+
+
+def chunk_readers(source, columns, order=None):
+    """(start, rows, read) per chunk of any source; read(rows) gives those rows of the chunk (None: all).
+    Memory-mapped arrays read only the rows asked for; other formats read the whole chunk first."""
+    if hasattr(source, "chunk_readers"):
+        yield from source.chunk_readers(columns, order)
+        return
+    for start, chunk in source.chunks(columns, order):
+        yield start, len(chunk[columns[-1]]), (
+            lambda rows, chunk=chunk: chunk if rows is None else {c: v[rows] for c, v in chunk.items()})
 
 
 def _arrow_columns(table, columns):

@@ -11,7 +11,7 @@ a stateless hash of the row number) are skipped here.
 Under MPI there are two ways to share a file between ranks (`shard`):
 - "rows": every rank walks the same global batches as one process would and
   transforms only its slice of each; the parameters equal one process's, but every
-  rank reads every chunk.
+  rank reads every chunk (of a memory-mapped .npy, only its rows).
 - "chunks": each epoch's shuffled chunk order is dealt out round-robin, so each rank
   reads only its own chunks (.npy slices, Parquet row groups) into its own buffer;
   step s averages the gradients of every rank's s-th local batch. A valid
@@ -24,6 +24,7 @@ import numpy as np
 
 from .distributed import rank_steps
 from .preprocess import holdout_mask
+from .sources import chunk_readers
 
 SHARD_MODES = ("auto", "rows", "chunks")
 
@@ -76,11 +77,11 @@ def shard_mode(shard, source, ranks):
 
 def _read_training_rows(source, prep, columns, order, val_split, seed, stats, dtype):
     """(start row, X, y) of the training rows of each chunk, in the given chunk order."""
-    for start, chunk in source.chunks(columns, order):
-        n = len(chunk[prep.target])
+    for start, n, read in chunk_readers(source, columns, order):
         stats.max_chunk_rows = max(stats.max_chunk_rows, n)
         kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
-        X, y = prep.transform({c: v[kept] for c, v in chunk.items()}, start, dtype=dtype)
+        X, y = prep.transform(read(kept), start, dtype=dtype)
+        del read  # the chunk goes before the next one is read
         yield start, X, y
 
 
@@ -186,12 +187,11 @@ def _row_exact_epochs(trainer, source, prep, train_rows, buffer_rows, val_split,
             order = trainer._shuffle_rng.permutation(source.n_chunks)
         total, rows, filled = 0.0, 0, 0
         size, perm, need = plan(0)
-        for start, chunk in source.chunks(columns, order):
-            n = len(chunk[prep.target])
+        for start, n, read in chunk_readers(source, columns, order):
             stats.max_chunk_rows = max(stats.max_chunk_rows, n)
             kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
             if need is None:  # one process: transform the whole chunk at once
-                X, y = prep.transform({c: v[kept] for c, v in chunk.items()}, start, dtype=dtype)
+                X, y = prep.transform(read(kept), start, dtype=dtype)
             pos = 0
             while pos < len(kept):
                 if rows + filled >= train_rows:
@@ -203,8 +203,8 @@ def _row_exact_epochs(trainer, source, prep, train_rows, buffer_rows, val_split,
                     Ybuf[filled:filled + take, 0] = y[pos:pos + take]
                 else:
                     mine = np.flatnonzero(need[filled:filled + take])
-                    sub = kept[pos:pos + take][mine]
-                    Xs, ys = prep.transform({c: v[sub] for c, v in chunk.items()}, start, dtype=dtype)
+                    # only this rank's rows of the chunk: a memory-mapped .npy reads just those
+                    Xs, ys = prep.transform(read(kept[pos:pos + take][mine]), start, dtype=dtype)
                     Xbuf[filled + mine] = Xs
                     Ybuf[filled + mine, 0] = ys
                 filled += take
@@ -219,7 +219,7 @@ def _row_exact_epochs(trainer, source, prep, train_rows, buffer_rows, val_split,
                     filled = 0
                     if rows < train_rows:
                         size, perm, need = plan(rows)
-            del chunk
+            del read  # the chunk goes before the next one is read
         if rows != train_rows:
             raise ValueError(f"read {rows + filled} training rows, but the first pass counted {train_rows}; "
                              "was the file changed during training?")
