@@ -25,11 +25,11 @@ class SynchronousSteps:
     """One synchronous step per global batch: each rank computes the gradient of its rows (compiled),
     one Allreduce sums gradient and loss, every rank applies the same update.
 
-    Ranks may hold different data (shards): a rank with no rows left in a step passes rows=0 and
-    still joins the Allreduce. `batch_weight` is the step's weight summed over all ranks, or None
-    when ranks cannot know each other's weights: the weight then travels in the same Allreduce and
-    the summed gradient is scaled afterwards. With own_data, dropout masks also depend on the rank
-    (its row numbers are local, so they would repeat across ranks).
+    `batch_weight` is the step's weight summed over all ranks when every rank knows it (the same
+    global batch everywhere), or None when ranks hold their own rows: each rank's weight then
+    travels in the same Allreduce and the summed gradient is scaled afterwards; a rank with no rows
+    left passes rows=0 and still joins. With own_data, dropout masks also depend on the rank (its
+    row numbers are local, so they would repeat across ranks).
     """
 
     def __init__(self, trainer, max_rows, hyper, own_data=False):
@@ -40,7 +40,7 @@ class SynchronousSteps:
                                                      trainer.params.dtype),
                                 np.empty(P + 2, dtype=trainer.params.dtype))
         self.ws = trainer._dist_ws
-        self.dropout_seed = trainer._dropout_seed + (trainer._comm.rank * 0x9E3779B9 if own_data else 0)
+        self.dropout_seed = _rank_dropout_seed(trainer, own_data)
         self.n_threads = resolve_n_threads(trainer.n_threads)
         self.epr = elements_per_row(trainer._loss_code, trainer.layout.n_out)
         self.total, self.total_weight = 0.0, 0.0
@@ -131,7 +131,8 @@ class LocalSteps:
         applied), so no rank is left waiting in a collective; the NaN reaches every rank through
         mean_loss at the end of the epoch."""
         if rows > 0:
-            loss = train_local_steps(self.trainer, X, Y, weights, order[start:start + rows], rows, self.hyper)
+            loss = train_local_steps(self.trainer, X, Y, weights, order[start:start + rows], rows, self.hyper,
+                                     own_data=True)
             self.loss_rows += (loss * rows, rows)
             self.taken += 1
         self.count += 1
@@ -210,10 +211,15 @@ def _train_rows_local_sgd(trainer, X, Y, weights, order, hyper):
     return loss_sum[0] / loss_sum[1] if loss_sum[1] else 0.0
 
 
-def train_local_steps(trainer, X, Y, weights, rows, local_batch, hyper):
-    """Steps of this rank alone over X[rows] in batches of local_batch; returns their mean loss."""
+def train_local_steps(trainer, X, Y, weights, rows, local_batch, hyper, own_data=False):
+    """Steps of this rank alone over X[rows] in batches of local_batch; returns their mean loss.
+    own_data: the rows are this rank's own (numbered locally), so the rank is mixed into dropout keys."""
     saved, trainer.batch_size = trainer.batch_size, local_batch
     try:
-        return trainer._train_rows_single(X, Y, weights, rows, hyper)
+        return trainer._train_rows_single(X, Y, weights, rows, hyper, _rank_dropout_seed(trainer, own_data))
     finally:
         trainer.batch_size = saved
+
+
+def _rank_dropout_seed(trainer, own_data):
+    return trainer._dropout_seed + (trainer._comm.rank * 0x9E3779B9 if own_data else 0)

@@ -91,7 +91,7 @@ def _chunk_sharded_epochs(trainer, source, prep, train_rows, buffer_rows, val_sp
     ranks = comm.size
     starts = source.chunk_starts
     # training rows per chunk, from the stateless hold-out hash: every rank knows every rank's
-    # row count, so all agree on the number of steps and each step's total weight without talking
+    # row count, so all agree on the number of steps without talking
     counts = np.array([int((~holdout_mask(seed, np.arange(a, b), val_split)).sum())
                        for a, b in zip(starts[:-1], starts[1:])])
     if counts.sum() != train_rows:
@@ -111,7 +111,6 @@ def _chunk_sharded_epochs(trainer, source, prep, train_rows, buffer_rows, val_sp
         buffer_rng = np.random.default_rng([int(trainer._shuffle_rng.integers(2 ** 63)), comm.rank])
         rows_of = [int(counts[order[r::ranks]].sum()) for r in range(ranks)]
         n_steps = max(-(-n // local_batch) for n in rows_of)
-        weights = [sum(min(local_batch, max(0, n - s * local_batch)) for n in rows_of) for s in range(n_steps)]
         mine = order[comm.rank::ranks]
         stats.chunks_read = [int(k) for k in mine]
         steps = rank_steps(trainer, local_batch, hyper)
@@ -123,7 +122,7 @@ def _chunk_sharded_epochs(trainer, source, prep, train_rows, buffer_rows, val_sp
                 perm = buffer_rng.permutation(size) if trainer.shuffle else np.arange(size)
                 for s in range(0, size, local_batch):
                     m = min(local_batch, size - s)
-                    if not steps.step(Xbuf, Ybuf, no_weights, perm, s, m, float(weights[step])):
+                    if not steps.step(Xbuf, Ybuf, no_weights, perm, s, m):
                         return False
                     step += 1
                 return True
@@ -149,7 +148,7 @@ def _chunk_sharded_epochs(trainer, source, prep, train_rows, buffer_rows, val_sp
             if filled and not train_buffer(filled):
                 return float("nan"), train_rows
             while step < n_steps:  # this rank's chunks are used up: it joins the others' remaining steps
-                if not steps.step(Xbuf, Ybuf, no_weights, np.arange(1), 0, 0, float(weights[step])):
+                if not steps.step(Xbuf, Ybuf, no_weights, np.arange(1), 0, 0):
                     return float("nan"), train_rows
                 step += 1
         stats.rows_per_epoch = train_rows

@@ -156,7 +156,7 @@ class Trainer:
             return train_rows_distributed(self, X, Y, weights, order, hyper)
         return self._train_rows_single(X, Y, weights, order, hyper)
 
-    def _train_rows_single(self, X, Y, weights, order, hyper):
+    def _train_rows_single(self, X, Y, weights, order, hyper, dropout_seed=None):
         batch = min(self.batch_size, len(order))
         if getattr(self, "_train_ws", (0,))[0] < batch:
             self._train_ws = (batch, *passes.workspace(self.layout.sizes, self._act_codes, batch, self.params.dtype),
@@ -169,7 +169,8 @@ class Trainer:
                 self.clip_grad_norm or 0.0, self.layout.sizes, self.layout.w_offsets, self._act_codes,
                 self._loss_code, self.params.dtype.type(self.huber_delta),
                 elements_per_row(self._loss_code, self.layout.n_out), acts, zs, deltas, X, Y, weights,
-                np.ascontiguousarray(order, dtype=np.int64), batch, n_threads, self._dropout, self._dropout_seed,
+                np.ascontiguousarray(order, dtype=np.int64), batch, n_threads, self._dropout,
+                self._dropout_seed if dropout_seed is None else dropout_seed,
                 self.params.dtype.type(0.0))
         return loss
 

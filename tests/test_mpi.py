@@ -311,7 +311,10 @@ def test_local_data_steps_average_each_ranks_local_batch(tmp_path):
 
 
 @pytest.mark.parametrize("options", ['{"cut": 120, "epochs": 20, "optimizer": "adam", "lr": 0.01, "weights": true}',
-                                     '{"cut": 150, "epochs": 20, "optimizer": "adam", "lr": 0.01, "sync_every": 3}'])
+                                     '{"cut": 150, "epochs": 20, "optimizer": "adam", "lr": 0.01, "sync_every": 3}',
+                                     '{"cut": 100, "epochs": 20, "optimizer": "adam", "lr": 0.01, "dropout": 0.2}',
+                                     '{"cut": 100, "epochs": 20, "optimizer": "adam", "lr": 0.01, "dropout": 0.2, '
+                                     '"sync_every": 2}'])
 def test_local_data_with_uneven_ranks_learns_and_stays_identical(tmp_path, options):
     script = tmp_path / "local.py"
     script.write_text(LOCAL_SCRIPT)
