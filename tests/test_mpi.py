@@ -322,7 +322,7 @@ def test_local_data_with_uneven_ranks_learns_and_stays_identical(tmp_path, optio
     assert proc.returncode == 0, proc.stderr  # the per-epoch checksum would fail if ranks drifted apart
     namespace = {}
     exec(PROBLEM, namespace)
-    assert fastbp.load(tmp_path / "m.fbp").evaluate(namespace["X"], namespace["y"])["accuracy"] > 0.85
+    assert fastbp.load(tmp_path / "m.fbp").evaluate(namespace["X"], namespace["y"])["accuracy"] > 0.8  # majority: 0.5
 
 
 def test_exact_mode_resumes_on_a_different_number_of_ranks(tmp_path):
