@@ -227,13 +227,14 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
 
     t is the step number (it also keys the dropout masks). alpha > 0 adds scikit-learn's
     penalty alpha/2 * sum(W**2) (weights only) to the loss sum. With `update` the
-    optimizer takes step t from that gradient (fused, slice by slice), unless the loss
+    optimizer takes step t from that gradient (fused, block by block), unless the loss
     is not finite. Returns the loss sum of those rows (plus the penalty).
+    Region 1 splits rows; region 2 sums per-thread slabs or splits the weights (module notes).
     """
-    if beta == 0 and uses_slabs(grad.size, sizes, rows, n_parts):
-        return _batch_gradient_slabs(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
-                                     deltas, capacity, X, Y, weights, order, start, rows, scale, n_parts, dropout,
-                                     seed, alpha, opt_code, state, t, hyper, update)
+    P = grad.size
+    slabs_path = beta == 0 and uses_slabs(P, sizes, rows, n_parts)
+    slabs = np.empty((n_parts - 1) * P if slabs_path else 0, dtype=grad.dtype)
+    zero = grad.dtype.type(0.0)
     part_loss = np.zeros(n_parts)
     for part in prange(n_parts):
         fp_mode = flush_denormals()
@@ -243,6 +244,13 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
             part_loss[part] = _forward_backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts,
                                                      zs, deltas, capacity, X, Y, weights, order, start, r0, r1 - r0,
                                                      scale, dropout, seed, t)
+        if slabs_path:  # this thread's rows' whole gradient: thread 0 into grad, the others into a slab
+            target = grad if part == 0 else slabs[(part - 1) * P:part * P]
+            if r1 > r0:
+                _weight_gradients(params, target, sizes, w_offsets, acts, deltas, capacity, r0, r1 - r0, 0, 1,
+                                  zero, 0.0, opt_code, state, t, hyper, False)
+            else:
+                target[:] = 0
         restore_fp_mode(fp_mode)
     loss = 0.0
     for part in range(n_parts):
@@ -252,56 +260,17 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
     squares = np.zeros(n_parts)
     for part in prange(n_parts):
         fp_mode = flush_denormals()
-        squares[part] = _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, 0, rows, part,
-                                          n_parts, beta, alpha * scale, opt_code, state, t, hyper, update)
+        if slabs_path:
+            lo, hi = _split(P, part, n_parts)
+            squares[part] = _sum_slabs_and_step(params, grad, slabs, sizes, w_offsets, alpha * scale, opt_code,
+                                                state, t, hyper, update, lo, hi)
+        else:
+            squares[part] = _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, 0, rows, part,
+                                              n_parts, beta, alpha * scale, opt_code, state, t, hyper, update)
         restore_fp_mode(fp_mode)
     if alpha > 0:
         for part in range(n_parts):
             loss += 0.5 * alpha * squares[part]
-    return loss
-
-
-@jit(parallel=True)
-def _batch_gradient_slabs(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas,
-                          capacity, X, Y, weights, order, start, rows, scale, n_parts, dropout, seed, alpha,
-                          opt_code, state, t, hyper, update):
-    """batch_gradient with per-thread gradient slabs: in the first region each thread also computes
-    the whole gradient of its own rows (thread 0 into grad, the others into private slabs); the
-    second sums the slabs, parameter range by range, and steps each range. For networks whose
-    parameters are fewer than the batch's activations, moving the slabs between cores costs less
-    than the other path's second region, which reads every thread's activations and deltas."""
-    P = grad.size
-    zero = grad.dtype.type(0.0)
-    slabs = np.empty((n_parts - 1) * P, dtype=grad.dtype)
-    part_loss = np.zeros(n_parts)
-    for part in prange(n_parts):
-        fp_mode = flush_denormals()
-        r0 = (part * rows) // n_parts
-        r1 = ((part + 1) * rows) // n_parts
-        target = grad if part == 0 else slabs[(part - 1) * P:part * P]
-        if r1 > r0:
-            part_loss[part] = _forward_backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts,
-                                                     zs, deltas, capacity, X, Y, weights, order, start, r0, r1 - r0,
-                                                     scale, dropout, seed, t)
-            _weight_gradients(params, target, sizes, w_offsets, acts, deltas, capacity, r0, r1 - r0, 0, 1, zero,
-                              0.0, opt_code, state, t, hyper, False)
-        else:
-            target[:] = 0
-        restore_fp_mode(fp_mode)
-    loss = 0.0
-    for part in range(n_parts):
-        loss += part_loss[part]
-    if not math.isfinite(loss):
-        return loss
-    squares = np.zeros(n_parts)
-    for part in prange(n_parts):
-        fp_mode = flush_denormals()
-        lo, hi = _split(P, part, n_parts)
-        squares[part] = _sum_slabs_and_step(params, grad, slabs, sizes, w_offsets, alpha * scale, opt_code, state,
-                                            t, hyper, update, lo, hi)
-        restore_fp_mode(fp_mode)
-    for part in range(n_parts):
-        loss += 0.5 * alpha * squares[part]
     return loss
 
 
