@@ -111,11 +111,12 @@ def average_parameters(trainer, weight=1.0):
 
 
 class LocalSteps:
-    """Local SGD for ranks with their own rows: each rank steps on its own batch; parameters are
-    averaged (weighted by the steps each rank took) every sync_every steps and at the end."""
+    """Local SGD: each rank steps on its own batch; parameters are averaged (weighted by the steps
+    each rank took) every sync_every steps and at the end. Every rank must call step() equally often.
+    own_data: the rows are numbered locally on each rank (dropout keys then include the rank)."""
 
-    def __init__(self, trainer, hyper):
-        self.trainer, self.hyper = trainer, hyper
+    def __init__(self, trainer, hyper, own_data=True):
+        self.trainer, self.hyper, self.own_data = trainer, hyper, own_data
         self.count, self.taken = 0, 0
         self.loss_rows = np.zeros(2)
 
@@ -132,7 +133,7 @@ class LocalSteps:
         mean_loss at the end of the epoch."""
         if rows > 0:
             loss = train_local_steps(self.trainer, X, Y, weights, order[start:start + rows], rows, self.hyper,
-                                     own_data=True)
+                                     self.own_data)
             self.loss_rows += (loss * rows, rows)
             self.taken += 1
         self.count += 1
@@ -193,22 +194,25 @@ def train_rows_distributed(trainer, X, Y, weights, order, hyper):
 
 
 def _train_rows_local_sgd(trainer, X, Y, weights, order, hyper):
+    """Each rank trains on its slice of every global batch, in local batches of ceil(batch / ranks)
+    rows; all ranks take the same number of steps (a rank whose slices ran out idles), so their
+    parameter averages line up."""
     comm, size = trainer._comm, trainer._comm.size
     batch = min(trainer.batch_size, len(order))
-    # each rank trains on its slice of every global batch, as its own (smaller) batch
-    mine = np.concatenate([order[s + comm.rank * min(batch, len(order) - s) // size:
-                                 s + (comm.rank + 1) * min(batch, len(order) - s) // size]
-                           for s in range(0, len(order), batch)])
+    starts = range(0, len(order), batch)
+
+    def slice_of(rank, s):
+        m = min(batch, len(order) - s)
+        return s + rank * m // size, s + (rank + 1) * m // size
+
+    mine = np.concatenate([order[slice(*slice_of(comm.rank, s))] for s in starts])
     local_batch = -(-batch // size)
-    n_steps = -(-len(mine) // local_batch)
-    loss_sum = np.zeros(2)
-    for first in range(0, n_steps, trainer.sync_every):
-        rows = mine[first * local_batch:(first + trainer.sync_every) * local_batch]
-        loss = train_local_steps(trainer, X, Y, weights, rows, local_batch, hyper)
-        loss_sum += (loss * len(rows), len(rows))
-        average_parameters(trainer)
-    comm.allreduce_sum(loss_sum)
-    return loss_sum[0] / loss_sum[1] if loss_sum[1] else 0.0
+    n_steps = max(-(-sum(b - a for a, b in (slice_of(r, s) for s in starts)) // local_batch) for r in range(size))
+    with LocalSteps(trainer, hyper, own_data=False) as steps:
+        for step in range(n_steps):
+            first = min(step * local_batch, len(mine))
+            steps.step(X, Y, weights, mine, first, min(local_batch, len(mine) - first))
+    return steps.mean_loss()
 
 
 def train_local_steps(trainer, X, Y, weights, rows, local_batch, hyper, own_data=False):

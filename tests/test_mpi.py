@@ -115,16 +115,17 @@ def test_cli_under_mpiexec_matches_one_process(tmp_path):
                                rtol=1e-9, atol=1e-12)
 
 
-def test_local_sgd_keeps_ranks_identical_and_learns(tmp_path):
+@pytest.mark.parametrize("ranks,sync_every", [(2, 4), (3, 3)])  # 3 ranks: slices of 10/11/11 rows, uneven steps
+def test_local_sgd_keeps_ranks_identical_and_learns(tmp_path, ranks, sync_every):
     script = tmp_path / "local.py"
-    script.write_text(PROBLEM + textwrap.dedent("""
+    script.write_text(PROBLEM + textwrap.dedent(f"""
         import sys, fastbp
-        tr = fastbp.Trainer([6, 32, 3], batch_size=32, epochs=15, seed=1, n_threads=1, comm="mpi", sync_every=4,
-                            optimizer="adam", lr=0.01)
+        tr = fastbp.Trainer([6, 32, 3], batch_size=32, epochs=15, seed=1, n_threads=1, comm="mpi",
+                            sync_every={sync_every}, optimizer="adam", lr=0.01)
         tr.fit(X, y)  # the per-epoch rank checksum would raise if the ranks drifted apart
         print("accuracy", tr.evaluate(X, y)["accuracy"])
         """))
-    proc = launch(2, script)
+    proc = launch(ranks, script)
     assert proc.returncode == 0, proc.stderr
     assert min(float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("accuracy")) > 0.8
 
