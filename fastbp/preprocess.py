@@ -238,9 +238,7 @@ def _scan(source, target, features, task, impute, max_categories, val_split, val
                                      "category) or clean the data")
                 _refuse_numbers_in_text(c, v, rows[train])
                 categories[c].update(MISSING if x is None else str(x) for x in v)
-                if len(categories[c]) > max_categories:
-                    raise ValueError(f"column {c!r} has more than {max_categories} distinct values; it looks "
-                                     "like an identifier: drop it, or raise --max-categories")
+                _check_category_count(c, categories[c], max_categories)
             else:
                 if categories[c] is not None:
                     raise ValueError(f"column {c!r} mixes numbers and text")
@@ -276,9 +274,8 @@ def _merge(parts, features, max_categories, seed):
         if text and merged["count"][c]:
             raise ValueError(f"column {c!r} mixes numbers and text")
         merged["categories"][c] = set().union(*text) if text else None
-        if text and len(merged["categories"][c]) > max_categories:
-            raise ValueError(f"column {c!r} has more than {max_categories} distinct values; it looks "
-                             "like an identifier: drop it, or raise --max-categories")
+        if text:
+            _check_category_count(c, merged["categories"][c], max_categories)
         # median sample: each rank's reservoir contributes in proportion to the values it saw
         merged["sample"][c] = []
         for p in parts:
@@ -289,6 +286,12 @@ def _merge(parts, features, max_categories, seed):
             merged["sample"][c].extend(values.tolist())
     return merged
 
+
+
+def _check_category_count(column, categories, max_categories):
+    if len(categories) > max_categories:
+        raise ValueError(f"column {column!r} has more than {max_categories} distinct values; it looks "
+                         "like an identifier: drop it, or raise --max-categories")
 
 def _refuse_numbers_in_text(column, values, rows):
     """A text column whose cells are mostly numbers has a bad cell, not categories."""
