@@ -302,7 +302,7 @@ def main(argv=None):
                         help="also time one fastbp epoch per optimizer (sgd, adam, adamw, rmsprop)")
     parser.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
     args = parser.parse_args(argv)
-    from fastbp.config import max_threads
+    from fastbp.core.config import max_threads
 
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS]

@@ -1,7 +1,8 @@
 """fastbp command line: train, predict, evaluate, info, demo, bench.
 
 Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no traceback);
-1 an unexpected error (with its traceback); 130 interrupted (after saving a checkpoint).
+1 an internal error, i.e. a bug (one line; the traceback with --debug or FASTBP_DEBUG=1);
+130 interrupted (after saving a checkpoint).
 """
 import argparse
 import json
@@ -14,12 +15,13 @@ import traceback
 
 import numpy as np
 
-from .callbacks import Callback
+from .core.errors import InputError
+from .engine.callbacks import Callback
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """Bad input detected by the CLI itself."""
 
 
@@ -99,21 +101,46 @@ def _checkpoint_path(args):
     return os.path.join(args.checkpoint_dir, "checkpoint.fbp") if args.checkpoint_dir else None
 
 
+# Options that change what training computes: --resume refuses a checkpoint trained with others.
+# (--epochs is the total to reach; --threads changes only rounding; output options change nothing.)
+RESULT_OPTIONS = ("target", "features", "task", "hidden", "activation", "loss", "optimizer", "lr", "batch_size",
+                  "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows", "buffer_rows", "shard",
+                  "sync_every")
+
+
+def _result_options(args, ranks, shard):
+    options = {name: getattr(args, name) for name in RESULT_OPTIONS}
+    options["shard"] = shard
+    options["ranks"] = ranks if shard == "chunks" else None  # chunk shards depend on the rank count
+    return options
+
+
+def _check_resume_options(checkpoint, saved, now):
+    differ = [f"--{name.replace('_', '-')} {saved.get(name)!r} -> {now[name]!r}" if name != "ranks" else
+              f"MPI ranks {saved.get(name)} -> {now[name]}" for name in now if saved.get(name) != now[name]]
+    if differ:
+        raise UsageError(f"{checkpoint!r} was trained with other options than this command: {'; '.join(differ)}. "
+                         "Resume with the checkpoint's options, or start without --resume")
+
+
 def train(args):
-    from .callbacks import ModelCheckpoint
-    from .comm import MPIComm
-    from .preprocess import Preprocessor
-    from .sources import open_source
-    from .streaming import StreamStats, fit_source, shard_mode
+    from .engine.callbacks import ModelCheckpoint
+    from .files.preprocess import Preprocessor
+    from .files.sources import open_source
+    from .files.streaming import StreamStats
+    from .parallel.file_shards import shard_mode
     from .trainer import Trainer, load
 
-    comm = MPIComm() if _launched_by_mpi() else None
+    comm = "mpi" if _launched_by_mpi() else None
+    if comm:
+        from .parallel.comm import make_comm
+        comm = make_comm(comm)
     rank = comm.rank if comm else 0
     if rank != 0:
         args.quiet = True  # one voice per job: rank 0 prints and writes files
     source = open_source(args.data, args.chunk_rows)
     # checked before the first pass, which can take long on a big file
-    shard_mode(args.shard, source, comm.size if comm else 1)
+    shard = shard_mode(args.shard, source, comm.size if comm else 1)
     checkpoint = _checkpoint_path(args)
     if args.resume and not checkpoint:
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoint was written)")
@@ -127,8 +154,10 @@ def train(args):
         progress(None)
     n_out = len(prep.classes()) if prep.task == "classify" else 1
     loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
+    options = _result_options(args, comm.size if comm else 1, shard)
     if args.resume and os.path.exists(checkpoint):
-        trainer = load(checkpoint, comm=comm)
+        trainer = load(checkpoint, comm=comm, n_threads=args.threads)
+        _check_resume_options(checkpoint, trainer.metadata.get("cli_options", {}), options)
         if not trainer.preprocessing or not prep.matches(trainer.preprocessing):
             raise UsageError(f"{checkpoint!r} was trained on differently prepared data; resume with the same data "
                              "and options, or start without --resume")
@@ -142,6 +171,7 @@ def train(args):
                           seed=args.seed, n_threads=args.threads, dtype=args.dtype, comm=comm,
                           sync_every=args.sync_every)
         trainer.preprocessing = prep.state
+        trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
     validation = None
@@ -157,8 +187,8 @@ def train(args):
     stats = StreamStats()
     try:
         with _sigint_as_keyboard_interrupt():
-            fit_source(trainer, source, prep, n_rows, args.buffer_rows, args.val_split, args.seed, validation,
-                       callbacks, 0 if args.quiet else 1, stats, shard=args.shard)
+            trainer.fit_source(source, prep, n_rows, args.buffer_rows, args.val_split, args.seed, validation,
+                               callbacks, 0 if args.quiet else 1, stats, shard=args.shard)
     except KeyboardInterrupt:
         target = checkpoint or args.out + ".interrupted.fbp"
         trainer.save(target)
@@ -232,7 +262,7 @@ def _plot(history, path):
 
 # ---------------------------------------------------------------------------- predict / evaluate / info
 def _load_with_prep(model_path):
-    from .preprocess import Preprocessor
+    from .files.preprocess import Preprocessor
     from .trainer import load
 
     trainer = load(model_path)
@@ -243,7 +273,7 @@ def _load_with_prep(model_path):
 
 
 def predict(args):
-    from .sources import open_source
+    from .files.sources import open_source
 
     trainer, prep = _load_with_prep(args.model)
     if args.proba and prep.task != "classify":
@@ -335,15 +365,15 @@ class _TableWriter:
 
 
 def evaluate(args):
-    from . import metrics
-    from .sources import open_source
+    from .engine import metrics
+    from .files.sources import open_source
 
     trainer, prep = _load_with_prep(args.model)
     source = open_source(args.data, args.chunk_rows)
     part, n = None, 0
     for start, chunk in source.chunks(prep.features + [prep.target]):
         X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
-        part = metrics.combine([part, trainer._metric_part(X, y)])  # exact over the file, not a mean of chunks
+        part = metrics.combine([part, trainer.metric_part(X, y)])  # exact over the file, not a mean of chunks
         n += len(X)
     if n == 0:
         raise UsageError(f"{args.data!r} has no rows")
@@ -354,19 +384,27 @@ def evaluate(args):
 
 
 def info(args):
-    from .modelfile import read_model
+    from .files.modelfile import ModelFileError, read_model
 
     config, arrays = read_model(args.model)
+    try:
+        summary = _summary(config, arrays)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ModelFileError(f"{args.model!r} does not describe a valid fastbp model: missing or malformed "
+                             f"{exc}") from None
+    print(json.dumps(summary, indent=1))
+    return EXIT_OK
+
+
+def _summary(config, arrays):
     init = config["init_args"]
     prep = config.get("preprocessing") or {}
-    summary = {"fastbp_version": config.get("fastbp_version"), "layer_sizes": init["layer_sizes"],
+    return {"fastbp_version": config.get("fastbp_version"), "layer_sizes": init["layer_sizes"],
                "activation": init["activation"], "loss": init["loss"], "optimizer": init["optimizer"],
                "dtype": init["dtype"], "parameters": int(arrays["params"].size), "epochs_trained": len(config["history"]),
                "last_epoch": config["history"][-1] if config["history"] else None,
                "target": prep.get("target"), "task": prep.get("task"), "features": prep.get("features"),
                "classes": prep.get("classes")}
-    print(json.dumps(summary, indent=1))
-    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------- plumbing
@@ -376,7 +414,8 @@ def _say(args, message):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="fastbp", description="Train and use MLPs on tabular files.")
+    parser = argparse.ArgumentParser(prog="fastbp", description="Train and use MLPs on tabular files. "
+                                     "--debug (anywhere) shows the traceback of an internal error.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("train", help="train a model from a .csv, .parquet, .npy or .npz file")
@@ -453,21 +492,28 @@ def main(argv=None):
     if argv[:1] == ["bench"]:  # its options belong to compare_peers, not to this parser
         from .bench import main as bench_main
         return bench_main(argv[1:])
+    debug = "--debug" in argv or os.environ.get("FASTBP_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)  # exits with 2 on bad usage
-    from .modelfile import ModelFileError
-    from .sources import SourceError
-    from .trainer import TrainingDiverged
+    from .engine.engine import TrainingDiverged
     try:
         return args.run(args)
-    except (UsageError, SourceError, ModelFileError, TrainingDiverged, ValueError, TypeError,
-            FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except (InputError, TrainingDiverged, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as exc:
         print(f"fastbp: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("fastbp: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception:
-        traceback.print_exc()
+    except MemoryError:
+        print("fastbp: out of memory; try smaller --buffer-rows / --chunk-rows or a smaller network",
+              file=sys.stderr)
+        return EXIT_UNEXPECTED
+    except Exception as exc:  # anything else is a bug in fastbp: say so, never "bad input"
+        if debug:
+            traceback.print_exc()
+        print(f"fastbp: internal error (a bug in fastbp, please report it): {type(exc).__name__}: {exc}"
+              + ("" if debug else "; rerun with --debug (or FASTBP_DEBUG=1) for the traceback"), file=sys.stderr)
         return EXIT_UNEXPECTED
 
 

@@ -29,19 +29,19 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import validate_data
 
-from . import kernels, passes
-from .activations import ACTIVATIONS, IDENTITY, activation_code
-from .config import resolve_n_threads, thread_limits
-from .layout import Layout
-from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, SKLEARN_SQUARED
-from .optim import BETA1, BETA2, EPS, LR, MOMENTUM, N_HYPER, NESTEROV, SKLEARN_ADAM, SKLEARN_SGD
+from .engine import full_data
+from .engine.engine import Engine
+from .engine.model import (ACTIVATION_NAMES, SKLEARN_SQUARED_ERROR, build_net, no_regularization, sklearn_hyper,
+                           sklearn_optimizer)
+from .engine.state import TrainingState
+from .engine.model import resolve_n_threads
 
 if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
     raise ImportError(f"fastbp.sklearn needs scikit-learn >= 1.7, found {sklearn.__version__}")
 
 # scikit-learn's names first; fastbp's other activations work too
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
-                     **{name: name for name in ACTIVATIONS if name not in ("identity", "sigmoid")}}
+                     **{name: name for name in ACTIVATION_NAMES if name not in ("identity", "sigmoid")}}
 _EXTRA_CONSTRAINTS = {
     "activation": [StrOptions(set(_ACTIVATION_NAMES))],
     "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
@@ -52,11 +52,10 @@ class _FastbpMixin:
     """The numerical core shared by both estimators (sklearn's MRO calls into it)."""
 
     # ------------------------------------------------------------------ model plumbing
-    def _net(self, layer_units):
-        """Layout, activation codes and a flat parameter buffer holding coefs_ / intercepts_ as views."""
-        layout = Layout(layer_units)
-        hidden = activation_code(_ACTIVATION_NAMES[self.activation])
-        codes = np.array([hidden] * (layout.n_layers - 1) + [IDENTITY], dtype=np.int64)
+    def _net(self, layer_units, loss="cross_entropy"):
+        """(Layout, Net, flat parameters) with coefs_ / intercepts_ as views into the flat buffer."""
+        hidden = [_ACTIVATION_NAMES[self.activation]] * (len(layer_units) - 2)
+        layout, net = build_net(layer_units, hidden, loss, mean_over_outputs=False)
         flat = getattr(self, "_fastbp_flat", None)
         views = layout.views(flat) if flat is not None and flat.dtype == self.coefs_[0].dtype and \
             flat.size == layout.n_params else None
@@ -70,19 +69,19 @@ class _FastbpMixin:
             self._fastbp_flat = flat
             self.coefs_ = [W for W, _ in views]
             self.intercepts_ = [b for _, b in views]
-        return layout, codes, flat
+        return layout, net, flat
 
     def _loss_setup(self, y):
-        """(loss code, targets for the kernel): labels for softmax, 0/1 columns for logistic, values for identity."""
+        """(loss name, targets for the kernel): labels for softmax, 0/1 columns for logistic, values for identity."""
         dtype = self.coefs_[0].dtype
         y = np.asarray(y)
         if y.ndim == 1:
             y = y.reshape(-1, 1)
         if self.out_activation_ == "softmax":
-            return CROSS_ENTROPY, np.ascontiguousarray(y.argmax(axis=1).reshape(-1, 1), dtype=dtype)
+            return "cross_entropy", np.ascontiguousarray(y.argmax(axis=1).reshape(-1, 1), dtype=dtype)
         if self.out_activation_ == "logistic":
-            return BINARY_CROSS_ENTROPY, np.ascontiguousarray(y, dtype=dtype)
-        return SKLEARN_SQUARED, np.ascontiguousarray(y, dtype=dtype)
+            return "binary_cross_entropy", np.ascontiguousarray(y, dtype=dtype)
+        return SKLEARN_SQUARED_ERROR, np.ascontiguousarray(y, dtype=dtype)
 
     @staticmethod
     def _dense(X):
@@ -103,7 +102,8 @@ class _FastbpMixin:
         from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
         from sklearn.utils import shuffle
 
-        layout, codes, flat = self._net(layer_units)
+        loss_name, _ = self._loss_setup(y[:1])
+        layout, net, flat = self._net(layer_units, loss_name)
         new_optimizer = not incremental or not hasattr(self, "_optimizer")
         if new_optimizer:
             # scikit-learn's optimizer objects keep the learning-rate bookkeeping
@@ -114,9 +114,7 @@ class _FastbpMixin:
             else:
                 self._optimizer = AdamOptimizer([], self.learning_rate_init, self.beta_1, self.beta_2,
                                                 self.epsilon)
-            n_state = 1 if self.solver == "sgd" else 2
-            self._fastbp_state = np.zeros((n_state, layout.n_params), dtype=flat.dtype)
-            self._fastbp_step = np.zeros(1, dtype=np.int64)
+            self._fastbp_optimizer = sklearn_optimizer(self.solver, layout.n_params, flat.dtype)
 
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -146,14 +144,12 @@ class _FastbpMixin:
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
         Xc = self._dense(X_train)
-        loss_code, Y = self._loss_setup(y_train)
+        _, Y = self._loss_setup(y_train)
         weights = self._weights(sample_weight_train, flat.dtype)
-        dtype = flat.dtype.type
-        n_threads = resolve_n_threads(self.n_threads)
-        acts, zs, dls = passes.workspace(layout.sizes, codes, batch_size, flat.dtype)
-        grad = np.empty_like(flat)
-        no_dropout = np.zeros(layout.n_layers, dtype=flat.dtype)
-        opt_code = SKLEARN_SGD if self.solver == "sgd" else SKLEARN_ADAM
+        # scikit-learn's optimizer objects and this module keep the training state; the engine runs the epochs
+        state = TrainingState(flat, self._fastbp_optimizer, None, None, 0, 0)
+        engine = Engine(state, net, no_regularization(net, flat.dtype, self.alpha), None, batch_size,
+                        n_threads=self.n_threads)
         sample_idx = np.arange(n_samples, dtype=int)
         order = np.empty(n_samples, dtype=np.int64)
         try:
@@ -161,18 +157,12 @@ class _FastbpMixin:
             for _ in range(self.max_iter):
                 if self.shuffle:
                     sample_idx = shuffle(sample_idx, random_state=self._random_state)
-                hyper = np.zeros(N_HYPER, dtype=flat.dtype)
-                hyper[LR] = getattr(self._optimizer, "learning_rate", self.learning_rate_init) \
+                lr = getattr(self._optimizer, "learning_rate", self.learning_rate_init) \
                     if self.solver == "sgd" else self.learning_rate_init
-                hyper[MOMENTUM] = self.momentum
-                hyper[NESTEROV] = self.nesterovs_momentum
-                hyper[BETA1], hyper[BETA2], hyper[EPS] = self.beta_1, self.beta_2, self.epsilon
+                hyper = sklearn_hyper(lr, self.momentum, self.nesterovs_momentum, self.beta_1, self.beta_2,
+                                      self.epsilon)
                 order[:] = sample_idx
-                with thread_limits(n_threads, 1):
-                    _, loss = kernels.train_epoch(
-                        flat, grad, self._fastbp_state, self._fastbp_step, hyper, opt_code, 0.0, layout.sizes,
-                        layout.w_offsets, codes, loss_code, dtype(0.0), 1, acts, zs, dls, Xc, Y, weights,
-                        order, batch_size, n_threads, no_dropout, 0, dtype(self.alpha))
+                _, loss = engine.train_rows_here(Xc, Y, weights, order, hyper)
                 self.n_iter_ += 1
                 self.loss_ = float(loss)
                 self.t_ += n_samples
@@ -204,12 +194,11 @@ class _FastbpMixin:
 
     # ------------------------------------------------------------------ lbfgs
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units):
-        layout, codes, flat = self._net(layer_units)
+        loss_name, Y = self._loss_setup(y)
+        layout, net, flat = self._net(layer_units, loss_name)
         Xc = self._dense(X)
-        loss_code, Y = self._loss_setup(y)
         weights = self._weights(sample_weight, flat.dtype)
-        full_gradient = passes.FullGradient(layout.sizes, layout.w_offsets, codes, loss_code, flat.dtype.type(0.0), 1,
-                                            Xc, Y, weights, resolve_n_threads(self.n_threads), flat.dtype)
+        full_gradient = full_data.FullGradient(net, Xc, Y, weights, resolve_n_threads(self.n_threads), flat.dtype)
         grad = np.empty_like(flat)
         weight_mask = np.zeros(layout.n_params, dtype=bool)
         for W, _ in layout.views(weight_mask):
@@ -240,11 +229,11 @@ class _FastbpMixin:
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
         layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
-        layout, codes, flat = self._net(layer_units)
+        layout, net, flat = self._net(layer_units)
         Xc = np.ascontiguousarray(self._dense(X), dtype=flat.dtype)
-        out = passes.forward(flat, layout.sizes, layout.w_offsets, codes, Xc, resolve_n_threads(self.n_threads))
+        out = full_data.forward(flat, net, Xc, resolve_n_threads(self.n_threads))
         if self.out_activation_ in ("softmax", "logistic"):
-            passes.to_probabilities(out, softmax=self.out_activation_ == "softmax")
+            full_data.to_probabilities(out, softmax=self.out_activation_ == "softmax")
         return out
 
 

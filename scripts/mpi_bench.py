@@ -8,9 +8,9 @@ import time
 import numpy as np
 
 import fastbp
-import fastbp.config
+import fastbp.core.config
 from fastbp.bench import WORKLOADS, layer_sizes, make_data
-from fastbp.comm import MPIComm, SingleProcess
+from fastbp.parallel.comm import MPIComm, SingleProcess
 
 
 class TimedComm:
@@ -50,7 +50,7 @@ def main():
         if seconds < best:
             best, share = seconds, comm.seconds / seconds
     if comm.rank == 0:
-        what = f"{comm.size} ranks x 1 thread" if distributed else f"1 process x {fastbp.config.max_threads()} threads"
+        what = f"{comm.size} ranks x 1 thread" if distributed else f"1 process x {fastbp.core.config.max_threads()} threads"
         print(f"tabular, {what}: {len(X) / best:,.0f} samples/s; Allreduce {100 * share:.1f} % of the epoch")
 
 

@@ -17,10 +17,9 @@ import time
 import numpy as np
 
 import fastbp
-from fastbp.comm import make_comm
-from fastbp.preprocess import Preprocessor
-from fastbp.sources import open_source
-from fastbp.streaming import fit_source
+from fastbp.parallel.comm import make_comm
+from fastbp.files.preprocess import Preprocessor
+from fastbp.files.sources import open_source
 
 
 def read_bytes():
@@ -65,7 +64,7 @@ def main():
                         n_threads=1 if comm.size > 1 else None)
     before = read_bytes()
     start = time.perf_counter()
-    fit_source(tr, source, prep, n, shard=args.shard)
+    tr.fit_source(source, prep, n, shard=args.shard)
     seconds = time.perf_counter() - start
     per_rank = comm.allgather(read_bytes() - before)
     if comm.rank == 0:

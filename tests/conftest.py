@@ -21,3 +21,9 @@ def make_problem(loss, n, n_in, n_out, seed=0, dtype=np.float64):
 @pytest.fixture
 def problem():
     return make_problem
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_directory(tmp_path, monkeypatch):
+    """Whatever a test (or the CLI it runs) writes to the working directory stays out of the repository."""
+    monkeypatch.chdir(tmp_path)

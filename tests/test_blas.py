@@ -3,7 +3,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastbp.blas import gemm
+from fastbp.core.blas import gemm
 
 
 @numba.njit

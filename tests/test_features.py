@@ -5,7 +5,7 @@ import pytest
 import fastbp
 import naive
 from conftest import make_problem
-from fastbp.dropout import row_key, uniform
+from fastbp.core.dropout import row_key, uniform
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse", "binary_cross_entropy", "huber"])
@@ -28,7 +28,7 @@ def test_integer_sample_weights_equal_repeated_rows(loss, optimizer):
 
 
 def test_balanced_class_weight_matches_sklearn():
-    from fastbp.data import class_weights_per_sample
+    from fastbp.inputs import class_weights_per_sample
     sklearn_utils = pytest.importorskip("sklearn.utils")
     y = np.array([0, 0, 0, 1, 2, 2])
     expected = sklearn_utils.compute_class_weight("balanced", classes=np.unique(y), y=y)
@@ -37,7 +37,7 @@ def test_balanced_class_weight_matches_sklearn():
 
 
 def test_dropout_masks_keep_fraction_and_scale():
-    from fastbp.dropout import apply_mask
+    from fastbp.core.dropout import apply_mask
     a = np.ones(200_000, dtype=np.float32)
     apply_mask(a, 0.3, row_key(11, 5, 0, 7))
     kept = a > 0
@@ -53,7 +53,7 @@ def test_dropout_step_matches_reference_with_the_same_masks():
     tr = fastbp.Trainer([4, 7, 6, 3], activation="tanh", dropout=[0.4, 0.2], lr=0.1, batch_size=12, epochs=1,
                         shuffle=False, dtype="float64", seed=3)
     layers = [(W.copy(), b.copy()) for W, b in tr.layers]
-    seed = tr._dropout_seed
+    seed = tr.state.dropout_seed
 
     def mask(layer, n_rows, n_units, p):
         return np.array([[uniform(np.uint64(row_key(seed, 1, layer, i)), j) >= p for j in range(n_units)]
@@ -94,7 +94,7 @@ def test_validation_history_and_stratified_split():
     tr = fastbp.Trainer([6, 16, 3], lr=0.05, batch_size=32, epochs=3)
     tr.fit(X, y, validation_split=0.25)
     assert {"val_loss", "val_accuracy", "lr", "loss"} <= set(tr.history[0])
-    from fastbp.data import validation_indices
+    from fastbp.inputs import validation_indices
     train, val = validation_indices(400, 0.25, y.astype(float), 0)
     assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == 400
     for c in range(3):

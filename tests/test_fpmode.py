@@ -5,7 +5,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastbp.fpmode import _ENABLED, flush_denormals, restore_fp_mode
+from fastbp.core.fpmode import _ENABLED, flush_denormals, restore_fp_mode
 
 pytestmark = pytest.mark.skipif(
     not _ENABLED or numba.config.DISABLE_JIT or platform.machine().lower() not in ("x86_64", "amd64"),

@@ -54,7 +54,7 @@ def test_sgd_epoch_matches_naive(activation, loss, batch_size, n_threads):
                         dtype="float64", n_threads=n_threads)
     layers = naive_layers(tr)
     rng = np.random.default_rng()
-    rng.bit_generator.state = tr._shuffle_rng.bit_generator.state  # the orders fit will draw
+    rng.bit_generator.state = tr.state.shuffle_rng.bit_generator.state  # the orders fit will draw
     tr.fit(X, y)
     buffers, step = None, 0
     for _ in range(2):
@@ -111,7 +111,7 @@ def test_large_logits_are_finite():
 @pytest.mark.parametrize("batch_size", [50, 4])
 def test_thread_split_matches_single_thread(sizes, batch_size):
     """2 threads (rows, then per-thread slabs or aligned dW slices) agree with 1 thread and the reference."""
-    from fastbp.kernels import uses_slabs
+    from fastbp.core.kernels import uses_slabs
     X, y = make_problem("cross_entropy", 203, sizes[0], sizes[-1], seed=6)
     n_params = fastbp.Trainer(sizes).params.size
     assert uses_slabs(n_params, np.array(sizes), batch_size, 2) == (batch_size == 50)  # both paths covered
@@ -121,7 +121,7 @@ def test_thread_split_matches_single_thread(sizes, batch_size):
                             dtype="float64", n_threads=n_threads, seed=1)
         layers = naive_layers(tr)
         rng = np.random.default_rng()
-        rng.bit_generator.state = tr._shuffle_rng.bit_generator.state
+        rng.bit_generator.state = tr.state.shuffle_rng.bit_generator.state
         runs.append(tr.fit(X, y).params)
     buffers, step = None, 0
     for _ in range(2):

@@ -95,7 +95,7 @@ def test_schedule_matches_torch(spec, make):
 
 
 def test_schedule_formulas():
-    from fastbp.schedules import make_schedule
+    from fastbp.engine.schedules import make_schedule
     cos = make_schedule(("cosine", {"warmup_epochs": 2}))
     cos.start(6)
     assert [round(cos.lr(e, 1.0), 6) for e in range(6)] == [0.5, 1.0, 1.0, 0.853553, 0.5, 0.146447]

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from fastbp.preprocess import Preprocessor
-from fastbp.sources import open_source
-from fastbp.streaming import shard_mode
+from fastbp.files.preprocess import Preprocessor
+from fastbp.files.sources import open_source
+from fastbp.parallel.file_shards import shard_mode
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.csv as pcsv  # noqa: E402
@@ -38,7 +38,7 @@ def table_file(tmp_path):
 @pytest.mark.parametrize("ranks", [2, 3])
 @pytest.mark.parametrize("impute", ["mean", "median"])
 def test_ranks_first_passes_merge_to_the_whole_files_statistics(table_file, ranks, impute):
-    import fastbp.preprocess as pre
+    import fastbp.files.preprocess as pre
     source = open_source(table_file)
     options = dict(impute=impute, val_split=0.2, seed=4)
     whole, held, n = Preprocessor.fit(source, "label", **options)
@@ -72,7 +72,7 @@ def test_preparation_matches_to_rounding_but_not_beyond(table_file):
 
 
 def test_a_rank_that_saw_text_where_another_saw_numbers_is_an_error(table_file):
-    import fastbp.preprocess as pre
+    import fastbp.files.preprocess as pre
     source = open_source(table_file)
     part = pre._scan(source, "label", ["x", "color"], None, "mean", 1000, 0.0, 100, 0, None, [0])
     as_text = {**part, "categories": {**part["categories"], "x": {"a"}},
@@ -106,7 +106,7 @@ def test_shard_modes(tmp_path, table_file):
 def test_metrics_combined_from_parts_equal_metrics_of_all_rows(loss, n_out):
     """What MPI ranks (validation slices) and `fastbp evaluate` (file chunks) rely on."""
     import fastbp
-    from fastbp import metrics
+    from fastbp.engine import metrics
     rng = np.random.default_rng(0)
     X = rng.normal(size=(301, 5))
     if loss == "cross_entropy":
@@ -121,7 +121,7 @@ def test_metrics_combined_from_parts_equal_metrics_of_all_rows(loss, n_out):
         tr.params[tr.layout.w_offsets[1] + 8 * n_out:] = 1e8  # output bias near the targets
     whole = tr.evaluate(X, y, sample_weight=w)
     cuts = [0, 7, 150, 151, 301]
-    parts = [tr._metric_part(X[a:b], y[a:b], w[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    parts = [tr.metric_part(X[a:b], y[a:b], w[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
     combined = metrics.finish(metrics.combine(parts))
     assert combined.keys() == whole.keys()
     for key in whole:  # r2 to 1e-7: float64 holds a mean near 1e8 only to ~1e-8

@@ -8,7 +8,10 @@ which stays accurate when targets have a large mean (unlike sum(y^2) - sum(y)^2 
 """
 import numpy as np
 
-from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, elements_per_row, row_losses
+from ..core.errors import InputError
+from ..core.losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, elements_per_row, row_losses
+
+CLASSIFICATION_CODES = (CROSS_ENTROPY, BINARY_CROSS_ENTROPY)
 
 
 def metric_part(loss_code, loss_param, logits, Y, weights=None):
@@ -56,7 +59,7 @@ def combine(parts):
 def finish(part):
     """{"loss", "accuracy"} or {"loss", "r2"} (r2 averaged over outputs, 0 for a constant target)."""
     if part is None:
-        raise ValueError("no rows with a positive weight to evaluate")
+        raise InputError("no rows with a positive weight to evaluate")
     result = {"loss": part["loss"]}
     if "accuracy" in part:
         result["accuracy"] = part["accuracy"]

@@ -6,10 +6,16 @@ val_accuracy / val_r2 when validating, seconds, samples_per_s).
 """
 import math
 import os
+import string
 import sys
+
+from ..core.errors import InputError
 
 
 class Callback:
+    def check_logs(self, log_keys):
+        """Called when fit starts with the keys every epoch's logs will have: refuse now what would fail later."""
+
     def on_train_begin(self, trainer):
         pass
 
@@ -22,17 +28,16 @@ class Callback:
 
 def _monitor_mode(monitor, mode):
     if mode not in ("auto", "min", "max"):
-        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        raise InputError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode == "auto":
         return "max" if monitor.endswith(("accuracy", "r2")) else "min"
     return mode
 
 
-def _monitored(logs, monitor):
-    if monitor not in logs:
-        raise ValueError(f"cannot monitor {monitor!r}: the epoch logs have {', '.join(sorted(logs))} "
+def _check_monitor(monitor, log_keys):
+    if monitor not in log_keys:
+        raise InputError(f"cannot monitor {monitor!r}: the epoch logs will have {', '.join(sorted(log_keys))} "
                          "(val_* entries need validation_data or validation_split)")
-    return logs[monitor]
 
 
 class EarlyStopping(Callback):
@@ -47,18 +52,21 @@ class EarlyStopping(Callback):
         self.mode = _monitor_mode(monitor, mode)
         self.restore_best_weights = bool(restore_best_weights)
 
+    def check_logs(self, log_keys):
+        _check_monitor(self.monitor, log_keys)
+
     def on_train_begin(self, trainer):
         self.best, self.best_epoch, self.wait, self._snapshot = None, None, 0, None
         self.stopped_epoch = None
 
     def on_epoch_end(self, trainer, epoch, logs):
-        value = _monitored(logs, self.monitor)
+        value = logs[self.monitor]
         improved = self.best is None or (
             value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta)
         if improved:
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
-                self._snapshot = trainer._snapshot()
+                self._snapshot = trainer.state.snapshot()
         else:
             self.wait += 1
             if self.wait >= self.patience:
@@ -67,7 +75,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, trainer):
         if self.restore_best_weights and self._snapshot is not None and self.best_epoch != trainer.history[-1]["epoch"]:
-            trainer._restore(self._snapshot)
+            trainer.state.restore(self._snapshot, weights_only=True)
 
 
 class ModelCheckpoint(Callback):
@@ -80,12 +88,22 @@ class ModelCheckpoint(Callback):
         self.filepath, self.monitor, self.save_best_only = os.fspath(filepath), monitor, bool(save_best_only)
         self.mode = _monitor_mode(monitor, mode)
 
+    def check_logs(self, log_keys):
+        if self.save_best_only:
+            _check_monitor(self.monitor, log_keys)
+        for _, field, _, _ in string.Formatter().parse(self.filepath):
+            name = field.split(".")[0].split("[")[0] if field else field
+            if name and name not in log_keys:
+                raise InputError(f"ModelCheckpoint path {self.filepath!r} names {{{field}}}, which the epoch logs "
+                                 f"will not have (they have {', '.join(log_keys)}; val_* entries need validation "
+                                 "data)")
+
     def on_train_begin(self, trainer):
         self.best = None
 
     def on_epoch_end(self, trainer, epoch, logs):
         if self.save_best_only:
-            value = _monitored(logs, self.monitor)
+            value = logs[self.monitor]
             if self.best is not None and not (value < self.best if self.mode == "min" else value > self.best):
                 return
             self.best = value
@@ -110,7 +128,7 @@ class ProgressBar(Callback):
     def on_train_begin(self, trainer):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=trainer._epochs_this_fit, unit="epoch", file=sys.stderr, leave=True)
+        self.bar = tqdm(total=trainer.epochs, unit="epoch", file=sys.stderr, leave=True)
 
     def on_epoch_end(self, trainer, epoch, logs):
         shown = {k: f"{logs[k]:.4g}" for k in ("loss", "val_loss", "val_accuracy", "val_r2") if k in logs}

@@ -7,6 +7,8 @@ of torch.optim.lr_scheduler. ReduceOnPlateau also watches the epoch's logs.
 """
 import math
 
+from ..core.checks import check_int, check_number
+from ..core.errors import InputError, InputTypeError
 
 
 class Schedule:
@@ -46,9 +48,8 @@ class Step(Schedule):
     """lr * gamma ** (epoch // step_size), as StepLR."""
 
     def __init__(self, step_size=10, gamma=0.1):
-        if int(step_size) < 1:
-            raise ValueError(f"step schedule needs step_size >= 1, got {step_size!r}")
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size = check_int("step schedule's step_size", step_size, 1)
+        self.gamma = check_number("step schedule's gamma", gamma, low=0.0, low_open=True)
 
     def lr(self, epoch, base_lr):
         return base_lr * self.gamma ** (epoch // self.step_size)
@@ -58,7 +59,7 @@ class Exponential(Schedule):
     """lr * gamma ** epoch, as ExponentialLR."""
 
     def __init__(self, gamma=0.9):
-        self.gamma = float(gamma)
+        self.gamma = check_number("exponential schedule's gamma", gamma, low=0.0, low_open=True)
 
     def lr(self, epoch, base_lr):
         return base_lr * self.gamma ** epoch
@@ -68,10 +69,10 @@ class Cosine(Schedule):
     """Optional linear warm-up to lr over warmup_epochs, then CosineAnnealingLR down to eta_min."""
 
     def __init__(self, T_max=None, eta_min=0.0, warmup_epochs=0):
-        self.total_epochs = None if T_max is None else int(T_max) + int(warmup_epochs)
-        self.eta_min, self.warmup_epochs = float(eta_min), int(warmup_epochs)
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
+        self.warmup_epochs = check_int("cosine schedule's warmup_epochs", warmup_epochs, 0)
+        self.total_epochs = None if T_max is None else check_int("cosine schedule's T_max", T_max, 1) + \
+            self.warmup_epochs
+        self.eta_min = check_number("cosine schedule's eta_min", eta_min, low=0.0)
 
     def lr(self, epoch, base_lr):
         if epoch < self.warmup_epochs:
@@ -85,7 +86,7 @@ class InverseScaling(Schedule):
     """lr / t ** power_t with t the 1-based epoch (scikit-learn's 'invscaling', per epoch)."""
 
     def __init__(self, power_t=0.5):
-        self.power_t = float(power_t)
+        self.power_t = check_number("invscaling schedule's power_t", power_t, low=0.0)
 
     def lr(self, epoch, base_lr):
         return base_lr / (epoch + 1) ** self.power_t
@@ -100,12 +101,14 @@ class OneCycle(Schedule):
 
     def __init__(self, max_lr=None, total_epochs=None, pct_start=0.3, div_factor=25.0, final_div_factor=1e4,
                  cycle_momentum=False, base_momentum=0.85, max_momentum=0.95):
-        self.max_lr = None if max_lr is None else float(max_lr)
-        self.total_epochs = None if total_epochs is None else int(total_epochs)
-        self.pct_start, self.div_factor, self.final_div_factor = float(pct_start), float(div_factor), float(
-            final_div_factor)
+        self.max_lr = None if max_lr is None else check_number("one_cycle's max_lr", max_lr, low=0.0, low_open=True)
+        self.total_epochs = None if total_epochs is None else check_int("one_cycle's total_epochs", total_epochs, 1)
+        self.pct_start = check_number("one_cycle's pct_start", pct_start, low=0.0, high=1.0)
+        self.div_factor = check_number("one_cycle's div_factor", div_factor, low=0.0, low_open=True)
+        self.final_div_factor = check_number("one_cycle's final_div_factor", final_div_factor, low=0.0, low_open=True)
         self.cycle_momentum = bool(cycle_momentum)
-        self.base_momentum, self.max_momentum = float(base_momentum), float(max_momentum)
+        self.base_momentum = check_number("one_cycle's base_momentum", base_momentum, low=0.0, high=1.0)
+        self.max_momentum = check_number("one_cycle's max_momentum", max_momentum, low=0.0, high=1.0)
 
     @staticmethod
     def _anneal(start, end, pct):
@@ -144,10 +147,11 @@ class ReduceOnPlateau(Schedule):
 
     def __init__(self, monitor=None, factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
                  mode="min", cooldown=0, min_lr=0.0):
-        if not 0 < factor < 1:
-            raise ValueError(f"reduce_on_plateau needs 0 < factor < 1, got {factor!r}")
+        if not 0 < check_number("reduce_on_plateau's factor", factor) < 1:
+            raise InputError(f"reduce_on_plateau needs 0 < factor < 1, got {factor!r}")
+        check_number("reduce_on_plateau's min_lr", min_lr, low=0.0)
         if mode not in ("min", "max") or threshold_mode not in ("rel", "abs"):
-            raise ValueError("reduce_on_plateau: mode is 'min' or 'max', threshold_mode 'rel' or 'abs'")
+            raise InputError("reduce_on_plateau: mode is 'min' or 'max', threshold_mode 'rel' or 'abs'")
         self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
         self.threshold, self.threshold_mode, self.mode = float(threshold), threshold_mode, mode
         self.cooldown, self.min_lr = int(cooldown), float(min_lr)
@@ -169,7 +173,7 @@ class ReduceOnPlateau(Schedule):
     def observe(self, logs):
         key = self.monitor or ("val_loss" if "val_loss" in logs else "loss")
         if key not in logs:
-            raise ValueError(f"reduce_on_plateau monitors {key!r}, which the epoch logs lack "
+            raise InputError(f"reduce_on_plateau monitors {key!r}, which the epoch logs lack "
                              f"(they have {', '.join(sorted(logs))})")
         value = logs[key]
         if self._better(value):
@@ -200,13 +204,14 @@ def make_schedule(spec):
             name, options = spec
             options = dict(options)
         except (TypeError, ValueError):
-            raise TypeError(f"lr_schedule must be a name, a (name, options) pair or a Schedule, got {spec!r}") from None
+            raise InputTypeError(f"lr_schedule must be a name, a (name, options) pair or a Schedule, "
+                                 f"got {spec!r}") from None
     if name not in SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
+        raise InputError(f"unknown lr_schedule {name!r}; valid schedules: {', '.join(SCHEDULES)}")
     try:
         return SCHEDULES[name](**options)
     except TypeError as exc:
-        raise TypeError(f"bad options for lr_schedule {name!r}: {exc}") from None
+        raise InputTypeError(f"bad options for lr_schedule {name!r}: {exc}") from None
 
 
 def schedule_spec(schedule):

@@ -8,21 +8,8 @@ import zlib
 
 import numpy as np
 
-
-class SingleProcess:
-    rank, size = 0, 1
-
-    def allreduce_sum(self, buf):
-        return buf
-
-    def bcast(self, buf, root=0):
-        return buf
-
-    def allgather(self, value):
-        return [value]
-
-    def barrier(self):
-        pass
+from ..core.errors import InputError
+from ..engine.engine import SingleProcess
 
 
 class MPIComm:
@@ -62,7 +49,7 @@ def make_comm(spec):
     needed = ("rank", "size", "allreduce_sum", "bcast", "allgather", "barrier")
     if all(hasattr(spec, name) for name in needed):
         return spec
-    raise ValueError(f"comm must be None, 'mpi' or a communicator object with {', '.join(needed)}, got {spec!r}")
+    raise InputError(f"comm must be None, 'mpi' or a communicator object with {', '.join(needed)}, got {spec!r}")
 
 
 def checksum(array):

@@ -7,6 +7,8 @@ in the model file, so `fastbp predict` applies exactly what training used.
 """
 import numpy as np
 
+from ..core.errors import InputError
+
 MISSING = "<missing>"
 MEDIAN_SAMPLE = 10_000  # per-column reservoir for --impute median (approximate on larger files)
 
@@ -51,18 +53,18 @@ class Preprocessor:
         only every size-th chunk and the statistics are merged, identically on every rank.
         """
         if target not in source.columns:
-            raise ValueError(f"target column {target!r} is not in the data; columns are: {', '.join(source.columns)}")
+            raise InputError(f"target column {target!r} is not in the data; columns are: {', '.join(source.columns)}")
         features = [c for c in source.columns if c != target] if not features else list(features)
         missing = [c for c in features if c not in source.columns]
         if missing:
-            raise ValueError(f"feature column(s) {', '.join(map(repr, missing))} not in the data; "
+            raise InputError(f"feature column(s) {', '.join(map(repr, missing))} not in the data; "
                              f"columns are: {', '.join(source.columns)}")
         if target in features:
-            raise ValueError(f"the target column {target!r} is also listed as a feature")
+            raise InputError(f"the target column {target!r} is also listed as a feature")
         if not features:
-            raise ValueError("no feature columns: the data has only the target column")
+            raise InputError("no feature columns: the data has only the target column")
         if impute not in (None, "mean", "median"):
-            raise ValueError(f"impute must be 'mean' or 'median', got {impute!r}")
+            raise InputError(f"impute must be 'mean' or 'median', got {impute!r}")
         sharded = comm is not None and comm.size > 1 and getattr(source, "chunk_starts", None) is not None
         chunks = range(comm.rank, source.n_chunks, comm.size) if sharded else None
         stats = _scan(source, target, features, task, impute, max_categories, val_split,
@@ -74,19 +76,19 @@ class Preprocessor:
     @classmethod
     def _from_stats(cls, st, target, features, task, impute, val_max_rows):
         if st["n_rows"] == 0:
-            raise ValueError("the data has no training rows")
+            raise InputError("the data has no training rows")
         labels = st["labels"]
         if task is None:
             small = st["integral_target"] and len(labels) <= 50
             task = "classify" if st["text_target"] or small else "regress"
         if task not in ("classify", "regress"):
-            raise ValueError(f"task must be 'classify' or 'regress', got {task!r}")
+            raise InputError(f"task must be 'classify' or 'regress', got {task!r}")
         if task == "regress" and st["text_target"]:
-            raise ValueError(f"target column {target!r} holds text; regression needs numbers (use --task classify)")
+            raise InputError(f"target column {target!r} holds text; regression needs numbers (use --task classify)")
         if task == "classify" and len(labels) < 2:
-            raise ValueError(f"target column {target!r} has {len(labels)} distinct value(s); classification needs 2+")
+            raise InputError(f"target column {target!r} has {len(labels)} distinct value(s); classification needs 2+")
         if task == "classify" and len(labels) > 10_000:
-            raise ValueError(f"target column {target!r} has over 10000 distinct values; is it a regression target?")
+            raise InputError(f"target column {target!r} has over 10000 distinct values; is it a regression target?")
         categories = st["categories"]
         state = {"features": features, "target": target, "task": task, "impute": impute,
                  "categories": [sorted(categories[c]) if categories[c] is not None else None for c in features],
@@ -138,15 +140,15 @@ class Preprocessor:
         for c, cats, mean, scale, fill in zip(self.features, self.state["categories"], self.state["mean"],
                                               self.state["scale"], self.state["fill"]):
             if c not in chunk:
-                raise ValueError(f"column {c!r}, used in training, is not in the data")
+                raise InputError(f"column {c!r}, used in training, is not in the data")
             v = chunk[c]
             if cats is None:
                 if _is_text(v):
-                    raise ValueError(f"column {c!r} holds text but was numeric in training")
+                    raise InputError(f"column {c!r} holds text but was numeric in training")
                 nan = np.isnan(v)
                 if nan.any():
                     if self.state["impute"] is None:
-                        raise ValueError(f"column {c!r} has a missing value at row {start + np.flatnonzero(nan)[0]}; "
+                        raise InputError(f"column {c!r} has a missing value at row {start + np.flatnonzero(nan)[0]}; "
                                          "the model was trained without --impute")
                     v = np.where(nan, fill, v)
                 X[:, col] = (v - mean) / scale
@@ -160,16 +162,16 @@ class Preprocessor:
                     if j is not None:  # an unseen category becomes all zeros
                         X[i, col + j] = 1
                     elif x is None:
-                        raise ValueError(f"column {c!r} has a missing value at row {start + i}")
+                        raise InputError(f"column {c!r} has a missing value at row {start + i}")
                 col += len(cats)
         if not with_target:
             return X, None
         if self.target not in chunk:
-            raise ValueError(f"target column {self.target!r} is not in the data")
+            raise InputError(f"target column {self.target!r} is not in the data")
         y = chunk[self.target]
         if self.task == "regress":
             if _is_text(y) or np.isnan(y).any():
-                raise ValueError(f"target column {self.target!r} must be numeric with no missing values")
+                raise InputError(f"target column {self.target!r} must be numeric with no missing values")
             return X, y.astype(dtype)
         if self._numeric_classes is not None and not _is_text(y):
             known = self._numeric_classes
@@ -177,14 +179,14 @@ class Preprocessor:
             unseen = np.flatnonzero(known[index] != y)
             if unseen.size:
                 i = unseen[0]
-                raise ValueError(f"target value {self._label_key(y[i].item())!r} at row {start + i} was not seen in "
+                raise InputError(f"target value {self._label_key(y[i].item())!r} at row {start + i} was not seen in "
                                  f"training; known classes: {self.state['classes'][:20]}")
             return X, index.astype(dtype)
         codes = np.empty(n, dtype=dtype)
         for i, v in enumerate(y.tolist()):
             j = self._class_index.get(self._label_key(v))
             if j is None:
-                raise ValueError(f"target value {v!r} at row {start + i} was not seen in training; "
+                raise InputError(f"target value {v!r} at row {start + i} was not seen in training; "
                                  f"known classes: {self.state['classes'][:20]}")
             codes[i] = j
         return X, codes
@@ -220,7 +222,7 @@ def _scan(source, target, features, task, impute, max_categories, val_split, val
             bad = np.flatnonzero(np.isnan(y))
             numeric_target_integral &= bool(np.all(y[~np.isnan(y)] == np.round(y[~np.isnan(y)])))
         if bad.size:
-            raise ValueError(f"target column {target!r} has a missing value at row {rows[train][bad[0]]}; "
+            raise InputError(f"target column {target!r} has a missing value at row {rows[train][bad[0]]}; "
                              "drop those rows first")
         if task != "regress" and len(labels) <= 10_000:
             labels.update(y.tolist())
@@ -229,11 +231,11 @@ def _scan(source, target, features, task, impute, max_categories, val_split, val
             if _is_text(v):
                 if categories[c] is None:
                     if count[c]:
-                        raise ValueError(f"column {c!r} mixes numbers and text")
+                        raise InputError(f"column {c!r} mixes numbers and text")
                     categories[c] = set()
                 nulls = np.flatnonzero([x is None for x in v])
                 if nulls.size and impute is None:
-                    raise ValueError(f"column {c!r} has a missing value at row {rows[train][nulls[0]]}; "
+                    raise InputError(f"column {c!r} has a missing value at row {rows[train][nulls[0]]}; "
                                      "pass --impute mean|median (text columns get their own 'missing' "
                                      "category) or clean the data")
                 _refuse_numbers_in_text(c, v, rows[train])
@@ -241,10 +243,10 @@ def _scan(source, target, features, task, impute, max_categories, val_split, val
                 _check_category_count(c, categories[c], max_categories)
             else:
                 if categories[c] is not None:
-                    raise ValueError(f"column {c!r} mixes numbers and text")
+                    raise InputError(f"column {c!r} mixes numbers and text")
                 nan = np.isnan(v)
                 if nan.any() and impute is None:
-                    raise ValueError(f"column {c!r} has a missing value at row {rows[train][np.flatnonzero(nan)[0]]}"
+                    raise InputError(f"column {c!r} has a missing value at row {rows[train][np.flatnonzero(nan)[0]]}"
                                      "; pass --impute mean|median or clean the data")
                 ok = v[~nan]
                 count[c] += ok.size
@@ -272,7 +274,7 @@ def _merge(parts, features, max_categories, seed):
             merged[key][c] = sum(p[key][c] for p in parts)
         text = [p["categories"][c] for p in parts if p["categories"][c] is not None]
         if text and merged["count"][c]:
-            raise ValueError(f"column {c!r} mixes numbers and text")
+            raise InputError(f"column {c!r} mixes numbers and text")
         merged["categories"][c] = set().union(*text) if text else None
         if text:
             _check_category_count(c, merged["categories"][c], max_categories)
@@ -290,7 +292,7 @@ def _merge(parts, features, max_categories, seed):
 
 def _check_category_count(column, categories, max_categories):
     if len(categories) > max_categories:
-        raise ValueError(f"column {column!r} has more than {max_categories} distinct values; it looks "
+        raise InputError(f"column {column!r} has more than {max_categories} distinct values; it looks "
                          "like an identifier: drop it, or raise --max-categories")
 
 def _refuse_numbers_in_text(column, values, rows):
@@ -299,7 +301,7 @@ def _refuse_numbers_in_text(column, values, rows):
     present = np.array([x is not None for x in values], dtype=bool)
     if numeric.any() and (present & ~numeric).any() and numeric.sum() >= (present & ~numeric).sum():
         i = np.flatnonzero(present & ~numeric)[0]
-        raise ValueError(f"column {column!r} holds numbers but row {rows[i]} has the non-numeric value "
+        raise InputError(f"column {column!r} holds numbers but row {rows[i]} has the non-numeric value "
                          f"{values[i]!r}; fix or remove that cell")
 
 

@@ -14,11 +14,19 @@ import os
 
 import numpy as np
 
+from ..core.errors import InputError
+
 DEFAULT_CHUNK_ROWS = 65536
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A data file that is missing, unreadable, truncated or not in a supported format."""
+
+
+def _arrow_errors():
+    """What pyarrow raises for files it cannot read (not MemoryError, not bugs)."""
+    import pyarrow as pa
+    return pa.ArrowException, OSError, ValueError, EOFError
 
 
 def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS):
@@ -173,7 +181,7 @@ class ParquetSource:
         self.path = path
         try:
             self.file = pq.ParquetFile(path, pre_buffer=False)
-        except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for empty or truncated files
+        except _arrow_errors() as exc:  # empty or truncated files
             raise SourceError(f"{path!r} is not a readable Parquet file ({exc})") from None
         self.columns = list(self.file.schema_arrow.names)
         self.n_rows = self.file.metadata.num_rows
@@ -185,7 +193,7 @@ class ParquetSource:
         for k in (range(self.n_chunks) if order is None else order):
             try:
                 table = self.file.read_row_group(int(k), columns=list(columns))
-            except Exception as exc:
+            except _arrow_errors() as exc:
                 raise SourceError(f"{self.path!r}: row group {k} cannot be read ({exc})") from None
             yield int(self.chunk_starts[k]), _arrow_columns(table, columns)
 
@@ -209,7 +217,7 @@ class CsvSource:
         try:
             with self._open() as reader:
                 self.columns = list(reader.schema.names)
-        except Exception as exc:
+        except _arrow_errors() as exc:
             raise SourceError(f"{path!r} is not a readable CSV file ({exc})") from None
         self.n_rows = None
 
@@ -230,5 +238,5 @@ class CsvSource:
                     start += batch.num_rows
         except SourceError:
             raise
-        except Exception as exc:  # ragged rows, bad encodings, a type that changes mid-file
+        except _arrow_errors() as exc:  # ragged rows, bad encodings, a type that changes mid-file
             raise SourceError(f"{self.path!r}: cannot parse the CSV after row {start} ({exc})") from None

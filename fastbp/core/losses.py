@@ -9,6 +9,7 @@ import numpy as np
 
 from .activations import sigmoid
 from .config import jit
+from .errors import InputError
 
 MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MAE, HUBER, SKLEARN_SQUARED = range(6)
 # scikit-learn's squared loss (fastbp.sklearn only): reports mean(r**2)/2 over outputs but
@@ -26,7 +27,7 @@ CLASSIFICATION_LOSSES = {"cross_entropy", "binary_cross_entropy"}
 
 def loss_code(name):
     if not isinstance(name, str) or name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
+        raise InputError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
     return LOSSES[name]
 
 

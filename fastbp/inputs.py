@@ -1,34 +1,13 @@
-"""Validation at the boundary: user arrays in, contiguous arrays of the model dtype out.
+"""Validation of user arrays at the boundary: user arrays in, contiguous arrays of the model dtype out.
 
 Every check raises ValueError or TypeError with a message that names the
 problem and the fix; compiled code only ever sees arrays it can handle.
 Inputs are never modified: conversions copy when they must, and only then.
 """
-import operator
-
 import numpy as np
 
-DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-def check_int(name, value, minimum, hint=""):
-    """An int >= minimum (bools and floats refused: they are usually mistakes)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}{hint}, got {value}")
-    return int(value)
-
-
-def check_dtype(dtype):
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return name
+from .core.checks import DTYPES
+from .core.errors import InputError, InputTypeError
 
 
 def _numeric_array(a, what):
@@ -37,20 +16,20 @@ def _numeric_array(a, what):
     else:
         try:
             arr = np.asarray(a)
-        except Exception as exc:  # ragged lists and the like
-            raise ValueError(f"{what} could not be turned into an array: {exc}") from None
+        except (ValueError, TypeError) as exc:  # ragged lists and the like
+            raise InputError(f"{what} could not be turned into an array: {exc}") from None
     kind = arr.dtype.kind
     if kind == "c":
-        raise TypeError(f"{what} is complex ({arr.dtype}); pass real numbers (e.g. the real part or magnitude)")
+        raise InputTypeError(f"{what} is complex ({arr.dtype}); pass real numbers (e.g. the real part or magnitude)")
     if kind in "USV":
-        raise TypeError(f"{what} holds strings/bytes ({arr.dtype}); encode them as numbers first")
+        raise InputTypeError(f"{what} holds strings/bytes ({arr.dtype}); encode them as numbers first")
     if kind in "mM":
-        raise TypeError(f"{what} holds dates/times ({arr.dtype}); convert them to numbers first")
+        raise InputTypeError(f"{what} holds dates/times ({arr.dtype}); convert them to numbers first")
     if kind == "O":
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError):
-            raise TypeError(f"{what} has dtype object with non-numeric entries; pass a numeric array") from None
+            raise InputTypeError(f"{what} has dtype object with non-numeric entries; pass a numeric array") from None
     return arr
 
 
@@ -60,13 +39,13 @@ def check_X(X, dtype, n_features=None):
     if arr.ndim != 2:
         hint = (" Reshape with X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample."
                 if arr.ndim == 1 else "")
-        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {arr.shape}.{hint}")
+        raise InputError(f"X must be 2-D (n_samples, n_features), got shape {arr.shape}.{hint}")
     if arr.shape[0] == 0:
-        raise ValueError(f"X is empty: it has 0 samples (shape {arr.shape}); pass at least one row")
+        raise InputError(f"X is empty: it has 0 samples (shape {arr.shape}); pass at least one row")
     if arr.shape[1] == 0:
-        raise ValueError(f"X has 0 features (shape {arr.shape}); pass at least one column")
+        raise InputError(f"X has 0 features (shape {arr.shape}); pass at least one column")
     if n_features is not None and arr.shape[1] != n_features:
-        raise ValueError(f"X has {arr.shape[1]} features but the model expects {n_features} "
+        raise InputError(f"X has {arr.shape[1]} features but the model expects {n_features} "
                          f"(layer_sizes[0]); pass the same columns as at training")
     out = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
     _check_finite(out, "X")
@@ -77,7 +56,7 @@ def _check_finite(arr, what):
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = f"row {bad[0]}" + (f", column {bad[1]}" if arr.ndim > 1 else "")
-        raise ValueError(f"{what} contains NaN or infinity (first at {where}, value {arr[tuple(bad)]}); "
+        raise InputError(f"{what} contains NaN or infinity (first at {where}, value {arr[tuple(bad)]}); "
                          "impute or drop those entries first")
 
 
@@ -90,34 +69,34 @@ def check_targets(y, loss, n_out, n_samples, dtype):
     """
     arr = _numeric_array(y, "y")
     if arr.ndim == 0:
-        raise ValueError("y must be an array with one entry per sample, got a scalar")
+        raise InputError("y must be an array with one entry per sample, got a scalar")
     if arr.shape[0] != n_samples:
-        raise ValueError(f"y has {arr.shape[0]} entries but X has {n_samples} samples; they must match")
+        raise InputError(f"y has {arr.shape[0]} entries but X has {n_samples} samples; they must match")
     if loss == "cross_entropy":
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
         if arr.ndim != 1:
-            raise ValueError(f"cross_entropy needs y as class labels of shape (n_samples,), got shape {arr.shape}; "
+            raise InputError(f"cross_entropy needs y as class labels of shape (n_samples,), got shape {arr.shape}; "
                              "for one-hot targets pass y.argmax(axis=1)")
         labels = arr.astype(np.float64)
         _check_finite(labels, "y")
         if not np.array_equal(labels, np.round(labels)):
-            raise ValueError("cross_entropy needs integer class labels 0..K-1, but y has non-integer values; "
+            raise InputError("cross_entropy needs integer class labels 0..K-1, but y has non-integer values; "
                              "encode labels with e.g. numpy.unique(y, return_inverse=True)")
         lo, hi = labels.min(), labels.max()
         if lo < 0 or hi > n_out - 1:
-            raise ValueError(f"cross_entropy labels must lie in 0..{n_out - 1} (the model has {n_out} outputs), "
+            raise InputError(f"cross_entropy labels must lie in 0..{n_out - 1} (the model has {n_out} outputs), "
                              f"but y ranges over {lo:g}..{hi:g}; remap the labels or change layer_sizes[-1]")
         return np.ascontiguousarray(labels.reshape(-1, 1), dtype=DTYPES[dtype])
     if arr.ndim == 1:
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2 or arr.shape[1] != n_out:
-        raise ValueError(f"{loss} needs y of shape ({n_samples},{' ' + str(n_out) if n_out > 1 else ''}) "
+        raise InputError(f"{loss} needs y of shape ({n_samples},{' ' + str(n_out) if n_out > 1 else ''}) "
                          f"to match the model's {n_out} output(s), got shape {np.shape(y)}")
     out = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
     _check_finite(out, "y")
     if loss == "binary_cross_entropy" and (out.min() < 0 or out.max() > 1):
-        raise ValueError(f"binary_cross_entropy targets must lie in [0, 1], but y ranges over "
+        raise InputError(f"binary_cross_entropy targets must lie in [0, 1], but y ranges over "
                          f"{out.min():g}..{out.max():g}; use 0/1 labels or probabilities")
     return out
 
@@ -128,43 +107,43 @@ def check_sample_weight(sample_weight, n_samples):
         return None
     w = _numeric_array(sample_weight, "sample_weight")
     if w.ndim != 1 or w.shape[0] != n_samples:
-        raise ValueError(f"sample_weight must have shape ({n_samples},) (one weight per row), got {w.shape}")
+        raise InputError(f"sample_weight must have shape ({n_samples},) (one weight per row), got {w.shape}")
     w = w.astype(np.float64)
     _check_finite(w, "sample_weight")
     if (w < 0).any():
-        raise ValueError("sample_weight has negative entries; weights must be >= 0")
+        raise InputError("sample_weight has negative entries; weights must be >= 0")
     return w
 
 
 def class_weights_per_sample(class_weight, Y, loss):
     """Each row's class weight: {label: weight} or "balanced" = n_samples / (n_classes * count(label))."""
     if loss == "binary_cross_entropy" and Y.shape[1] != 1:
-        raise ValueError("class_weight works with one target column; for multilabel targets pass sample_weight")
+        raise InputError("class_weight works with one target column; for multilabel targets pass sample_weight")
     labels = Y[:, 0]
     if loss == "binary_cross_entropy" and not np.isin(labels, (0, 1)).all():
-        raise ValueError("class_weight needs 0/1 targets for binary_cross_entropy, not probabilities")
+        raise InputError("class_weight needs 0/1 targets for binary_cross_entropy, not probabilities")
     labels = labels.astype(np.int64)
     present, counts = np.unique(labels, return_counts=True)
     if isinstance(class_weight, str):
         if class_weight != "balanced":
-            raise ValueError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
+            raise InputError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
         table = dict(zip(present.tolist(), (len(labels) / (len(present) * counts)).tolist()))
     elif isinstance(class_weight, dict):
         table = {}
         for label, weight in class_weight.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
                     or not np.isfinite(weight) or weight < 0:
-                raise ValueError(f"class_weight[{label!r}] must be a finite number >= 0, got {weight!r}")
+                raise InputError(f"class_weight[{label!r}] must be a finite number >= 0, got {weight!r}")
             table[int(label)] = float(weight)
     else:
-        raise TypeError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
+        raise InputTypeError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
     return np.array([table.get(label, 1.0) for label in range(int(labels.max()) + 1)])[labels]
 
 
 def validation_indices(n_samples, fraction, labels, seed):
     """(train, validation) row indices; stratified by `labels` when given (None: a plain random split)."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ValueError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
+        raise InputError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
     rng = np.random.default_rng(seed)
     if labels is None:
         groups = [rng.permutation(n_samples)]
@@ -172,8 +151,26 @@ def validation_indices(n_samples, fraction, labels, seed):
         groups = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
     val = np.concatenate([g[:int(round(fraction * len(g)))] for g in groups])
     if len(val) == 0 or len(val) == n_samples:
-        raise ValueError(f"validation_split={fraction} leaves {len(val)} of {n_samples} rows for validation; "
+        raise InputError(f"validation_split={fraction} leaves {len(val)} of {n_samples} rows for validation; "
                          "it needs at least one row on each side")
     mask = np.zeros(n_samples, dtype=bool)
     mask[val] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def row_weights(w, dtype):
+    """Per-row weights for the kernels: an empty array when there are none, else scaled by a power of
+    two so the largest is about 1 (batch losses are ratios sum(w l) / sum(w), so the scale changes no
+    bit of training, but weights like 1e308 or 1e-45 would overflow or flush to zero in float32)."""
+    if w is None:
+        return np.empty(0, dtype=dtype)
+    top = float(w.max()) if w.size else 0.0
+    if not top > 0:
+        raise InputError("sample weights sum to zero: at least one row needs a positive weight")
+    scaled = w * 2.0 ** -np.frexp(top)[1]
+    lightest = float(w[w > 0].min())
+    if lightest / top < np.finfo(dtype).tiny * 2:
+        raise InputError(f"sample weights span too wide a range for {np.dtype(dtype).name}: the smallest positive "
+                         f"weight ({lightest:g}) is {lightest / top:.1e} of the largest ({top:g}), so it would "
+                         "count as 0. Drop those rows, clip the weights, or train with dtype='float64'")
+    return np.ascontiguousarray(scaled, dtype=dtype)

@@ -27,14 +27,11 @@ layer (acts: layer l, l = 0 the input and l = L the logits, is a row-major
 at the same offsets (zs, empty when no layer uses gelu), and the deltas of
 every layer's outputs at the same offsets (deltas; the input block is unused).
 
-Types are fixed per dtype (sizes, offsets and codes are int64 arrays, scalars
-are int64 or the model dtype), so each kernel compiles once per dtype whatever
-the layer count or batch size. Options that are off cost nothing measurable:
-sample weights are an empty array, dropout a vector of zeros, clipping 0.
-
-A model's fixed description travels as the arguments sizes, w_offsets,
-act_codes (hidden activations, identity last), loss_code and loss_param
-(huber's delta).
+Kernels take the typed bundles of fastbp.core.bundles (Net, Regularization,
+Optimizer, Workspace, Batch), outputs first, so each compiles once per dtype
+whatever the layer count or batch size. Options that are off cost nothing
+measurable: sample weights are an empty array, dropout a vector of zeros,
+clipping 0.
 """
 import math
 
@@ -43,6 +40,7 @@ from numba import prange
 
 from .activations import GELU, bias_activate, gelu_bias_activate, scale_by_derivative
 from .blas import gemm
+from .bundles import Batch, Hyper, Net, Optimizer, Regularization, Workspace
 from .config import jit
 from .dropout import apply_mask, mask_delta, row_key
 from .fpmode import flush_denormals, restore_fp_mode
@@ -92,8 +90,7 @@ def _gather_rows(X, order, start, row0, rows, acts):
 
 
 @jit
-def _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, row0, rows, dropout, seed,
-                  t):
+def _forward_rows(params, net, ws, dropout, dropout_seed, t, order, start, row0, rows):
     """Forward pass of workspace rows [row0, row0+rows) through every layer: a = f(a_in @ W + b).
 
     dropout[l] > 0 drops units of hidden layer l (training only; predict passes zeros). Masks are
@@ -102,15 +99,18 @@ def _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order
     """
     one = params.dtype.type(1.0)
     zero = params.dtype.type(0.0)
+    sizes = net.sizes
+    acts = ws.acts
+    zs = ws.zs
     n_layers = sizes.size - 1
     for l in range(n_layers):
         n_in = sizes[l]
         n_out = sizes[l + 1]
-        off_in = _offset(sizes, capacity, l) + row0 * n_in
-        off_out = _offset(sizes, capacity, l + 1) + row0 * n_out
-        w0 = w_offsets[l]
+        off_in = _offset(sizes, ws.capacity, l) + row0 * n_in
+        off_out = _offset(sizes, ws.capacity, l + 1) + row0 * n_out
+        w0 = net.w_offsets[l]
         b = params[w0 + n_in * n_out:w0 + n_in * n_out + n_out]
-        code = act_codes[l]
+        code = net.act_codes[l]
         z = zs if code == GELU else acts
         gemm(False, False, rows, n_out, n_in, one, acts, off_in, n_in, params, w0, n_out, zero, z, off_out, n_out)
         p = dropout[l]
@@ -121,80 +121,83 @@ def _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order
             else:
                 bias_activate(acts[r:r + n_out], b, code)
             if p > 0:
-                apply_mask(acts[r:r + n_out], p, row_key(seed, t, l, order[start + row0 + i]))
+                apply_mask(acts[r:r + n_out], p, row_key(dropout_seed, t, l, order[start + row0 + i]))
 
 
 @jit
-def _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas, capacity,
-                   Y, weights, order, start, row0, rows, scale, dropout, seed, t):
+def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale):
     """Output delta and the deltas of every hidden layer for rows [row0, row0+rows); returns their loss sum.
 
     With sample weights, row i's loss and delta count weights[i] times.
     """
     one = params.dtype.type(1.0)
     zero = params.dtype.type(0.0)
+    sizes = net.sizes
+    acts = ws.acts
+    deltas = ws.deltas
+    order = batch.order
+    weights = batch.weights
+    huber_delta = params.dtype.type(net.huber_delta)
     n_layers = sizes.size - 1
     n_out = sizes[n_layers]
-    off = _offset(sizes, capacity, n_layers) + row0 * n_out
+    off = _offset(sizes, ws.capacity, n_layers) + row0 * n_out
     loss = 0.0
     for i in range(rows):
         r = off + i * n_out
         src = order[start + row0 + i]
         w = weights[src] if weights.size else one
-        loss += w * row_loss_and_delta(loss_code, loss_param, acts[r:r + n_out], Y[src], deltas[r:r + n_out],
-                                       scale * w)
+        loss += w * row_loss_and_delta(net.loss_code, huber_delta, acts[r:r + n_out], batch.Y[src],
+                                       deltas[r:r + n_out], scale * w)
     for l in range(n_layers - 1, 0, -1):  # the input layer needs no delta
         n_in = sizes[l]
         n_out = sizes[l + 1]
-        d_off = _offset(sizes, capacity, l + 1) + row0 * n_out
-        din_off = _offset(sizes, capacity, l) + row0 * n_in
+        d_off = _offset(sizes, ws.capacity, l + 1) + row0 * n_out
+        din_off = _offset(sizes, ws.capacity, l) + row0 * n_in
         # d_in = (d @ W^T) * f'(a_in)
-        gemm(False, True, rows, n_in, n_out, one, deltas, d_off, n_out, params, w_offsets[l], n_out,
+        gemm(False, True, rows, n_in, n_out, one, deltas, d_off, n_out, params, net.w_offsets[l], n_out,
              zero, deltas, din_off, n_in)
-        code = act_codes[l - 1]
-        p = dropout[l - 1]
+        code = net.act_codes[l - 1]
+        p = reg.dropout[l - 1]
         keep = one - p
         for i in range(rows):
             r = din_off + i * n_in
             if p > 0:
-                mask_delta(deltas[r:r + n_in], p, row_key(seed, t, l - 1, order[start + row0 + i]))
-            scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], zs[r:r + n_in], code, keep)
+                mask_delta(deltas[r:r + n_in], p, row_key(reg.dropout_seed, t, l - 1, order[start + row0 + i]))
+            scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], ws.zs[r:r + n_in], code, keep)
     return loss
 
 
 @jit
-def _forward_backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas, capacity,
-                           X, Y, weights, order, start, row0, rows, scale, dropout, seed, t):
+def _forward_backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale):
     """Rows order[start+row0 : start+row0+rows]: gathered, forward, output delta and hidden deltas; their loss sum."""
-    _gather_rows(X, order, start, row0, rows, acts)
-    _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, row0, rows, dropout, seed, t)
-    return _backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas, capacity,
-                          Y, weights, order, start, row0, rows, scale, dropout, seed, t)
+    _gather_rows(batch.X, batch.order, start, row0, rows, ws.acts)
+    _forward_rows(params, net, ws, reg.dropout, reg.dropout_seed, t, batch.order, start, row0, rows)
+    return _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale)
 
 
 @jit
-def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, row0, rows, part, n_parts, beta,
-                      weight_l2, opt_code, state, t, hyper, update):
+def _weight_gradients(grad, params, net, ws, opt, row0, rows, part, n_parts, beta, weight_l2, update):
     """This part's slice of every layer's dW rows and db entries, over workspace rows [row0, row0+rows).
 
     beta = 0 overwrites the gradient; beta = 1 adds to it (accumulating over blocks).
-    weight_l2 > 0 adds weight_l2 * W to dW (scikit-learn's alpha term: weights only, per
+    weight_l2 > 0 adds weight_l2 * W to dW (scikit-learn's penalty: weights only, per
     batch); the slice's sum of W**2 before the step is returned for the loss.
-    With `update`, each slice is also stepped (step t) by the optimizer right away, while it is in cache.
+    With `update`, each slice is also stepped by the optimizer right away, while it is in cache.
     """
     one = grad.dtype.type(1.0)
     squares = 0.0
+    sizes = net.sizes
     n_layers = sizes.size - 1
     for l in range(n_layers):
         n_in = sizes[l]
         n_out = sizes[l + 1]
-        off_in = _offset(sizes, capacity, l) + row0 * n_in
-        d_off = _offset(sizes, capacity, l + 1) + row0 * n_out
-        w0 = w_offsets[l]
+        off_in = _offset(sizes, ws.capacity, l) + row0 * n_in
+        d_off = _offset(sizes, ws.capacity, l + 1) + row0 * n_out
+        w0 = net.w_offsets[l]
         k0, k1 = _split(n_in, part, n_parts)
         # dW[k0:k1] = a_in[:, k0:k1]^T @ d
         if k1 > k0:
-            gemm(True, False, k1 - k0, n_out, rows, one, acts, off_in + k0, n_in, deltas, d_off, n_out,
+            gemm(True, False, k1 - k0, n_out, rows, one, ws.acts, off_in + k0, n_in, ws.deltas, d_off, n_out,
                  beta, grad, w0 + k0 * n_out, n_out)
             if weight_l2 > 0:
                 w = params[w0 + k0 * n_out:w0 + k1 * n_out]
@@ -203,52 +206,61 @@ def _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, ro
                     dw[i] += weight_l2 * w[i]
                     squares += float(w[i]) * float(w[i])
             if update:
-                update_range(opt_code, params, grad, state, t, hyper, one, w0 + k0 * n_out, w0 + k1 * n_out)
+                update_range(opt, params, grad, one, w0 + k0 * n_out, w0 + k1 * n_out)
         c0, c1 = _split(n_out, part, n_parts)
         db = grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1]
         if beta == 0:
             db[:] = 0
         for i in range(rows):
             r = d_off + i * n_out
-            d_row = deltas[r + c0:r + c1]
+            d_row = ws.deltas[r + c0:r + c1]
             for j in range(c1 - c0):
                 db[j] += d_row[j]
         if update:
-            update_range(opt_code, params, grad, state, t, hyper, one, w0 + n_in * n_out + c0,
-                         w0 + n_in * n_out + c1)
+            update_range(opt, params, grad, one, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
     return squares
 
 
 @jit(parallel=True)
-def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas, capacity,
-                   X, Y, weights, order, start, rows, scale, n_parts, beta, dropout, seed, alpha,
-                   opt_code, state, t, hyper, update):
-    """Gradient of scale * (loss sum of rows order[start:start+rows]) into grad (times beta plus it).
+def batch_gradient(params, net, ws, reg, opt, batch, start, rows, scale, n_parts, beta, update):
+    """Gradient of scale * (loss sum of rows batch.order[start:start+rows]) into ws.grad (times beta plus it).
 
-    t is the step number (it also keys the dropout masks). alpha > 0 adds scikit-learn's
-    penalty alpha/2 * sum(W**2) (weights only) to the loss sum. With `update` the
-    optimizer takes step t from that gradient (fused, block by block), unless the loss
-    is not finite. Returns the loss sum of those rows (plus the penalty).
-    Region 1 splits rows; region 2 sums per-thread slabs or splits the weights (module notes).
+    The step taken is opt.step[0] + 1 (it also keys the dropout masks). reg.weight_penalty > 0 adds
+    scikit-learn's penalty weight_penalty/2 * sum(W**2) (weights only) to the loss sum. With
+    `update` the optimizer takes that step from the gradient (fused, block by block), unless the
+    loss is not finite; the caller advances opt.step. Returns the loss sum of those rows (plus the
+    penalty). Region 1 splits rows; region 2 sums per-thread slabs or splits the weights (module notes).
     """
+    grad = ws.grad
     P = grad.size
-    slabs_path = beta == 0 and uses_slabs(P, sizes, rows, n_parts)
+    t = opt.step[0] + 1
+    slabs_path = beta == 0 and uses_slabs(P, net.sizes, rows, n_parts)
     slabs = np.empty((n_parts - 1) * P if slabs_path else 0, dtype=grad.dtype)
     zero = grad.dtype.type(0.0)
     part_loss = np.zeros(n_parts)
+    # a parallel loop body can only capture arrays and scalars: unpack the bundles here, rebuild them inside
+    sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements = net
+    acts, zs, deltas, _, capacity = ws
+    dropout, dropout_seed, weight_penalty, clip_norm = reg
+    code, step, mb, ea, eas, meas, ga = opt.code, opt.step, opt.momentum_buffer, opt.exp_avg, opt.exp_avg_sq, \
+        opt.max_exp_avg_sq, opt.grad_avg
+    lr, mom, nest, wd, b1, b2, eps, ams, sq, cen, l1 = opt.hyper
+    X, Y, weights, order = batch
     for part in prange(n_parts):
         fp_mode = flush_denormals()
+        net = Net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements)
+        ws = Workspace(acts, zs, deltas, grad, capacity)
+        reg = Regularization(dropout, dropout_seed, weight_penalty, clip_norm)
+        opt = Optimizer(code, step, Hyper(lr, mom, nest, wd, b1, b2, eps, ams, sq, cen, l1), mb, ea, eas, meas, ga)
+        batch = Batch(X, Y, weights, order)
         r0 = (part * rows) // n_parts
         r1 = ((part + 1) * rows) // n_parts
         if r1 > r0:
-            part_loss[part] = _forward_backward_rows(params, sizes, w_offsets, act_codes, loss_code, loss_param, acts,
-                                                     zs, deltas, capacity, X, Y, weights, order, start, r0, r1 - r0,
-                                                     scale, dropout, seed, t)
+            part_loss[part] = _forward_backward_rows(params, net, ws, reg, t, batch, start, r0, r1 - r0, scale)
         if slabs_path:  # this thread's rows' whole gradient: thread 0 into grad, the others into a slab
             target = grad if part == 0 else slabs[(part - 1) * P:part * P]
             if r1 > r0:
-                _weight_gradients(params, target, sizes, w_offsets, acts, deltas, capacity, r0, r1 - r0, 0, 1,
-                                  zero, 0.0, opt_code, state, t, hyper, False)
+                _weight_gradients(target, params, net, ws, opt, r0, r1 - r0, 0, 1, zero, 0.0, False)
             else:
                 target[:] = 0
         restore_fp_mode(fp_mode)
@@ -257,26 +269,28 @@ def batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_pa
         loss += part_loss[part]
     if not math.isfinite(loss):
         return loss
+    penalty = weight_penalty * scale
     squares = np.zeros(n_parts)
     for part in prange(n_parts):
         fp_mode = flush_denormals()
+        net = Net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements)
+        ws = Workspace(acts, zs, deltas, grad, capacity)
+        opt = Optimizer(code, step, Hyper(lr, mom, nest, wd, b1, b2, eps, ams, sq, cen, l1), mb, ea, eas, meas, ga)
         if slabs_path:
             lo, hi = _split(P, part, n_parts)
-            squares[part] = _sum_slabs_and_step(params, grad, slabs, sizes, w_offsets, alpha * scale, opt_code,
-                                                state, t, hyper, update, lo, hi)
+            squares[part] = _sum_slabs_and_step(grad, params, slabs, net, opt, penalty, update, lo, hi)
         else:
-            squares[part] = _weight_gradients(params, grad, sizes, w_offsets, acts, deltas, capacity, 0, rows, part,
-                                              n_parts, beta, alpha * scale, opt_code, state, t, hyper, update)
+            squares[part] = _weight_gradients(grad, params, net, ws, opt, 0, rows, part, n_parts, beta, penalty,
+                                              update)
         restore_fp_mode(fp_mode)
-    if alpha > 0:
+    if weight_penalty > 0:
         for part in range(n_parts):
-            loss += 0.5 * alpha * squares[part]
+            loss += 0.5 * weight_penalty * squares[part]
     return loss
 
 
 @jit
-def _sum_slabs_and_step(params, grad, slabs, sizes, w_offsets, weight_l2, opt_code, state, t, hyper, update, lo,
-                        hi):
+def _sum_slabs_and_step(grad, params, slabs, net, opt, weight_l2, update, lo, hi):
     """grad[lo:hi] += every slab's [lo:hi], plus the weight penalty, then the optimizer step on that range,
     block by block while each block is in L1; returns the range's sum(W**2) when weight_l2 > 0."""
     P = grad.size
@@ -289,18 +303,19 @@ def _sum_slabs_and_step(params, grad, slabs, sizes, w_offsets, weight_l2, opt_co
             for i in range(b1 - b0):
                 g[i] += slab[i]
         if weight_l2 > 0:
-            squares += _add_weight_penalty(params, grad, sizes, w_offsets, weight_l2, b0, b1)
+            squares += _add_weight_penalty(grad, params, net, weight_l2, b0, b1)
         if update:
-            update_range(opt_code, params, grad, state, t, hyper, grad.dtype.type(1.0), b0, b1)
+            update_range(opt, params, grad, grad.dtype.type(1.0), b0, b1)
     return squares
 
 
 @jit
-def _add_weight_penalty(params, grad, sizes, w_offsets, weight_l2, lo, hi):
+def _add_weight_penalty(grad, params, net, weight_l2, lo, hi):
     """grad_W += weight_l2 * W for the weights (not biases) within [lo, hi); returns their sum(W**2)."""
     squares = 0.0
+    sizes = net.sizes
     for l in range(sizes.size - 1):
-        w0 = w_offsets[l]
+        w0 = net.w_offsets[l]
         for i in range(max(lo, w0), min(hi, w0 + sizes[l] * sizes[l + 1])):
             grad[i] += weight_l2 * params[i]
             squares += float(params[i]) * float(params[i])
@@ -316,20 +331,21 @@ def _norm(v):
 
 
 @jit
-def train_epoch(params, grad, state, step, hyper, opt_code, clip_norm, sizes, w_offsets, act_codes, loss_code,
-                loss_param, loss_elements, acts, zs, deltas, X, Y, weights, order, batch_size, n_parts,
-                dropout, seed, alpha):
-    """One epoch of mini-batch training over rows in `order`, updating params in place.
+def train_epoch(params, net, ws, reg, opt, batch, batch_size, n_parts):
+    """One epoch of mini-batch training over the rows in batch.order, updating params and opt in place.
 
-    Each batch's loss is a mean (weighted by `weights` when given: sum w_i loss_i / sum w_i).
-    clip_norm > 0 rescales each batch gradient to at most that global L2 norm first
+    Each batch's loss is a mean (weighted by batch.weights when given: sum w_i loss_i / sum w_i).
+    reg.clip_norm > 0 rescales each batch gradient to at most that global L2 norm first
     (torch.nn.utils.clip_grad_norm_). Returns (the epoch's weighted mean loss, the mean
     of the batch losses weighted by their row counts, as scikit-learn reports it); both
     are NaN as soon as a batch's loss is not finite (that batch's update is not applied).
+    batch_size must not exceed ws.capacity.
     """
+    order = batch.order
+    weights = batch.weights
     n = order.size
-    one = params.dtype.type(1.0)
     zero = params.dtype.type(0.0)
+    clip = reg.clip_norm > 0
     total = 0.0
     total_weight = 0.0
     by_rows = 0.0
@@ -342,69 +358,69 @@ def train_epoch(params, grad, state, step, hyper, opt_code, clip_norm, sizes, w_
                 batch_weight += weights[order[i]]
             if batch_weight <= 0:
                 continue  # nothing to learn from an all-zero-weight batch
-        scale = one / params.dtype.type(batch_weight * loss_elements)
-        t = step[0] + 1
-        batch_loss = batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs,
-                                    deltas, batch_size, X, Y, weights, order, start, m, scale, min(n_parts, m),
-                                    zero, dropout, seed, alpha, opt_code, state, t, hyper, clip_norm <= 0)
+        scale = params.dtype.type(1.0) / params.dtype.type(batch_weight * net.loss_elements)
+        batch_loss = batch_gradient(params, net, ws, reg, opt, batch, start, m, scale, min(n_parts, m), zero,
+                                    not clip)
         if not math.isfinite(batch_loss):
             return np.nan, np.nan
-        if clip_norm > 0:
-            norm = _norm(grad)
-            coef = min(1.0, clip_norm / (norm + 1e-6))
-            update_all(opt_code, params, grad, state, t, hyper, params.dtype.type(coef))
-        step[0] = t
+        if clip:
+            norm = _norm(ws.grad)
+            coef = min(1.0, reg.clip_norm / (norm + 1e-6))
+            update_all(opt, params, ws.grad, params.dtype.type(coef))
+        opt.step[0] += 1
         total += batch_loss
         total_weight += batch_weight
         by_rows += batch_loss / batch_weight * m
     if total_weight == 0:
         return 0.0, 0.0
-    return total / (total_weight * loss_elements), by_rows / (n * loss_elements)
+    return total / (total_weight * net.loss_elements), by_rows / (n * net.loss_elements)
 
 
 @jit
-def loss_and_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, loss_elements,
-                      acts, zs, deltas, capacity, X, Y, weights, n_parts):
-    """Mean (or weighted mean) loss over all rows of X and its gradient (into `grad`), `capacity` rows at a time."""
+def loss_and_gradient(params, net, ws, reg, opt, X, Y, weights, n_parts):
+    """Mean (or weighted mean) loss over all rows of X and its gradient (into ws.grad), ws.capacity rows
+    at a time. reg should carry no dropout or penalty, opt is not stepped (only its step keys nothing)."""
     n = X.shape[0]
-    order = np.arange(n)
+    batch = Batch(X, Y, weights, np.arange(n))
     total_weight = float(n)
     if weights.size:
         total_weight = 0.0
         for i in range(n):
             total_weight += weights[i]
-    scale = params.dtype.type(1.0) / params.dtype.type(total_weight * loss_elements)
-    no_state = np.empty((0, 0), dtype=params.dtype)
-    no_hyper = np.empty(0, dtype=params.dtype)
-    no_dropout = np.zeros(sizes.size - 1, dtype=params.dtype)
+    scale = params.dtype.type(1.0) / params.dtype.type(total_weight * net.loss_elements)
     total = 0.0
-    for start in range(0, n, capacity):
-        rows = min(capacity, n - start)
+    for start in range(0, n, ws.capacity):
+        rows = min(ws.capacity, n - start)
         beta = params.dtype.type(0.0 if start == 0 else 1.0)
-        total += batch_gradient(params, grad, sizes, w_offsets, act_codes, loss_code, loss_param, acts, zs, deltas,
-                                capacity, X, Y, weights, order, start, rows, scale, min(n_parts, rows), beta,
-                                no_dropout, 0, params.dtype.type(0.0), 0, no_state, 0, no_hyper, False)
-    return total / (total_weight * loss_elements)
+        total += batch_gradient(params, net, ws, reg, opt, batch, start, rows, scale, min(n_parts, rows), beta,
+                                False)
+    return total / (total_weight * net.loss_elements)
 
 
 @jit(parallel=True)
-def forward_all(params, sizes, w_offsets, act_codes, acts, zs, capacity, X, out, n_parts):
-    """Logits of every row of X into `out`, `capacity` rows at a time, rows split over n_parts threads."""
+def forward_all(out, params, net, ws, X, n_parts):
+    """Logits of every row of X into `out`, ws.capacity rows at a time, rows split over n_parts threads."""
     n = X.shape[0]
+    sizes = net.sizes
     n_layers = sizes.size - 1
     n_out = sizes[n_layers]
+    capacity = ws.capacity
     off_out = _offset(sizes, capacity, n_layers)
     order = np.arange(n)
     no_dropout = np.zeros(n_layers, dtype=params.dtype)
+    w_offsets, act_codes, loss_code, huber_delta, loss_elements = net.w_offsets, net.act_codes, net.loss_code, \
+        net.huber_delta, net.loss_elements
+    acts, zs, deltas, grad, _ = ws
     for start in range(0, n, capacity):
         rows = min(capacity, n - start)
         parts = min(n_parts, rows)
         for part in prange(parts):
             fp_mode = flush_denormals()
+            net = Net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements)
+            ws = Workspace(acts, zs, deltas, grad, capacity)
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
-            _gather_rows(X, order, start, r0, r1 - r0, acts)
-            _forward_rows(params, sizes, w_offsets, act_codes, acts, zs, capacity, order, start, r0, r1 - r0,
-                          no_dropout, 0, 0)
+            _gather_rows(X, order, start, r0, r1 - r0, ws.acts)
+            _forward_rows(params, net, ws, no_dropout, 0, 0, order, start, r0, r1 - r0)
             restore_fp_mode(fp_mode)
         out[start:start + rows] = acts[off_out:off_out + rows * n_out].reshape((rows, n_out))

@@ -19,13 +19,15 @@ import zipfile
 
 import numpy as np
 
+from ..core.errors import InputError
+
 STALE_TEMP_SECONDS = 3600  # a temporary file this old was abandoned by a killed writer
 FORMAT_NAME = "fastbp-model"
 FORMAT_VERSION = 1
 _META = "fastbp.json"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError):
     """A model file that is missing, truncated, corrupted, hostile or from a newer fastbp."""
 
 

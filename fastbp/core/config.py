@@ -6,6 +6,7 @@ Environment variables override the defaults:
 """
 import contextlib
 import os
+import threading
 
 import numba
 # Numba's np.dot calls the BLAS that SciPy bundles. Load it now, so threadpoolctl
@@ -51,17 +52,21 @@ def resolve_n_threads(n_threads):
     limit = max_threads()
     if n_threads is None:
         return limit
-    from .data import check_int
+    from .checks import check_int
+    from .errors import InputError
 
     n_threads = check_int("n_threads", n_threads, 1, f" (or None for all {limit} cores)")
     if n_threads > limit:
-        raise ValueError(
+        raise InputError(
             f"n_threads={n_threads} exceeds the {limit} threads Numba was started with; "
             f"use n_threads<={limit} or set NUMBA_NUM_THREADS before importing fastbp")
     return n_threads
 
 
 _blas_controllers = None
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved = []
 
 
 def _blas():
@@ -73,22 +78,41 @@ def _blas():
     return _blas_controllers
 
 
+def _set_blas_threads(counts):
+    for lib, n in zip(_blas(), counts):
+        # threadpoolctl >= 3.8 lets only one Python thread (the first to set a limit) change
+        # OpenBLAS's process-wide pool and silently ignores the others: a fit in a
+        # threading.Thread would keep 2 BLAS threads inside every Numba worker (other bits,
+        # oversubscribed cores). Take control first; every fastbp entrant sets the same value.
+        take_control = getattr(type(lib), "clear_controlling_thread", None)
+        if take_control is not None:
+            take_control(force=True)
+        lib.set_num_threads(n)
+
+
 @contextlib.contextmanager
-def thread_limits(numba_threads, blas_threads):
-    """Run a block with `numba_threads` Numba workers and `blas_threads` BLAS threads.
+def thread_limits(numba_threads):
+    """Run a block with `numba_threads` Numba workers and single-threaded BLAS.
 
     BLAS calls made inside a prange must run single-threaded, or the two pools
-    oversubscribe the cores; the caller chooses which side gets the threads.
+    oversubscribe the cores (and split their sums differently). Numba's thread
+    count is per calling thread; BLAS's is per process, so the first block to
+    enter sets it to 1 and the last to leave restores it, whichever Python
+    threads they run in.
     """
+    global _blas_users
     previous = numba.get_num_threads()
-    blas = _blas()
-    previous_blas = [lib.num_threads for lib in blas]
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved[:] = [lib.num_threads for lib in _blas()]
+            _set_blas_threads([1] * len(_blas_saved))
+        _blas_users += 1
     numba.set_num_threads(numba_threads)
-    for lib in blas:
-        lib.set_num_threads(blas_threads)
     try:
         yield
     finally:
-        for lib, n in zip(blas, previous_blas):
-            lib.set_num_threads(n)
         numba.set_num_threads(previous)
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _set_blas_threads(_blas_saved)

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from .errors import InputError, InputTypeError
+
 INITS = ("auto", "he_uniform", "he_normal", "glorot_uniform", "glorot_normal")
 
 
@@ -15,11 +17,11 @@ def check_layer_sizes(layer_sizes):
     try:
         sizes = list(layer_sizes)
     except TypeError:
-        raise TypeError(f"layer_sizes must be a list of positive integers, got {layer_sizes!r}") from None
+        raise InputTypeError(f"layer_sizes must be a list of positive integers, got {layer_sizes!r}") from None
     if len(sizes) < 2:
-        raise ValueError(
+        raise InputError(
             f"layer_sizes needs at least two entries [n_in, n_out] (hidden sizes in between), got {sizes!r}")
-    from .data import check_int
+    from .checks import check_int
 
     return [check_int(f"every layer size (in {sizes!r})", s, 1) for s in sizes]
 
@@ -56,7 +58,7 @@ class Layout:
     def initialize(self, flat, init, activation, rng):
         """Fill `flat` with a seeded initialization; biases start at zero."""
         if init not in INITS:
-            raise ValueError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
+            raise InputError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
         if init == "auto":
             from .activations import RELU_FAMILY
             init = "he_uniform" if activation in RELU_FAMILY else "glorot_uniform"

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from .config import jit
+from .errors import InputError
 
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, ELU, SOFTPLUS, GELU = range(8)
 
@@ -32,7 +33,7 @@ INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 def activation_code(name):
     if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid activations: {', '.join(ACTIVATIONS)}")
+        raise InputError(f"unknown activation {name!r}; valid activations: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 

@@ -1,0 +1,117 @@
+"""The typed bundles compiled kernels take, instead of long lists of positional scalars.
+
+Each bundle is a module-level NamedTuple (cacheable by Numba, unlike a jitclass) built by
+one constructor that fixes every field's type: integers are int64, settings float64,
+arrays C-contiguous of the model dtype (int64 for sizes and orders). A swapped argument
+then fails to compile instead of running silently, and no call recompiles a kernel.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Net(NamedTuple):
+    """What the model computes: layer sizes, offsets into the flat parameters, activations, loss."""
+    sizes: np.ndarray        # int64 (n_layers + 1,)
+    w_offsets: np.ndarray    # int64 (n_layers,): start of W_l; b_l follows it
+    act_codes: np.ndarray    # int64 (n_layers,): hidden activations, identity last
+    loss_code: int
+    huber_delta: float       # huber's threshold (unused by the other losses)
+    loss_elements: int       # terms one row adds to the mean (1 for cross_entropy, n_out otherwise)
+
+
+def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements):
+    return Net(np.ascontiguousarray(sizes, dtype=np.int64), np.ascontiguousarray(w_offsets, dtype=np.int64),
+               np.ascontiguousarray(act_codes, dtype=np.int64), int(loss_code), float(huber_delta),
+               int(loss_elements))
+
+
+class Regularization(NamedTuple):
+    """Training-only terms: dropout per layer (output last, always 0), its hash seed, scikit-learn's
+    L2 penalty on the weights, and the gradient-norm clip (0: off)."""
+    dropout: np.ndarray      # model dtype (n_layers,)
+    dropout_seed: int
+    weight_penalty: float
+    clip_norm: float
+
+
+def make_regularization(dropout, dtype, dropout_seed=0, weight_penalty=0.0, clip_norm=0.0):
+    return Regularization(np.ascontiguousarray(dropout, dtype=dtype), int(dropout_seed), float(weight_penalty),
+                          float(clip_norm))
+
+
+class Hyper(NamedTuple):
+    """Optimizer hyper-parameters for one epoch (a schedule may change lr, momentum, beta1), float64."""
+    lr: float
+    momentum: float
+    nesterov: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    eps: float
+    amsgrad: float
+    square_avg_decay: float  # RMSprop's alpha
+    centered: float
+    l1: float
+
+
+def make_hyper(lr, momentum=0.0, nesterov=False, weight_decay=0.0, beta1=0.9, beta2=0.999, eps=1e-8,
+               amsgrad=False, square_avg_decay=0.99, centered=False, l1=0.0):
+    return Hyper(float(lr), float(momentum), float(bool(nesterov)), float(weight_decay), float(beta1), float(beta2),
+                 float(eps), float(bool(amsgrad)), float(square_avg_decay), float(bool(centered)), float(l1))
+
+
+# Named optimizer state, each a flat vector in the parameter layout, or empty when unused.
+STATE_NAMES = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "grad_avg")
+
+
+class Optimizer(NamedTuple):
+    """An optimizer's code, its step counter (step[0], updated in place), this epoch's hyper-parameters
+    and its state vectors, named as torch.optim names them (RMSprop's square average is exp_avg_sq)."""
+    code: int
+    step: np.ndarray         # int64 (1,)
+    hyper: Hyper
+    momentum_buffer: np.ndarray
+    exp_avg: np.ndarray
+    exp_avg_sq: np.ndarray
+    max_exp_avg_sq: np.ndarray
+    grad_avg: np.ndarray
+
+
+def make_optimizer(code, hyper, n_params, dtype, state_names, step=0):
+    """Zeroed state for `state_names` (the others empty), the step counter at `step`."""
+    empty = np.empty(0, dtype=dtype)
+    state = {name: np.zeros(n_params, dtype=dtype) if name in state_names else empty for name in STATE_NAMES}
+    return Optimizer(int(code), np.array([step], dtype=np.int64), hyper, **state)
+
+
+class Workspace(NamedTuple):
+    """Buffers for up to `capacity` rows (see fastbp.core.kernels) and one gradient vector."""
+    acts: np.ndarray
+    zs: np.ndarray
+    deltas: np.ndarray
+    grad: np.ndarray
+    capacity: int
+
+
+def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None):
+    """Activations, gelu pre-activations (only when a layer uses gelu), deltas and a gradient."""
+    width = int(capacity) * int(np.sum(sizes))
+    return Workspace(np.empty(width, dtype=dtype), np.empty(width if uses_gelu else 0, dtype=dtype),
+                     np.empty(width, dtype=dtype), np.empty(n_params, dtype=dtype) if grad is None else grad,
+                     int(capacity))
+
+
+class Batch(NamedTuple):
+    """Rows to train on: X and targets Y (C-contiguous, model dtype), per-row weights (empty: all 1)
+    and the order in which rows are visited (int64)."""
+    X: np.ndarray
+    Y: np.ndarray
+    weights: np.ndarray
+    order: np.ndarray
+
+
+def make_batch(X, Y, weights, order):
+    dtype = X.dtype
+    return Batch(np.ascontiguousarray(X), np.ascontiguousarray(Y, dtype=dtype),
+                 np.ascontiguousarray(weights, dtype=dtype), np.ascontiguousarray(order, dtype=np.int64))

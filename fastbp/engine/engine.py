@@ -1,0 +1,240 @@
+"""The training engine: compiled steps on a TrainingState, and the one epoch loop.
+
+An Engine is built for a run from the model (Net), its regularization, the optimizer
+settings and the run settings (batch size, shuffle, threads, communicator). Epoch
+sources - in-memory rows here, file rows (fastbp.files.streaming), MPI data
+(fastbp.parallel) - are callables run_epoch(hyper) -> (mean loss, rows) that train
+through the engine's public step methods; `run` drives them: schedule, divergence,
+validation, callbacks. Nothing crosses back into Python per batch.
+"""
+import math
+import threading
+import time
+import warnings
+
+import numpy as np
+
+from ..core import kernels
+from ..core.bundles import make_batch
+from ..core.config import resolve_n_threads, thread_limits
+from ..core.errors import InputError, InputTypeError
+from ..core.optim import update_all
+from . import full_data, metrics
+from .callbacks import Callback, EpochLogger, ProgressBar
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite; parameters were restored to the last finite epoch."""
+
+
+class SingleProcess:
+    """The communicator of a run in one process (fastbp.parallel.comm has MPI's)."""
+    rank, size = 0, 1
+
+    def allreduce_sum(self, buf):
+        return buf
+
+    def bcast(self, buf, root=0):
+        return buf
+
+    def allgather(self, value):
+        return [value]
+
+    def barrier(self):
+        pass
+
+
+class Engine:
+    """distributed: None, or a factory engine -> object with train_rows(X, Y, weights, order, hyper) and
+    rows_needed(n, perm, batch_size) that takes the steps under a communicator (fastbp.parallel)."""
+
+    def __init__(self, state, net, regularization, optimizer, batch_size, shuffle=True, n_threads=None, comm=None,
+                 distributed=None):
+        self.state, self.net, self.reg, self.optimizer = state, net, regularization, optimizer
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.n_threads = resolve_n_threads(n_threads)
+        self.comm = comm if comm is not None else SingleProcess()
+        self._workspaces = {}
+        self._distributed = distributed(self) if distributed is not None and self.comm.size > 1 else None
+
+    @property
+    def params(self):
+        return self.state.params
+
+    def workspace(self, capacity, purpose="train"):
+        """The run's workspace for at least `capacity` rows (one per purpose, grown when needed)."""
+        ws = self._workspaces.get(purpose)
+        if ws is None or ws.capacity < capacity:
+            ws = self._workspaces[purpose] = full_data.workspace(self.net, capacity, self.params.dtype)
+        return ws
+
+    # ------------------------------------------------------------------ steps
+    def hyper(self, epoch):
+        """Epoch `epoch`'s hyper-parameters from the schedule (validated: a schedule may be user code)."""
+        schedule = self.state.schedule
+        lr = schedule.lr(epoch, self.optimizer.lr)
+        if not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr) and lr > 0):
+            raise InputError(f"the lr_schedule gave lr={lr!r} for epoch {epoch + 1}; it must be a positive number")
+        momentum = schedule.momentum(epoch)
+        return self.optimizer.hyper(lr=float(lr), momentum=momentum), float(lr)
+
+    def train_rows(self, X, Y, weights, order, hyper):
+        """Mini-batches over rows `order` of X (an epoch, or one streamed buffer); the mean loss.
+        Under a communicator the distributed strategy takes the steps."""
+        if self._distributed is not None:
+            return self._distributed.train_rows(X, Y, weights, order, hyper)
+        return self.train_rows_here(X, Y, weights, order, hyper)[0]
+
+    def rows_needed(self, n, perm):
+        """Which of a buffer's n rows (visited in order perm) this process trains on: None for all."""
+        if self._distributed is None:
+            return None
+        return self._distributed.rows_needed(n, perm, self.batch_size)
+
+    def train_rows_here(self, X, Y, weights, order, hyper, batch_size=None, dropout_seed=None):
+        """This process alone, one compiled call: (weighted mean loss, mean of batch losses by rows).
+        batch_size / dropout_seed override the run's (local SGD's smaller batches, per-rank masks)."""
+        batch_size = min(batch_size or self.batch_size, len(order))
+        if batch_size == 0:
+            return 0.0, 0.0
+        ws = self.workspace(batch_size)
+        reg = self.reg if dropout_seed is None else self.reg._replace(dropout_seed=int(dropout_seed))
+        with thread_limits(self.n_threads):
+            loss, by_rows = kernels.train_epoch(self.params, self.net, ws, reg,
+                                                self.state.optimizer._replace(hyper=hyper),
+                                                make_batch(X, Y, weights, order), batch_size, self.n_threads)
+        return loss, by_rows
+
+    def batch_gradient(self, grad, X, Y, weights, order, start, rows, scale, dropout_seed=None):
+        """The gradient of scale * (loss sum of rows order[start:start+rows]) into `grad`, no step; the loss sum."""
+        ws = self.workspace(rows, "gradient")._replace(grad=grad)
+        reg = self.reg if dropout_seed is None else self.reg._replace(dropout_seed=int(dropout_seed))
+        zero = self.params.dtype.type(0.0)
+        with thread_limits(self.n_threads):
+            return kernels.batch_gradient(self.params, self.net, ws, reg, self.state.optimizer,
+                                          make_batch(X, Y, weights, order), start, rows,
+                                          self.params.dtype.type(scale), min(self.n_threads, rows), zero, False)
+
+    def apply_gradient(self, grad, hyper, coef=1.0):
+        """One optimizer step from coef * grad (parallel blocks); advances the step counter."""
+        with thread_limits(self.n_threads):
+            update_all(self.state.optimizer._replace(hyper=hyper), self.params, grad, self.params.dtype.type(coef))
+        self.state.optimizer.step[0] += 1
+
+    # ------------------------------------------------------------------ evaluation
+    def logits(self, X):
+        return full_data.forward(self.params, self.net, X, self.n_threads)
+
+    def metric_part(self, X, Y, weights=None):
+        return metrics.metric_part(self.net.loss_code, self.params.dtype.type(self.net.huber_delta), self.logits(X),
+                                   Y, weights)
+
+    def validation_metrics(self, X, Y, weights=None, is_local=False):
+        """Metrics of the validation data; under a communicator each rank evaluates a slice (or,
+        is_local, its own validation rows) and the parts combine."""
+        comm = self.comm
+        if comm.size == 1:
+            return metrics.finish(self.metric_part(X, Y, weights))
+        lo, hi = (0, len(X)) if is_local else (comm.rank * len(X) // comm.size, (comm.rank + 1) * len(X) // comm.size)
+        part = self.metric_part(X[lo:hi], Y[lo:hi], None if weights is None else weights[lo:hi]) if hi > lo else None
+        return metrics.finish(metrics.combine(comm.allgather(part)))
+
+    # ------------------------------------------------------------------ the epoch loop
+    def run(self, run_epoch, epochs, owner, validation=None, callbacks=(), verbose=0, on_divergence="raise",
+            validation_is_local=False, after_epoch=None):
+        """`epochs` epochs of run_epoch(hyper) -> (mean loss, rows): schedule, divergence, validation,
+        callbacks (called with `owner`, which they may stop by setting owner.stop_training).
+        after_epoch(epoch) runs after each finished epoch (e.g. the MPI agreement check)."""
+        state = self.state
+        callbacks = _with_display(callbacks, verbose if self.comm.rank == 0 else 0)
+        log_keys = ["epoch", "loss", "lr", "seconds", "samples_per_s"]
+        if validation is not None:
+            log_keys += ["val_loss", "val_accuracy" if self.net.loss_code in metrics.CLASSIFICATION_CODES
+                         else "val_r2"]
+        for cb in callbacks:
+            cb.check_logs(log_keys)
+        state.schedule.start(epochs)
+        owner.stop_training = False
+        for cb in callbacks:
+            cb.on_train_begin(owner)
+        try:
+            for _ in range(epochs):
+                epoch = len(state.history)
+                hyper, lr = self.hyper(epoch)
+                if hyper.momentum > 0:
+                    state.ensure_state(self.optimizer.state_names(schedule_momentum=True))
+                backup = state.snapshot()
+                try:
+                    start = time.perf_counter()
+                    loss, n = run_epoch(hyper)
+                    seconds = time.perf_counter() - start
+                    if not math.isfinite(loss):
+                        state.restore(backup)
+                        message = (f"training diverged in epoch {epoch + 1}: the loss became NaN or infinite. "
+                                   f"Parameters are restored to the end of the last finite epoch. Try a lower "
+                                   f"learning rate (lr={lr:g}), clip_grad_norm, standardized features, or float64.")
+                        if on_divergence == "raise":
+                            raise TrainingDiverged(message)
+                        warnings.warn(message, RuntimeWarning, stacklevel=4)
+                        break
+                    logs = {"epoch": epoch + 1, "loss": float(loss), "lr": lr, "seconds": seconds,
+                            "samples_per_s": n / seconds if seconds > 0 else float("inf")}
+                    if validation is not None:
+                        logs.update({f"val_{k}": v for k, v in
+                                     self.validation_metrics(*validation, is_local=validation_is_local).items()})
+                    if after_epoch is not None:
+                        after_epoch(epoch + 1)
+                    state.schedule.observe(logs)
+                    state.history.append(logs)
+                except TrainingDiverged:
+                    raise
+                except BaseException:
+                    # Ctrl-C, a failing reader or a bug before the epoch is recorded: back to its start,
+                    # RNG and schedule included, so a checkpoint written now resumes bit-identically
+                    state.restore(backup)
+                    raise
+                for cb in callbacks:
+                    cb.on_epoch_end(owner, epoch + 1, logs)
+                if owner.stop_training:
+                    break
+        finally:
+            for cb in callbacks:
+                cb.on_train_end(owner)
+
+    def in_memory_epochs(self, X, Y, weights):
+        """The epoch source of rows held in memory: a fresh shuffle per epoch from the state's RNG."""
+        n = X.shape[0]
+
+        def run_epoch(hyper):
+            order = self.state.shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
+            return self.train_rows(X, Y, weights, order, hyper), n
+
+        return run_epoch
+
+
+class RunGuard:
+    """Refuses a second concurrent fit on the same model (the state would interleave silently)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("fit is already running on this model in another thread; a model trains in one "
+                               "thread at a time (use one Trainer per thread)")
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+def _with_display(callbacks, verbose):
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise InputTypeError(f"callbacks must be fastbp.Callback instances, got {cb!r}")
+    if verbose == 1:
+        callbacks.append(ProgressBar())
+    elif verbose == 2:
+        callbacks.append(EpochLogger())
+    return callbacks

@@ -1,0 +1,64 @@
+"""Whole-data computations around the compiled kernels: the forward pass in blocks (predict),
+the loss and gradient over all rows (gradient checks, L-BFGS), and the output nonlinearities
+that turn logits into probabilities. Each sizes its workspace, sets the thread limits and
+calls one kernel.
+"""
+import numpy as np
+from scipy.special import expit
+
+from ..core import kernels
+from ..core.activations import GELU
+from ..core.bundles import make_optimizer, make_regularization, make_hyper, make_workspace
+from ..core.config import thread_limits
+from ..core.optim import SGD
+
+PREDICT_BLOCK_ROWS = 1024   # rows per forward block: keeps the workspace small
+GRADIENT_BLOCK_ROWS = 4096  # rows per block of the full-data gradient
+
+
+def workspace(net, capacity, dtype, grad=None):
+    """A Workspace for `capacity` rows of this net (gelu pre-activations only when a layer uses gelu)."""
+    n_params = int(net.w_offsets[-1] + net.sizes[-2] * net.sizes[-1] + net.sizes[-1])
+    return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity, n_params, dtype, grad)
+
+
+def forward(params, net, X, n_threads):
+    """Logits (n, n_out) of every row of the C-contiguous X, in blocks, rows split over n_threads."""
+    n = X.shape[0]
+    out = np.empty((n, int(net.sizes[-1])), dtype=params.dtype)
+    if n:
+        ws = workspace(net, min(n, PREDICT_BLOCK_ROWS), params.dtype, grad=np.empty(0, dtype=params.dtype))
+        with thread_limits(n_threads):
+            kernels.forward_all(out, params, net, ws, X, n_threads)
+    return out
+
+
+class FullGradient:
+    """The loss and gradient over all rows of X, with its workspace kept for repeated calls (L-BFGS).
+
+    No dropout, no penalty, no optimizer step: the gradient of the loss the data defines.
+    """
+
+    def __init__(self, net, X, Y, weights, n_threads, dtype):
+        self.net = net
+        self.ws = workspace(net, min(X.shape[0], GRADIENT_BLOCK_ROWS), dtype)
+        self.reg = make_regularization(np.zeros(net.sizes.size - 1), dtype)
+        self.inert = make_optimizer(SGD, make_hyper(1.0), 0, dtype, ())
+        self.X, self.Y, self.weights, self.n_threads = X, Y, weights, n_threads
+
+    def __call__(self, params, grad):
+        """Mean loss at `params`; its gradient into `grad`."""
+        with thread_limits(self.n_threads):
+            return kernels.loss_and_gradient(params, self.net, self.ws._replace(grad=grad), self.reg, self.inert,
+                                             self.X, self.Y, self.weights, self.n_threads)
+
+
+def to_probabilities(logits, softmax):
+    """In place: softmax over each row, or an element-wise sigmoid; returns the array."""
+    if softmax:
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+    else:
+        expit(logits, out=logits)
+    return logits

@@ -1,0 +1,39 @@
+"""Building what the engine trains from names: the Net bundle of a layer list, activations and a loss,
+and the optimizer bundles. The faces (Trainer, fastbp.sklearn) build models through here."""
+import numpy as np
+
+from ..core.activations import ACTIVATIONS, IDENTITY, activation_code
+from ..core.config import resolve_n_threads  # noqa: F401 (for the faces)
+from ..core.bundles import make_hyper, make_net, make_optimizer, make_regularization
+from ..core.layout import Layout
+from ..core.losses import SKLEARN_SQUARED, elements_per_row, loss_code
+from ..core.optim import SKLEARN_ADAM, SKLEARN_SGD, state_names
+
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
+# scikit-learn's squared loss (fastbp.sklearn only): reports mean(r**2)/2 but back-propagates r
+SKLEARN_SQUARED_ERROR = "sklearn_squared_error"
+
+
+def build_net(layer_sizes, hidden_activations, loss, huber_delta=1.0, mean_over_outputs=True):
+    """(Layout, Net) for these layers, one activation name per hidden layer and a loss name.
+    mean_over_outputs=False sums a row's loss over its outputs (scikit-learn's losses) instead of
+    averaging over every element (PyTorch's mean reduction)."""
+    layout = Layout(layer_sizes)
+    codes = [activation_code(a) for a in hidden_activations] + [IDENTITY]
+    code = SKLEARN_SQUARED if loss == SKLEARN_SQUARED_ERROR else loss_code(loss)
+    return layout, make_net(layout.sizes, layout.w_offsets, codes, code, huber_delta,
+                            elements_per_row(code, layout.n_out) if mean_over_outputs else 1)
+
+
+def no_regularization(net, dtype, weight_penalty=0.0):
+    return make_regularization(np.zeros(net.sizes.size - 1), dtype, weight_penalty=weight_penalty)
+
+
+def sklearn_optimizer(solver, n_params, dtype):
+    """scikit-learn's SGD (velocity form) or Adam as an optimizer bundle, state zeroed, at step 0."""
+    code = SKLEARN_SGD if solver == "sgd" else SKLEARN_ADAM
+    return make_optimizer(code, make_hyper(0.0), n_params, dtype, state_names(code, True))
+
+
+def sklearn_hyper(learning_rate, momentum, nesterov, beta_1, beta_2, epsilon):
+    return make_hyper(learning_rate, momentum, nesterov, beta1=beta_1, beta2=beta_2, eps=epsilon)

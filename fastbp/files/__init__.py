@@ -1,0 +1,1 @@
+"""Files: chunked sources, the stored column preprocessing, streaming epoch sources, model files."""

@@ -1,0 +1,101 @@
+"""Training from a file in bounded memory: shuffled chunks through a fixed-size row buffer.
+
+Each epoch visits the source's chunks in an order drawn from the training state's shuffle
+RNG (row groups / memmap slices; CSV blocks stay in file order), transforms each
+chunk, and fills a buffer of `buffer_rows` rows (a whole number of batches). A
+full buffer is trained in a random row order by the engine, as in-memory data
+is; the last, partial buffer ends the epoch. Memory is the buffer, one chunk, and
+the validation sample - never the file. Validation rows (chosen by a stateless hash
+of the row number) are skipped here. Under a communicator the engine says which rows
+of each buffer this process computes (fastbp.parallel), and only those are transformed.
+"""
+import numpy as np
+
+from ..core.errors import InputError
+from .preprocess import holdout_mask
+from .sources import chunk_readers
+
+
+class StreamStats:
+    """What the loader held at most, for tests and reports."""
+
+    def __init__(self):
+        self.max_buffer_rows = 0
+        self.max_chunk_rows = 0
+        self.rows_per_epoch = 0
+        self.chunks_read = []  # this rank's chunk numbers in the last epoch
+
+
+def read_training_rows(source, prep, columns, order, val_split, seed, stats, dtype):
+    """(start row, X, y) of the training rows of each chunk, in the given chunk order."""
+    for start, n, read in chunk_readers(source, columns, order):
+        stats.max_chunk_rows = max(stats.max_chunk_rows, n)
+        kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
+        X, y = prep.transform(read(kept), start, dtype=dtype)
+        del read  # the chunk goes before the next one is read
+        yield start, X, y
+
+
+def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats):
+    """The epoch source of a file: one process, or shard="rows" under MPI (equal to one process)."""
+    batch = engine.batch_size
+    buffer_rows = max(batch, int(buffer_rows) // batch * batch)
+    dtype = engine.params.dtype
+    Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), prep.n_inputs), dtype=dtype)
+    Ybuf = np.empty((len(Xbuf), 1), dtype=dtype)
+    no_weights = np.empty(0, dtype=dtype)
+    columns = prep.features + [prep.target]
+    rng = engine.state.shuffle_rng
+
+    def plan(first_row):
+        """(size, row order, rows this process needs or None for all) of the buffer starting at this row."""
+        n = min(buffer_rows, train_rows - first_row)
+        perm = rng.permutation(n) if engine.shuffle else np.arange(n)
+        return n, perm, engine.rows_needed(n, perm)
+
+    def run_epoch(hyper):
+        order = None
+        if source.shuffleable and engine.shuffle and source.n_chunks:
+            order = rng.permutation(source.n_chunks)
+        total, rows, filled = 0.0, 0, 0
+        size, perm, need = plan(0)
+        for start, n, read in chunk_readers(source, columns, order):
+            stats.max_chunk_rows = max(stats.max_chunk_rows, n)
+            kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
+            if need is None:  # one process: transform the whole chunk at once
+                X, y = prep.transform(read(kept), start, dtype=dtype)
+            pos = 0
+            while pos < len(kept):
+                if rows + filled >= train_rows:
+                    raise InputError("the data has more training rows than its first pass counted; "
+                                     "was the file changed during training?")
+                take = min(size - filled, len(kept) - pos)
+                if need is None:
+                    Xbuf[filled:filled + take] = X[pos:pos + take]
+                    Ybuf[filled:filled + take, 0] = y[pos:pos + take]
+                else:
+                    mine = np.flatnonzero(need[filled:filled + take])
+                    # only this rank's rows of the chunk: a memory-mapped .npy reads just those
+                    Xs, ys = prep.transform(read(kept[pos:pos + take][mine]), start, dtype=dtype)
+                    Xbuf[filled + mine] = Xs
+                    Ybuf[filled + mine, 0] = ys
+                filled += take
+                pos += take
+                if filled == size:
+                    stats.max_buffer_rows = max(stats.max_buffer_rows, size)
+                    loss = engine.train_rows(Xbuf[:size], Ybuf[:size], no_weights, perm, hyper)
+                    if not np.isfinite(loss):
+                        return float("nan"), rows
+                    total += loss * size
+                    rows += size
+                    filled = 0
+                    if rows < train_rows:
+                        size, perm, need = plan(rows)
+            del read  # the chunk goes before the next one is read
+        if rows != train_rows:
+            raise InputError(f"read {rows + filled} training rows, but the first pass counted {train_rows}; "
+                             "was the file changed during training?")
+        stats.rows_per_epoch = rows
+        return total / rows, rows
+
+    return run_epoch

@@ -1,0 +1,1 @@
+"""MPI: the communicator seam, distributed steps and sharded file epochs."""
