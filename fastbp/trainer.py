@@ -98,8 +98,7 @@ class Trainer:
         schedule = make_schedule(lr_schedule)
         settings = self.optimizer_settings
         self.state = TrainingState(
-            params, make_optimizer(settings.code, settings.hyper(), self.layout.n_params, np_dtype,
-                                   settings.state_names()),
+            params, make_optimizer(settings.code, self.layout.n_params, np_dtype, settings.state_names()),
             np.random.default_rng(shuffle_seq), schedule, dropout_seq.generate_state(1, np.uint32)[0],
             split_seq.generate_state(1, np.uint32)[0])
         self.regularization = make_regularization(drops + [0.0], np_dtype, self.state.dropout_seed, 0.0,

@@ -50,7 +50,8 @@ def main():
         if seconds < best:
             best, share = seconds, comm.seconds / seconds
     if comm.rank == 0:
-        what = f"{comm.size} ranks x 1 thread" if distributed else f"1 process x {fastbp.core.config.max_threads()} threads"
+        threads = fastbp.core.config.max_threads()
+        what = f"{comm.size} ranks x 1 thread" if distributed else f"1 process x {threads} threads"
         print(f"tabular, {what}: {len(X) / best:,.0f} samples/s; Allreduce {100 * share:.1f} % of the epoch")
 
 

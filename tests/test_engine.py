@@ -214,3 +214,27 @@ def test_sample_weights_spanning_more_than_the_dtype_holds_are_refused():
     with pytest.raises(fastbp.InputError, match="sample weights span"):
         fastbp.Trainer([3, 2]).fit(X, y, sample_weight=[1e308, 1e-45, 1.0, 1.0])
     fastbp.Trainer([3, 2], dtype="float64").fit(X, y, sample_weight=[1e10, 1e-10, 1.0, 1.0])
+
+
+def test_each_kernel_compiles_once_per_dtype():
+    """The bundles fix every type: other layer counts, batch sizes, losses, optimizers, dropout, weights
+    and thread counts reuse the same compiled kernels (run in a fresh process to count signatures)."""
+    code = """
+import numpy as np, fastbp
+from fastbp.core import kernels
+rng = np.random.default_rng(0)
+X = rng.normal(size=(50, 3)); y = rng.integers(0, 2, size=50)
+for dtype in ("float32", "float64"):
+    for sizes, loss, options in (([3, 2], "cross_entropy", {}), ([3, 7, 5, 2], "cross_entropy",
+                                  dict(optimizer="adam", dropout=0.2, clip_grad_norm=1.0, n_threads=1)),
+                                 ([3, 4, 1], "binary_cross_entropy", dict(optimizer="rmsprop", centered=True)),
+                                 ([3, 6, 2], "huber", dict(batch_size=7, momentum=0.9))):
+        target = y if loss == "cross_entropy" else np.column_stack([y] * sizes[-1]).astype(float)
+        tr = fastbp.Trainer(sizes, loss=loss, dtype=dtype, epochs=1, **options)
+        tr.fit(X, target, sample_weight=rng.uniform(size=50) if loss == "huber" else None)
+        tr.predict(X)
+print(len(kernels.train_epoch.signatures), len(kernels.forward_all.signatures))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "2"]

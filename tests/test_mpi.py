@@ -1,6 +1,5 @@
 """Data-parallel training over MPI ranks equals one process (launched with the environment's mpiexec)."""
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -147,12 +146,13 @@ def test_local_sgd_keeps_ranks_identical_and_learns(tmp_path, ranks, sync_every)
         tr = fastbp.Trainer([6, 32, 3], batch_size=32, epochs=15, seed=1, n_threads=1, comm="mpi",
                             sync_every={sync_every}, optimizer="adam", lr=0.01)
         tr.fit(X, y)  # the per-epoch rank checksum would raise if the ranks drifted apart
-        print("accuracy", tr.evaluate(X, y)["accuracy"])
+        from mpi4py import MPI
+        if MPI.COMM_WORLD.Get_rank() == 0:  # the ranks hold the same parameters; one line, not interleaved
+            print("accuracy", tr.evaluate(X, y)["accuracy"])
         """))
     proc = launch(ranks, script)
     assert proc.returncode == 0, proc.stderr
-    scores = [float(v) for v in re.findall(r"accuracy (\d+\.\d+)", proc.stdout)]  # ranks' lines may interleave
-    assert len(scores) == ranks and min(scores) > 0.8
+    assert float(proc.stdout.split()[-1]) > 0.8
 
 
 def test_memory_mapped_data_on_ranks_equals_in_memory_training(tmp_path):

@@ -66,11 +66,11 @@ STATE_NAMES = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "gr
 
 
 class Optimizer(NamedTuple):
-    """An optimizer's code, its step counter (step[0], updated in place), this epoch's hyper-parameters
-    and its state vectors, named as torch.optim names them (RMSprop's square average is exp_avg_sq)."""
+    """An optimizer's code, its step counter (step[0], updated in place) and its state vectors, named
+    as torch.optim names them (RMSprop's square average is exp_avg_sq). The hyper-parameters travel
+    beside it (a schedule changes them per epoch; a parallel loop cannot capture nested tuples)."""
     code: int
     step: np.ndarray         # int64 (1,)
-    hyper: Hyper
     momentum_buffer: np.ndarray
     exp_avg: np.ndarray
     exp_avg_sq: np.ndarray
@@ -78,11 +78,11 @@ class Optimizer(NamedTuple):
     grad_avg: np.ndarray
 
 
-def make_optimizer(code, hyper, n_params, dtype, state_names, step=0):
+def make_optimizer(code, n_params, dtype, state_names, step=0):
     """Zeroed state for `state_names` (the others empty), the step counter at `step`."""
     empty = np.empty(0, dtype=dtype)
     state = {name: np.zeros(n_params, dtype=dtype) if name in state_names else empty for name in STATE_NAMES}
-    return Optimizer(int(code), np.array([step], dtype=np.int64), hyper, **state)
+    return Optimizer(int(code), np.array([step], dtype=np.int64), **state)
 
 
 class Workspace(NamedTuple):

@@ -40,12 +40,12 @@ from numba import prange
 
 from .activations import GELU, bias_activate, gelu_bias_activate, scale_by_derivative
 from .blas import gemm
-from .bundles import Batch, Hyper, Net, Optimizer, Regularization, Workspace
+from .bundles import Batch
 from .config import jit
 from .dropout import apply_mask, mask_delta, row_key
 from .fpmode import flush_denormals, restore_fp_mode
 from .losses import row_loss_and_delta
-from .optim import update_all, update_range
+from .optim import update_range
 
 _ALIGN = 16  # split points fall on multiples of 16 elements: whole cache lines per thread
 _STEP_BLOCK = 1024  # parameters summed and stepped together (grad, slabs, params, state blocks stay in L1)
@@ -176,16 +176,19 @@ def _forward_backward_rows(params, net, ws, reg, t, batch, start, row0, rows, sc
 
 
 @jit
-def _weight_gradients(grad, params, net, ws, opt, row0, rows, part, n_parts, beta, weight_l2, update):
+def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, part, n_parts, beta, weight_l2, update,
+                      measure):
     """This part's slice of every layer's dW rows and db entries, over workspace rows [row0, row0+rows).
 
     beta = 0 overwrites the gradient; beta = 1 adds to it (accumulating over blocks).
     weight_l2 > 0 adds weight_l2 * W to dW (scikit-learn's penalty: weights only, per
-    batch); the slice's sum of W**2 before the step is returned for the loss.
-    With `update`, each slice is also stepped by the optimizer right away, while it is in cache.
+    batch). With `update`, each slice is also stepped by the optimizer right away, while it
+    is in cache. Returns the slice's sum of W**2 before the step (for the penalty's loss) and,
+    with `measure`, the sum of its gradient's squares (for clipping).
     """
     one = grad.dtype.type(1.0)
     squares = 0.0
+    grad_squares = 0.0
     sizes = net.sizes
     n_layers = sizes.size - 1
     for l in range(n_layers):
@@ -205,8 +208,10 @@ def _weight_gradients(grad, params, net, ws, opt, row0, rows, part, n_parts, bet
                 for i in range(w.size):
                     dw[i] += weight_l2 * w[i]
                     squares += float(w[i]) * float(w[i])
+            if measure:
+                grad_squares += _sum_squares(grad, w0 + k0 * n_out, w0 + k1 * n_out)
             if update:
-                update_range(opt, params, grad, one, w0 + k0 * n_out, w0 + k1 * n_out)
+                update_range(opt, hyper, params, grad, one, w0 + k0 * n_out, w0 + k1 * n_out)
         c0, c1 = _split(n_out, part, n_parts)
         db = grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1]
         if beta == 0:
@@ -216,20 +221,32 @@ def _weight_gradients(grad, params, net, ws, opt, row0, rows, part, n_parts, bet
             d_row = ws.deltas[r + c0:r + c1]
             for j in range(c1 - c0):
                 db[j] += d_row[j]
+        if measure:
+            grad_squares += _sum_squares(grad, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
         if update:
-            update_range(opt, params, grad, one, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
-    return squares
+            update_range(opt, hyper, params, grad, one, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
+    return squares, grad_squares
+
+
+@jit
+def _sum_squares(v, lo, hi):
+    total = 0.0
+    for i in range(lo, hi):
+        total += float(v[i]) * float(v[i])
+    return total
 
 
 @jit(parallel=True)
-def batch_gradient(params, net, ws, reg, opt, batch, start, rows, scale, n_parts, beta, update):
+def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, n_parts, beta, update):
     """Gradient of scale * (loss sum of rows batch.order[start:start+rows]) into ws.grad (times beta plus it).
 
     The step taken is opt.step[0] + 1 (it also keys the dropout masks). reg.weight_penalty > 0 adds
     scikit-learn's penalty weight_penalty/2 * sum(W**2) (weights only) to the loss sum. With
-    `update` the optimizer takes that step from the gradient (fused, block by block), unless the
-    loss is not finite; the caller advances opt.step. Returns the loss sum of those rows (plus the
-    penalty). Region 1 splits rows; region 2 sums per-thread slabs or splits the weights (module notes).
+    `update` the optimizer takes that step from the gradient, unless the loss is not finite: fused,
+    block by block, or, when reg.clip_norm > 0 rescales the gradient to at most that global L2 norm
+    (torch.nn.utils.clip_grad_norm_), in two more regions once the whole gradient is known. The
+    caller advances opt.step. Returns the loss sum of those rows (plus the penalty).
+    Region 1 splits rows; region 2 sums per-thread slabs or splits the weights (module notes).
     """
     grad = ws.grad
     P = grad.size
@@ -238,21 +255,8 @@ def batch_gradient(params, net, ws, reg, opt, batch, start, rows, scale, n_parts
     slabs = np.empty((n_parts - 1) * P if slabs_path else 0, dtype=grad.dtype)
     zero = grad.dtype.type(0.0)
     part_loss = np.zeros(n_parts)
-    # a parallel loop body can only capture arrays and scalars: unpack the bundles here, rebuild them inside
-    sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements = net
-    acts, zs, deltas, _, capacity = ws
-    dropout, dropout_seed, weight_penalty, clip_norm = reg
-    code, step, mb, ea, eas, meas, ga = opt.code, opt.step, opt.momentum_buffer, opt.exp_avg, opt.exp_avg_sq, \
-        opt.max_exp_avg_sq, opt.grad_avg
-    lr, mom, nest, wd, b1, b2, eps, ams, sq, cen, l1 = opt.hyper
-    X, Y, weights, order = batch
     for part in prange(n_parts):
         fp_mode = flush_denormals()
-        net = Net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements)
-        ws = Workspace(acts, zs, deltas, grad, capacity)
-        reg = Regularization(dropout, dropout_seed, weight_penalty, clip_norm)
-        opt = Optimizer(code, step, Hyper(lr, mom, nest, wd, b1, b2, eps, ams, sq, cen, l1), mb, ea, eas, meas, ga)
-        batch = Batch(X, Y, weights, order)
         r0 = (part * rows) // n_parts
         r1 = ((part + 1) * rows) // n_parts
         if r1 > r0:
@@ -260,7 +264,7 @@ def batch_gradient(params, net, ws, reg, opt, batch, start, rows, scale, n_parts
         if slabs_path:  # this thread's rows' whole gradient: thread 0 into grad, the others into a slab
             target = grad if part == 0 else slabs[(part - 1) * P:part * P]
             if r1 > r0:
-                _weight_gradients(target, params, net, ws, opt, r0, r1 - r0, 0, 1, zero, 0.0, False)
+                _weight_gradients(target, params, net, ws, opt, hyper, r0, r1 - r0, 0, 1, zero, 0.0, False, False)
             else:
                 target[:] = 0
         restore_fp_mode(fp_mode)
@@ -269,32 +273,45 @@ def batch_gradient(params, net, ws, reg, opt, batch, start, rows, scale, n_parts
         loss += part_loss[part]
     if not math.isfinite(loss):
         return loss
-    penalty = weight_penalty * scale
+    penalty = reg.weight_penalty * scale
+    clip = update and reg.clip_norm > 0
+    fused = update and not clip
     squares = np.zeros(n_parts)
+    grad_squares = np.zeros(n_parts)
     for part in prange(n_parts):
         fp_mode = flush_denormals()
-        net = Net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements)
-        ws = Workspace(acts, zs, deltas, grad, capacity)
-        opt = Optimizer(code, step, Hyper(lr, mom, nest, wd, b1, b2, eps, ams, sq, cen, l1), mb, ea, eas, meas, ga)
         if slabs_path:
             lo, hi = _split(P, part, n_parts)
-            squares[part] = _sum_slabs_and_step(grad, params, slabs, net, opt, penalty, update, lo, hi)
+            squares[part], grad_squares[part] = _sum_slabs_and_step(grad, params, slabs, net, opt, hyper, penalty,
+                                                                    fused, clip, lo, hi)
         else:
-            squares[part] = _weight_gradients(grad, params, net, ws, opt, 0, rows, part, n_parts, beta, penalty,
-                                              update)
+            squares[part], grad_squares[part] = _weight_gradients(grad, params, net, ws, opt, hyper, 0, rows, part,
+                                                                  n_parts, beta, penalty, fused, clip)
         restore_fp_mode(fp_mode)
-    if weight_penalty > 0:
+    if reg.weight_penalty > 0:
         for part in range(n_parts):
-            loss += 0.5 * weight_penalty * squares[part]
+            loss += 0.5 * reg.weight_penalty * squares[part]
+    if clip:
+        total = 0.0
+        for part in range(n_parts):
+            total += grad_squares[part]
+        coef = grad.dtype.type(min(1.0, reg.clip_norm / (math.sqrt(total) + 1e-6)))
+        for part in prange(n_parts):
+            fp_mode = flush_denormals()
+            lo, hi = _split(P, part, n_parts)
+            update_range(opt, hyper, params, grad, coef, lo, hi)
+            restore_fp_mode(fp_mode)
     return loss
 
 
 @jit
-def _sum_slabs_and_step(grad, params, slabs, net, opt, weight_l2, update, lo, hi):
+def _sum_slabs_and_step(grad, params, slabs, net, opt, hyper, weight_l2, update, measure, lo, hi):
     """grad[lo:hi] += every slab's [lo:hi], plus the weight penalty, then the optimizer step on that range,
-    block by block while each block is in L1; returns the range's sum(W**2) when weight_l2 > 0."""
+    block by block while each block is in L1; returns the range's sum(W**2) when weight_l2 > 0 and,
+    with `measure`, the sum of its gradient's squares."""
     P = grad.size
     squares = 0.0
+    grad_squares = 0.0
     for b0 in range(lo, hi, _STEP_BLOCK):
         b1 = min(hi, b0 + _STEP_BLOCK)
         g = grad[b0:b1]
@@ -304,9 +321,11 @@ def _sum_slabs_and_step(grad, params, slabs, net, opt, weight_l2, update, lo, hi
                 g[i] += slab[i]
         if weight_l2 > 0:
             squares += _add_weight_penalty(grad, params, net, weight_l2, b0, b1)
+        if measure:
+            grad_squares += _sum_squares(grad, b0, b1)
         if update:
-            update_range(opt, params, grad, grad.dtype.type(1.0), b0, b1)
-    return squares
+            update_range(opt, hyper, params, grad, grad.dtype.type(1.0), b0, b1)
+    return squares, grad_squares
 
 
 @jit
@@ -322,16 +341,8 @@ def _add_weight_penalty(grad, params, net, weight_l2, lo, hi):
     return squares
 
 
-@jit(parallel=True)
-def _norm(v):
-    total = 0.0
-    for i in prange(v.size):
-        total += float(v[i]) * float(v[i])
-    return math.sqrt(total)
-
-
 @jit
-def train_epoch(params, net, ws, reg, opt, batch, batch_size, n_parts):
+def train_epoch(params, net, ws, reg, opt, hyper, batch, batch_size, n_parts):
     """One epoch of mini-batch training over the rows in batch.order, updating params and opt in place.
 
     Each batch's loss is a mean (weighted by batch.weights when given: sum w_i loss_i / sum w_i).
@@ -345,7 +356,6 @@ def train_epoch(params, net, ws, reg, opt, batch, batch_size, n_parts):
     weights = batch.weights
     n = order.size
     zero = params.dtype.type(0.0)
-    clip = reg.clip_norm > 0
     total = 0.0
     total_weight = 0.0
     by_rows = 0.0
@@ -359,14 +369,10 @@ def train_epoch(params, net, ws, reg, opt, batch, batch_size, n_parts):
             if batch_weight <= 0:
                 continue  # nothing to learn from an all-zero-weight batch
         scale = params.dtype.type(1.0) / params.dtype.type(batch_weight * net.loss_elements)
-        batch_loss = batch_gradient(params, net, ws, reg, opt, batch, start, m, scale, min(n_parts, m), zero,
-                                    not clip)
+        batch_loss = batch_gradient(params, net, ws, reg, opt, hyper, batch, start, m, scale, min(n_parts, m),
+                                    zero, True)
         if not math.isfinite(batch_loss):
             return np.nan, np.nan
-        if clip:
-            norm = _norm(ws.grad)
-            coef = min(1.0, reg.clip_norm / (norm + 1e-6))
-            update_all(opt, params, ws.grad, params.dtype.type(coef))
         opt.step[0] += 1
         total += batch_loss
         total_weight += batch_weight
@@ -377,9 +383,9 @@ def train_epoch(params, net, ws, reg, opt, batch, batch_size, n_parts):
 
 
 @jit
-def loss_and_gradient(params, net, ws, reg, opt, X, Y, weights, n_parts):
+def loss_and_gradient(params, net, ws, reg, opt, hyper, X, Y, weights, n_parts):
     """Mean (or weighted mean) loss over all rows of X and its gradient (into ws.grad), ws.capacity rows
-    at a time. reg should carry no dropout or penalty, opt is not stepped (only its step keys nothing)."""
+    at a time. reg should carry no dropout or penalty; opt and hyper are not used (no step is taken)."""
     n = X.shape[0]
     batch = Batch(X, Y, weights, np.arange(n))
     total_weight = float(n)
@@ -392,8 +398,8 @@ def loss_and_gradient(params, net, ws, reg, opt, X, Y, weights, n_parts):
     for start in range(0, n, ws.capacity):
         rows = min(ws.capacity, n - start)
         beta = params.dtype.type(0.0 if start == 0 else 1.0)
-        total += batch_gradient(params, net, ws, reg, opt, batch, start, rows, scale, min(n_parts, rows), beta,
-                                False)
+        total += batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, min(n_parts, rows),
+                                beta, False)
     return total / (total_weight * net.loss_elements)
 
 
@@ -408,19 +414,14 @@ def forward_all(out, params, net, ws, X, n_parts):
     off_out = _offset(sizes, capacity, n_layers)
     order = np.arange(n)
     no_dropout = np.zeros(n_layers, dtype=params.dtype)
-    w_offsets, act_codes, loss_code, huber_delta, loss_elements = net.w_offsets, net.act_codes, net.loss_code, \
-        net.huber_delta, net.loss_elements
-    acts, zs, deltas, grad, _ = ws
     for start in range(0, n, capacity):
         rows = min(capacity, n - start)
         parts = min(n_parts, rows)
         for part in prange(parts):
             fp_mode = flush_denormals()
-            net = Net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements)
-            ws = Workspace(acts, zs, deltas, grad, capacity)
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
             _gather_rows(X, order, start, r0, r1 - r0, ws.acts)
             _forward_rows(params, net, ws, no_dropout, 0, 0, order, start, r0, r1 - r0)
             restore_fp_mode(fp_mode)
-        out[start:start + rows] = acts[off_out:off_out + rows * n_out].reshape((rows, n_out))
+        out[start:start + rows] = ws.acts[off_out:off_out + rows * n_out].reshape((rows, n_out))

@@ -37,12 +37,12 @@ def elements_per_row(code, n_out):
 
 
 @jit
-def row_loss_and_delta(code, delta, z, y, d, scale):
+def row_loss_and_delta(code, huber_delta, z, y, d, scale):
     """Loss of one row (summed over its outputs); d = scale * dloss/dz. Float64 result.
 
     z: logits (n_out,), y: that row's targets (class index in y[0] for
     cross_entropy), d: output for the delta (may alias nothing else),
-    delta: huber's threshold (unused by the other losses).
+    huber_delta: huber's threshold (unused by the other losses).
     """
     n_out = z.shape[0]
     one = z.dtype.type(1.0)
@@ -78,12 +78,12 @@ def row_loss_and_delta(code, delta, z, y, d, scale):
         half = z.dtype.type(0.5)
         for j in range(n_out):
             r = z[j] - y[j]
-            if abs(r) < delta:
+            if abs(r) < huber_delta:
                 loss += float(half * r * r)
                 d[j] = r * scale
             else:
-                loss += float(delta * (abs(r) - half * delta))
-                d[j] = (delta if r > zero else -delta) * scale
+                loss += float(huber_delta * (abs(r) - half * huber_delta))
+                d[j] = (huber_delta if r > zero else -huber_delta) * scale
     elif code == SKLEARN_SQUARED:
         for j in range(n_out):
             r = z[j] - y[j]
@@ -99,11 +99,11 @@ def row_loss_and_delta(code, delta, z, y, d, scale):
 
 
 @jit
-def row_losses(code, delta, logits, Y):
+def row_losses(code, huber_delta, logits, Y):
     """Each row's loss (summed over its outputs), float64, for a block of rows."""
     scratch = np.empty(logits.shape[1], logits.dtype)
     zero = logits.dtype.type(0.0)
     out = np.empty(logits.shape[0])
     for i in range(logits.shape[0]):
-        out[i] = row_loss_and_delta(code, delta, logits[i], Y[i], scratch, zero)
+        out[i] = row_loss_and_delta(code, huber_delta, logits[i], Y[i], scratch, zero)
     return out

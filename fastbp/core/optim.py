@@ -9,7 +9,7 @@ defaults follow torch.optim (SGD, Adam, AdamW, RMSprop).
 import numpy as np
 from numba import prange
 
-from .bundles import Hyper, Optimizer, make_hyper
+from .bundles import make_hyper
 from .checks import check_number
 from .config import jit
 from .errors import InputError
@@ -100,7 +100,7 @@ class OptimizerSettings:
 
 
 @jit
-def update_range(opt, params, grad, grad_scale, lo, hi):
+def update_range(opt, hyper, params, grad, grad_scale, lo, hi):
     """Step parameters [lo, hi) in place from grad_scale * grad, as step opt.step[0] + 1.
 
     The optimizers run on 0-based views of the range: with a non-negative index
@@ -111,30 +111,25 @@ def update_range(opt, params, grad, grad_scale, lo, hi):
     t = opt.step[0] + 1
     code = opt.code
     if code == SGD:
-        _sgd(p, g, opt, lo, hi, grad_scale)
+        _sgd(p, g, opt, hyper, lo, hi, grad_scale)
     elif code == RMSPROP:
-        _rmsprop(p, g, opt, lo, hi, grad_scale)
+        _rmsprop(p, g, opt, hyper, lo, hi, grad_scale)
     elif code == SKLEARN_SGD:
-        _sklearn_sgd(p, g, opt, lo, hi)
+        _sklearn_sgd(p, g, opt, hyper, lo, hi)
     elif code == SKLEARN_ADAM:
-        _sklearn_adam(p, g, opt, lo, hi, t)
+        _sklearn_adam(p, g, opt, hyper, lo, hi, t)
     else:
-        _adam(code == ADAMW, p, g, opt, lo, hi, t, grad_scale)
+        _adam(code == ADAMW, p, g, opt, hyper, lo, hi, t, grad_scale)
 
 
 @jit(parallel=True)
-def update_all(opt, params, grad, grad_scale):
+def update_all(opt, hyper, params, grad, grad_scale):
     """update_range over every parameter, in parallel blocks (used when clipping needs the full gradient first)."""
     n = params.size
     block = 4096
-    # a parallel loop body can only capture arrays and scalars: unpack the bundle here, rebuild it inside
-    code, step, mb, ea, eas, meas, ga = opt.code, opt.step, opt.momentum_buffer, opt.exp_avg, opt.exp_avg_sq, \
-        opt.max_exp_avg_sq, opt.grad_avg
-    lr, mom, nest, wd, b1, b2, eps, ams, sq, cen, l1 = opt.hyper
     for blk in prange((n + block - 1) // block):
         fp_mode = flush_denormals()
-        opt = Optimizer(code, step, Hyper(lr, mom, nest, wd, b1, b2, eps, ams, sq, cen, l1), mb, ea, eas, meas, ga)
-        update_range(opt, params, grad, grad_scale, blk * block, min(n, (blk + 1) * block))
+        update_range(opt, hyper, params, grad, grad_scale, blk * block, min(n, (blk + 1) * block))
         restore_fp_mode(fp_mode)
 
 
@@ -147,9 +142,9 @@ def _effective(p, g, i, grad_scale, decay, l1):
 
 
 @jit
-def _sgd(p, g, opt, lo, hi, grad_scale):
+def _sgd(p, g, opt, hyper, lo, hi, grad_scale):
     dtype = p.dtype.type
-    h = opt.hyper
+    h = hyper
     lr = dtype(h.lr)
     momentum = dtype(h.momentum)
     decay = dtype(h.weight_decay)
@@ -169,10 +164,10 @@ def _sgd(p, g, opt, lo, hi, grad_scale):
 
 
 @jit
-def _adam(decoupled, p, g, opt, lo, hi, t, grad_scale):
+def _adam(decoupled, p, g, opt, hyper, lo, hi, t, grad_scale):
     dtype = p.dtype.type
     one = dtype(1.0)
-    h = opt.hyper
+    h = hyper
     lr = dtype(h.lr)
     beta1 = dtype(h.beta1)
     beta2 = dtype(h.beta2)
@@ -201,10 +196,10 @@ def _adam(decoupled, p, g, opt, lo, hi, t, grad_scale):
 
 
 @jit
-def _rmsprop(p, g, opt, lo, hi, grad_scale):
+def _rmsprop(p, g, opt, hyper, lo, hi, grad_scale):
     dtype = p.dtype.type
     one = dtype(1.0)
-    h = opt.hyper
+    h = hyper
     lr = dtype(h.lr)
     decay_sq = dtype(h.square_avg_decay)
     eps = dtype(h.eps)
@@ -232,9 +227,9 @@ def _rmsprop(p, g, opt, lo, hi, grad_scale):
 
 
 @jit
-def _sklearn_sgd(p, g, opt, lo, hi):
+def _sklearn_sgd(p, g, opt, hyper, lo, hi):
     dtype = p.dtype.type
-    h = opt.hyper
+    h = hyper
     lr = dtype(h.lr)
     momentum = dtype(h.momentum)
     nesterov = h.nesterov != 0
@@ -246,10 +241,10 @@ def _sklearn_sgd(p, g, opt, lo, hi):
 
 
 @jit
-def _sklearn_adam(p, g, opt, lo, hi, t):
+def _sklearn_adam(p, g, opt, hyper, lo, hi, t):
     dtype = p.dtype.type
     one = dtype(1.0)
-    h = opt.hyper
+    h = hyper
     beta1 = dtype(h.beta1)
     beta2 = dtype(h.beta2)
     eps = dtype(h.eps)

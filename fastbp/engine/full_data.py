@@ -43,14 +43,14 @@ class FullGradient:
         self.net = net
         self.ws = workspace(net, min(X.shape[0], GRADIENT_BLOCK_ROWS), dtype)
         self.reg = make_regularization(np.zeros(net.sizes.size - 1), dtype)
-        self.inert = make_optimizer(SGD, make_hyper(1.0), 0, dtype, ())
+        self.inert, self.no_hyper = make_optimizer(SGD, 0, dtype, ()), make_hyper(1.0)
         self.X, self.Y, self.weights, self.n_threads = X, Y, weights, n_threads
 
     def __call__(self, params, grad):
         """Mean loss at `params`; its gradient into `grad`."""
         with thread_limits(self.n_threads):
             return kernels.loss_and_gradient(params, self.net, self.ws._replace(grad=grad), self.reg, self.inert,
-                                             self.X, self.Y, self.weights, self.n_threads)
+                                             self.no_hyper, self.X, self.Y, self.weights, self.n_threads)
 
 
 def to_probabilities(logits, softmax):

@@ -14,13 +14,13 @@ from ..core.losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, elements_per_row,
 CLASSIFICATION_CODES = (CROSS_ENTROPY, BINARY_CROSS_ENTROPY)
 
 
-def metric_part(loss_code, loss_param, logits, Y, weights=None):
+def metric_part(loss_code, huber_delta, logits, Y, weights=None):
     """The combinable summary of these rows (weights: None or one non-negative weight per row)."""
     w = np.ones(len(Y)) if weights is None else weights
     total = float(w.sum())
     if total <= 0:
         return None
-    losses = row_losses(loss_code, loss_param, logits, Y) / elements_per_row(loss_code, logits.shape[1])
+    losses = row_losses(loss_code, huber_delta, logits, Y) / elements_per_row(loss_code, logits.shape[1])
     part = {"weight": total, "loss": float(w @ losses) / total}
     if loss_code == CROSS_ENTROPY:
         part["accuracy"] = float(w @ (logits.argmax(axis=1) == Y[:, 0])) / total

@@ -32,7 +32,7 @@ def no_regularization(net, dtype, weight_penalty=0.0):
 def sklearn_optimizer(solver, n_params, dtype):
     """scikit-learn's SGD (velocity form) or Adam as an optimizer bundle, state zeroed, at step 0."""
     code = SKLEARN_SGD if solver == "sgd" else SKLEARN_ADAM
-    return make_optimizer(code, make_hyper(0.0), n_params, dtype, state_names(code, True))
+    return make_optimizer(code, n_params, dtype, state_names(code, True))
 
 
 def sklearn_hyper(learning_rate, momentum, nesterov, beta_1, beta_2, epsilon):
