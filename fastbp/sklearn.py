@@ -34,7 +34,6 @@ from .engine.engine import Engine
 from .engine.model import (ACTIVATION_NAMES, SKLEARN_SQUARED_ERROR, build_net, no_regularization, sklearn_hyper,
                            sklearn_optimizer)
 from .engine.state import TrainingState
-from .engine.model import resolve_n_threads
 
 if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
     raise ImportError(f"fastbp.sklearn needs scikit-learn >= 1.7, found {sklearn.__version__}")
@@ -198,7 +197,7 @@ class _FastbpMixin:
         layout, net, flat = self._net(layer_units, loss_name)
         Xc = self._dense(X)
         weights = self._weights(sample_weight, flat.dtype)
-        full_gradient = full_data.FullGradient(net, Xc, Y, weights, resolve_n_threads(self.n_threads), flat.dtype)
+        full_gradient = full_data.FullGradient(net, Xc, Y, weights, self.n_threads, flat.dtype)
         grad = np.empty_like(flat)
         weight_mask = np.zeros(layout.n_params, dtype=bool)
         for W, _ in layout.views(weight_mask):
@@ -231,7 +230,7 @@ class _FastbpMixin:
         layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
         layout, net, flat = self._net(layer_units)
         Xc = np.ascontiguousarray(self._dense(X), dtype=flat.dtype)
-        out = full_data.forward(flat, net, Xc, resolve_n_threads(self.n_threads))
+        out = full_data.forward(flat, net, Xc, self.n_threads)
         if self.out_activation_ in ("softmax", "logistic"):
             full_data.to_probabilities(out, softmax=self.out_activation_ == "softmax")
         return out

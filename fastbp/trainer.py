@@ -251,8 +251,7 @@ class Trainer:
         X, Y = self._check_data(X, y)
         weights = self._weights(Y, sample_weight, None)
         grad = np.empty_like(self.params)
-        loss = FullGradient(self.net, X, Y, weights, resolve_n_threads(self.n_threads), self.params.dtype)(
-            self.params, grad)
+        loss = FullGradient(self.net, X, Y, weights, self.n_threads, self.params.dtype)(self.params, grad)
         return float(loss), grad
 
     def save(self, path):
@@ -283,6 +282,9 @@ class Trainer:
             init_args.pop("n_threads", None)  # files from before n_threads became a run setting
             trainer = cls(**init_args, comm=comm, n_threads=n_threads)
             state = {name[4:]: a for name, a in arrays.items() if name.startswith("opt_") and name != "opt_step"}
+            legacy = state.pop("state", None)  # files from before the optimizer state was named
+            if legacy is not None:
+                state.update(zip(trainer.optimizer_settings.legacy_state_order(), legacy))
             for name, a in [("params", arrays["params"]), *state.items()]:
                 if a.shape != trainer.params.shape or a.dtype != trainer.params.dtype:
                     raise InputError(f"array {name!r} has shape {a.shape}, expected {trainer.params.shape}")

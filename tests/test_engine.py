@@ -238,3 +238,24 @@ print(len(kernels.train_epoch.signatures), len(kernels.forward_all.signatures))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["2", "2"]
+
+
+@pytest.mark.parametrize("options", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam", amsgrad=True),
+                                     dict(optimizer="rmsprop", momentum=0.5, centered=True)])
+def test_model_files_from_before_the_state_was_named_still_load(tmp_path, options):
+    """Older files hold the optimizer state as one unnamed (n_state, n_params) array and n_threads in the
+    model's arguments; they load, and training continues from the same state."""
+    from fastbp.files.modelfile import read_model, write_model
+    X, y = make_problem("cross_entropy", 60, 3, 2, seed=0)
+    tr = fastbp.Trainer([3, 5, 2], epochs=1, **options).fit(X, y)
+    tr.save(tmp_path / "new.fbp")
+    config, arrays = read_model(tmp_path / "new.fbp")
+    config["init_args"]["n_threads"] = 64
+    names = tr.optimizer_settings.legacy_state_order()
+    old = {"params": arrays["params"], "opt_step": arrays["opt_step"],
+           "opt_state": np.stack([arrays[f"opt_{n}"] for n in names if f"opt_{n}" in arrays])}
+    write_model(tmp_path / "old.fbp", config, old)
+    again = fastbp.load(tmp_path / "old.fbp")
+    for name, values in tr.state.state_arrays().items():
+        np.testing.assert_array_equal(again.state.state_arrays()[name], values)
+    np.testing.assert_array_equal(again.fit(X, y).params, fastbp.load(tmp_path / "new.fbp").fit(X, y).params)

@@ -86,6 +86,14 @@ class OptimizerSettings:
         momentum = self.momentum > 0 or (schedule_momentum and not self.cycles_beta1)
         return state_names(self.code, momentum, self.amsgrad, self.centered)
 
+    def legacy_state_order(self):
+        """The names of the rows of the unnamed (n_state, n_params) state array of older model files."""
+        if self.code == SGD:
+            return ["momentum_buffer"]
+        if self.code == RMSPROP:
+            return ["exp_avg_sq"] + ["momentum_buffer"] * (self.momentum > 0) + ["grad_avg"] * self.centered
+        return ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+
     def hyper(self, lr=None, momentum=None):
         """This epoch's hyper-parameters; a schedule may override lr and momentum (beta1 for Adam)."""
         beta1 = self.betas[0]

@@ -9,7 +9,7 @@ from scipy.special import expit
 from ..core import kernels
 from ..core.activations import GELU
 from ..core.bundles import make_optimizer, make_regularization, make_hyper, make_workspace
-from ..core.config import thread_limits
+from ..core.config import resolve_n_threads, thread_limits
 from ..core.optim import SGD
 
 PREDICT_BLOCK_ROWS = 1024   # rows per forward block: keeps the workspace small
@@ -22,8 +22,10 @@ def workspace(net, capacity, dtype, grad=None):
     return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity, n_params, dtype, grad)
 
 
-def forward(params, net, X, n_threads):
-    """Logits (n, n_out) of every row of the C-contiguous X, in blocks, rows split over n_threads."""
+def forward(params, net, X, n_threads=None):
+    """Logits (n, n_out) of every row of the C-contiguous X, in blocks, rows split over n_threads
+    (None: every core)."""
+    n_threads = resolve_n_threads(n_threads)
     n = X.shape[0]
     out = np.empty((n, int(net.sizes[-1])), dtype=params.dtype)
     if n:
@@ -40,6 +42,7 @@ class FullGradient:
     """
 
     def __init__(self, net, X, Y, weights, n_threads, dtype):
+        n_threads = resolve_n_threads(n_threads)
         self.net = net
         self.ws = workspace(net, min(X.shape[0], GRADIENT_BLOCK_ROWS), dtype)
         self.reg = make_regularization(np.zeros(net.sizes.size - 1), dtype)

@@ -3,7 +3,6 @@ and the optimizer bundles. The faces (Trainer, fastbp.sklearn) build models thro
 import numpy as np
 
 from ..core.activations import ACTIVATIONS, IDENTITY, activation_code
-from ..core.config import resolve_n_threads  # noqa: F401 (for the faces)
 from ..core.bundles import make_hyper, make_net, make_optimizer, make_regularization
 from ..core.layout import Layout
 from ..core.losses import SKLEARN_SQUARED, elements_per_row, loss_code

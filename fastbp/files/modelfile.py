@@ -23,7 +23,7 @@ from ..core.errors import InputError
 
 STALE_TEMP_SECONDS = 3600  # a temporary file this old was abandoned by a killed writer
 FORMAT_NAME = "fastbp-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optimizer state as named vectors (opt_momentum_buffer, ...); 1 still loads
 _META = "fastbp.json"
 
 
