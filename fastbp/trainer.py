@@ -279,6 +279,13 @@ class Trainer:
         config, arrays = read_model(path)
         try:
             init_args = dict(config["init_args"])
+            # the parameter count the arguments imply, checked against the array read (bounded) before
+            # anything that size is allocated
+            sizes = check_layer_sizes(init_args.get("layer_sizes"))
+            n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))  # Python ints: no overflow
+            if arrays["params"].shape != (n_params,):
+                raise InputError(f"layer_sizes {init_args.get('layer_sizes')} need {n_params} parameters, "
+                                 f"the file holds {arrays['params'].shape}")
             init_args.pop("n_threads", None)  # files from before n_threads became a run setting
             trainer = cls(**init_args, comm=comm, n_threads=n_threads)
             state = {name[4:]: a for name, a in arrays.items() if name.startswith("opt_") and name != "opt_step"}
@@ -295,7 +302,7 @@ class Trainer:
                 trainer.lr_schedule = schedule_from_spec(config["lr_schedule"])
             trainer.preprocessing = config.get("preprocessing")
             trainer.metadata = dict(config.get("metadata") or {})
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
             raise ModelFileError(f"{path!r} does not describe a valid fastbp model: {exc}") from None
         return trainer
 

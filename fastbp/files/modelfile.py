@@ -13,9 +13,13 @@ import hashlib
 import io
 import json
 import os
+import re
+import stat
+import struct
 import tempfile
 import time
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -36,8 +40,13 @@ def _digest(arr):
 
 
 def write_model(path, config, arrays):
-    """Atomically write `config` (JSON-serializable dict) and `arrays` (name -> ndarray) to `path`."""
-    path = os.fspath(path)
+    """Atomically write `config` (JSON-serializable dict) and `arrays` (name -> ndarray) to `path`.
+
+    The file gets the permissions an ordinary write would give it: an existing file's mode, else
+    0666 minus the umask. A symlink is written through: its target is replaced, atomically, in the
+    target's folder, and the link stays.
+    """
+    path = os.path.realpath(os.fspath(path))
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -49,6 +58,7 @@ def write_model(path, config, arrays):
     _remove_abandoned_temporaries(folder, os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, "wb") as fh:
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
                 zf.writestr(_META, json.dumps(meta, indent=1))
@@ -78,6 +88,16 @@ def write_model(path, config, arrays):
         pass
 
 
+def _file_mode(path):
+    """The mode of the file at `path`, or what a new file gets (0666 minus the umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def _remove_abandoned_temporaries(folder, name):
     """Delete old temporary files of this model name left by writers that were killed mid-write."""
     for leftover in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
@@ -88,33 +108,137 @@ def _remove_abandoned_temporaries(folder, name):
             pass  # another process got there first, or it is not ours to remove
 
 
+# Limits for files that may come from anyone: nothing is decompressed or allocated beyond them.
+MAX_JSON_BYTES = 64 << 20          # the metadata (history, column statistics) of any real model is far smaller
+MAX_NPY_HEADER_BYTES = 4096        # numpy writes 64-128 bytes
+MAX_EXPANSION = 20                 # declared uncompressed bytes per byte of file, beyond...
+EXPANSION_FLOOR = 64 << 20         # ...this much (fastbp writes members uncompressed: ratio ~1)
+ARRAY_DTYPES = {"<f4", "<f8", "<i8"}
+_ARRAY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, TypeError, ValueError,
+                UnicodeDecodeError, OSError, NotImplementedError, RuntimeError, zlib.error, struct.error,
+                AttributeError, IndexError, OverflowError)
+
+
 def read_model(path):
-    """Return (config, arrays) from a file written by write_model, verifying every checksum."""
+    """Return (config, arrays) from a file written by write_model, treating it as untrusted input.
+
+    Before anything is decompressed: the member names must be exactly the metadata and the arrays it
+    lists (no paths, no extras), each stored or deflated, unencrypted, with declared sizes that match
+    what the metadata says the arrays need and that the file's own size can justify. Members are read
+    as streams with hard caps, each array's .npy header is compared with the metadata before its data
+    is read, nothing may trail, and every array's SHA-256 must match. Every failure is ModelFileError.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path!r}")
     try:
-        with zipfile.ZipFile(path, "r") as zf:
-            try:
-                meta = json.loads(zf.read(_META).decode("utf-8"))
-            except KeyError:
-                raise ModelFileError(f"{path!r} is a zip file but not a fastbp model (no {_META})") from None
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-                raise ModelFileError(f"{path!r} is not a fastbp model file")
-            version = meta.get("format_version")
-            if not isinstance(version, int) or version > FORMAT_VERSION:
-                raise ModelFileError(f"{path!r} uses model format version {version!r}, newer than this fastbp "
-                                     f"reads ({FORMAT_VERSION}); upgrade fastbp to load it")
-            arrays = {}
-            for name, info in meta["arrays"].items():
-                with zf.open(f"arrays/{name}.npy") as fh:
-                    arr = np.lib.format.read_array(io.BytesIO(fh.read()), allow_pickle=False)
-                if arr.dtype.str != info["dtype"] or list(arr.shape) != info["shape"] or _digest(arr) != info["sha256"]:
-                    raise ModelFileError(f"{path!r} is corrupted: array {name!r} does not match its checksum")
-                arrays[name] = arr
-            return meta["config"], arrays
+        return _read(path)
     except ModelFileError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, TypeError, UnicodeDecodeError,
-            json.JSONDecodeError, ValueError, OSError) as exc:
-        raise ModelFileError(f"{path!r} is truncated or corrupted and cannot be loaded ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise ModelFileError(f"{path!r} is truncated or corrupted and cannot be loaded "
+                             f"({type(exc).__name__}: {exc})") from None
+
+
+def _bad(path, what):
+    return ModelFileError(f"{path!r} is not a valid fastbp model file: {what}")
+
+
+def _read(path):
+    budget = max(EXPANSION_FLOOR, MAX_EXPANSION * os.path.getsize(path))
+    with zipfile.ZipFile(path, "r") as zf:
+        members = {}
+        for info in zf.infolist():
+            if info.filename in members:
+                raise _bad(path, f"member {info.filename!r} appears twice")
+            if info.flag_bits & 0x1:
+                raise _bad(path, f"member {info.filename!r} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise _bad(path, f"member {info.filename!r} uses compression method {info.compress_type}")
+            members[info.filename] = info
+        if _META not in members:
+            raise ModelFileError(f"{path!r} is a zip file but not a fastbp model (no {_META})")
+        if sum(info.file_size for info in members.values()) > budget:
+            raise _bad(path, "its members declare far more data than the file can hold (a zip bomb?)")
+        if members[_META].file_size > MAX_JSON_BYTES:
+            raise _bad(path, f"{_META} declares {members[_META].file_size} bytes, more than {MAX_JSON_BYTES}")
+        meta = json.loads(_read_capped(zf, members[_META], members[_META].file_size).decode("utf-8"))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            raise ModelFileError(f"{path!r} is not a fastbp model file")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise _bad(path, f"format_version {version!r}")
+        if version > FORMAT_VERSION:
+            raise ModelFileError(f"{path!r} uses model format version {version!r}, newer than this fastbp "
+                                 f"reads ({FORMAT_VERSION}); upgrade fastbp to load it")
+        specs = meta.get("arrays")
+        if not isinstance(specs, dict) or not isinstance(meta.get("config"), dict):
+            raise _bad(path, "its metadata lacks 'arrays' or 'config'")
+        expected = {_META} | {f"arrays/{name}.npy" for name in specs}
+        if set(members) != expected:
+            extra, missing = sorted(set(members) - expected), sorted(expected - set(members))
+            raise _bad(path, f"members {extra} are not listed in its metadata" if extra else
+                       f"members {missing} are missing")
+        arrays = {}
+        for name, spec in specs.items():
+            dtype, shape = _array_spec(path, name, spec)
+            arrays[name] = _read_array(path, zf, members[f"arrays/{name}.npy"], name, dtype, shape, spec["sha256"])
+        return meta["config"], arrays
+
+
+def _array_spec(path, name, spec):
+    """(dtype, shape) of an array as the metadata declares it, checked."""
+    if not _ARRAY_NAME.fullmatch(name) or not isinstance(spec, dict):
+        raise _bad(path, f"array name {name!r}")
+    dtype, shape, digest = spec.get("dtype"), spec.get("shape"), spec.get("sha256")
+    if dtype not in ARRAY_DTYPES:
+        raise _bad(path, f"array {name!r} has dtype {dtype!r}; model arrays are float32, float64 or int64")
+    if not isinstance(shape, list) or len(shape) > 2 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2 ** 40 for n in shape):
+        raise _bad(path, f"array {name!r} has shape {shape!r}")
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise _bad(path, f"array {name!r} has no valid checksum")
+    return np.dtype(dtype), tuple(shape)
+
+
+def _read_array(path, zf, info, name, dtype, shape, digest):
+    """One array, its header checked against the metadata before any data is read, no trailing bytes."""
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    nbytes = count * dtype.itemsize
+    if not nbytes <= info.file_size <= nbytes + MAX_NPY_HEADER_BYTES:
+        raise _bad(path, f"member for array {name!r} declares {info.file_size} bytes, but {shape} of {dtype} "
+                         f"needs {nbytes} plus a header")
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(fh, max_header_size=MAX_NPY_HEADER_BYTES)
+        elif version == (2, 0):
+            header = np.lib.format.read_array_header_2_0(fh, max_header_size=MAX_NPY_HEADER_BYTES)
+        else:
+            raise _bad(path, f"array {name!r} has .npy version {version}")
+        got_shape, fortran, got_dtype = header
+        if got_shape != shape or fortran or got_dtype != dtype:
+            raise _bad(path, f"array {name!r} holds {got_shape} {got_dtype}, but its metadata says {shape} {dtype}")
+        arr = np.empty(shape, dtype=dtype)
+        view = memoryview(arr.reshape(-1).view(np.uint8))
+        filled = 0
+        while filled < nbytes:
+            got = fh.readinto(view[filled:])
+            if not got:
+                raise _bad(path, f"array {name!r} is truncated")
+            filled += got
+        if fh.read(1):
+            raise _bad(path, f"array {name!r} has trailing bytes")
+    if _digest(arr) != digest:
+        raise ModelFileError(f"{path!r} is corrupted: array {name!r} does not match its checksum")
+    return arr
+
+
+def _read_capped(zf, info, cap):
+    """A member's bytes, never more than `cap` (a member may inflate past what it declares)."""
+    with zf.open(info) as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise _bad(zf.filename, f"member {info.filename!r} is larger than it declares")
+    return data
