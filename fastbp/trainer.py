@@ -278,6 +278,16 @@ class Trainer:
         """
         config, arrays = read_model(path)
         try:
+            unknown = set(config) - _CONFIG_KEYS
+            if unknown:
+                raise InputError(f"unknown entries {sorted(unknown)}")
+            history = config["history"]
+            if not isinstance(history, list) or not all(
+                    isinstance(h, dict) and all(isinstance(v, (int, float)) for v in h.values()) for h in history):
+                raise InputError("its history is not a list of epoch records")
+            if not isinstance(config.get("metadata") or {}, dict) or \
+                    not isinstance(config.get("preprocessing") or {}, dict):
+                raise InputError("its metadata or preprocessing is not a mapping")
             init_args = dict(config["init_args"])
             # the parameter count the arguments imply, checked against the array read (bounded) before
             # anything that size is allocated
@@ -356,6 +366,10 @@ class Trainer:
         train, val = validation_indices(X.shape[0], validation_split, labels, self.state.split_seed)
         w_val = weights[val] if weights.size else None
         return (X[train], Y[train], weights[train] if weights.size else weights, (X[val], Y[val], w_val))
+
+
+_CONFIG_KEYS = {"fastbp_version", "init_args", "history", "shuffle_rng_state", "lr_schedule", "preprocessing",
+                "metadata"}
 
 
 def load(path, comm=None, n_threads=None):

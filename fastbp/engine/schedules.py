@@ -223,7 +223,15 @@ def schedule_spec(schedule):
 
 
 def schedule_from_spec(spec):
+    """The schedule schedule_spec saved; its state may only set the attributes that schedule has, to
+    plain values (a model file is untrusted input)."""
     name, state = spec
+    if name not in SCHEDULES or not isinstance(state, dict):
+        raise InputError(f"unknown saved lr_schedule {name!r}")
+    known = set(vars(SCHEDULES[name]())) | {"total_epochs"}
+    for key, value in state.items():
+        if key not in known or not isinstance(value, (int, float, str, bool, type(None))):
+            raise InputError(f"saved lr_schedule {name!r} has an unknown or malformed entry {key!r}")
     schedule = SCHEDULES[name].__new__(SCHEDULES[name])
     schedule.load_state(state)
     return schedule
