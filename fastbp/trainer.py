@@ -101,8 +101,6 @@ class Trainer:
             params, make_optimizer(settings.code, self.layout.n_params, np_dtype, settings.state_names()),
             np.random.default_rng(shuffle_seq), schedule, dropout_seq.generate_state(1, np.uint32)[0],
             split_seq.generate_state(1, np.uint32)[0])
-        self.regularization = make_regularization(drops + [0.0], np_dtype, self.state.dropout_seed, 0.0,
-                                                  self.clip_grad_norm or 0.0)
         self.stop_training = False
         self.preprocessing = None  # a file's column handling (fastbp.files.preprocess), saved with the model
         self.metadata = {}         # free-form JSON saved with the model (the CLI records its options here)
@@ -145,7 +143,11 @@ class Trainer:
 
     def engine(self):
         """An Engine for a run of this model with its current settings (fastbp.engine)."""
-        return Engine(self.state, self.net, self.regularization, self.optimizer_settings, self.batch_size,
+        n_hidden = self.layout.n_layers - 1
+        drops = list(self.dropout) if hasattr(self.dropout, "__len__") else [self.dropout] * n_hidden
+        regularization = make_regularization(drops + [0.0], self.params.dtype, self.state.dropout_seed, 0.0,
+                                             self.clip_grad_norm or 0.0)
+        return Engine(self.state, self.net, regularization, self.optimizer_settings, self.batch_size,
                       self.shuffle, self.n_threads, self._comm,
                       functools.partial(distributed.DistributedRows, sync_every=self.sync_every))
 

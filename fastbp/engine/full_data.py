@@ -8,7 +8,7 @@ from scipy.special import expit
 
 from ..core import kernels
 from ..core.activations import GELU
-from ..core.bundles import make_optimizer, make_regularization, make_hyper, make_workspace
+from ..core.bundles import make_hyper, make_optimizer, make_regularization, make_workspace
 from ..core.config import resolve_n_threads, thread_limits
 from ..core.optim import SGD
 

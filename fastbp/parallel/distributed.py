@@ -113,7 +113,8 @@ class SynchronousSteps:
                 scale = one / epr
             else:  # rounded as one process rounds it
                 scale = one / engine.params.dtype.type(batch_weight * epr)
-            loss = float(engine.batch_gradient(grad, X, Y, weights, order, start, rows, scale, self.hyper, self.dropout_seed))
+            loss = float(engine.batch_gradient(grad, X, Y, weights, order, start, rows, scale, self.hyper,
+                                               self.dropout_seed))
             buf[P] = loss
         else:
             grad[:] = 0
