@@ -259,3 +259,13 @@ def test_model_files_from_before_the_state_was_named_still_load(tmp_path, option
     for name, values in tr.state.state_arrays().items():
         np.testing.assert_array_equal(again.state.state_arrays()[name], values)
     np.testing.assert_array_equal(again.fit(X, y).params, fastbp.load(tmp_path / "new.fbp").fit(X, y).params)
+
+
+def test_settings_changed_after_construction_apply_to_the_next_fit():
+    X, y = make_problem("cross_entropy", 64, 3, 2, seed=0)
+    kwargs = dict(layer_sizes=[3, 6, 2], lr=0.5, batch_size=8, epochs=1, dtype="float64", seed=3)
+    clipped = fastbp.Trainer(clip_grad_norm=0.01, **kwargs).fit(X, y)
+    changed = fastbp.Trainer(**kwargs)
+    changed.clip_grad_norm = 0.01
+    np.testing.assert_array_equal(changed.fit(X, y).params, clipped.params)
+    assert not np.array_equal(fastbp.Trainer(**kwargs).fit(X, y).params, clipped.params)
