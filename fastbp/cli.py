@@ -131,10 +131,8 @@ def train(args):
     from .parallel.file_shards import shard_mode
     from .trainer import Trainer, load
 
-    comm = "mpi" if _launched_by_mpi() else None
-    if comm:
-        from .parallel.comm import make_comm
-        comm = make_comm(comm)
+    from .parallel.comm import make_comm
+    comm = make_comm("mpi") if _launched_by_mpi() else None
     rank = comm.rank if comm else 0
     if rank != 0:
         args.quiet = True  # one voice per job: rank 0 prints and writes files

@@ -152,16 +152,15 @@ def _effective(p, g, i, grad_scale, decay, l1):
 @jit
 def _sgd(p, g, opt, hyper, lo, hi, grad_scale):
     dtype = p.dtype.type
-    h = hyper
-    lr = dtype(h.lr)
-    momentum = dtype(h.momentum)
-    decay = dtype(h.weight_decay)
-    l1 = dtype(h.l1)
-    if h.momentum == 0:
+    lr = dtype(hyper.lr)
+    momentum = dtype(hyper.momentum)
+    decay = dtype(hyper.weight_decay)
+    l1 = dtype(hyper.l1)
+    if hyper.momentum == 0:
         for i in range(p.size):
             p[i] -= lr * _effective(p, g, i, grad_scale, decay, l1)
         return
-    nesterov = h.nesterov != 0
+    nesterov = hyper.nesterov != 0
     # a zero buffer makes the first step's buffer the gradient itself, as torch starts it
     buf = opt.momentum_buffer[lo:hi]
     for i in range(p.size):
@@ -175,18 +174,17 @@ def _sgd(p, g, opt, hyper, lo, hi, grad_scale):
 def _adam(decoupled, p, g, opt, hyper, lo, hi, t, grad_scale):
     dtype = p.dtype.type
     one = dtype(1.0)
-    h = hyper
-    lr = dtype(h.lr)
-    beta1 = dtype(h.beta1)
-    beta2 = dtype(h.beta2)
-    eps = dtype(h.eps)
-    l1 = dtype(h.l1)
+    lr = dtype(hyper.lr)
+    beta1 = dtype(hyper.beta1)
+    beta2 = dtype(hyper.beta2)
+    eps = dtype(hyper.eps)
+    l1 = dtype(hyper.l1)
     step_size = dtype(float(lr) / (1.0 - float(beta1) ** t))
     inv_bias2_sqrt = dtype(1.0 / np.sqrt(1.0 - float(beta2) ** t))
     # Adam adds decay to the gradient; AdamW shrinks the weights first (decoupled)
-    coupled = dtype(0.0) if decoupled else dtype(h.weight_decay)
-    shrink = one - lr * dtype(h.weight_decay) if decoupled else one
-    amsgrad = h.amsgrad != 0
+    coupled = dtype(0.0) if decoupled else dtype(hyper.weight_decay)
+    shrink = one - lr * dtype(hyper.weight_decay) if decoupled else one
+    amsgrad = hyper.amsgrad != 0
     m = opt.exp_avg[lo:hi]
     v = opt.exp_avg_sq[lo:hi]
     for i in range(p.size):
@@ -207,15 +205,14 @@ def _adam(decoupled, p, g, opt, hyper, lo, hi, t, grad_scale):
 def _rmsprop(p, g, opt, hyper, lo, hi, grad_scale):
     dtype = p.dtype.type
     one = dtype(1.0)
-    h = hyper
-    lr = dtype(h.lr)
-    decay_sq = dtype(h.square_avg_decay)
-    eps = dtype(h.eps)
-    momentum = dtype(h.momentum)
-    decay = dtype(h.weight_decay)
-    l1 = dtype(h.l1)
-    centered = h.centered != 0
-    with_momentum = h.momentum != 0
+    lr = dtype(hyper.lr)
+    decay_sq = dtype(hyper.square_avg_decay)
+    eps = dtype(hyper.eps)
+    momentum = dtype(hyper.momentum)
+    decay = dtype(hyper.weight_decay)
+    l1 = dtype(hyper.l1)
+    centered = hyper.centered != 0
+    with_momentum = hyper.momentum != 0
     square_avg = opt.exp_avg_sq[lo:hi]
     buf = opt.momentum_buffer[lo:hi] if with_momentum else square_avg
     grad_avg = opt.grad_avg[lo:hi] if centered else square_avg
@@ -237,10 +234,9 @@ def _rmsprop(p, g, opt, hyper, lo, hi, grad_scale):
 @jit
 def _sklearn_sgd(p, g, opt, hyper, lo, hi):
     dtype = p.dtype.type
-    h = hyper
-    lr = dtype(h.lr)
-    momentum = dtype(h.momentum)
-    nesterov = h.nesterov != 0
+    lr = dtype(hyper.lr)
+    momentum = dtype(hyper.momentum)
+    nesterov = hyper.nesterov != 0
     velocity = opt.momentum_buffer[lo:hi]
     for i in range(p.size):
         v = momentum * velocity[i] - lr * g[i]
@@ -252,11 +248,10 @@ def _sklearn_sgd(p, g, opt, hyper, lo, hi):
 def _sklearn_adam(p, g, opt, hyper, lo, hi, t):
     dtype = p.dtype.type
     one = dtype(1.0)
-    h = hyper
-    beta1 = dtype(h.beta1)
-    beta2 = dtype(h.beta2)
-    eps = dtype(h.eps)
-    lr_t = dtype(float(dtype(h.lr)) * np.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
+    beta1 = dtype(hyper.beta1)
+    beta2 = dtype(hyper.beta2)
+    eps = dtype(hyper.eps)
+    lr_t = dtype(float(dtype(hyper.lr)) * np.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
     m = opt.exp_avg[lo:hi]
     v = opt.exp_avg_sq[lo:hi]
     for i in range(p.size):

@@ -98,21 +98,25 @@ class Engine:
         if batch_size == 0:
             return 0.0, 0.0
         ws = self.workspace(batch_size)
-        reg = self.reg if dropout_seed is None else self.reg._replace(dropout_seed=int(dropout_seed))
         with thread_limits(self.n_threads):
-            loss, by_rows = kernels.train_epoch(self.params, self.net, ws, reg, self.state.optimizer, hyper,
-                                                make_batch(X, Y, weights, order), batch_size, self.n_threads)
+            loss, by_rows = kernels.train_epoch(self.params, self.net, ws, self._regularization(dropout_seed),
+                                                self.state.optimizer, hyper, make_batch(X, Y, weights, order),
+                                                batch_size, self.n_threads)
         return loss, by_rows
 
     def batch_gradient(self, grad, X, Y, weights, order, start, rows, scale, hyper, dropout_seed=None):
         """The gradient of scale * (loss sum of rows order[start:start+rows]) into `grad`, no step; the loss sum."""
         ws = self.workspace(rows, "gradient")._replace(grad=grad)
-        reg = self.reg if dropout_seed is None else self.reg._replace(dropout_seed=int(dropout_seed))
         zero = self.params.dtype.type(0.0)
         with thread_limits(self.n_threads):
-            return kernels.batch_gradient(self.params, self.net, ws, reg, self.state.optimizer, hyper,
+            return kernels.batch_gradient(self.params, self.net, ws, self._regularization(dropout_seed),
+                                          self.state.optimizer, hyper,
                                           make_batch(X, Y, weights, order), start, rows,
                                           self.params.dtype.type(scale), min(self.n_threads, rows), zero, False)
+
+    def _regularization(self, dropout_seed):
+        """The run's regularization, with another dropout seed when given (per-rank masks)."""
+        return self.reg if dropout_seed is None else self.reg._replace(dropout_seed=int(dropout_seed))
 
     def apply_gradient(self, grad, hyper, coef=1.0):
         """One optimizer step from coef * grad (parallel blocks); advances the step counter."""

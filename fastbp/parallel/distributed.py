@@ -37,7 +37,7 @@ class DistributedRows:
         steps = SynchronousSteps(engine, hyper)
         for start in range(0, len(order), batch):
             m = min(batch, len(order) - start)
-            weight = float(weights[order[start:start + m]].sum(dtype=np.float64)) if weights.size else float(m)
+            weight = rows_weight(weights, order, start, m)
             if weight <= 0:
                 continue
             r0, r1 = start + comm.rank * m // comm.size, start + (comm.rank + 1) * m // comm.size
@@ -105,8 +105,7 @@ class SynchronousSteps:
         loss = 0.0
         local_weight = 0.0
         if rows > 0:
-            local_weight = float(weights[order[start:start + rows]].sum(dtype=np.float64)) if weights.size \
-                else float(rows)
+            local_weight = rows_weight(weights, order, start, rows)
             one = engine.params.dtype.type(1.0)
             if batch_weight is None:  # the gradient is scaled by the summed weight after the Allreduce
                 buf[P + 1] = local_weight
@@ -209,6 +208,11 @@ def local_data_epochs(engine, X, Y, weights, sync_every):
         return steps.finish(), sum(sizes)
 
     return run_epoch
+
+
+def rows_weight(weights, order, start, rows):
+    """The summed weight of rows order[start:start+rows], in float64 as the compiled epoch sums it."""
+    return float(weights[order[start:start + rows]].sum(dtype=np.float64)) if weights.size else float(rows)
 
 
 def rank_dropout_seed(engine, own_data):
