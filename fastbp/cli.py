@@ -103,7 +103,7 @@ def _checkpoint_path(args):
 
 # Options that change what training computes: --resume refuses a checkpoint trained with others.
 # (--epochs is the total to reach; --threads changes only rounding; output options change nothing.)
-RESULT_OPTIONS = ("target", "features", "task", "hidden", "activation", "loss", "optimizer", "lr", "batch_size",
+RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer", "lr", "batch_size",
                   "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows", "buffer_rows", "shard",
                   "sync_every")
 
@@ -136,18 +136,28 @@ def train(args):
     rank = comm.rank if comm else 0
     if rank != 0:
         args.quiet = True  # one voice per job: rank 0 prints and writes files
-    source = open_source(args.data, args.chunk_rows)
+    _check_positive(args, "chunk_rows", "buffer_rows", "batch_size", "val_max_rows", "max_categories")
+    if not 0 <= args.val_split < 1:
+        raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
+    source = open_source(args.data, args.chunk_rows, args.encoding)
     # checked before the first pass, which can take long on a big file
     shard = shard_mode(args.shard, source, comm.size if comm else 1)
     checkpoint = _checkpoint_path(args)
     if args.resume and not checkpoint:
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoint was written)")
+    if rank == 0:
+        _check_outputs(args)
+    exclude = _names(args.exclude)
+    features = Preprocessor.feature_columns(source, args.target, _names(args.features), exclude)
+    skipped = [c for c in getattr(source, "index_columns", ()) if c not in features and not args.features]
+    if skipped:
+        _say(args, f"note: {', '.join(map(repr, skipped))} look like a pandas index and are not used as features "
+                   "(name them in --features to use them)")
     progress = _rows_progress("reading (first pass)", source.n_rows, args.quiet)
     try:
         prep, held, n_rows = Preprocessor.fit(
-            source, args.target, args.features.split(",") if args.features else None, args.task, args.impute,
-            args.max_categories, args.val_split, val_max_rows=args.val_max_rows, seed=args.seed, progress=progress,
-            comm=comm)
+            source, args.target, features, args.task, args.impute, args.max_categories, args.val_split,
+            val_max_rows=args.val_max_rows, seed=args.seed, progress=progress, comm=comm)
     finally:
         progress(None)
     n_out = len(prep.classes()) if prep.task == "classify" else 1
@@ -172,13 +182,16 @@ def train(args):
         trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
+    _say(args, "features: " + _column_list(prep))
+    if prep.task == "regress":
+        _say(args, f"target {prep.target!r} is standardized for training (mean {prep.state['target_mean']:.6g}, "
+                   f"scale {prep.state['target_scale']:.6g}); predictions are on its own scale")
     validation = None
-    if held is not None and len(held[prep.target]):
+    if held is not None:
         Xv, yv = prep.transform(held, 0, dtype=trainer.params.dtype)
         validation = (Xv, yv, None)
     callbacks = []
     if checkpoint and rank == 0:
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
         callbacks.append(_EveryN(ModelCheckpoint(checkpoint), args.checkpoint_every))
     if args.log_file and rank == 0:
         callbacks.append(_JsonLog(args.log_file))
@@ -189,21 +202,97 @@ def train(args):
                                callbacks, 0 if args.quiet else 1, stats, shard=args.shard)
     except KeyboardInterrupt:
         target = checkpoint or args.out + ".interrupted.fbp"
-        trainer.save(target)
+        target = _save_model(trainer, target)
         print(f"fastbp: interrupted after epoch {len(trainer.history)}; saved {target}. Resume with the same "
               f"command plus --resume{'' if checkpoint else ' --checkpoint-dir DIR (move the file to DIR/checkpoint.fbp)'}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    trainer.save(args.out)
+    if rank != 0:
+        return EXIT_OK
+    saved = _save_model(trainer, args.out)
     if checkpoint:
-        trainer.save(checkpoint)
+        _save_model(trainer, checkpoint)
     last = trainer.history[-1] if trainer.history else {}
     _say(args, "done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("loss", "val_loss",
                                                                                       "val_accuracy", "val_r2"))
-         + f"; model saved to {args.out}")
-    if args.plot and rank == 0:
+         + f"; model saved to {saved}")
+    if args.plot:
         _plot(trainer.history, args.plot)
-    return EXIT_OK
+    return EXIT_OK if saved == args.out else EXIT_BAD_INPUT
+
+
+def _names(text):
+    return [c for c in text.split(",") if c] if text else []
+
+
+def _column_list(prep, limit=30):
+    described = [f"{c} ({len(cats)} categories)" if cats else c
+                 for c, cats in zip(prep.features, prep.state["categories"])]
+    more = len(described) - limit
+    return ", ".join(described[:limit]) + (f", ... ({more} more)" if more > 0 else "")
+
+
+def _check_positive(args, *names):
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _check_outputs(args):
+    """Every file training will write can be written, before any work (a failure after training loses it)."""
+    _check_writable(args.out, "--out")
+    if args.log_file:
+        _check_writable(args.log_file, "--log-file", keep=True)
+    if args.checkpoint_dir:
+        try:
+            os.makedirs(args.checkpoint_dir, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--checkpoint-dir {args.checkpoint_dir!r} cannot be created ({exc.strerror})") from None
+        _check_writable(_checkpoint_path(args), "--checkpoint-dir")
+    if args.plot:
+        _check_writable(args.plot, "--plot")
+        _matplotlib()
+
+
+def _check_writable(path, option, keep=False):
+    """`path` can be created or replaced: its folder exists and takes a new file (tried, then removed)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path!r} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} {path!r}: the folder {folder!r} does not exist")
+    try:
+        if keep:
+            open(path, "a").close()
+        else:
+            fd, probe = tempfile.mkstemp(prefix=".fastbp-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{option} {path!r} cannot be written ({exc.strerror})") from None
+
+
+def _save_model(trainer, path):
+    """Save to `path`; when that fails after training, save next to it (or in the working or temporary folder)
+    and say where, so the trained model is never lost. Returns the path written."""
+    try:
+        trainer.save(path)
+        return path
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    stem = os.path.splitext(os.path.basename(path))[0] or "model"
+    for folder in (os.path.dirname(os.path.abspath(path)), os.getcwd(), tempfile.gettempdir()):
+        fallback = os.path.join(folder, f"{stem}.recovered-{os.getpid()}.fbp")
+        try:
+            trainer.save(fallback)
+        except OSError:
+            continue
+        print(f"fastbp: error: could not write {path!r} ({reason}); the trained model was saved to {fallback!r}",
+              file=sys.stderr)
+        return fallback
+    raise UsageError(f"could not write {path!r} ({reason}), nor a copy in its folder, the working folder or "
+                     f"{tempfile.gettempdir()!r}; the trained model is lost")
 
 
 class _sigint_as_keyboard_interrupt:
@@ -239,13 +328,18 @@ def _rows_progress(what, total, quiet):
     return update
 
 
-def _plot(history, path):
+def _matplotlib():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'fastbp[plot]'") from None
+        raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def _plot(history, path):
+    plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["loss"] for h in history], label="loss")
@@ -259,38 +353,44 @@ def _plot(history, path):
 
 
 # ---------------------------------------------------------------------------- predict / evaluate / info
-def _load_with_prep(model_path):
+def _load_with_prep(args):
     from .files.preprocess import Preprocessor
+    from .files.sources import open_source
     from .trainer import load
 
-    trainer = load(model_path)
+    trainer = load(args.model)
     if trainer.preprocessing is None:
-        raise UsageError(f"{model_path!r} was not trained from a file (no column information); "
+        raise UsageError(f"{args.model!r} was not trained from a file (no column information); "
                          "use the Python API to predict with it")
-    return trainer, Preprocessor(trainer.preprocessing)
+    prep = Preprocessor(trainer.preprocessing, on_unknown=args.on_unknown)
+    return trainer, prep, open_source(args.data, args.chunk_rows, args.encoding)
+
+
+def _report_unknown(prep):
+    """Rows whose category the model never saw were encoded as all zeros: say how many, per column."""
+    for column, rows in prep.unknown.items():
+        print(f"fastbp: warning: column {column!r}: {rows} row(s) hold categories not seen in training (encoded "
+              "as all zeros; --on-unknown error stops at the first)", file=sys.stderr)
 
 
 def predict(args):
-    from .files.sources import open_source
-
-    trainer, prep = _load_with_prep(args.model)
+    trainer, prep, source = _load_with_prep(args)
     if args.proba and prep.task != "classify":
         raise UsageError("--proba needs a classification model")
-    source = open_source(args.data, args.chunk_rows)
-    classes = prep.classes()
-    names = [f"proba_{c}" for c in classes] if args.proba else ["prediction"]
+    names = [f"proba_{c}" for c in prep.classes()] if args.proba else ["prediction"]
     n = 0
     with _TableWriter(args.out, names) as writer:
-        for start, chunk in source.chunks([c for c in prep.features if c in source.columns] or prep.features):
+        for start, chunk in source.chunks(prep.features, prep.kinds(with_target=False)):
             X, _ = prep.transform(chunk, start, with_target=False, dtype=trainer.params.dtype)
             if args.proba:
                 values = trainer.predict_proba(X)
             elif prep.task == "classify":
-                values = np.asarray(classes, dtype=object)[trainer.predict(X)]
+                values = prep.labels(trainer.predict(X))
             else:
-                values = trainer.predict(X)
+                values = prep.target_values(trainer.predict(X))
             writer.write(values)
             n += len(X)
+    _report_unknown(prep)
     _say(args, f"wrote {n} predictions to {args.out}")
     return EXIT_OK
 
@@ -305,8 +405,9 @@ class _TableWriter:
             raise UsageError(f"--out must end in .csv, .parquet or .npy, got {path!r}")
 
     def __enter__(self):
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, self.tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=self.ext, dir=folder)
+        _check_writable(self.path, "--out")
+        fd, self.tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=self.ext, dir=os.path.dirname(
+            os.path.abspath(self.path)))
         os.close(fd)
         self.writer, self.rows, self.dtype, self.width = None, 0, None, ()
         if self.ext == ".npy":
@@ -314,8 +415,7 @@ class _TableWriter:
         return self
 
     def write(self, values):
-        if values.dtype == object:
-            values = values.astype(str)
+        """One chunk of predictions; every chunk has the same dtype (labels: the classes' own type and width)."""
         if self.ext == ".npy":
             if self.dtype is None:
                 self.dtype, self.width = values.dtype, values.shape[1:]
@@ -364,19 +464,24 @@ class _TableWriter:
 
 def evaluate(args):
     from .engine import metrics
-    from .files.sources import open_source
 
-    trainer, prep = _load_with_prep(args.model)
-    source = open_source(args.data, args.chunk_rows)
-    part, n = None, 0
-    for start, chunk in source.chunks(prep.features + [prep.target]):
+    trainer, prep, source = _load_with_prep(args)
+    part, n, squared, absolute = None, 0, 0.0, 0.0
+    for start, chunk in source.chunks(prep.features + [prep.target], prep.kinds()):
         X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
         part = metrics.combine([part, trainer.metric_part(X, y)])  # exact over the file, not a mean of chunks
+        if prep.task == "regress":  # errors on the target's own scale, not the standardized one
+            error = prep.target_values(trainer.predict(X)) - prep.target_values(y)
+            squared += float(error @ error)
+            absolute += float(np.abs(error).sum())
         n += len(X)
     if n == 0:
         raise UsageError(f"{args.data!r} has no rows")
     result = metrics.finish(part)
+    if prep.task == "regress":
+        result["rmse"], result["mae"] = float(np.sqrt(squared / n)), absolute / n
     result["rows"] = n
+    _report_unknown(prep)
     print(json.dumps(result))
     return EXIT_OK
 
@@ -419,7 +524,10 @@ def _parser():
     p = commands.add_parser("train", help="train a model from a .csv, .parquet, .npy or .npz file")
     p.add_argument("data")
     p.add_argument("--target", required=True, help="target column name (column index for .npy/.npz)")
-    p.add_argument("--features", help="comma-separated feature columns (default: all but the target)")
+    p.add_argument("--features", help="comma-separated feature columns (default: all but the target and a pandas "
+                                      "index)")
+    p.add_argument("--exclude", help="comma-separated columns to leave out of the features")
+    p.add_argument("--encoding", help="text encoding of a CSV file (default: UTF-8), e.g. latin-1")
     p.add_argument("--task", choices=["classify", "regress"], help="default: guessed from the target column")
     p.add_argument("--hidden", default="256,256")
     p.add_argument("--activation", default="relu")
@@ -436,7 +544,8 @@ def _parser():
     p.add_argument("--impute", choices=["mean", "median"], help="fill missing values (default: they are errors)")
     p.add_argument("--max-categories", type=int, default=1000)
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
-    p.add_argument("--buffer-rows", type=int, default=262_144, help="rows shuffled together in memory")
+    p.add_argument("--buffer-rows", type=int, default=None,
+                   help="rows shuffled together in memory (default: 262144, fewer for wide data: 64 MB at most)")
     p.add_argument("--shard", choices=["auto", "rows", "chunks"], default="auto",
                    help="under mpiexec: 'rows' = every rank reads every chunk, result equal to one process; "
                         "'chunks' = each rank reads only its own chunks (not bit-equal); auto: chunks for Parquet")
@@ -457,14 +566,15 @@ def _parser():
     p.add_argument("data")
     p.add_argument("--out", required=True, help="preds.csv, preds.parquet or preds.npy")
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
-    p.add_argument("--chunk-rows", type=int, default=65536)
+    _reading_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=predict)
 
-    p = commands.add_parser("evaluate", help="loss and accuracy / R2 of a model on a labelled file (JSON)")
+    p = commands.add_parser("evaluate", help="loss and accuracy, or R2, RMSE and MAE on the target's own scale, of "
+                                             "a model on a labelled file (JSON)")
     p.add_argument("model")
     p.add_argument("data")
-    p.add_argument("--chunk-rows", type=int, default=65536)
+    _reading_options(p)
     p.set_defaults(run=evaluate)
 
     p = commands.add_parser("info", help="describe a model file (JSON)")
@@ -483,6 +593,13 @@ def _parser():
     # `fastbp bench ...` is dispatched in main() straight to fastbp.bench; listed here for --help
     commands.add_parser("bench", help="fastbp vs PyTorch vs scikit-learn (options: fastbp bench --help)")
     return parser
+
+
+def _reading_options(p):
+    p.add_argument("--chunk-rows", type=int, default=65536)
+    p.add_argument("--encoding", help="text encoding of a CSV file (default: UTF-8), e.g. latin-1")
+    p.add_argument("--on-unknown", choices=["ignore", "error"], default="ignore",
+                   help="a category not seen in training: encode it as all zeros and count it (ignore), or stop")
 
 
 def main(argv=None):

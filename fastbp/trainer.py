@@ -180,7 +180,7 @@ class Trainer:
             self._run(engine, run_epoch, validation, callbacks, verbose, validation_is_local=bool(local_data))
         return self
 
-    def fit_source(self, source, prep, train_rows, buffer_rows=262_144, val_split=0.0, seed=0, validation=None,
+    def fit_source(self, source, prep, train_rows, buffer_rows=None, val_split=0.0, seed=0, validation=None,
                    callbacks=None, verbose=None, stats=None, shard="auto"):
         """Train for `epochs` epochs on a file (fastbp.files.sources) in bounded memory, its columns mapped by
         the fitted Preprocessor `prep`; train_rows: the training rows per epoch (from Preprocessor.fit).

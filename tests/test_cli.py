@@ -62,7 +62,7 @@ def test_train_predict_evaluate_info(files, tmp_path, name, target):
 def test_bad_input_exit_codes(files, tmp_path):
     rng = np.random.default_rng(1)
     (tmp_path / "ragged.csv").write_text("a,b,t\n1,2,0\n3,4\n5,6,1\n")
-    (tmp_path / "text_in_numbers.csv").write_text("a,b,t\n" + "1,2,0\n" * 5 + "1,oops,1\n")
+    (tmp_path / "text_in_numbers.csv").write_text("a,b,t\n" + "1,2,0\n1,3,1\n" * 100 + "1,oops,1\n")
     (tmp_path / "missing.csv").write_text("a,b,t\n1,2,0\n3,,1\n5,6,1\n7,8,0\n")
     data = (files / "d.parquet").read_bytes()
     (tmp_path / "trunc.parquet").write_bytes(data[: len(data) // 2])

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from fastbp.files.preprocess import Preprocessor
+from fastbp.files.preprocess import Preprocessor, holdout_mask
+from fastbp.files.scan import first_pass
 from fastbp.files.sources import open_source
 from fastbp.parallel.file_shards import shard_mode
 
@@ -38,13 +39,12 @@ def table_file(tmp_path):
 @pytest.mark.parametrize("ranks", [2, 3])
 @pytest.mark.parametrize("impute", ["mean", "median"])
 def test_ranks_first_passes_merge_to_the_whole_files_statistics(table_file, ranks, impute):
-    import fastbp.files.preprocess as pre
     source = open_source(table_file)
     options = dict(impute=impute, val_split=0.2, seed=4)
     whole, held, n = Preprocessor.fit(source, "label", **options)
     chunks = [range(r, source.n_chunks, ranks) for r in range(ranks)]
-    parts = [pre._scan(source, "label", ["x", "color"], None, impute, 1000, 0.2, 10 ** 6, 4, None, c)
-             for c in chunks]
+    parts = [first_pass(source, "label", ["x", "color"], impute, 1000, lambda rows: holdout_mask(4, rows, 0.2),
+                        10 ** 6, 4, None, c) for c in chunks]
     for rank in range(ranks):
         merged, merged_held, merged_n = Preprocessor.fit(source, "label", **options,
                                                          comm=GatherOfRanks(rank, ranks, parts))
@@ -71,14 +71,15 @@ def test_preparation_matches_to_rounding_but_not_beyond(table_file):
     assert not prep.matches({k: v for k, v in state.items() if k != "impute"})
 
 
-def test_a_rank_that_saw_text_where_another_saw_numbers_is_an_error(table_file):
-    import fastbp.files.preprocess as pre
-    source = open_source(table_file)
-    part = pre._scan(source, "label", ["x", "color"], None, "mean", 1000, 0.0, 100, 0, None, [0])
-    as_text = {**part, "categories": {**part["categories"], "x": {"a"}},
-               "count": {**part["count"], "x": 0}}
-    with pytest.raises(ValueError, match="column 'x' mixes numbers and text"):
-        Preprocessor.fit(source, "label", impute="mean", comm=GatherOfRanks(0, 2, [part, as_text]))
+def test_a_rank_that_saw_text_where_another_saw_numbers_is_an_error():
+    from fastbp.files.scan import ColumnScan
+    rng = np.random.default_rng(0)
+    numbers, text = ColumnScan("x", None, 1000, False), ColumnScan("x", None, 1000, False)
+    numbers.update(pa.array([str(v) for v in range(700)]), np.arange(700), rng)
+    text.update(pa.array(["1.5"] * 99 + ["a"]), np.arange(700, 800), rng)
+    numbers.merge(text, rng)
+    with pytest.raises(ValueError, match="column 'x' holds numbers, but row 799 has the text 'a'"):
+        numbers.kind()
 
 
 def test_shard_modes(tmp_path, table_file):

@@ -1,20 +1,23 @@
-"""Column handling for files: feature selection, one-hot categories, imputation, standardization.
+"""Column handling for files: the schema learned in the first pass, applied to every later chunk.
 
-`Preprocessor.fit` learns everything in one streaming pass over a source (and keeps
-a bounded sample of held-out validation rows); `transform` turns one chunk into the
-model's input matrix and encoded targets. The fitted state is plain JSON, stored
-in the model file, so `fastbp predict` applies exactly what training used.
+`Preprocessor.fit` runs the first pass (fastbp.files.scan) and fixes the schema: each
+feature column is numeric (mean, scale, fill value) or categorical (its categories, as
+text), the target is numeric or text, with its classes and their type (classification) or
+its mean and scale (regression: the model learns the standardized target; predictions
+and reported metrics are on the original scale). `transform` coerces each column of a
+chunk to that type, whatever type the chunk's file gives it, so a predict file read by
+another reader or with other values converts exactly as training did. The state is
+plain JSON, stored in the model file.
 """
 import numpy as np
 
 from ..core.errors import InputError
+from .columns import NUMBER, TEXT, codes, to_numbers, where
+from .scan import MISSING, FirstPass, first_pass
 
-MISSING = "<missing>"
-MEDIAN_SAMPLE = 10_000  # per-column reservoir for --impute median (approximate on larger files)
-
-
-def _is_text(values):
-    return values.dtype == object
+TASKS = ("classify", "regress")
+LABEL_TYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": str}
+VAL_MAX_CELLS = 1 << 22  # validation sample: at most this many cells (32 MB as float64) whatever the width
 
 
 def holdout_mask(seed, rows, fraction):
@@ -30,85 +33,74 @@ def holdout_mask(seed, rows, fraction):
 
 
 class Preprocessor:
-    def __init__(self, state):
-        self.state = state
-        self.features = state["features"]
-        self.target = state["target"]
-        self.task = state["task"]
-        self.n_inputs = int(sum(len(c) if c is not None else 1 for c in state["categories"]))
-        self._index = {f: i for i, f in enumerate(self.features)}
-        classes = state.get("classes") or []
-        self._class_index = {self._label_key(c): i for i, c in enumerate(classes)}
-        # numeric labels (the common case) are encoded with one searchsorted, not a loop over rows
-        self._numeric_classes = np.array(classes, dtype=np.float64) \
-            if classes and not any(isinstance(c, str) for c in classes) else None
+    """A fitted schema. `state` comes from `fit` or from a model file (checked: it is untrusted input)."""
+
+    def __init__(self, state, on_unknown="ignore"):
+        self.state = _checked_state(state)
+        self.features = self.state["features"]
+        self.target = self.state["target"]
+        self.task = self.state["task"]
+        self.n_inputs = int(sum(len(c) if c is not None else 1 for c in self.state["categories"]))
+        if on_unknown not in ("ignore", "error"):
+            raise InputError(f"on_unknown must be 'ignore' or 'error', got {on_unknown!r}")
+        self.on_unknown = on_unknown
+        self.unknown = {}  # column -> rows whose category was not seen in training (transform counts them)
+        classes = self.state.get("classes") or []
+        self.label_type = self.state.get("label_type") or _label_type_of(classes)
+        self._label_array = np.array(classes, dtype=LABEL_TYPES[self.label_type]) if classes else None
+        self._numeric_classes = np.array(classes, dtype=np.float64) if classes and self.label_type != "str" else None
 
     # ------------------------------------------------------------------ learning
     @classmethod
     def fit(cls, source, target, features=None, task=None, impute=None, max_categories=1000, val_split=0.0,
-            val_max_rows=200_000, seed=0, progress=None, comm=None):
-        """One pass over `source`: statistics of the training rows and a sample of validation rows.
+            val_max_rows=200_000, seed=0, progress=None, comm=None, exclude=()):
+        """One pass over `source`: the schema of the training rows and a sample of validation rows.
+        Returns (Preprocessor, validation columns or None, training rows).
 
-        With an MPI communicator (size > 1) and a source in chunks (.npy, Parquet), each rank scans
-        only every size-th chunk and the statistics are merged, identically on every rank.
+        features: the feature columns (default: all but the target, the pandas index columns the
+        source names and `exclude`). With an MPI communicator (size > 1) and a source in chunks
+        (.npy, Parquet), each rank scans only every size-th chunk and the parts are merged, identically
+        on every rank.
         """
-        if target not in source.columns:
-            raise InputError(f"target column {target!r} is not in the data; columns are: {', '.join(source.columns)}")
-        features = [c for c in source.columns if c != target] if not features else list(features)
-        missing = [c for c in features if c not in source.columns]
-        if missing:
-            raise InputError(f"feature column(s) {', '.join(map(repr, missing))} not in the data; "
-                             f"columns are: {', '.join(source.columns)}")
+        features = cls.feature_columns(source, target, features, exclude)
+        if impute not in (None, "mean", "median"):
+            raise InputError(f"impute must be 'mean' or 'median', got {impute!r}")
+        if task not in (None, *TASKS):
+            raise InputError(f"task must be 'classify' or 'regress', got {task!r}")
+        # the validation sample is bounded in cells, so a wide file keeps fewer rows
+        val_max_rows = max(1, min(int(val_max_rows), VAL_MAX_CELLS // (len(features) + 1)))
+        sharded = comm is not None and comm.size > 1 and getattr(source, "chunk_starts", None) is not None
+        chunks = range(comm.rank, source.n_chunks, comm.size) if sharded else None
+
+        def holdout(rows):
+            return holdout_mask(seed, rows, val_split)
+
+        part = first_pass(source, target, features, impute, max_categories, holdout,
+                          max(1, val_max_rows // comm.size) if sharded else val_max_rows, seed, progress, chunks)
+        if sharded:
+            part = FirstPass.combine(comm.allgather(part), np.random.default_rng(seed))
+        return cls(_schema(part, task, impute)), part.held_columns(val_max_rows), part.n_rows
+
+    @staticmethod
+    def feature_columns(source, target, features=None, exclude=()):
+        """The feature columns fit() uses, checked against the source's columns."""
+        columns = source.columns
+        if target not in columns:
+            raise InputError(f"target column {target!r} is not in the data; columns are: {', '.join(columns)}")
+        unknown = [c for c in [*(features or []), *exclude] if c not in columns]
+        if unknown:
+            raise InputError(f"column(s) {', '.join(map(repr, unknown))} not in the data; "
+                             f"columns are: {', '.join(columns)}")
+        if features:
+            features = [c for c in features if c not in exclude]
+        else:
+            skip = {target, *getattr(source, "index_columns", ()), *exclude}
+            features = [c for c in columns if c not in skip]
         if target in features:
             raise InputError(f"the target column {target!r} is also listed as a feature")
         if not features:
             raise InputError("no feature columns: the data has only the target column")
-        if impute not in (None, "mean", "median"):
-            raise InputError(f"impute must be 'mean' or 'median', got {impute!r}")
-        sharded = comm is not None and comm.size > 1 and getattr(source, "chunk_starts", None) is not None
-        chunks = range(comm.rank, source.n_chunks, comm.size) if sharded else None
-        stats = _scan(source, target, features, task, impute, max_categories, val_split,
-                      max(1, val_max_rows // comm.size) if sharded else val_max_rows, seed, progress, chunks)
-        if sharded:
-            stats = _merge(comm.allgather(stats), features, max_categories, seed)
-        return cls._from_stats(stats, target, features, task, impute, val_max_rows)
-
-    @classmethod
-    def _from_stats(cls, st, target, features, task, impute, val_max_rows):
-        if st["n_rows"] == 0:
-            raise InputError("the data has no training rows")
-        labels = st["labels"]
-        if task is None:
-            small = st["integral_target"] and len(labels) <= 50
-            task = "classify" if st["text_target"] or small else "regress"
-        if task not in ("classify", "regress"):
-            raise InputError(f"task must be 'classify' or 'regress', got {task!r}")
-        if task == "regress" and st["text_target"]:
-            raise InputError(f"target column {target!r} holds text; regression needs numbers (use --task classify)")
-        if task == "classify" and len(labels) < 2:
-            raise InputError(f"target column {target!r} has {len(labels)} distinct value(s); classification needs 2+")
-        if task == "classify" and len(labels) > 10_000:
-            raise InputError(f"target column {target!r} has over 10000 distinct values; is it a regression target?")
-        categories = st["categories"]
-        state = {"features": features, "target": target, "task": task, "impute": impute,
-                 "categories": [sorted(categories[c]) if categories[c] is not None else None for c in features],
-                 "mean": [], "scale": [], "fill": []}
-        for c in features:
-            if categories[c] is not None:
-                state["mean"].append(0.0), state["scale"].append(1.0), state["fill"].append(0.0)
-                continue
-            n = max(st["count"][c], 1)
-            mean = st["total"][c] / n
-            std = np.sqrt(max(st["squares"][c] / n - mean * mean, 0.0))
-            sample = st["sample"][c]
-            fill = mean if impute != "median" else (float(np.median(sample)) if sample else mean)
-            state["mean"].append(mean), state["scale"].append(std if std > 1e-12 else 1.0), state["fill"].append(fill)
-        if task == "classify":
-            state["classes"] = sorted(labels, key=lambda v: (isinstance(v, str), v))
-        held = st["held"]
-        held_rows = {c: np.concatenate([h[c] for h in held])[:val_max_rows] for c in features + [target]} \
-            if held else None
-        return cls(state), held_rows, st["n_rows"]
+        return list(features)
 
     def matches(self, state):
         """True when `state` prepares data the same way: same columns, categories, classes and task, and
@@ -121,207 +113,189 @@ class Preprocessor:
             if key in ("mean", "scale", "fill"):
                 if len(value) != len(state[key]) or not np.allclose(value, state[key], rtol=1e-9, atol=1e-12):
                     return False
+            elif key in ("target_mean", "target_scale"):
+                if not np.isclose(value, state[key], rtol=1e-9, atol=1e-12):
+                    return False
             elif value != state[key]:
                 return False
         return True
 
     # ------------------------------------------------------------------ applying
-    @staticmethod
-    def _label_key(v):
-        if isinstance(v, (float, np.floating)) and float(v).is_integer():
-            return int(v)
-        return v
+    def kinds(self, with_target=True):
+        """{column: NUMBER or TEXT}: how a reader should read each column this schema uses."""
+        kinds = {c: NUMBER if cats is None else TEXT for c, cats in zip(self.features, self.state["categories"])}
+        if with_target:
+            kinds[self.target] = TEXT if self.task == "classify" and self.label_type == "str" else NUMBER
+        return kinds
 
     def transform(self, chunk, start=0, with_target=True, dtype=np.float32):
-        """(X, y) for one chunk; y is None without the target. Rows are numbered from `start` in messages."""
-        n = len(next(iter(chunk.values())))
-        X = np.empty((n, self.n_inputs), dtype=dtype)
+        """(X, y) for one chunk {column: values} (numpy or pyarrow arrays, any type that converts to the
+        schema's); y is None without the target. Rows are numbered from `start` in messages."""
+        missing = [c for c in self.features + ([self.target] if with_target else []) if c not in chunk]
+        if missing:
+            raise InputError(f"column(s) {', '.join(map(repr, missing))}, used in training, not in the data")
+        n = len(chunk[self.features[0]])
+        X = np.zeros((n, self.n_inputs), dtype=dtype)
         col = 0
         for c, cats, mean, scale, fill in zip(self.features, self.state["categories"], self.state["mean"],
                                               self.state["scale"], self.state["fill"]):
-            if c not in chunk:
-                raise InputError(f"column {c!r}, used in training, is not in the data")
-            v = chunk[c]
             if cats is None:
-                if _is_text(v):
-                    raise InputError(f"column {c!r} holds text but was numeric in training")
-                nan = np.isnan(v)
-                if nan.any():
-                    if self.state["impute"] is None:
-                        raise InputError(f"column {c!r} has a missing value at row {start + np.flatnonzero(nan)[0]}; "
-                                         "the model was trained without --impute")
-                    v = np.where(nan, fill, v)
-                X[:, col] = (v - mean) / scale
+                X[:, col] = (self._numbers(c, chunk[c], start, fill) - mean) / scale
                 col += 1
             else:
-                lookup = {k: i for i, k in enumerate(cats)}
-                X[:, col:col + len(cats)] = 0
-                for i, x in enumerate(v):
-                    key = MISSING if x is None else str(x)
-                    j = lookup.get(key)
-                    if j is not None:  # an unseen category becomes all zeros
-                        X[i, col + j] = 1
-                    elif x is None:
-                        raise InputError(f"column {c!r} has a missing value at row {start + i}")
+                self._one_hot(c, chunk[c], start, cats, X[:, col:col + len(cats)])
                 col += len(cats)
-        if not with_target:
-            return X, None
-        if self.target not in chunk:
-            raise InputError(f"target column {self.target!r} is not in the data")
-        y = chunk[self.target]
+        return X, (self._encode_target(chunk[self.target], start, dtype) if with_target else None)
+
+    def _numbers(self, column, values, start, fill):
+        v = to_numbers(column, values, start)
+        nan = np.isnan(v)
+        if nan.any():
+            if self.state["impute"] is None:
+                raise InputError(f"column {column!r} has a missing value at {where(start, np.flatnonzero(nan)[0])}; "
+                                 "the model was trained without --impute")
+            v = np.where(nan, fill, v)
+        bad = np.flatnonzero(np.isinf(v))
+        if bad.size:
+            raise InputError(f"column {column!r} has the value {v[bad[0]]} at {where(start, bad[0])}; "
+                             "replace infinite values (or drop those rows) first")
+        return v
+
+    def _one_hot(self, column, values, start, cats, out):
+        index, text = codes(column, values, cats, start)
+        nulls = text.is_null().to_numpy(zero_copy_only=False)
+        if nulls.any():
+            if MISSING not in cats:
+                raise InputError(f"column {column!r} has a missing value at {where(start, np.flatnonzero(nulls)[0])}; "
+                                 "it had none in training")
+            index[nulls] = cats.index(MISSING)
+        unseen = np.flatnonzero(index < 0)
+        if unseen.size:  # a category not seen in training is encoded as all zeros
+            if self.on_unknown == "error":
+                raise InputError(f"column {column!r} has the category {text[int(unseen[0])].as_py()!r} at "
+                                 f"{where(start, unseen[0])}, not seen in training")
+            self.unknown[column] = self.unknown.get(column, 0) + int(unseen.size)
+        rows = np.flatnonzero(index >= 0)
+        out[rows, index[rows]] = 1
+
+    def _encode_target(self, values, start, dtype):
         if self.task == "regress":
-            if _is_text(y) or np.isnan(y).any():
-                raise InputError(f"target column {self.target!r} must be numeric with no missing values")
-            return X, y.astype(dtype)
-        if self._numeric_classes is not None and not _is_text(y):
+            y = to_numbers(self.target, values, start)
+            bad = np.flatnonzero(~np.isfinite(y))
+            if bad.size:
+                raise InputError(f"target column {self.target!r} has the value {y[bad[0]]} at {where(start, bad[0])}"
+                                 "; regression needs a finite number in every row")
+            return ((y - self.state["target_mean"]) / self.state["target_scale"]).astype(dtype)
+        if self._numeric_classes is not None:
+            y = to_numbers(self.target, values, start)
             known = self._numeric_classes
             index = np.minimum(np.searchsorted(known, y), len(known) - 1)
             unseen = np.flatnonzero(known[index] != y)
-            if unseen.size:
-                i = unseen[0]
-                raise InputError(f"target value {self._label_key(y[i].item())!r} at row {start + i} was not seen in "
-                                 f"training; known classes: {self.state['classes'][:20]}")
-            return X, index.astype(dtype)
-        codes = np.empty(n, dtype=dtype)
-        for i, v in enumerate(y.tolist()):
-            j = self._class_index.get(self._label_key(v))
-            if j is None:
-                raise InputError(f"target value {v!r} at row {start + i} was not seen in training; "
-                                 f"known classes: {self.state['classes'][:20]}")
-            codes[i] = j
-        return X, codes
+            label = lambda i: y[i].item()  # noqa: E731
+        else:
+            index, text = codes(self.target, values, self.state["classes"], start)
+            unseen = np.flatnonzero(index < 0)
+            label = lambda i: text[int(i)].as_py()  # noqa: E731
+        if unseen.size:
+            i = unseen[0]
+            raise InputError(f"target value {label(i)!r} at {where(start, i)} was not seen in training; "
+                             f"known classes: {self.state['classes'][:20]}")
+        return index.astype(dtype)
 
     def classes(self):
         return self.state.get("classes")
 
+    def labels(self, index):
+        """The class labels, in the target's own type (int, float, bool or str), of class indices."""
+        return self._label_array[index]
 
-def _scan(source, target, features, task, impute, max_categories, val_split, val_max_rows, seed, progress, chunks):
-    """Statistics of the training rows of the given chunks (all when None), as a plain dict."""
-    count = {c: 0 for c in features}
-    total = {c: 0.0 for c in features}
-    squares = {c: 0.0 for c in features}
-    sample = {c: [] for c in features}
-    categories = {c: None for c in features}
-    labels, text_target, numeric_target_integral = set(), None, True
-    n_rows = 0
-    held = []
-    rng = np.random.default_rng(seed)
-    for start, chunk in source.chunks(features + [target], chunks):
-        rows = np.arange(start, start + len(chunk[target]))
-        val = holdout_mask(seed, rows, val_split)
-        if val.any() and sum(len(h[target]) for h in held) < val_max_rows:
-            held.append({c: v[val] for c, v in chunk.items()})
-        train = ~val
-        n_rows += int(train.sum())
-        y = chunk[target][train]
-        if _is_text(y):
-            text_target = True
-            bad = np.flatnonzero([v is None for v in y])
-        else:
-            text_target = False if text_target is None else text_target
-            bad = np.flatnonzero(np.isnan(y))
-            numeric_target_integral &= bool(np.all(y[~np.isnan(y)] == np.round(y[~np.isnan(y)])))
-        if bad.size:
-            raise InputError(f"target column {target!r} has a missing value at row {rows[train][bad[0]]}; "
-                             "drop those rows first")
-        if task != "regress" and len(labels) <= 10_000:
-            labels.update(y.tolist())
-        for c in features:
-            v = chunk[c][train]
-            if _is_text(v):
-                if categories[c] is None:
-                    if count[c]:
-                        raise InputError(f"column {c!r} mixes numbers and text")
-                    categories[c] = set()
-                nulls = np.flatnonzero([x is None for x in v])
-                if nulls.size and impute is None:
-                    raise InputError(f"column {c!r} has a missing value at row {rows[train][nulls[0]]}; "
-                                     "pass --impute mean|median (text columns get their own 'missing' "
-                                     "category) or clean the data")
-                _refuse_numbers_in_text(c, v, rows[train])
-                categories[c].update(MISSING if x is None else str(x) for x in v)
-                _check_category_count(c, categories[c], max_categories)
-            else:
-                if categories[c] is not None:
-                    raise InputError(f"column {c!r} mixes numbers and text")
-                nan = np.isnan(v)
-                if nan.any() and impute is None:
-                    raise InputError(f"column {c!r} has a missing value at row {rows[train][np.flatnonzero(nan)[0]]}"
-                                     "; pass --impute mean|median or clean the data")
-                ok = v[~nan]
-                count[c] += ok.size
-                total[c] += float(ok.sum())
-                squares[c] += float((ok * ok).sum())
-                if impute == "median":
-                    _reservoir(sample[c], ok, rng)
-        if progress is not None:
-            progress(len(chunk[target]))
-    return {"count": count, "total": total, "squares": squares, "sample": sample, "categories": categories,
-            "labels": labels, "text_target": text_target, "integral_target": numeric_target_integral,
-            "n_rows": n_rows, "held": held}
+    def target_values(self, outputs):
+        """Regression outputs on the target's original scale (float64)."""
+        return np.asarray(outputs, dtype=np.float64) * self.state["target_scale"] + self.state["target_mean"]
 
 
-def _merge(parts, features, max_categories, seed):
-    """One rank's statistics from every rank's (in rank order, so every rank gets the same numbers)."""
-    merged = {"count": {}, "total": {}, "squares": {}, "sample": {}, "categories": {},
-              "labels": set().union(*(p["labels"] for p in parts)),
-              "text_target": any(p["text_target"] for p in parts),
-              "integral_target": all(p["integral_target"] for p in parts),
-              "n_rows": sum(p["n_rows"] for p in parts), "held": sum((p["held"] for p in parts), [])}
-    rng = np.random.default_rng(seed)
-    for c in features:
-        for key in ("count", "total", "squares"):
-            merged[key][c] = sum(p[key][c] for p in parts)
-        text = [p["categories"][c] for p in parts if p["categories"][c] is not None]
-        if text and merged["count"][c]:
-            raise InputError(f"column {c!r} mixes numbers and text")
-        merged["categories"][c] = set().union(*text) if text else None
-        if text:
-            _check_category_count(c, merged["categories"][c], max_categories)
-        # median sample: each rank's reservoir contributes in proportion to the values it saw
-        merged["sample"][c] = []
-        for p in parts:
-            share = round(MEDIAN_SAMPLE * p["count"][c] / max(merged["count"][c], 1))
-            values = np.asarray(p["sample"][c])
-            if values.size > share:
-                values = rng.choice(values, share, replace=False)
-            merged["sample"][c].extend(values.tolist())
-    return merged
+def _label_type_of(classes):
+    """The label type of a model saved before label types were stored."""
+    if any(isinstance(c, str) for c in classes):
+        return "str"
+    if all(isinstance(c, bool) for c in classes) and classes:
+        return "bool"
+    return "int" if all(isinstance(c, int) or float(c).is_integer() for c in classes) else "float"
 
 
+def _schema(part, task, impute):
+    """The Preprocessor state from a (merged) first pass."""
+    if part.n_rows == 0:
+        raise InputError("the data has no training rows")
+    target = part.target
+    kind, labels, label_type, integral = target.finish()
+    if task is None:
+        small = kind == NUMBER and integral and 0 < len(labels) <= 50
+        task = "classify" if kind == TEXT or small else "regress"
+    if task == "regress" and kind == TEXT:
+        raise InputError(f"target column {target.name!r} holds text; regression needs numbers (use --task classify)")
+    if task == "classify" and not labels:
+        raise InputError(f"target column {target.name!r} has over 10000 distinct values; is it a regression target?")
+    if task == "classify" and len(labels) < 2:
+        raise InputError(f"target column {target.name!r} has {len(labels)} distinct value(s); classification needs 2+")
+    state = {"features": list(part.columns), "target": target.name, "task": task, "impute": impute,
+             "categories": [], "mean": [], "scale": [], "fill": []}
+    for scan in part.columns.values():
+        if scan.kind() == TEXT:
+            state["categories"].append(scan.categories())
+            state["mean"].append(0.0), state["scale"].append(1.0), state["fill"].append(0.0)
+            continue
+        std = scan.std()
+        fill = scan.median() if impute == "median" else scan.mean
+        state["categories"].append(None)
+        state["mean"].append(scan.mean), state["scale"].append(std if std > 1e-12 else 1.0)
+        state["fill"].append(fill)
+    if task == "classify":
+        state["classes"], state["label_type"] = labels, label_type
+    else:
+        std = target.std()
+        state["target_mean"], state["target_scale"] = target.mean, std if std > 1e-12 else 1.0
+    return state
 
-def _check_category_count(column, categories, max_categories):
-    if len(categories) > max_categories:
-        raise InputError(f"column {column!r} has more than {max_categories} distinct values; it looks "
-                         "like an identifier: drop it, or raise --max-categories")
 
-def _refuse_numbers_in_text(column, values, rows):
-    """A text column whose cells are mostly numbers has a bad cell, not categories."""
-    numeric = np.array([_parses_as_number(x) for x in values], dtype=bool)
-    present = np.array([x is not None for x in values], dtype=bool)
-    if numeric.any() and (present & ~numeric).any() and numeric.sum() >= (present & ~numeric).sum():
-        i = np.flatnonzero(present & ~numeric)[0]
-        raise InputError(f"column {column!r} holds numbers but row {rows[i]} has the non-numeric value "
-                         f"{values[i]!r}; fix or remove that cell")
+def _checked_state(state):
+    """The state of a model file is untrusted: every entry has the type and length the code relies on."""
+    def fail(what):
+        raise InputError(f"the model's column preparation is malformed: {what}")
+
+    if not isinstance(state, dict):
+        fail("not a mapping")
+    features = state.get("features")
+    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+        fail("'features' must be a non-empty list of column names")
+    if not isinstance(state.get("target"), str) or state.get("task") not in TASKS:
+        fail("'target' must be a column name and 'task' one of " + ", ".join(TASKS))
+    if state.get("impute") not in (None, "mean", "median"):
+        fail("'impute' must be null, 'mean' or 'median'")
+    cats = state.get("categories")
+    if not isinstance(cats, list) or len(cats) != len(features) or not all(
+            c is None or (isinstance(c, list) and c and all(isinstance(v, str) for v in c)) for c in cats):
+        fail("'categories' must hold, per feature, null or a non-empty list of strings")
+    for key in ("mean", "scale", "fill"):
+        values = state.get(key)
+        if not isinstance(values, list) or len(values) != len(features) or not all(
+                _finite(v) for v in values):
+            fail(f"{key!r} must hold one finite number per feature")
+    if any(s == 0 for s in state["scale"]):
+        fail("a scale is zero")
+    if state["task"] == "classify":
+        classes = state.get("classes")
+        if not isinstance(classes, list) or len(classes) < 2 or not all(
+                isinstance(c, (str, bool)) or _finite(c) for c in classes):
+            fail("'classes' must be a list of 2 or more labels")
+        if state.get("label_type", _label_type_of(classes)) not in LABEL_TYPES:
+            fail(f"'label_type' must be one of {', '.join(LABEL_TYPES)}")
+    else:
+        state = {"target_mean": 0.0, "target_scale": 1.0, **state}  # files from before targets were scaled
+        if not _finite(state["target_mean"]) or not _finite(state["target_scale"]) or state["target_scale"] == 0:
+            fail("'target_mean' and 'target_scale' must be finite numbers, the scale not zero")
+    return state
 
 
-def _parses_as_number(x):
-    if x is None:
-        return False
-    try:
-        float(x)
-        return True
-    except ValueError:
-        return False
-
-
-def _reservoir(sample, values, rng):
-    """Keep a uniform sample of at most MEDIAN_SAMPLE values (approximately, chunk by chunk)."""
-    room = MEDIAN_SAMPLE - len(sample)
-    if room > 0:
-        sample.extend(values[:room].tolist())
-        values = values[room:]
-    if values.size:
-        keep = rng.random(values.size) < MEDIAN_SAMPLE / (MEDIAN_SAMPLE + values.size)
-        for v in values[keep]:
-            sample[int(rng.integers(0, MEDIAN_SAMPLE))] = float(v)
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)

@@ -1,22 +1,35 @@
 """Tabular files read in chunks: .npy (memory-mapped), .npz, Parquet and CSV (pyarrow).
 
-Every source yields chunks as {column name: 1-D numpy array} in file order or in a
-given chunk order, never the whole file. Numeric columns come as float64 with NaN
-for missing values; text columns as object arrays with None for missing values.
+Every source yields chunks as {column name: column} in file order or in a given chunk
+order, never the whole file. A column is a numpy array (.npy/.npz) or a pyarrow Array
+(CSV, Parquet) in the file's own type; fastbp.files.columns converts it to the type the
+schema fixed. `kinds(columns)` says what the file itself declares: NUMBER or TEXT per
+column, or None where only the values can tell (every CSV column).
+
+A CSV is read with every column as text in the first pass (pyarrow would otherwise fix
+each column's type from the first block, and a column that turns fractional or is empty
+for the first megabytes would fail later); once the schema is known, passes read the
+numeric columns as float64 and the categorical ones as text.
 
 Measured pitfalls this module avoids (pyarrow 26, this machine): mapped .npy pages
 count in RSS until released, so consumed chunks are dropped with madvise(MADV_DONTNEED);
-ParquetFile's default pre_buffer=True holds more than the file, so it is turned off,
-and row groups are read one at a time.
+ParquetFile's default pre_buffer=True holds more than the file, so it is turned off;
+a row group read whole costs ~11x its raw size in RSS, so row groups are read in
+slices of a bounded number of cells (`slice_rows`).
 """
+import codecs
 import mmap
 import os
+import re
 
 import numpy as np
 
 from ..core.errors import InputError
+from .columns import NUMBER, arrow_kind, take
 
 DEFAULT_CHUNK_ROWS = 65536
+SLICE_CELLS = 1 << 21  # cells of one Parquet slice: 16 MB as float64, whatever the row group size
+_INDEX_NAME = re.compile(r"^(|Unnamed: \d+)$")  # how pandas' to_csv names the index column
 
 
 class SourceError(InputError):
@@ -29,20 +42,28 @@ def _arrow_errors():
     return pa.ArrowException, OSError, ValueError, EOFError
 
 
-def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS):
-    """A chunked reader for `path`, chosen by extension (.npy, .npz, .parquet/.pq, .csv/.tsv)."""
+def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
+    """A chunked reader for `path`, chosen by extension (.npy, .npz, .parquet/.pq, .csv/.tsv/.txt).
+    `encoding` (CSV only): the text encoding of the file, UTF-8 when None."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise SourceError(f"{path!r} is a directory; pass a data file (.csv, .parquet, .npy, .npz)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no data file at {path!r}")
+    chunk_rows = int(chunk_rows)
+    if chunk_rows < 1:
+        raise SourceError(f"chunk_rows must be >= 1, got {chunk_rows}")
     ext = os.path.splitext(path)[1].lower()
+    if encoding is not None and ext not in (".csv", ".tsv", ".txt"):
+        raise SourceError(f"--encoding applies to CSV files only, not to {ext!r}")
     if ext == ".npy":
         return NpySource(path, chunk_rows)
     if ext == ".npz":
         return NpzSource(path, chunk_rows)
     if ext in (".parquet", ".pq"):
-        return ParquetSource(path)
+        return ParquetSource(path, chunk_rows)
     if ext in (".csv", ".tsv", ".txt"):
-        return CsvSource(path, chunk_rows, delimiter="\t" if ext == ".tsv" else ",")
+        return CsvSource(path, chunk_rows, delimiter="\t" if ext == ".tsv" else ",", encoding=encoding)
     raise SourceError(f"{path!r}: unknown data format {ext!r}; use .npy, .npz, .parquet or .csv")
 
 
@@ -51,6 +72,7 @@ class _ArraySource:
 
     shuffleable = True
     shard_by_chunks = False  # under MPI, "auto" keeps the exact row split (same result as one process)
+    index_columns = ()
 
     def __init__(self, path, array, chunk_rows):
         if array.ndim != 2 or array.dtype.kind not in "biuf":
@@ -62,11 +84,14 @@ class _ArraySource:
         self.n_chunks = -(-self.n_rows // self.chunk_rows) if self.n_rows else 0
         self.chunk_starts = np.minimum(np.arange(self.n_chunks + 1) * self.chunk_rows, self.n_rows)
 
-    def chunks(self, columns, order=None):
-        for start, _, read in self.chunk_readers(columns, order):
+    def kinds(self, columns):
+        return {c: NUMBER for c in columns}
+
+    def chunks(self, columns, kinds=None, order=None):
+        for start, _, read in self.chunk_readers(columns, kinds, order):
             yield start, read(None)
 
-    def chunk_readers(self, columns, order=None):
+    def chunk_readers(self, columns, kinds=None, order=None):
         """(start, rows, read) per chunk, where read(rows) reads only those rows of the chunk (None: all)."""
         index = [self.columns.index(c) for c in columns]
         for k in (range(self.n_chunks) if order is None else order):
@@ -75,7 +100,7 @@ class _ArraySource:
 
             def read(rows, start=start, stop=stop):
                 block = np.asarray(self.array[start:stop] if rows is None else self.array[start + rows])
-                return {c: block[:, i].astype(np.float64) for c, i in zip(columns, index)}
+                return {c: block[:, i] for c, i in zip(columns, index)}
 
             yield start, stop - start, read
             self._release(start, stop)
@@ -112,8 +137,8 @@ class NpySource(_ArraySource):
 class NpzSource(_ArraySource):
     """An .npz with one 2-D array (columns "0".."d-1"), or arrays "X" and "y" (columns "0".., "y").
 
-    Zip members cannot be memory-mapped, so the arrays are loaded; use .npy or Parquet
-    for files larger than memory.
+    A 2-D `y` that is one-hot (one 1 per row) becomes the column of class indices. Zip members
+    cannot be memory-mapped, so the arrays are loaded; use .npy or Parquet for files larger than memory.
     """
 
     def __init__(self, path, chunk_rows):
@@ -122,9 +147,9 @@ class NpzSource(_ArraySource):
                 names = list(z.keys())
                 if set(names) >= {"X", "y"}:
                     X, y = z["X"], z["y"]
-                    if X.ndim != 2 or y.shape[0] != X.shape[0]:
+                    if X.ndim != 2 or y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
                         raise SourceError(f"{path!r}: X must be 2-D and y have one entry per row")
-                    array = np.column_stack([X, y.reshape(len(y), -1)[:, 0]])
+                    array = np.column_stack([X, _target_column(path, y)])
                 elif len(names) == 1:
                     array = z[names[0]]
                 else:
@@ -138,64 +163,82 @@ class NpzSource(_ArraySource):
             self.columns[-1] = "y"
 
 
-def chunk_readers(source, columns, order=None):
+def _target_column(path, y):
+    if y.ndim == 1 or y.shape[1] == 1:
+        return y.reshape(len(y))
+    if y.dtype.kind in "biuf" and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all():
+        return y.argmax(axis=1)
+    raise SourceError(f"{path!r}: y has {y.shape[1]} columns and is not one-hot; the command line trains one "
+                      "target column (multi-output models: fastbp.Trainer from Python)")
+
+
+def chunk_readers(source, columns, kinds=None, order=None):
     """(start, rows, read) per chunk of any source; read(rows) gives those rows of the chunk (None: all).
     Memory-mapped arrays read only the rows asked for; other formats read the whole chunk first."""
     if hasattr(source, "chunk_readers"):
-        yield from source.chunk_readers(columns, order)
+        yield from source.chunk_readers(columns, kinds, order)
         return
-    for start, chunk in source.chunks(columns, order):
-        yield start, len(chunk[columns[-1]]), (
-            lambda rows, chunk=chunk: chunk if rows is None else {c: v[rows] for c, v in chunk.items()})
+    for start, chunk in source.chunks(columns, kinds, order):
+        n = len(chunk[columns[-1]])
+        yield start, n, (lambda rows, chunk=chunk: chunk if rows is None else {c: take(v, rows)
+                                                                              for c, v in chunk.items()})
 
 
-def _arrow_columns(table, columns):
-    """{name: float64 array (NaN = missing)} for numeric columns, object arrays (None = missing) for text."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    out = {}
-    for name in columns:
-        col = table.column(name)
-        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type) \
-                or pa.types.is_decimal(col.type):
-            out[name] = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-        elif pa.types.is_dictionary(col.type):
-            out[name] = np.asarray(pc.cast(col, pa.string()).to_pylist(), dtype=object)
-        else:
-            out[name] = np.asarray(col.to_pylist(), dtype=object)
-    return out
+def _check_columns(source, columns):
+    missing = [c for c in columns if c not in source.columns]
+    if missing:
+        raise SourceError(f"{source.path!r} has no column(s) {', '.join(map(repr, missing))}; "
+                          f"its columns are: {', '.join(map(repr, source.columns))}")
 
 
 class ParquetSource:
-    """Parquet, one row group per chunk (chunk order can be shuffled)."""
+    """Parquet: a chunk is a row group (the unit of shuffling and of MPI shards), read in slices."""
 
     shuffleable = True
     shard_by_chunks = True  # under MPI, "auto" gives each rank its own row groups
 
-    def __init__(self, path):
+    def __init__(self, path, chunk_rows=DEFAULT_CHUNK_ROWS):
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise SourceError("reading Parquet needs pyarrow: pip install pyarrow") from None
-        self.path = path
+        self.path, self.chunk_rows = path, int(chunk_rows)
         try:
-            self.file = pq.ParquetFile(path, pre_buffer=False)
+            # buffer_size: column chunks are streamed, not read whole
+            self.file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
         except _arrow_errors() as exc:  # empty or truncated files
             raise SourceError(f"{path!r} is not a readable Parquet file ({exc})") from None
-        self.columns = list(self.file.schema_arrow.names)
+        schema = self.file.schema_arrow
+        self.columns = list(schema.names)
+        self.types = {name: schema.field(name).type for name in self.columns}
+        pandas = schema.pandas_metadata or {}
+        # pandas stores its index as columns and names them here (a RangeIndex is stored as a dict, not a column)
+        self.index_columns = [c for c in pandas.get("index_columns", []) if isinstance(c, str) and c in self.columns]
         self.n_rows = self.file.metadata.num_rows
         self.n_chunks = self.file.num_row_groups
         self.chunk_starts = np.concatenate(
             [[0], np.cumsum([self.file.metadata.row_group(i).num_rows for i in range(self.n_chunks)])]).astype(int)
 
-    def chunks(self, columns, order=None):
+    def kinds(self, columns):
+        _check_columns(self, columns)
+        return {c: arrow_kind(c, self.types[c]) for c in columns}
+
+    def slice_rows(self, n_columns):
+        """Rows read at a time: --chunk-rows, fewer for wide files, so a slice holds a bounded number of cells."""
+        return max(1, min(self.chunk_rows, SLICE_CELLS // max(1, n_columns)))
+
+    def chunks(self, columns, kinds=None, order=None):
+        _check_columns(self, columns)
+        rows = self.slice_rows(len(columns))
         for k in (range(self.n_chunks) if order is None else order):
+            start = int(self.chunk_starts[k])
             try:
-                table = self.file.read_row_group(int(k), columns=list(columns))
+                for batch in self.file.iter_batches(batch_size=rows, row_groups=[int(k)], columns=list(columns),
+                                                    use_threads=False):
+                    yield start, {c: batch.column(i) for i, c in enumerate(columns)}
+                    start += batch.num_rows
             except _arrow_errors() as exc:
                 raise SourceError(f"{self.path!r}: row group {k} cannot be read ({exc})") from None
-            yield int(self.chunk_starts[k]), _arrow_columns(table, columns)
 
 
 class CsvSource:
@@ -205,38 +248,66 @@ class CsvSource:
     shard_by_chunks = False
     n_chunks = chunk_starts = None
 
-    def __init__(self, path, chunk_rows, delimiter=","):
+    def __init__(self, path, chunk_rows, delimiter=",", encoding=None):
         try:
             import pyarrow.csv as pcsv
         except ImportError:
             raise SourceError("reading CSV needs pyarrow: pip install pyarrow") from None
+        if encoding is not None:
+            try:
+                encoding = codecs.lookup(encoding).name
+            except LookupError:
+                raise SourceError(f"unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
         self.path, self._pcsv = path, pcsv
         # ~64 bytes a row is a guess; blocks bound memory, not exact row counts
-        self._read = pcsv.ReadOptions(block_size=max(1 << 20, int(chunk_rows) * 64))
+        self._read = pcsv.ReadOptions(block_size=max(1 << 20, int(chunk_rows) * 64), encoding=encoding or "utf8")
         self._parse = pcsv.ParseOptions(delimiter=delimiter)
         try:
-            with self._open() as reader:
+            with self._open(None, None) as reader:
                 self.columns = list(reader.schema.names)
         except _arrow_errors() as exc:
             raise SourceError(f"{path!r} is not a readable CSV file ({exc})") from None
+        self.index_columns = [c for c in self.columns if _INDEX_NAME.match(c)]
         self.n_rows = None
 
-    def _open(self, columns=None):
-        convert = self._pcsv.ConvertOptions(include_columns=list(columns) if columns else None)
+    def kinds(self, columns):
+        _check_columns(self, columns)
+        return {c: None for c in columns}
+
+    def _open(self, columns, kinds):
+        import pyarrow as pa
+
+        types = None
+        if columns:
+            types = {c: pa.float64() if (kinds or {}).get(c) == NUMBER else pa.string() for c in columns}
+        convert = self._pcsv.ConvertOptions(include_columns=list(columns) if columns else None, column_types=types,
+                                            strings_can_be_null=True)
         return self._pcsv.open_csv(self.path, read_options=self._read, parse_options=self._parse,
                                    convert_options=convert)
 
-    def chunks(self, columns, order=None):
-        import pyarrow as pa
-
+    def chunks(self, columns, kinds=None, order=None):
+        _check_columns(self, columns)
         start = 0
         try:
-            with self._open(columns) as reader:
+            with self._open(columns, kinds) as reader:
                 for batch in reader:
-                    data = _arrow_columns(pa.Table.from_batches([batch]), columns)
-                    yield start, data
+                    yield start, {c: batch.column(i) for i, c in enumerate(columns)}
                     start += batch.num_rows
         except SourceError:
             raise
-        except _arrow_errors() as exc:  # ragged rows, bad encodings, a type that changes mid-file
-            raise SourceError(f"{self.path!r}: cannot parse the CSV after row {start} ({exc})") from None
+        except _arrow_errors() as exc:  # ragged rows, bad encodings, text in a numeric column
+            raise SourceError(self._explain(str(exc), start, kinds)) from None
+
+    def _explain(self, message, start, kinds):
+        """pyarrow names a column by its number; say its name, and what to do."""
+        found = re.search(r"CSV column #(\d+)", message)
+        column = self.columns[int(found.group(1))] if found and int(found.group(1)) < len(self.columns) else None
+        where = f"{self.path!r}, in the rows after row {start}"
+        if column is not None and "invalid UTF8" in message:
+            return (f"{where}: column {column!r} holds text that is not UTF-8; pass the file's encoding "
+                    "(e.g. --encoding latin-1) or re-save it as UTF-8")
+        if column is not None and "conversion error to double" in message and (kinds or {}).get(column) == NUMBER:
+            value = re.search(r"invalid value '(.*)'", message)
+            return (f"{where}: column {column!r} was numeric in training but holds the text "
+                    f"{value.group(1) if value else ''!r}; fix that cell or retrain with the column as text")
+        return f"{where}: cannot parse the CSV ({message})"

@@ -26,9 +26,17 @@ class StreamStats:
         self.chunks_read = []  # this rank's chunk numbers in the last epoch
 
 
+BUFFER_BYTES = 64 << 20  # the default buffer: 262,144 rows, fewer when rows are wide
+
+
+def default_buffer_rows(n_inputs, dtype):
+    """Rows shuffled together by default: as many as fit in BUFFER_BYTES, at most 262,144."""
+    return int(max(1, min(262_144, BUFFER_BYTES // (max(1, n_inputs) * np.dtype(dtype).itemsize))))
+
+
 def read_training_rows(source, prep, columns, order, val_split, seed, stats, dtype):
     """(start row, X, y) of the training rows of each chunk, in the given chunk order."""
-    for start, n, read in chunk_readers(source, columns, order):
+    for start, n, read in chunk_readers(source, columns, prep.kinds(), order):
         stats.max_chunk_rows = max(stats.max_chunk_rows, n)
         kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
         X, y = prep.transform(read(kept), start, dtype=dtype)
@@ -39,8 +47,10 @@ def read_training_rows(source, prep, columns, order, val_split, seed, stats, dty
 def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats):
     """The epoch source of a file: one process, or shard="rows" under MPI (equal to one process)."""
     batch = engine.batch_size
-    buffer_rows = max(batch, int(buffer_rows) // batch * batch)
     dtype = engine.params.dtype
+    if buffer_rows is None:
+        buffer_rows = default_buffer_rows(prep.n_inputs, dtype)
+    buffer_rows = max(batch, int(buffer_rows) // batch * batch)
     Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), prep.n_inputs), dtype=dtype)
     Ybuf = np.empty((len(Xbuf), 1), dtype=dtype)
     no_weights = np.empty(0, dtype=dtype)
@@ -59,7 +69,7 @@ def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, se
             order = rng.permutation(source.n_chunks)
         total, rows, filled = 0.0, 0, 0
         size, perm, need = plan(0)
-        for start, n, read in chunk_readers(source, columns, order):
+        for start, n, read in chunk_readers(source, columns, prep.kinds(), order):
             stats.max_chunk_rows = max(stats.max_chunk_rows, n)
             kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
             if need is None:  # one process: transform the whole chunk at once

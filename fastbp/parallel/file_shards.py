@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..files.preprocess import holdout_mask
-from ..files.streaming import read_training_rows
+from ..files.streaming import default_buffer_rows, read_training_rows
 from .distributed import rank_steps
 
 SHARD_MODES = ("auto", "rows", "chunks")
@@ -53,8 +53,10 @@ def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_spli
         raise InputError(f"the file has {counts.sum()} training rows now, but the first pass counted {train_rows}; "
                          "was the file changed during training?")
     local_batch = -(-engine.batch_size // ranks)
-    buffer_rows = max(local_batch, int(buffer_rows) // local_batch * local_batch)
     dtype = engine.params.dtype
+    if buffer_rows is None:
+        buffer_rows = default_buffer_rows(prep.n_inputs, dtype)
+    buffer_rows = max(local_batch, int(buffer_rows) // local_batch * local_batch)
     Xbuf = np.empty((min(buffer_rows, train_rows), prep.n_inputs), dtype=dtype)
     Ybuf = np.empty((len(Xbuf), 1), dtype=dtype)
     no_weights = np.empty(0, dtype=dtype)

@@ -1,0 +1,300 @@
+"""The first pass over a file: what every column is and its statistics, merged exactly over chunks and ranks.
+
+Each column gets a `ColumnScan`: counts and the mean and squared deviations of its numbers
+(updated per chunk and merged with the parallel formulas of Chan et al., so a column
+1e9 + N(0, 1) keeps its true spread under any chunking and across MPI ranks), a uniform
+reservoir sample for the median (Vitter's algorithm R: the i-th number replaces a random
+slot with probability k/i), the distinct text values while they are few, and the first
+cell that is not a number. Whether a CSV column is numeric is decided from the whole
+file, not from its first block. `finish` fixes the column's logical type.
+"""
+import numpy as np
+
+from ..core.errors import InputError
+from .columns import NUMBER, NUMBER_PATTERN, TEXT, concat, is_arrow, take, to_numbers, to_text, where
+
+MISSING = "<missing>"
+MEDIAN_SAMPLE = 10_000  # numbers kept per column for --impute median (exact below that many)
+MAX_LABELS = 10_000
+STRAY_TEXT = 99  # a column of numbers with fewer than 1 text cell in 100 has bad cells; more make it categorical
+
+
+class ColumnScan:
+    """What the first pass learns about one column (picklable, so MPI ranks can gather it)."""
+
+    def __init__(self, name, declared, max_categories, keep_sample):
+        self.name, self.declared, self.max_categories = name, declared, max_categories
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0  # the numbers of all-numeric chunks
+        self.seen_text = 0  # cells of text chunks that are not numbers ...
+        self.seen_numeric_text = 0  # ... and those that are
+        self.first_text = None  # (row, value) of the first cell that is not a number
+        self.distinct = set()  # text values seen; None once there are more than max_categories
+        self.missing = 0
+        self.sample = np.empty(0) if keep_sample else None
+        self.sampled = 0  # numbers offered to the reservoir
+
+    # ---------------------------------------------------------------- one chunk
+    def update(self, values, rows, rng):
+        """Add one chunk's training cells; rows: their row numbers in the file."""
+        if self.declared == NUMBER:
+            self._numbers(to_numbers(self.name, values, rows[0] if len(rows) else 0), rows, rng)
+            return
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        text = to_text(self.name, values)
+        self.missing += text.null_count
+        self._remember(text)
+        if self.declared == TEXT:
+            return
+        trimmed = pc.utf8_trim_whitespace(text)
+        try:
+            numbers = pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:  # a chunk with text: count both kinds, keep the first text cell
+            looks_numeric = pc.fill_null(pc.match_substring_regex(trimmed, NUMBER_PATTERN, ignore_case=True), True)
+            looks_numeric = looks_numeric.to_numpy(zero_copy_only=False)
+            present = ~text.is_null().to_numpy(zero_copy_only=False)
+            is_text = present & ~looks_numeric
+            self.seen_numeric_text += int((present & looks_numeric).sum())
+            self.seen_text += int(is_text.sum())
+            i = int(np.flatnonzero(is_text)[0])
+            if self.first_text is None or rows[i] < self.first_text[0]:
+                self.first_text = (int(rows[i]), text[i].as_py())
+            return
+        self._numbers(numbers, rows, rng, missing_counted=True)
+
+    def _numbers(self, v, rows, rng, missing_counted=False):
+        nan = np.isnan(v)
+        if not missing_counted:
+            self.missing += int(nan.sum())
+        ok = v[~nan] if nan.any() else v
+        bad = np.flatnonzero(np.isinf(v))
+        if bad.size:
+            raise InputError(f"column {self.name!r} has the value {v[bad[0]]} at {where(0, rows[bad[0]])}; "
+                             "replace infinite values (or drop those rows) first")
+        if ok.size:
+            mean = float(ok.mean())
+            self._merge_moments(ok.size, mean, float(((ok - mean) ** 2).sum()))
+            if self.sample is not None:
+                self._reservoir(ok, rng)
+
+    def _merge_moments(self, n, mean, m2):
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    def _remember(self, text):
+        if self.distinct is None:
+            return
+        import pyarrow.compute as pc
+        self.distinct.update(v for v in pc.unique(text.drop_null()).to_pylist())
+        if len(self.distinct) > self.max_categories:
+            self.distinct = None
+
+    def _reservoir(self, values, rng):
+        k = MEDIAN_SAMPLE
+        room = k - self.sample.size
+        if room > 0:
+            self.sample = np.concatenate([self.sample, values[:room]])
+            self.sampled += min(room, values.size)
+            values = values[room:]
+        if values.size:
+            # the i-th number offered (1-based) takes slot j, uniform in [0, i), when j < k
+            i = self.sampled + 1 + np.arange(values.size)
+            slot = np.floor(rng.random(values.size) * i).astype(np.int64)
+            hit = np.flatnonzero(slot < k)
+            # later numbers win a slot they share with earlier ones, as in the sequential algorithm
+            last = hit[::-1][np.unique(slot[hit][::-1], return_index=True)[1]]
+            self.sample[slot[last]] = values[last]
+            self.sampled += values.size
+
+    # ---------------------------------------------------------------- ranks
+    def merge(self, other, rng):
+        """This column's statistics and `other`'s (another rank's part of the file) as one."""
+        if other.count:
+            self._merge_moments(other.count, other.mean, other.m2)
+        self.seen_text += other.seen_text
+        self.seen_numeric_text += other.seen_numeric_text
+        if other.first_text is not None and (self.first_text is None or other.first_text[0] < self.first_text[0]):
+            self.first_text = other.first_text
+        if self.distinct is not None and other.distinct is not None:
+            self.distinct |= other.distinct
+            if len(self.distinct) > self.max_categories:
+                self.distinct = None
+        else:
+            self.distinct = None
+        self.missing += other.missing
+        if self.sample is not None:
+            # each part of the file contributes to the sample in proportion to the numbers it saw
+            total = self.sampled + other.sampled
+            parts = []
+            for sample, seen in ((self.sample, self.sampled), (other.sample, other.sampled)):
+                share = min(sample.size, round(MEDIAN_SAMPLE * seen / max(total, 1)))
+                parts.append(rng.choice(sample, share, replace=False) if share < sample.size else sample)
+            self.sample, self.sampled = np.concatenate(parts), total
+
+    # ---------------------------------------------------------------- the verdict
+    def kind(self):
+        """NUMBER or TEXT for the whole file; an error when the cells disagree in a way no type fits."""
+        if self.declared is not None:
+            return self.declared
+        if not self.seen_text:
+            return NUMBER
+        if self.count + self.seen_numeric_text >= STRAY_TEXT * self.seen_text:
+            raise InputError(f"column {self.name!r} holds numbers, but {self._first_text()}; fix or remove that cell")
+        return TEXT
+
+    def _first_text(self):
+        row, value = self.first_text
+        return f"{where(0, row)} has the text {value!r}"
+
+    def categories(self):
+        if self.distinct is None:
+            mixed = f" (numbers, and text: {self._first_text()})" if self.count + self.seen_numeric_text else ""
+            raise InputError(f"column {self.name!r} has more than {self.max_categories} distinct values{mixed}; as "
+                             "text it looks like an identifier: leave it out (--exclude), clean it, or raise "
+                             "--max-categories")
+        return sorted(self.distinct) + ([MISSING] if self.missing else [])
+
+    def std(self):
+        return float(np.sqrt(self.m2 / self.count)) if self.count else 0.0
+
+    def median(self):
+        return float(np.median(self.sample)) if self.sample is not None and self.sample.size else self.mean
+
+
+class TargetScan(ColumnScan):
+    """A column scan that also collects the distinct labels and their type."""
+
+    def __init__(self, name, declared):
+        super().__init__(name, declared, MAX_LABELS, keep_sample=False)
+        self.labels = set()  # numbers for numeric targets; strings otherwise (CSV cells before the verdict)
+        self.label_type = None
+        self.integral = True
+
+    def update(self, values, rows, rng):
+        missing = self.missing
+        super().update(values, rows, rng)
+        if self.missing > missing:
+            raise InputError(f"target column {self.name!r} has a missing value; drop those rows first")
+        if self.declared == NUMBER:
+            numbers = to_numbers(self.name, values)
+            self.integral &= bool(np.all(numbers == np.round(numbers)))
+            if len(self.labels) <= MAX_LABELS:
+                self.labels.update(np.unique(numbers).tolist())
+            self.label_type = self.label_type or _number_type(values)
+
+    def merge(self, other, rng):
+        super().merge(other, rng)
+        self.labels |= other.labels
+        self.integral &= other.integral
+        self.label_type = self.label_type or other.label_type
+
+    def finish(self):
+        """(kind, classes sorted, label type 'int'/'float'/'bool'/'str', all values whole numbers)."""
+        kind = self.kind() if self.declared is not None or not self.seen_text else TEXT
+        if self.declared == NUMBER:
+            return kind, sorted(self.labels), self.label_type, self.integral
+        if self.distinct is None:
+            return kind, [], "str", False  # too many distinct values to be classes
+        if kind == TEXT:
+            return kind, sorted(self.distinct), "str", False
+        numbers = sorted({float(v) for v in self.distinct})
+        integral = all(v.is_integer() for v in numbers)
+        return NUMBER, [int(v) for v in numbers] if integral else numbers, "int" if integral else "float", integral
+
+
+def _number_type(values):
+    kind = values.dtype.kind if not is_arrow(values) else _arrow_number_kind(values.type)
+    return {"b": "bool", "i": "int", "u": "int"}.get(kind, "float")
+
+
+def _arrow_number_kind(dtype):
+    import pyarrow as pa
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return "b" if pa.types.is_boolean(dtype) else "i" if pa.types.is_integer(dtype) else "f"
+
+
+class FirstPass:
+    """Every column's scan, the training-row count and a sample of validation rows: one rank's part or the file's."""
+
+    def __init__(self, features, target, declared, max_categories, keep_sample):
+        self.settings = (features, target, declared, max_categories, keep_sample)
+        self.columns = {c: ColumnScan(c, declared[c], max_categories, keep_sample) for c in features}
+        self.target = TargetScan(target, declared[target])
+        self.n_rows = 0
+        self.held = []  # pieces {column: values} of validation rows, in the file's own types
+        self.held_rows = 0
+
+    @classmethod
+    def combine(cls, parts, rng):
+        """One FirstPass from the parts of every rank, in rank order (so every rank gets the same numbers)."""
+        whole = cls(*parts[0].settings)
+        for part in parts:
+            whole.merge(part, rng)
+        return whole
+
+    def merge(self, other, rng):
+        for c, scan in self.columns.items():
+            scan.merge(other.columns[c], rng)
+        self.target.merge(other.target, rng)
+        self.n_rows += other.n_rows
+        self.held += other.held
+        self.held_rows += other.held_rows
+
+    def held_columns(self, max_rows):
+        """The validation rows as {column: values}, at most max_rows of them (None without any)."""
+        if not self.held_rows:
+            return None
+        names = list(self.columns) + [self.target.name]
+        out = {c: concat([piece[c] for piece in self.held]) for c in names}
+        if self.held_rows > max_rows:
+            out = {c: take(v, np.arange(max_rows)) for c, v in out.items()}
+        return out
+
+
+def first_pass(source, target, features, impute, max_categories, holdout, val_max_rows, seed, progress, chunks):
+    """One pass over the given chunks (all when None): a FirstPass. holdout(rows) marks validation rows."""
+    columns = features + [target]
+    declared = source.kinds(columns)
+    part = FirstPass(features, target, declared, max_categories, keep_sample=impute == "median")
+    # validation rows are checked like training rows (bad cells reported at their row), their numbers not kept
+    checks = {c: ColumnScan(c, declared[c], max_categories, keep_sample=False) for c in features}
+    rng = np.random.default_rng(seed)
+    for start, chunk in source.chunks(columns, None, chunks):
+        n = len(chunk[target])
+        rows = np.arange(start, start + n)
+        val = holdout(rows)
+        if val.any():
+            held = np.flatnonzero(val)
+            if part.held_rows < val_max_rows:
+                part.held.append({c: take(v, held) for c, v in chunk.items()})
+                part.held_rows += held.size
+            for c in features:
+                _scan_cells(checks[c], take(chunk[c], held), rows[held], impute, rng)
+            train = np.flatnonzero(~val)
+            chunk = {c: take(v, train) for c, v in chunk.items()}
+            rows = rows[train]
+        part.n_rows += len(rows)
+        part.target.update(chunk[target], rows, rng)
+        for c in features:
+            _scan_cells(part.columns[c], chunk[c], rows, impute, rng)
+        if progress is not None:
+            progress(n)
+    return part
+
+
+def _scan_cells(scan, values, rows, impute, rng):
+    scan.update(values, rows, rng)
+    if scan.missing and impute is None:
+        raise InputError(f"column {scan.name!r} has a missing value at {where(0, _first_missing(values, rows))}; "
+                         "pass --impute mean|median (text columns get their own 'missing' category) or clean the data")
+
+
+def _first_missing(values, rows):
+    if is_arrow(values):
+        import pyarrow.compute as pc
+        return int(rows[np.flatnonzero(pc.is_null(values, nan_is_null=True).to_numpy(zero_copy_only=False))[0]])
+    return int(rows[np.flatnonzero(np.isnan(values.astype(np.float64)))[0]])

@@ -1,0 +1,261 @@
+"""Files end to end: the schema learned in training is what predict and evaluate apply (issue cases, via the CLI)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.csv as pcsv  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from fastbp.files.preprocess import Preprocessor  # noqa: E402
+from fastbp.files.scan import MEDIAN_SAMPLE, ColumnScan  # noqa: E402
+from fastbp.files.sources import open_source  # noqa: E402
+
+
+def cli(*args, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def train(data, target, *extra, out="m.fbp"):
+    code, out_text, err = cli("train", data, "--target", target, "--hidden", "16", "--threads", "1", "--out", out,
+                              "--lr", "0.01", "--batch-size", "32", *extra)
+    assert code == 0, err
+    return out_text
+
+
+def evaluate(model, data, *extra):
+    code, out, err = cli("evaluate", model, data, *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_a_predict_file_with_only_numeric_looking_categories_is_read_as_text(tmp_path):
+    rng = np.random.default_rng(0)
+    code = rng.choice(["1", "2", "x", "y"], size=2000)
+    label = np.where(np.isin(code, ["1", "x"]), "a", "b")
+    (tmp_path / "train.csv").write_text("code,label\n" + "".join(f"{c},{t}\n" for c, t in zip(code, label)))
+    numeric = np.isin(code, ["1", "2"])
+    (tmp_path / "test.csv").write_text("code,label\n" + "".join(f"{c},{t}\n" for c, t in
+                                                               zip(code[numeric], label[numeric])))
+    train(tmp_path / "train.csv", "label", "--epochs", "10", "--quiet")
+    assert evaluate("m.fbp", tmp_path / "test.csv")["accuracy"] == 1.0
+    assert Preprocessor(fastbp.load("m.fbp").preprocessing).state["categories"] == [["1", "2", "x", "y"]]
+
+
+def test_a_latin1_csv_needs_its_encoding_and_then_matches_a_utf8_file(tmp_path):
+    rng = np.random.default_rng(1)
+    city = rng.choice(["München", "Berlin", "Köln"], size=1500)
+    label = (city == "München").astype(int)
+    text = "city,label\n" + "".join(f"{c},{t}\n" for c, t in zip(city, label))
+    (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
+    (tmp_path / "utf8.csv").write_text(text, encoding="utf-8")
+    code, _, err = cli("train", tmp_path / "latin1.csv", "--target", "label", "--quiet")
+    assert code == 2 and "'city'" in err and "--encoding" in err and "b'" not in err
+    train(tmp_path / "latin1.csv", "label", "--encoding", "latin-1", "--epochs", "10", "--quiet")
+    assert fastbp.load("m.fbp").preprocessing["categories"] == [["Berlin", "Köln", "München"]]
+    assert evaluate("m.fbp", tmp_path / "utf8.csv")["accuracy"] == 1.0
+    code, _, err = cli("train", tmp_path / "latin1.csv", "--target", "label", "--encoding", "klingon")
+    assert code == 2 and "unknown text encoding 'klingon'" in err
+
+
+def test_standardization_is_exact_for_a_large_offset(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=20000)
+    pq.write_table(pa.table({"x": 1e9 + x, "noise": rng.normal(size=x.size), "label": (x > 0).astype(np.int64)}),
+                   tmp_path / "d.parquet", row_group_size=3000)
+    for chunking in ([0], [1, 2]):
+        source = open_source(tmp_path / "d.parquet")
+        prep, _, _ = Preprocessor.fit(source, "label")
+        np.testing.assert_allclose(prep.state["mean"][0], np.mean(1e9 + x), rtol=1e-15)
+        np.testing.assert_allclose(prep.state["scale"][0], np.std(1e9 + x), rtol=1e-9)
+    train(tmp_path / "d.parquet", "label", "--epochs", "5", "--quiet")
+    assert evaluate("m.fbp", tmp_path / "d.parquet")["accuracy"] > 0.97
+
+
+def test_median_fill_is_the_median_of_the_whole_sorted_file(tmp_path):
+    values = np.arange(100_001, dtype=float)  # sorted: the old reservoir kept the last chunks' values
+    x = values.copy()
+    x[::97] = np.nan
+    pq.write_table(pa.table({"x": x, "label": np.arange(x.size) % 2}), tmp_path / "d.parquet",
+                   row_group_size=5000)
+    prep, _, _ = Preprocessor.fit(open_source(tmp_path / "d.parquet"), "label", impute="median")
+    true = np.nanmedian(x)
+    assert abs(prep.state["fill"][0] - true) < 0.02 * x.size  # a uniform sample of 10,000: within ~1% of rank
+
+
+def test_the_reservoir_is_uniform_whatever_the_chunking():
+    rng = np.random.default_rng(0)
+    kept = []
+    for trial in range(40):
+        scan = ColumnScan("x", "number", 10, keep_sample=True)
+        values = np.arange(4 * MEDIAN_SAMPLE, dtype=float)
+        for piece in np.array_split(values, [MEDIAN_SAMPLE // 3, 25_000, 25_001]):
+            scan.update(piece, np.arange(piece.size), rng)
+        assert scan.sample.size == MEDIAN_SAMPLE and np.unique(scan.sample).size == MEDIAN_SAMPLE
+        kept.append(np.histogram(scan.sample, bins=4, range=(0, values.size))[0])
+    share = np.mean(kept, axis=0) / MEDIAN_SAMPLE
+    np.testing.assert_allclose(share, 0.25, atol=0.01)  # each quarter of the stream equally represented
+
+
+def test_pandas_index_columns_are_not_features(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"a": rng.normal(size=3000), "b": rng.normal(size=3000)})
+    df["label"] = np.where(df.a + df.b > 0, "pos", "neg")
+    shuffled = df.sample(frac=1.0, random_state=0)  # as after train_test_split: the index is not a range
+    shuffled.to_parquet(tmp_path / "train.parquet")
+    shuffled.to_csv(tmp_path / "train.csv")
+    df.reset_index(drop=True).to_parquet(tmp_path / "test.parquet", index=False)
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "train.parquet").names
+    for name in ("train.parquet", "train.csv"):
+        out = train(tmp_path / name, "label", "--epochs", "5")
+        assert "features: a, b\n" in out
+        assert fastbp.load("m.fbp").preprocessing["features"] == ["a", "b"]
+        assert evaluate("m.fbp", tmp_path / "test.parquet")["accuracy"] > 0.95
+    assert "look like a pandas index" in out
+    out = train(tmp_path / "train.parquet", "label", "--exclude", "b", "--epochs", "1")
+    assert "features: a\n" in out
+
+
+def test_regression_targets_are_standardized_and_predictions_come_back_on_their_scale(tmp_path):
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    X, y = sklearn_datasets.load_diabetes(return_X_y=True)
+    table = pa.table({**{f"x{i}": X[:, i] for i in range(X.shape[1])}, "y": y})
+    pq.write_table(table, tmp_path / "diabetes.parquet")
+    train(tmp_path / "diabetes.parquet", "y", "--task", "regress", "--quiet", "--epochs", "30")
+    scores = evaluate("m.fbp", tmp_path / "diabetes.parquet")
+    assert scores["r2"] > 0.4
+    code, _, err = cli("predict", "m.fbp", tmp_path / "diabetes.parquet", "--out", "p.npy")
+    assert code == 0, err
+    predicted = np.load("p.npy")
+    assert predicted.dtype == np.float64 and abs(predicted.mean() - y.mean()) < 0.2 * y.std()
+    assert scores["rmse"] == pytest.approx(np.sqrt(np.mean((predicted - y) ** 2)), rel=1e-4)
+    assert scores["mae"] == pytest.approx(np.mean(np.abs(predicted - y)), rel=1e-4)
+
+
+@pytest.mark.parametrize("labels", [np.array([10, 2, 3]), np.array(["no", "yes", "maybe-not"]),
+                                    np.array([True, False, True]), np.array([0.5, 1.5, 2.5])])
+def test_predicted_labels_keep_the_targets_type_in_every_output_format(tmp_path, labels):
+    rng = np.random.default_rng(4)
+    pick = rng.integers(0, 2 if labels.dtype == bool else 3, size=1200)
+    x = pick + 0.05 * rng.normal(size=pick.size)
+    target = labels[pick] if labels.dtype != bool else pick.astype(bool)
+    pcsv.write_csv(pa.table({"x": x, "t": target}), tmp_path / "d.csv")
+    pq.write_table(pa.table({"x": x, "t": target}), tmp_path / "d.parquet")
+    for data in ("d.csv", "d.parquet"):
+        train(tmp_path / data, "t", "--task", "classify", "--epochs", "20", "--quiet")
+        for ext in ("npy", "csv", "parquet"):
+            code, _, err = cli("predict", "m.fbp", tmp_path / data, "--out", f"p.{ext}", "--chunk-rows", "100")
+            assert code == 0, err
+        got = np.load("p.npy")
+        expected = np.asarray(target)
+        if expected.dtype == bool and data == "d.csv":  # a CSV holds "true" / "false": text labels
+            expected = np.where(expected, "true", "false")
+        assert got.dtype.kind == expected.dtype.kind
+        assert (got == expected).mean() > 0.95
+        as_text = pcsv.ConvertOptions(column_types={"prediction": pa.string()})
+        written = pcsv.read_csv("p.csv", convert_options=as_text).column("prediction").to_pylist()
+        assert written[:50] == [str(v).lower() for v in got[:50]]
+        assert pq.read_table("p.parquet").column("prediction").to_pylist()[:50] == got[:50].tolist()
+        if labels.dtype.kind == "i":
+            assert "." not in open("p.csv").read()  # 10, not 10.0
+
+
+def test_one_hot_npz_targets_are_classes_and_other_2d_targets_are_refused(tmp_path):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(900, 3))
+    y = np.eye(3)[np.argmax(X, axis=1)]
+    np.savez(tmp_path / "onehot.npz", X=X, y=y)
+    train(tmp_path / "onehot.npz", "y", "--epochs", "20", "--quiet")
+    assert fastbp.load("m.fbp").preprocessing["classes"] == [0, 1, 2]
+    assert evaluate("m.fbp", tmp_path / "onehot.npz")["accuracy"] > 0.9
+    np.savez(tmp_path / "two.npz", X=X, y=X[:, :2])
+    code, _, err = cli("train", tmp_path / "two.npz", "--target", "y")
+    assert code == 2 and "not one-hot" in err
+
+
+def test_csv_columns_whose_type_shows_late_are_read_by_their_values(tmp_path):
+    n = 150_000  # over 1 MB, so the first block pyarrow would infer types from ends long before the changes
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 100, size=n).astype(str).astype(object)
+    a[n - 10] = "1.5"
+    b = rng.normal(size=n).round(3).astype(str).astype(object)
+    b[: n // 2] = ""
+    label = (rng.random(n) < 0.5).astype(int)
+    (tmp_path / "late.csv").write_text("a,b,label\n" + "".join(f"{x},{y},{t}\n" for x, y, t in zip(a, b, label)))
+    assert (tmp_path / "late.csv").stat().st_size > 1 << 20
+    train(tmp_path / "late.csv", "label", "--impute", "mean", "--epochs", "1", "--quiet", "--chunk-rows", "1000",
+          "--val-split", "0")
+    prep = fastbp.load("m.fbp").preprocessing
+    assert prep["categories"] == [None, None]
+    assert prep["mean"][1] == pytest.approx(np.mean(b[n // 2:].astype(float)), rel=1e-6, abs=1e-9)
+
+
+def test_output_paths_are_checked_before_training_and_a_failed_save_keeps_the_model(tmp_path):
+    pq.write_table(pa.table({"x": np.arange(100.0), "t": np.arange(100) % 2}), tmp_path / "d.parquet")
+    for option in ("--out", "--log-file", "--plot"):
+        code, out, err = cli("train", tmp_path / "d.parquet", "--target", "t", option, tmp_path / "nope" / "f.x")
+        assert code == 2 and "does not exist" in err and str(tmp_path / "nope") in err and "first pass" not in out
+    no_matplotlib = ("import sys; sys.modules['matplotlib'] = None; from fastbp.cli import main; "
+                     f"sys.exit(main(['train', {str(tmp_path / 'd.parquet')!r}, '--target', 't', '--plot', 'c.png']))")
+    proc = subprocess.run([sys.executable, "-c", no_matplotlib], capture_output=True, text=True)
+    assert proc.returncode == 2 and "pip install matplotlib" in proc.stderr and "epoch" not in proc.stdout
+    from fastbp.cli import _save_model
+    trainer = fastbp.Trainer([1, 2, 2])
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone").rmdir()  # the folder vanished during training
+    saved = _save_model(trainer, str(tmp_path / "gone" / "model.fbp"))
+    assert saved.endswith(".fbp") and "recovered" in saved
+    np.testing.assert_array_equal(fastbp.load(saved).params, trainer.params)
+
+
+def test_errors_name_the_column_and_the_row(tmp_path):
+    rows = ["1,2,0", "1,3,1"] * 10
+    rows[7] = "1,inf,1"
+    (tmp_path / "inf.csv").write_text("a,b,t\n" + "\n".join(rows) + "\n")
+    code, _, err = cli("train", tmp_path / "inf.csv", "--target", "t")
+    assert code == 2 and "column 'b' has the value inf at row 7" in err
+    import datetime
+    stamps = pa.array([datetime.datetime(2020, 1, 1 + i % 28) for i in range(50)])
+    pq.write_table(pa.table({"when": stamps, "x": np.arange(50.0), "t": np.arange(50) % 2}), tmp_path / "ts.parquet")
+    code, _, err = cli("train", tmp_path / "ts.parquet", "--target", "t")
+    assert code == 2 and "column 'when' has type timestamp" in err and "--exclude" in err
+    train(tmp_path / "ts.parquet", "t", "--exclude", "when", "--epochs", "1", "--quiet")
+    big = np.arange(60, dtype=np.int64) + 2 ** 62
+    pq.write_table(pa.table({"big": big, "t": np.arange(60) % 2}), tmp_path / "big.parquet")
+    train(tmp_path / "big.parquet", "t", "--epochs", "1", "--quiet")
+
+
+def test_a_predict_file_whose_numeric_column_is_empty_is_imputed_and_unknown_categories_are_counted(tmp_path):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=500)
+    x[::10] = np.nan
+    color = rng.choice(["red", "blue"], size=500)
+    pq.write_table(pa.table({"x": x, "color": color, "t": (color == "red").astype(int)}), tmp_path / "d.parquet")
+    train(tmp_path / "d.parquet", "t", "--impute", "mean", "--epochs", "30", "--quiet")
+    (tmp_path / "p.csv").write_text("x,color\n,red\n,blue\n,green\n,green\n")
+    code, _, err = cli("predict", "m.fbp", tmp_path / "p.csv", "--out", "p.npy")
+    assert code == 0, err
+    assert "column 'color': 2 row(s) hold categories not seen in training" in err
+    assert list(np.load("p.npy")[:2]) == [1, 0]
+    code, _, err = cli("predict", "m.fbp", tmp_path / "p.csv", "--out", "p.npy", "--on-unknown", "error")
+    assert code == 2 and "'green' at row 2, not seen in training" in err
+
+
+def test_parquet_row_groups_are_read_in_bounded_slices(tmp_path):
+    n, width = 40_000, 100
+    table = pa.table({f"c{i}": np.full(n, float(i), dtype=np.float32) for i in range(width)})
+    pq.write_table(table, tmp_path / "wide.parquet", row_group_size=n)  # one row group
+    source = open_source(tmp_path / "wide.parquet", chunk_rows=5000)
+    sizes = [len(chunk["c0"]) for _, chunk in source.chunks(table.column_names)]
+    assert max(sizes) == 5000 and sum(sizes) == n
+    source.chunk_rows = 10 ** 6
+    sizes = [len(chunk["c0"]) for _, chunk in source.chunks(table.column_names)]
+    assert max(sizes) == source.slice_rows(width) < n  # a wide row group is sliced by cells, not rows
