@@ -19,6 +19,7 @@ from .core.errors import InputError
 from .engine.callbacks import Callback
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+READ_MEMORY_NOTE = 256 << 20  # a Parquet layout that needs more than this to read gets a note at train time
 
 
 class UsageError(InputError):
@@ -151,8 +152,13 @@ def train(args):
     features = Preprocessor.feature_columns(source, args.target, _names(args.features), exclude)
     skipped = [c for c in getattr(source, "index_columns", ()) if c not in features and not args.features]
     if skipped:
-        _say(args, f"note: {', '.join(map(repr, skipped))} look like a pandas index and are not used as features "
-                   "(name them in --features to use them)")
+        named = ", ".join(repr(c) if c else "the unnamed first column" for c in skipped)
+        _say(args, f"note: {named} look(s) like a pandas index and is not used as a feature (name it in --features "
+                   "to use it)")
+    if hasattr(source, "read_memory") and source.read_memory(features + [args.target]) > READ_MEMORY_NOTE:
+        _say(args, f"note: reading {args.data!r} holds about {source.read_memory(features + [args.target]) >> 20} MB "
+                   "(pyarrow decodes a page of every column at once); rewrite it with smaller row groups "
+                   "(pyarrow.parquet.write_table(..., row_group_size=...)) or fewer columns to use less")
     progress = _rows_progress("reading (first pass)", source.n_rows, args.quiet)
     try:
         prep, held, n_rows = Preprocessor.fit(
@@ -545,7 +551,7 @@ def _parser():
     p.add_argument("--max-categories", type=int, default=1000)
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
     p.add_argument("--buffer-rows", type=int, default=None,
-                   help="rows shuffled together in memory (default: 262144, fewer for wide data: 64 MB at most)")
+                   help="rows shuffled together in memory (default: 262144, fewer for wide data: 32 MB at most)")
     p.add_argument("--shard", choices=["auto", "rows", "chunks"], default="auto",
                    help="under mpiexec: 'rows' = every rank reads every chunk, result equal to one process; "
                         "'chunks' = each rank reads only its own chunks (not bit-equal); auto: chunks for Parquet")
@@ -602,6 +608,19 @@ def _reading_options(p):
                    help="a category not seen in training: encode it as all zeros and count it (ignore), or stop")
 
 
+def _arrow_memory_pool():
+    """Read files through pyarrow's jemalloc pool, unless the user chose one (ARROW_DEFAULT_MEMORY_POOL):
+    it hands freed pages back sooner than the default mimalloc (peak RSS 383 vs 401 MiB streaming a
+    1.4 GB Parquet file). Builds without jemalloc keep their default."""
+    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    try:
+        import pyarrow as pa
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (ImportError, NotImplementedError):
+        pass
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its options belong to compare_peers, not to this parser
@@ -611,6 +630,8 @@ def main(argv=None):
     argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)  # exits with 2 on bad usage
     from .engine.engine import TrainingDiverged
+    if args.command in ("train", "predict", "evaluate"):
+        _arrow_memory_pool()
     try:
         return args.run(args)
     except (InputError, TrainingDiverged, FileNotFoundError, PermissionError, IsADirectoryError,

@@ -55,8 +55,11 @@ def write_model(path, config, arrays):
                    for name, a in arrays.items()},
     }
     folder = os.path.dirname(os.path.abspath(path))
-    _remove_abandoned_temporaries(folder, os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        _remove_abandoned_temporaries(folder, os.path.basename(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as exc:  # name the user's path, not the temporary one
+        raise OSError(exc.errno, f"could not write model file {path!r} ({exc.strerror})") from exc
     try:
         os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, "wb") as fh:

@@ -177,7 +177,8 @@ class TargetScan(ColumnScan):
         missing = self.missing
         super().update(values, rows, rng)
         if self.missing > missing:
-            raise InputError(f"target column {self.name!r} has a missing value; drop those rows first")
+            raise InputError(f"target column {self.name!r} has a missing value at "
+                             f"{where(0, _first_missing(values, rows))}; drop those rows first")
         if self.declared == NUMBER:
             numbers = to_numbers(self.name, values)
             self.integral &= bool(np.all(numbers == np.round(numbers)))
@@ -195,7 +196,10 @@ class TargetScan(ColumnScan):
         """(kind, classes sorted, label type 'int'/'float'/'bool'/'str', all values whole numbers)."""
         kind = self.kind() if self.declared is not None or not self.seen_text else TEXT
         if self.declared == NUMBER:
-            return kind, sorted(self.labels), self.label_type, self.integral
+            if len(self.labels) > MAX_LABELS:
+                return kind, [], self.label_type, self.integral
+            as_type = {"int": int, "bool": bool}.get(self.label_type, float)
+            return kind, [as_type(v) for v in sorted(self.labels)], self.label_type, self.integral
         if self.distinct is None:
             return kind, [], "str", False  # too many distinct values to be classes
         if kind == TEXT:

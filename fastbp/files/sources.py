@@ -28,7 +28,9 @@ from ..core.errors import InputError
 from .columns import NUMBER, arrow_kind, take
 
 DEFAULT_CHUNK_ROWS = 65536
-SLICE_CELLS = 1 << 21  # cells of one Parquet slice: 16 MB as float64, whatever the row group size
+SLICE_CELLS = 1 << 20  # cells of one Parquet slice: 8 MB as float64, whatever the row group size
+MIN_SLICE_ROWS = 2048
+PAGE_BYTES = 2 << 20  # a decoded data page and a dictionary page, at pyarrow's default page size
 _INDEX_NAME = re.compile(r"^(|Unnamed: \d+)$")  # how pandas' to_csv names the index column
 
 
@@ -205,7 +207,7 @@ class ParquetSource:
         self.path, self.chunk_rows = path, int(chunk_rows)
         try:
             # buffer_size: column chunks are streamed, not read whole
-            self.file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+            self.file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 13)
         except _arrow_errors() as exc:  # empty or truncated files
             raise SourceError(f"{path!r} is not a readable Parquet file ({exc})") from None
         schema = self.file.schema_arrow
@@ -223,9 +225,19 @@ class ParquetSource:
         _check_columns(self, columns)
         return {c: arrow_kind(c, self.types[c]) for c in columns}
 
+    def read_memory(self, columns):
+        """Bytes pyarrow holds to read a slice of the largest row group: it decodes a whole page (up to ~1 MB,
+        plus a dictionary page) of every column read, so this grows with the column count, and with the row
+        group's size until its column chunks reach a page."""
+        index = [self.columns.index(c) for c in columns]
+        meta = self.file.metadata
+        return max((sum(min(meta.row_group(k).column(i).total_uncompressed_size, PAGE_BYTES) for i in index)
+                    for k in range(self.n_chunks)), default=0)
+
     def slice_rows(self, n_columns):
         """Rows read at a time: --chunk-rows, fewer for wide files, so a slice holds a bounded number of cells."""
-        return max(1, min(self.chunk_rows, SLICE_CELLS // max(1, n_columns)))
+        # at least MIN_SLICE_ROWS: below that, per-column work per slice dominates on very wide files
+        return max(1, min(self.chunk_rows, max(MIN_SLICE_ROWS, SLICE_CELLS // max(1, n_columns))))
 
     def chunks(self, columns, kinds=None, order=None):
         _check_columns(self, columns)

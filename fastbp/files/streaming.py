@@ -26,7 +26,7 @@ class StreamStats:
         self.chunks_read = []  # this rank's chunk numbers in the last epoch
 
 
-BUFFER_BYTES = 64 << 20  # the default buffer: 262,144 rows, fewer when rows are wide
+BUFFER_BYTES = 32 << 20  # the default buffer: 262,144 rows, fewer when rows are wide
 
 
 def default_buffer_rows(n_inputs, dtype):
