@@ -155,8 +155,9 @@ def train(args):
         named = ", ".join(repr(c) if c else "the unnamed first column" for c in skipped)
         _say(args, f"note: {named} look(s) like a pandas index and is not used as a feature (name it in --features "
                    "to use it)")
-    if hasattr(source, "read_memory") and source.read_memory(features + [args.target]) > READ_MEMORY_NOTE:
-        _say(args, f"note: reading {args.data!r} holds about {source.read_memory(features + [args.target]) >> 20} MB "
+    read_memory = source.read_memory(features + [args.target]) if hasattr(source, "read_memory") else 0
+    if read_memory > READ_MEMORY_NOTE:
+        _say(args, f"note: reading {args.data!r} holds about {read_memory >> 20} MB "
                    "(pyarrow decodes a page of every column at once); rewrite it with smaller row groups "
                    "(pyarrow.parquet.write_table(..., row_group_size=...)) or fewer columns to use less")
     progress = _rows_progress("reading (first pass)", source.n_rows, args.quiet)

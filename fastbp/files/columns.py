@@ -72,6 +72,8 @@ def to_numbers(column, values, start=0):
     pa, pc = _pa()
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
+    if not values.null_count and (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        return values.to_numpy().astype(np.float64)  # the common case, without pyarrow's cast kernel
     kind = arrow_kind(column, values.type)
     if pa.types.is_dictionary(values.type):
         values = values.dictionary_decode()

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from .columns import NUMBER, TEXT, codes, to_numbers, where
-from .scan import MISSING, FirstPass, first_pass
+from .scan import MISSING, NUMBER_GROUP, FirstPass, first_pass, number_block
 
 TASKS = ("classify", "regress")
 LABEL_TYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": str}
@@ -45,6 +45,18 @@ class Preprocessor:
             raise InputError(f"on_unknown must be 'ignore' or 'error', got {on_unknown!r}")
         self.on_unknown = on_unknown
         self.unknown = {}  # column -> rows whose category was not seen in training (transform counts them)
+        # where each feature goes in X: numeric columns one input each, categorical ones an input per category
+        self._numeric, numeric_at, self._categorical, at = [], [], [], 0
+        for c, cats in zip(self.features, self.state["categories"]):
+            if cats is None:
+                self._numeric.append(c), numeric_at.append(at)
+            else:
+                self._categorical.append((c, cats, at))
+            at += 1 if cats is None else len(cats)
+        self._numeric_at = np.array(numeric_at, dtype=np.int64)
+        numeric = np.array([cats is None for cats in self.state["categories"]])
+        self._mean, self._scale, self._fill = (np.array(self.state[key], dtype=np.float64)[numeric]
+                                               for key in ("mean", "scale", "fill"))
         classes = self.state.get("classes") or []
         self.label_type = self.state.get("label_type") or _label_type_of(classes)
         self._label_array = np.array(classes, dtype=LABEL_TYPES[self.label_type]) if classes else None
@@ -136,30 +148,30 @@ class Preprocessor:
             raise InputError(f"column(s) {', '.join(map(repr, missing))}, used in training, not in the data")
         n = len(chunk[self.features[0]])
         X = np.zeros((n, self.n_inputs), dtype=dtype)
-        col = 0
-        for c, cats, mean, scale, fill in zip(self.features, self.state["categories"], self.state["mean"],
-                                              self.state["scale"], self.state["fill"]):
-            if cats is None:
-                X[:, col] = (self._numbers(c, chunk[c], start, fill) - mean) / scale
-                col += 1
-            else:
-                self._one_hot(c, chunk[c], start, cats, X[:, col:col + len(cats)])
-                col += len(cats)
+        numbers = self._numeric
+        for g in range(0, len(numbers), NUMBER_GROUP):  # numeric columns a block at a time
+            X[:, self._numeric_at[g:g + NUMBER_GROUP]] = self._numbers(numbers[g:g + NUMBER_GROUP], chunk, start,
+                                                                        slice(g, g + NUMBER_GROUP))
+        for c, cats, at in self._categorical:
+            self._one_hot(c, chunk[c], start, cats, X[:, at:at + len(cats)])
         return X, (self._encode_target(chunk[self.target], start, dtype) if with_target else None)
 
-    def _numbers(self, column, values, start, fill):
-        v = to_numbers(column, values, start)
-        nan = np.isnan(v)
+    def _numbers(self, columns, chunk, start, part):
+        """Standardized values of these numeric columns (missing ones filled), rows x columns."""
+        block = number_block(columns, chunk, start)
+        nan = np.isnan(block)
         if nan.any():
             if self.state["impute"] is None:
-                raise InputError(f"column {column!r} has a missing value at {where(start, np.flatnonzero(nan)[0])}; "
+                r, j = np.argwhere(nan)[0]
+                raise InputError(f"column {columns[j]!r} has a missing value at {where(start, r)}; "
                                  "the model was trained without --impute")
-            v = np.where(nan, fill, v)
-        bad = np.flatnonzero(np.isinf(v))
-        if bad.size:
-            raise InputError(f"column {column!r} has the value {v[bad[0]]} at {where(start, bad[0])}; "
+            block = np.where(nan, self._fill[part], block)
+        inf = np.isinf(block)
+        if inf.any():
+            r, j = np.argwhere(inf)[0]
+            raise InputError(f"column {columns[j]!r} has the value {block[r, j]} at {where(start, r)}; "
                              "replace infinite values (or drop those rows) first")
-        return v
+        return (block - self._mean[part]) / self._scale[part]
 
     def _one_hot(self, column, values, start, cats, out):
         index, text = codes(column, values, cats, start)

@@ -16,6 +16,7 @@ from .columns import NUMBER, NUMBER_PATTERN, TEXT, concat, is_arrow, take, to_nu
 MISSING = "<missing>"
 MEDIAN_SAMPLE = 10_000  # numbers kept per column for --impute median (exact below that many)
 MAX_LABELS = 10_000
+NUMBER_GROUP = 256  # numeric columns scanned together (bounds the block: rows x 256 float64)
 STRAY_TEXT = 99  # a column of numbers with fewer than 1 text cell in 100 has bad cells; more make it categorical
 
 
@@ -73,11 +74,11 @@ class ColumnScan:
                              "replace infinite values (or drop those rows) first")
         if ok.size:
             mean = float(ok.mean())
-            self._merge_moments(ok.size, mean, float(((ok - mean) ** 2).sum()))
+            self.merge_moments(ok.size, mean, float(((ok - mean) ** 2).sum()))
             if self.sample is not None:
-                self._reservoir(ok, rng)
+                self.offer(ok, rng)
 
-    def _merge_moments(self, n, mean, m2):
+    def merge_moments(self, n, mean, m2):
         total = self.count + n
         delta = mean - self.mean
         self.mean += delta * n / total
@@ -92,7 +93,8 @@ class ColumnScan:
         if len(self.distinct) > self.max_categories:
             self.distinct = None
 
-    def _reservoir(self, values, rng):
+    def offer(self, values, rng):
+        """Offer numbers to the median's reservoir sample."""
         k = MEDIAN_SAMPLE
         room = k - self.sample.size
         if room > 0:
@@ -113,7 +115,7 @@ class ColumnScan:
     def merge(self, other, rng):
         """This column's statistics and `other`'s (another rank's part of the file) as one."""
         if other.count:
-            self._merge_moments(other.count, other.mean, other.m2)
+            self.merge_moments(other.count, other.mean, other.m2)
         self.seen_text += other.seen_text
         self.seen_numeric_text += other.seen_numeric_text
         if other.first_text is not None and (self.first_text is None or other.first_text[0] < self.first_text[0]):
@@ -266,6 +268,10 @@ def first_pass(source, target, features, impute, max_categories, holdout, val_ma
     part = FirstPass(features, target, declared, max_categories, keep_sample=impute == "median")
     # validation rows are checked like training rows (bad cells reported at their row), their numbers not kept
     checks = {c: ColumnScan(c, declared[c], max_categories, keep_sample=False) for c in features}
+    # columns the file declares numeric are scanned together, a block of columns at a time
+    numbers = [c for c in features if declared[c] == NUMBER]
+    number_groups = [numbers[i:i + NUMBER_GROUP] for i in range(0, len(numbers), NUMBER_GROUP)]
+    others = [c for c in features if declared[c] != NUMBER]
     rng = np.random.default_rng(seed)
     for start, chunk in source.chunks(columns, None, chunks):
         n = len(chunk[target])
@@ -276,18 +282,64 @@ def first_pass(source, target, features, impute, max_categories, holdout, val_ma
             if part.held_rows < val_max_rows:
                 part.held.append({c: take(v, held) for c, v in chunk.items()})
                 part.held_rows += held.size
-            for c in features:
-                _scan_cells(checks[c], take(chunk[c], held), rows[held], impute, rng)
+            held_chunk = {c: take(chunk[c], held) for c in features}
+            for group in number_groups:
+                _scan_numbers([checks[c] for c in group], held_chunk, rows[held], impute, rng)
+            for c in others:
+                _scan_cells(checks[c], held_chunk[c], rows[held], impute, rng)
             train = np.flatnonzero(~val)
             chunk = {c: take(v, train) for c, v in chunk.items()}
             rows = rows[train]
         part.n_rows += len(rows)
         part.target.update(chunk[target], rows, rng)
-        for c in features:
+        for group in number_groups:
+            _scan_numbers([part.columns[c] for c in group], chunk, rows, impute, rng)
+        for c in others:
             _scan_cells(part.columns[c], chunk[c], rows, impute, rng)
         if progress is not None:
             progress(n)
     return part
+
+
+def number_block(columns, chunk, start=0):
+    """The columns as one float64 matrix (rows x columns), NaN where missing."""
+    block = np.empty((len(chunk[columns[0]]), len(columns)), order="F")  # columns written contiguously
+    for j, c in enumerate(columns):
+        block[:, j] = to_numbers(c, chunk[c], start)
+    return block
+
+
+def _scan_numbers(scans, chunk, rows, impute, rng):
+    """_scan_cells for numeric columns, vectorized over a group of them."""
+    if not len(rows):
+        return
+    block = number_block([s.name for s in scans], chunk)
+    nan = np.isnan(block)
+    inf = np.isinf(block)
+    if inf.any():
+        r, j = np.argwhere(inf)[0]
+        raise InputError(f"column {scans[j].name!r} has the value {block[r, j]} at {where(0, rows[r])}; "
+                         "replace infinite values (or drop those rows) first")
+    if impute is None and nan.any():
+        r, j = np.argwhere(nan)[0]
+        raise InputError(f"column {scans[j].name!r} has a missing value at {where(0, rows[r])}; pass --impute "
+                         "mean|median (text columns get their own 'missing' category) or clean the data")
+    counts = (~nan).sum(axis=0)
+    # sums along axis 0 are not pairwise: centre first (on the running mean, else the first row), so a
+    # column 1e9 + N(0, 1) keeps its digits
+    shift = np.array([s.mean if s.count else 0.0 for s in scans])
+    fresh = np.array([s.count == 0 for s in scans])
+    shift[fresh] = np.where(nan[0], 0.0, block[0])[fresh]
+    centred = np.where(nan, 0.0, block - shift)
+    offset = centred.sum(axis=0) / np.maximum(counts, 1)
+    means = shift + offset
+    m2 = (np.where(nan, 0.0, centred - offset) ** 2).sum(axis=0)
+    for j, scan in enumerate(scans):
+        scan.missing += int(len(rows) - counts[j])
+        if counts[j]:
+            scan.merge_moments(int(counts[j]), float(means[j]), float(m2[j]))
+            if scan.sample is not None:
+                scan.offer(block[~nan[:, j], j], rng)
 
 
 def _scan_cells(scan, values, rows, impute, rng):

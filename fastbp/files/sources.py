@@ -187,7 +187,8 @@ def chunk_readers(source, columns, kinds=None, order=None):
 
 
 def _check_columns(source, columns):
-    missing = [c for c in columns if c not in source.columns]
+    known = set(source.columns)
+    missing = [c for c in columns if c not in known]
     if missing:
         raise SourceError(f"{source.path!r} has no column(s) {', '.join(map(repr, missing))}; "
                           f"its columns are: {', '.join(map(repr, source.columns))}")

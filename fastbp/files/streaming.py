@@ -34,12 +34,17 @@ def default_buffer_rows(n_inputs, dtype):
     return int(max(1, min(262_144, BUFFER_BYTES // (max(1, n_inputs) * np.dtype(dtype).itemsize))))
 
 
+def _rows_or_all(rows, n):
+    """None (read the chunk as it is, no copy) when `rows` are all n rows of the chunk."""
+    return None if len(rows) == n else rows
+
+
 def read_training_rows(source, prep, columns, order, val_split, seed, stats, dtype):
     """(start row, X, y) of the training rows of each chunk, in the given chunk order."""
     for start, n, read in chunk_readers(source, columns, prep.kinds(), order):
         stats.max_chunk_rows = max(stats.max_chunk_rows, n)
         kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
-        X, y = prep.transform(read(kept), start, dtype=dtype)
+        X, y = prep.transform(read(_rows_or_all(kept, n)), start, dtype=dtype)
         del read  # the chunk goes before the next one is read
         yield start, X, y
 
@@ -73,7 +78,7 @@ def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, se
             stats.max_chunk_rows = max(stats.max_chunk_rows, n)
             kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
             if need is None:  # one process: transform the whole chunk at once
-                X, y = prep.transform(read(kept), start, dtype=dtype)
+                X, y = prep.transform(read(_rows_or_all(kept, n)), start, dtype=dtype)
             pos = 0
             while pos < len(kept):
                 if rows + filled >= train_rows:
