@@ -19,6 +19,7 @@ from .core.errors import InputError
 from .engine.callbacks import Callback
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+ARROW_FORMATS = (".csv", ".tsv", ".txt", ".parquet", ".pq")  # the files pyarrow reads
 READ_MEMORY_NOTE = 256 << 20  # a Parquet layout that needs more than this to read gets a note at train time
 
 
@@ -631,7 +632,7 @@ def main(argv=None):
     argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)  # exits with 2 on bad usage
     from .engine.engine import TrainingDiverged
-    if args.command in ("train", "predict", "evaluate"):
+    if args.command in ("train", "predict", "evaluate") and os.path.splitext(args.data)[1].lower() in ARROW_FORMATS:
         _arrow_memory_pool()
     try:
         return args.run(args)
