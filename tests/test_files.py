@@ -262,3 +262,15 @@ def test_parquet_row_groups_are_read_in_bounded_slices(tmp_path):
     assert max(sizes) == source.slice_rows(width) < n  # a wide row group is sliced by cells, not rows
     raw = n * width * 4
     assert raw // 2 < source.read_memory(table.column_names) <= 2 * raw  # one page per column at most
+
+
+def test_option_values_and_a_directory_are_refused_before_any_work(tmp_path):
+    pq.write_table(pa.table({"x": np.arange(10.0), "t": np.arange(10) % 2}), tmp_path / "d.parquet")
+    for args, message in ((("--chunk-rows", "0"), "--chunk-rows must be >= 1"),
+                          (("--val-split", "nan"), "--val-split must be in [0, 1)"),
+                          (("--val-split", "-0.5"), "--val-split must be in [0, 1)"),
+                          (("--buffer-rows", "0"), "--buffer-rows must be >= 1")):
+        code, out, err = cli("train", tmp_path / "d.parquet", "--target", "t", *args)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    code, _, err = cli("train", tmp_path, "--target", "t")
+    assert code == 2 and "is a directory" in err
