@@ -20,7 +20,6 @@ from .engine.callbacks import Callback
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 ARROW_FORMATS = (".csv", ".tsv", ".txt", ".parquet", ".pq")  # the files pyarrow reads
-READ_MEMORY_NOTE = 256 << 20  # a Parquet layout that needs more than this to read gets a note at train time
 
 
 class UsageError(InputError):
@@ -156,11 +155,9 @@ def train(args):
         named = ", ".join(repr(c) if c else "the unnamed first column" for c in skipped)
         _say(args, f"note: {named} look(s) like a pandas index and is not used as a feature (name it in --features "
                    "to use it)")
-    read_memory = source.read_memory(features + [args.target]) if hasattr(source, "read_memory") else 0
-    if read_memory > READ_MEMORY_NOTE:
-        _say(args, f"note: reading {args.data!r} holds about {read_memory >> 20} MB "
-                   "(pyarrow decodes a page of every column at once); rewrite it with smaller row groups "
-                   "(pyarrow.parquet.write_table(..., row_group_size=...)) or fewer columns to use less")
+    if getattr(source, "spills", lambda columns: False)(features + [args.target]):
+        _say(args, f"note: {args.data!r} has row groups too wide to read in slices; each is copied to an unnamed "
+                   "temporary file (TMPDIR, the row group's size) and read back from there")
     progress = _rows_progress("reading (first pass)", source.n_rows, args.quiet)
     try:
         prep, held, n_rows = Preprocessor.fit(

@@ -274,3 +274,32 @@ def test_option_values_and_a_directory_are_refused_before_any_work(tmp_path):
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
     code, _, err = cli("train", tmp_path, "--target", "t")
     assert code == 2 and "is a directory" in err
+
+
+def test_a_row_group_too_wide_to_read_in_slices_is_spilled_and_reads_the_same(tmp_path, monkeypatch):
+    import fastbp.files.sources as sources
+    rng = np.random.default_rng(9)
+    n = 5000
+    ints = pa.array([None if i % 7 == 0 else i for i in range(n)], type=pa.int64())
+    table = pa.table({"f": rng.random(n, dtype=np.float32), "i": ints, "s": rng.choice(["a", "b"], size=n),
+                      "d": rng.normal(size=n)})
+    pq.write_table(table, tmp_path / "d.parquet", row_group_size=2000)
+
+    def read(spill_above):
+        monkeypatch.setattr(sources, "SPILL_ABOVE", spill_above)
+        monkeypatch.setattr(sources, "SPILL_GROUP_BYTES", 1000)  # a few columns at a time
+        source = open_source(tmp_path / "d.parquet", chunk_rows=700)
+        pieces = list(source.chunks(["d", "s", "i", "f"], order=[2, 0, 1]))
+        prep, _, _ = Preprocessor.fit(source, "s", impute="mean")
+        return pieces, prep.transform(pieces[0][1], pieces[0][0], with_target=True)
+
+    plain, X_plain = read(1 << 40)
+    spilled, X_spilled = read(0)
+    assert [start for start, _ in plain] == [start for start, _ in spilled]
+    from fastbp.files.columns import to_numbers, to_text
+    for (_, a), (_, b) in zip(plain, spilled):
+        for c in ("d", "i", "f"):
+            np.testing.assert_array_equal(to_numbers(c, a[c]), to_numbers(c, b[c]))
+        assert to_text("s", a["s"]).to_pylist() == to_text("s", b["s"]).to_pylist()
+    np.testing.assert_array_equal(X_plain[0], X_spilled[0])
+    np.testing.assert_array_equal(X_plain[1], X_spilled[1])

@@ -72,7 +72,7 @@ def to_numbers(column, values, start=0):
     pa, pc = _pa()
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if not values.null_count and (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+    if _plain_numbers(values):
         return values.to_numpy().astype(np.float64)  # the common case, without pyarrow's cast kernel
     kind = arrow_kind(column, values.type)
     if pa.types.is_dictionary(values.type):
@@ -92,6 +92,17 @@ def to_numbers(column, values, start=0):
     else:
         values = pc.cast(values, pa.float64(), safe=False)  # int64 beyond 2**53 rounds, as numpy's cast does
     return values.to_numpy(zero_copy_only=False)
+
+
+def _plain_numbers(values):
+    pa, _ = _pa()
+    return not values.null_count and (pa.types.is_floating(values.type) or pa.types.is_integer(values.type))
+
+
+def stored_numbers(column, values):
+    """A numeric arrow column as numpy in its own dtype when that is exact (float32 stays 4 bytes), else as
+    to_numbers gives it (float64, NaN where missing); to_numbers of the result equals to_numbers of the input."""
+    return values.to_numpy() if _plain_numbers(values) else to_numbers(column, values)
 
 
 def to_text(column, values, start=0):

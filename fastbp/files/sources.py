@@ -21,15 +21,18 @@ import codecs
 import mmap
 import os
 import re
+import tempfile
 
 import numpy as np
 
 from ..core.errors import InputError
-from .columns import NUMBER, arrow_kind, take
+from .columns import NUMBER, arrow_kind, stored_numbers, take
 
 DEFAULT_CHUNK_ROWS = 65536
 SLICE_CELLS = 1 << 20  # cells of one Parquet slice: 8 MB as float64, whatever the row group size
-MIN_SLICE_ROWS = 2048
+MIN_SLICE_ROWS = 512
+SPILL_ABOVE = 256 << 20  # a row group that needs more than this to read in slices is spilled (ParquetSource._spilled)
+SPILL_GROUP_BYTES = 8 << 20  # columns read at a time while spilling
 PAGE_BYTES = 2 << 20  # a decoded data page and a dictionary page, at pyarrow's default page size
 _INDEX_NAME = re.compile(r"^(|Unnamed: \d+)$")  # how pandas' to_csv names the index column
 
@@ -229,11 +232,21 @@ class ParquetSource:
     def read_memory(self, columns):
         """Bytes pyarrow holds to read a slice of the largest row group: it decodes a whole page (up to ~1 MB,
         plus a dictionary page) of every column read, so this grows with the column count, and with the row
-        group's size until its column chunks reach a page."""
-        index = [self.columns.index(c) for c in columns]
-        meta = self.file.metadata
-        return max((sum(min(meta.row_group(k).column(i).total_uncompressed_size, PAGE_BYTES) for i in index)
-                    for k in range(self.n_chunks)), default=0)
+        group's size until its column chunks reach a page. Row groups above SPILL_ABOVE are spilled instead."""
+        index = self._positions(columns)
+        return max((self._group_memory(k, index) for k in range(self.n_chunks)), default=0)
+
+    def spills(self, columns):
+        """True when reading these columns spills a row group to a temporary file (see _spilled)."""
+        return self.read_memory(columns) > SPILL_ABOVE
+
+    def _positions(self, columns):
+        position = {c: i for i, c in enumerate(self.columns)}
+        return [position[c] for c in columns]
+
+    def _group_memory(self, k, index):
+        group = self.file.metadata.row_group(k)
+        return sum(min(group.column(i).total_uncompressed_size, PAGE_BYTES) for i in index)
 
     def slice_rows(self, n_columns):
         """Rows read at a time: --chunk-rows, fewer for wide files, so a slice holds a bounded number of cells."""
@@ -243,15 +256,65 @@ class ParquetSource:
     def chunks(self, columns, kinds=None, order=None):
         _check_columns(self, columns)
         rows = self.slice_rows(len(columns))
+        index = self._positions(columns)
         for k in (range(self.n_chunks) if order is None else order):
             start = int(self.chunk_starts[k])
             try:
+                if self._group_memory(k, index) > SPILL_ABOVE:
+                    yield from self._spilled(int(k), columns, index, rows)
+                    continue
                 for batch in self.file.iter_batches(batch_size=rows, row_groups=[int(k)], columns=list(columns),
                                                     use_threads=False):
                     yield start, {c: batch.column(i) for i, c in enumerate(columns)}
                     start += batch.num_rows
             except _arrow_errors() as exc:
                 raise SourceError(f"{self.path!r}: row group {k} cannot be read ({exc})") from None
+
+    def _spilled(self, k, columns, index, rows):
+        """A row group too wide to read in slices (see read_memory): copied once, SPILL_GROUP_BYTES of columns at a
+        time, into an unnamed temporary file, a column after the other, then read back in row slices with pread,
+        so the page cache holds it, not this process. Text columns stay in memory."""
+        meta = self.file.metadata.row_group(k)
+        start, n = int(self.chunk_starts[k]), meta.num_rows
+        groups, size = [[]], 0
+        for c, i in zip(columns, index):
+            size += meta.column(i).total_uncompressed_size
+            if groups[-1] and size > SPILL_GROUP_BYTES:
+                groups.append([])
+                size = meta.column(i).total_uncompressed_size
+            groups[-1].append(c)
+        text, layout, offset = {}, {}, 0
+        with tempfile.TemporaryFile(prefix="fastbp-spill-") as spill:
+            for group in groups:
+                table = self.file.read_row_group(k, columns=group, use_threads=False)
+                for c in group:
+                    values = table.column(c).combine_chunks()
+                    if arrow_kind(c, values.type) != NUMBER:
+                        text[c] = values
+                        continue
+                    array = np.ascontiguousarray(stored_numbers(c, values))
+                    try:
+                        spill.write(memoryview(array).cast("B"))
+                    except OSError as exc:
+                        raise SourceError(f"{self.path!r}: no room to spill row group {k} to the temporary folder "
+                                          f"({exc.strerror}); set TMPDIR to a larger disk, or rewrite the file "
+                                          "with smaller row groups") from None
+                    layout[c] = (offset, array.dtype)
+                    offset += array.nbytes
+                del table
+            spill.flush()
+            fd = spill.fileno()
+            for a in range(0, n, rows):
+                b = min(n, a + rows)
+                chunk = {}
+                for c in columns:
+                    if c in text:
+                        chunk[c] = text[c].slice(a, b - a)
+                    else:
+                        at, dtype = layout[c]
+                        chunk[c] = np.frombuffer(os.pread(fd, (b - a) * dtype.itemsize, at + a * dtype.itemsize),
+                                                 dtype)
+                yield start + a, chunk
 
 
 class CsvSource:
