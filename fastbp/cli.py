@@ -104,9 +104,9 @@ def _checkpoint_path(args):
 
 # Options that change what training computes: --resume refuses a checkpoint trained with others.
 # (--epochs is the total to reach; --threads changes only rounding; output options change nothing.)
-RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer", "lr", "batch_size",
-                  "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows", "buffer_rows", "shard",
-                  "sync_every")
+RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer",
+                  "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
+                  "buffer_rows", "shard", "sync_every")
 
 
 def _result_options(args, ranks, shard):
