@@ -6,7 +6,7 @@ Each column gets a `ColumnScan`: counts and the mean and squared deviations of i
 reservoir sample for the median (Vitter's algorithm R: the i-th number replaces a random
 slot with probability k/i), the distinct text values while they are few, and the first
 cell that is not a number. Whether a CSV column is numeric is decided from the whole
-file, not from its first block. `finish` fixes the column's logical type.
+file, not from its first block; `kind` and `categories` give the verdict for the whole file.
 """
 import numpy as np
 
