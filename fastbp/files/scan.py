@@ -36,10 +36,12 @@ class ColumnScan:
 
     # ---------------------------------------------------------------- one chunk
     def update(self, values, rows, rng):
-        """Add one chunk's training cells; rows: their row numbers in the file."""
+        """Add one chunk's training cells; rows: their row numbers in the file. Returns the cells as float64
+        when the file declares the column numeric (None otherwise)."""
         if self.declared == NUMBER:
-            self._numbers(to_numbers(self.name, values, rows[0] if len(rows) else 0), rows, rng)
-            return
+            numbers = to_numbers(self.name, values, rows[0] if len(rows) else 0)
+            self._numbers(numbers, rows, rng)
+            return numbers
         import pyarrow as pa
         import pyarrow.compute as pc
         text = to_text(self.name, values)
@@ -177,12 +179,11 @@ class TargetScan(ColumnScan):
 
     def update(self, values, rows, rng):
         missing = self.missing
-        super().update(values, rows, rng)
+        numbers = super().update(values, rows, rng)
         if self.missing > missing:
             raise InputError(f"target column {self.name!r} has a missing value at "
                              f"{where(0, _first_missing(values, rows))}; drop those rows first")
-        if self.declared == NUMBER:
-            numbers = to_numbers(self.name, values)
+        if numbers is not None:
             self.integral &= bool(np.all(numbers == np.round(numbers)))
             if len(self.labels) <= MAX_LABELS:
                 self.labels.update(np.unique(numbers).tolist())
