@@ -6,11 +6,14 @@ plain SGD (no momentum, no weight decay) for one warm-up epoch, then the best of
 in the same run, at 1024^3 and at each workload's layer shapes.
 """
 import argparse
+import contextlib
 import platform
 import time
 import warnings
 
 import numpy as np
+
+from .core.layout import flops_per_row
 
 # name: (rows, features, hidden, classes, batch)
 WORKLOADS = {
@@ -27,18 +30,15 @@ def layer_sizes(workload):
     return [features, *hidden, classes]
 
 
-def flops_per_sample(sizes):
-    """Forward 2*sum(P) + weight grads 2*sum(P) + input grads 2*sum(P) without the first layer."""
-    P = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
-    return 2 * sum(P) + 2 * sum(P) + 2 * sum(P[1:])
-
-
 def make_data(workload, dtype, seed=0):
     rows, features, _, classes, _ = WORKLOADS[workload]
     rng = np.random.default_rng(seed)
     X = rng.standard_normal(size=(rows, features), dtype=dtype)
     w = rng.standard_normal(size=(features, classes), dtype=dtype)
     return X, (X @ w).argmax(axis=1)
+
+
+SPREADS = []  # slowest / fastest timed repeat of every best_time call, to tell a noisy run
 
 
 def best_time(run, repeat):
@@ -48,6 +48,7 @@ def best_time(run, repeat):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
+    SPREADS.append(max(times) / min(times))
     return min(times)
 
 
@@ -121,6 +122,83 @@ def time_sklearn(workload, X, y, threads, repeat):
         return best_time(epoch, repeat)
 
 
+_JAX_EPOCH = """
+import os, sys, time
+import numpy as np
+import jax, jax.numpy as jnp
+from fastbp.bench import LR, WORKLOADS, layer_sizes, make_data
+workload, dtype, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+jax.config.update("jax_enable_x64", dtype == "float64")
+X, y = make_data(workload, np.dtype(dtype).type)
+batch = WORKLOADS[workload][4]
+sizes = layer_sizes(workload)
+key = jax.random.PRNGKey(0)
+params = []
+for a, b in zip(sizes[:-1], sizes[1:]):  # PyTorch's nn.Linear initialisation
+    key, kw, kb = jax.random.split(key, 3)
+    bound = 1 / np.sqrt(a)
+    params.append((jax.random.uniform(kw, (a, b), dtype, -bound, bound),
+                   jax.random.uniform(kb, (b,), dtype, -bound, bound)))
+
+def loss(params, xb, yb):
+    h = xb
+    for W, b in params[:-1]:
+        h = jax.nn.relu(h @ W + b)
+    W, b = params[-1]
+    log_p = jax.nn.log_softmax(h @ W + b)
+    return -jnp.mean(jnp.take_along_axis(log_p, yb[:, None], axis=1))
+
+@jax.jit
+def epoch(params, X, y, key):
+    perm = jax.random.permutation(key, X.shape[0])
+    Xb = X[perm].reshape(-1, batch, X.shape[1])
+    yb = y[perm].reshape(-1, batch)
+    def step(p, xy):
+        g = jax.grad(loss)(p, *xy)
+        return jax.tree_util.tree_map(lambda w, d: w - LR * d, p, g), None
+    return jax.lax.scan(step, params, (Xb, yb))[0]
+
+X, y = jnp.asarray(X), jnp.asarray(y.astype(np.int32))
+start = time.perf_counter()
+params = jax.block_until_ready(epoch(params, X, y, key))  # warm-up: compiles
+compile_s = time.perf_counter() - start
+best = float("inf")
+for i in range(repeat):
+    start = time.perf_counter()
+    params = jax.block_until_ready(epoch(params, X, y, jax.random.PRNGKey(i + 1)))
+    best = min(best, time.perf_counter() - start)
+print(best, compile_s)
+"""
+
+
+def time_jax(workload, X, y, threads, repeat):
+    """JAX's compiled epoch (lax.scan over the batches, plain SGD), in a fresh process whose XLA uses
+    `threads` threads (all cores, or 1; other counts are not offered by XLA's CPU flags)."""
+    import os
+    import subprocess
+    import sys
+
+    from .core.config import max_threads
+
+    env = dict(os.environ)
+    if threads == 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                            "intra_op_parallelism_threads=1").strip()
+    elif threads != max_threads():
+        return None
+    dtype = X.dtype.name
+    result = subprocess.run([sys.executable, "-c", _JAX_EPOCH, workload, dtype, str(repeat)], env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"the JAX epoch failed: {result.stderr.strip()[-500:]}")
+    seconds, compile_s = map(float, result.stdout.split()[-2:])
+    JAX_COMPILE_SECONDS[workload] = compile_s
+    return seconds
+
+
+JAX_COMPILE_SECONDS = {}
+
+
 def gemm_gflops(shapes, dtype, threads, min_seconds=0.3):
     """GFLOP/s of numpy matmul over a list of (m, k, n) shapes, timed together."""
     from threadpoolctl import threadpool_limits
@@ -141,7 +219,7 @@ def gemm_gflops(shapes, dtype, threads, min_seconds=0.3):
     return flops / best / 1e9
 
 
-SYSTEMS = {"fastbp": time_fastbp, "torch": time_torch, "sklearn": time_sklearn}
+SYSTEMS = {"fastbp": time_fastbp, "torch": time_torch, "sklearn": time_sklearn, "jax": time_jax}
 
 
 def dropin_speedup(workload, solver, epochs, threads):
@@ -235,14 +313,13 @@ def startup_seconds(dtype):
     return cold, warm
 
 
+PEERS = ("torch", "jax", "sklearn")
+
+
 def available(system):
-    if system == "fastbp":
-        return True
-    try:
-        __import__("torch" if system == "torch" else "sklearn")
-        return True
-    except ImportError:
-        return False
+    import importlib.util
+
+    return system == "fastbp" or importlib.util.find_spec(system if system != "sklearn" else "sklearn") is not None
 
 
 def run(workloads, threads, dtype, repeat, systems):
@@ -257,40 +334,124 @@ def run(workloads, threads, dtype, repeat, systems):
         rate = {}
         for system in systems:
             if available(system):
-                rate[system] = n / SYSTEMS[system](name, X, y, threads, repeat)
-        fpss = flops_per_sample(sizes)
+                seconds = SYSTEMS[system](name, X, y, threads, repeat)
+                if seconds is not None:
+                    rate[system] = n / seconds
+        fpss = flops_per_row(sizes)
         rows.append({"workload": name, "rate": rate, "gflops": {s: r * fpss / 1e9 for s, r in rate.items()},
                      "peak": peak, "shape_peak": shape_peak})
         print(format_row(rows[-1], systems), flush=True)
     return rows
 
 
-HEADER = ("| workload | fastbp samples/s | torch samples/s | sklearn samples/s | fastbp/torch | fastbp/sklearn "
-          "| fastbp GFLOP/s | fastbp % peak | torch % peak | GEMM GFLOP/s at layer shapes |")
+def header(systems):
+    peers = [p for p in systems if p != "fastbp"]
+    cells = (["workload"] + [f"{s} samples/s" for s in systems] + [f"fastbp/{p}" for p in peers]
+             + ["fastbp GFLOP/s"] + [f"{s} % peak" for s in systems] + ["GEMM GFLOP/s at layer shapes"])
+    return "| " + " | ".join(cells) + " |\n|" + "---|" * len(cells)
 
 
 def format_row(row, systems):
     rate, gf, peak = row["rate"], row["gflops"], row["peak"]
+    dash = "—"
+    peers = [p for p in systems if p != "fastbp"]
+    cells = [row["workload"]] + [f"{rate[s]:,.0f}" if s in rate else dash for s in systems]
+    cells += [f"{rate['fastbp'] / rate[p]:.2f}×" if p in rate and "fastbp" in rate else dash for p in peers]
+    cells.append(f"{gf['fastbp']:.1f}" if "fastbp" in gf else dash)
+    cells += [f"{100 * gf[s] / peak:.0f} %" if s in gf else dash for s in systems]
+    cells.append(f"{row['shape_peak']:.0f}")
+    return "| " + " | ".join(cells) + " |"
 
-    def cell(system, fmt):
-        return fmt(system) if system in rate else "—"
 
-    ratio = lambda s: f"{rate['fastbp'] / rate[s]:.2f}×" if s in rate and "fastbp" in rate else "—"
-    return (f"| {row['workload']} | {cell('fastbp', lambda s: f'{rate[s]:,.0f}')} "
-            f"| {cell('torch', lambda s: f'{rate[s]:,.0f}')} | {cell('sklearn', lambda s: f'{rate[s]:,.0f}')} "
-            f"| {ratio('torch')} | {ratio('sklearn')} | {cell('fastbp', lambda s: f'{gf[s]:.1f}')} "
-            f"| {cell('fastbp', lambda s: f'{100 * gf[s] / peak:.0f} %')} "
-            f"| {cell('torch', lambda s: f'{100 * gf[s] / peak:.0f} %')} | {row['shape_peak']:.0f} |")
+def blas_in_use():
+    """One line per BLAS library loaded (threadpoolctl): library, version, kernel, file."""
+    from threadpoolctl import threadpool_info
+
+    import fastbp.core.config  # noqa: F401  (loads SciPy's BLAS, the one fastbp's kernels call)
+    return [f"{i['internal_api']} {i.get('version') or ''} {i.get('architecture') or ''} ({i['filepath']})"
+            for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def conditions_warnings(busy):
+    """What makes this run's numbers unrepresentative, as sentences (empty when nothing)."""
+    import os
+
+    notes = []
+    forced = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(v)]
+    if forced:
+        notes.append(f"{' and '.join(forced)} set: NumPy/SciPy's OpenBLAS (fastbp, scikit-learn) is forced to "
+                     f"{os.environ.get('OPENBLAS_CORETYPE', 'another')} kernels, PyTorch is not; unset them "
+                     "for this command (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE ...) to compare fairly")
+    load = os.getloadavg()[0]
+    if not busy and load > 0.5:
+        notes.append(f"the machine was busy before the run (1-minute load average {load:.2f})")
+    return notes
+
+
+def spread_warning():
+    worst = max(SPREADS, default=1.0)
+    if worst > 1.25:
+        return (f"repeats of one measurement differed by up to {worst:.2f}×: the machine was not quiet "
+                "(the best repeat counts)")
+    return None
+
+
+@contextlib.contextmanager
+def busy_process(enabled):
+    """With `enabled`, one other process spinning on a core for the block (as a shared machine has)."""
+    import subprocess
+    import sys
+
+    if not enabled:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def small_fits(repeat):
+    """[(what, fastbp.sklearn seconds, scikit-learn seconds)]: whole fits on small data with default threads,
+    where thread start-up and wake-ups weigh most."""
+    from sklearn.datasets import load_digits, load_iris
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.neural_network import MLPClassifier as SkMLP
+
+    from fastbp.sklearn import MLPClassifier as FastMLP
+
+    X_iris, y_iris = load_iris(return_X_y=True)
+    X_digits, y_digits = load_digits(return_X_y=True)
+    X_digits = X_digits / 16.0
+    grid = {"hidden_layer_sizes": [(32,), (64,)], "alpha": [1e-4, 1e-2]}
+    cases = [("iris, lbfgs, 200 iterations", X_iris, y_iris, lambda M: M(solver="lbfgs", max_iter=200, random_state=0)),
+             ("iris, adam, 200 epochs", X_iris, y_iris, lambda M: M(solver="adam", max_iter=200, random_state=0)),
+             ("digits, GridSearchCV(n_jobs=2), 4 settings x 3 folds, adam, 50 epochs", X_digits, y_digits,
+              lambda M: GridSearchCV(M(max_iter=50, random_state=0), grid, cv=3, n_jobs=2))]
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for what, X, y, make in cases:
+            ours, theirs = (best_time(lambda M=M: make(M).fit(X, y), repeat) for M in (FastMLP, SkMLP))
+            results.append((what, ours, theirs))
+    return results
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="compare_peers", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fastbp bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     parser.add_argument("--threads", default=None, help="thread counts, comma-separated (default: all cores)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--repeat", type=int, default=3, help="timed epochs per system; the best counts")
-    parser.add_argument("--systems", default="fastbp,torch,sklearn")
+    parser.add_argument("--systems", default="fastbp,torch,sklearn",
+                        help="comma-separated, from fastbp, torch, jax (pip install jax), sklearn")
+    parser.add_argument("--busy", action="store_true",
+                        help="run everything beside one other process spinning on a core, as on a shared machine")
     parser.add_argument("--memory", action="store_true",
                         help="also report peak RSS of one epoch per system (each in a fresh process)")
     parser.add_argument("--startup", action="store_true",
@@ -298,6 +459,9 @@ def main(argv=None):
     parser.add_argument("--dropin", action="store_true",
                         help="also time fastbp.sklearn.MLPClassifier against scikit-learn's (adam and sgd; "
                              "the workloads and digits)")
+    parser.add_argument("--fits", action="store_true",
+                        help="also time whole fits on small data against scikit-learn: iris (lbfgs, adam) and "
+                             "GridSearchCV(n_jobs=2) on digits")
     parser.add_argument("--optimizers", action="store_true",
                         help="also time one fastbp epoch per optimizer (sgd, adam, adamw, rmsprop)")
     parser.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
@@ -308,61 +472,82 @@ def main(argv=None):
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
-    systems = [s.strip() for s in args.systems.split(",")]
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [max_threads()]
     lines = []
-    for threads in thread_counts:
-        title = f"{args.dtype}, {threads} thread(s), best of {args.repeat} epochs after one warm-up"
-        print(f"\n{title}\n{HEADER}\n|{'---|' * HEADER.count('|')[:-1] if False else '---|' * (HEADER.count('|') - 1)}")
-        rows = run(workloads, threads, args.dtype, args.repeat, systems)
-        lines += [f"**{title}**", "", HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
-        lines += [format_row(r, systems) for r in rows] + [""]
-        peak = rows[0]["peak"] if rows else float("nan")
-        lines += [f"{args.dtype} GEMM peak (numpy matmul 1024³, {threads} thread(s)): {peak:.0f} GFLOP/s", ""]
-        print(lines[-2])
-    if args.memory:
-        threads = thread_counts[-1]
-        lines += [f"**Peak RSS, one {args.dtype} epoch, {threads} thread(s)** (MiB: after imports and data → peak)", "",
-                  "| workload | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
-        for name in workloads:
-            cells = []
-            for system in systems:
-                if available(system):
-                    base, peak = peak_rss(system, name, args.dtype, threads)
-                    cells.append(f"{base:.0f} → {peak:.0f}")
-                else:
-                    cells.append("—")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            print(lines[-1], flush=True)
-        lines.append("")
-    if args.startup:
-        cold, warm = startup_seconds(args.dtype)
-        lines += [f"Import + one {args.dtype} epoch on digits in a fresh process: {cold:.1f} s with an empty "
-                  f"Numba cache, {warm:.2f} s with a warm cache.", ""]
-        print(lines[-2])
-    if args.optimizers:
-        threads = thread_counts[-1]
-        lines += [f"**Epoch time relative to SGD, fastbp, {args.dtype}, {threads} thread(s)**", "",
-                  "| workload | adam | adamw | rmsprop |", "|---|---|---|---|"]
-        for name in workloads:
-            c = optimizer_costs(name, args.dtype, threads, args.repeat)
-            lines.append(f"| {name} | " + " | ".join(f"{c[o] / c['sgd']:.2f}×" for o in ("adam", "adamw", "rmsprop"))
-                         + " |")
-            print(lines[-1], flush=True)
-        lines.append("")
-    if args.dropin:
-        threads = thread_counts[-1]
-        lines += [f"**fastbp.sklearn.MLPClassifier vs scikit-learn's, {threads} thread(s), whole fit**", "",
-                  "| data | solver | epochs | fastbp.sklearn s | scikit-learn s | speed-up |", "|---|---|---|---|---|---|"]
-        for name in workloads + ["digits"]:
-            epochs = 200 if name == "digits" else (1 if name == "wide" else 3)
-            for solver in ("adam", "sgd"):
-                ours, theirs = dropin_speedup(name, solver, epochs, threads)
-                lines.append(f"| {name} | {solver} | {epochs} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.2f}× |")
-                print(lines[-1], flush=True)
-        lines.append("")
+
+    def emit(*new_lines):
+        for line in new_lines:
+            print(line, flush=True)
+        lines.extend(new_lines)
+
+    notes = conditions_warnings(args.busy)
+    emit(*(f"WARNING: {n}." for n in notes))
+    emit("BLAS: " + "; ".join(blas_in_use()), "")
+    with busy_process(args.busy):
+        condition = "beside one busy process" if args.busy else "quiet machine"
+        for threads in thread_counts:
+            emit(f"**{args.dtype}, {threads} thread(s), {condition}, best of {args.repeat} epochs after one "
+                 f"warm-up**", "", header(systems))
+            rows = run(workloads, threads, args.dtype, args.repeat, systems)
+            lines.extend(format_row(r, systems) for r in rows)
+            peak = rows[0]["peak"] if rows else float("nan")
+            over = [f"{r['workload']} ({s})" for r in rows for s, g in r["gflops"].items() if g > peak]
+            if over:
+                emit("", f"WARNING: above the GEMM peak measured in the same run: {', '.join(over)}; the peak "
+                     "was measured while the machine was slower (load, frequency): do not trust this table's %.")
+            emit("", f"{args.dtype} GEMM peak (numpy matmul 1024³, {threads} thread(s)): {peak:.0f} GFLOP/s", "")
+            if JAX_COMPILE_SECONDS:
+                emit("JAX compile + first epoch (s): " + ", ".join(f"{w} {t:.1f}" for w, t in JAX_COMPILE_SECONDS.items()),
+                     "")
+                JAX_COMPILE_SECONDS.clear()
+        if args.memory:
+            threads = thread_counts[-1]
+            emit(f"**Peak RSS, one {args.dtype} epoch, {threads} thread(s)** (MiB: after imports and data → peak)",
+                 "", "| workload | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems))
+            for name in workloads:
+                cells = [("{:.0f} → {:.0f}".format(*peak_rss(system, name, args.dtype, threads))
+                          if available(system) and system != "jax" else "—") for system in systems]
+                emit(f"| {name} | " + " | ".join(cells) + " |")
+            emit("")
+        if args.startup:
+            cold, warm = startup_seconds(args.dtype)
+            emit(f"Import + one {args.dtype} epoch on digits in a fresh process: {cold:.1f} s with an empty "
+                 f"Numba cache, {warm:.2f} s with a warm cache.", "")
+        if args.optimizers:
+            threads = thread_counts[-1]
+            emit(f"**Epoch time relative to SGD, fastbp, {args.dtype}, {threads} thread(s)**", "",
+                 "| workload | adam | adamw | rmsprop |", "|---|---|---|---|")
+            for name in workloads:
+                c = optimizer_costs(name, args.dtype, threads, args.repeat)
+                emit(f"| {name} | " + " | ".join(f"{c[o] / c['sgd']:.2f}×" for o in ("adam", "adamw", "rmsprop"))
+                     + " |")
+            emit("")
+        if args.dropin:
+            threads = thread_counts[-1]
+            emit(f"**fastbp.sklearn.MLPClassifier vs scikit-learn's, {threads} thread(s), whole fit**", "",
+                 "| data | solver | epochs | fastbp.sklearn s | scikit-learn s | speed-up |",
+                 "|---|---|---|---|---|---|")
+            for name in workloads + ["digits"]:
+                epochs = 200 if name == "digits" else (1 if name == "wide" else 3)
+                for solver in ("adam", "sgd"):
+                    ours, theirs = dropin_speedup(name, solver, epochs, threads)
+                    emit(f"| {name} | {solver} | {epochs} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.2f}× |")
+            emit("")
+        if args.fits:
+            emit(f"**Whole fits on small data, default threads, {condition}, best of {args.repeat}**", "",
+                 "| fit | fastbp.sklearn s | scikit-learn s | fastbp time / scikit-learn time |", "|---|---|---|---|")
+            for what, ours, theirs in small_fits(args.repeat):
+                emit(f"| {what} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |")
+            emit("")
+    spread = spread_warning()
+    if spread:
+        emit(f"WARNING: {spread}.")
     machine = f"{platform.processor() or platform.machine()}, {max_threads()} cores, Python {platform.python_version()}"
-    lines.append(f"Machine: {machine}.")
+    emit(f"Machine: {machine}.")
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write("\n".join(lines) + "\n")

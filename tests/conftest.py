@@ -1,3 +1,9 @@
+import os
+
+# Tests ask for 2 threads on small data to exercise the parallel paths: let them have them
+# (the work-size policy is tested on its own in test_threads.py). Set before fastbp is imported.
+os.environ.setdefault("FASTBP_MIN_FLOPS_PER_THREAD", "0")
+
 import numpy as np
 import pytest
 

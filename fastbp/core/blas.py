@@ -6,10 +6,12 @@ resolves it by name, so compiled kernels stay cacheable) with explicit offsets
 and leading dimensions: a thread can compute a column block of a layer in place,
 and beta = 1 accumulates.
 """
+import threading
+
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -71,6 +73,41 @@ def gemm(trans_a, trans_b, m, n, k, alpha, A, a_off, lda, B, b_off, ldb, beta, C
         return
     # A row-major matrix is its transpose in column-major order: C^T = op(B)^T @ op(A)^T.
     _xgemm(trans_b, trans_a, n, m, k, alpha, B, b_off, ldb, A, a_off, lda, beta, C, c_off, ldc)
+
+
+_WARM_COLUMNS = 1024  # a product 1024 rows tall in BLAS's column-major terms: smaller ones did not do it
+_WARM_ROUNDS = 4      # calls per thread, so that the threads' calls overlap and each takes its own buffer
+
+
+@jit(parallel=True)
+def _touch_buffers(n_parts):
+    for part in prange(n_parts):
+        a = np.ones(128 * _WARM_COLUMNS, dtype=np.float32)
+        c = np.empty(128 * _WARM_COLUMNS, dtype=np.float32)
+        for _ in range(_WARM_ROUNDS):
+            gemm(False, False, 128, _WARM_COLUMNS, 128, np.float32(1.0), a, 0, 128, a, 0, _WARM_COLUMNS,
+                 np.float32(0.0), c, 0, _WARM_COLUMNS)
+
+
+_warmed = 0
+_warm_lock = threading.Lock()
+
+
+def warm_up(n_threads):
+    """Make each of n_threads Numba workers call BLAS once with a large product, once per process.
+
+    Measured with SciPy's OpenBLAS (Haswell kernels, AMD EPYC): until a thread's first GEMM with
+    about 1,000 rows (column-major), the 256-wide products of a training batch ran at 10 instead
+    of 36 GFLOP/s, whatever came later, and the same results bit for bit either way; which
+    process was fast depended on what it had computed before. Costs ~4 ms once.
+    """
+    global _warmed
+    if n_threads <= _warmed or numba.config.DISABLE_JIT:
+        return
+    with _warm_lock:
+        if n_threads > _warmed:
+            _touch_buffers(n_threads)
+            _warmed = n_threads
 
 
 def _strided(buf, offset, rows, cols, ld):

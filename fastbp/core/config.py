@@ -1,18 +1,40 @@
-"""The one place that owns Numba compile settings and thread control.
+"""The one place that owns Numba compile settings and the thread policy.
 
 Environment variables override the defaults:
   FASTBP_FASTMATH=0   compile without fast-math (strict IEEE ordering)
   FASTBP_CACHE=0      do not write compiled kernels to Numba's on-disk cache
+  FASTBP_MIN_FLOPS_PER_THREAD  work a call needs per thread it uses (MIN_FLOPS_PER_THREAD)
+  GOMP_SPINCOUNT      how long idle OpenMP workers spin before sleeping (fastbp's
+                      default below unless this or OMP_WAIT_POLICY is set)
+
+Thread policy (docs/threads.md has the measurements):
+- Idle workers spin only briefly. libgomp's default (300,000 spins, ~1 ms) keeps a
+  worker burning a core after every parallel region; when Python code, SciPy's
+  L-BFGS or another process needs that core, the next region waits a scheduler
+  tick for the descheduled worker. SPIN_COUNT is set before Numba starts libgomp.
+- n_threads=None means every core Numba was started with, capped by the OpenMP
+  limit of the calling thread: OMP_NUM_THREADS, threadpoolctl's
+  threadpool_limits(...) and joblib's workers (which set NUMBA_NUM_THREADS and
+  OMP_NUM_THREADS) are obeyed.
+- A call runs on as many of those threads as its work pays for (threads_for):
+  at least MIN_FLOPS_PER_THREAD each, so tiny batches run on one thread.
 """
 import contextlib
+import ctypes
 import os
 import threading
 
-import numba
+# Before Numba can load libgomp, which reads it once. 10,000 spins (~30 us) cover the gap
+# between the regions of one batch and between batches, not the Python code between calls.
+SPIN_COUNT = "10000"
+if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+import numba  # noqa: E402
 # Numba's np.dot calls the BLAS that SciPy bundles. Load it now, so threadpoolctl
 # sees it and can limit its threads; loaded lazily it would escape the limit and
 # spin extra threads inside every parallel kernel.
-import scipy.linalg.cython_blas  # noqa: F401
+import scipy.linalg.cython_blas  # noqa: E402,F401
 
 # No 'nnan'/'ninf': the epoch loop must still see NaN/inf to report divergence.
 # No 'afn': approximate exp/log would move float64 results away from PyTorch's.
@@ -43,15 +65,43 @@ def jit(fn=None, *, parallel=False):
     return wrap(fn) if fn is not None else wrap
 
 
+# Below this many floating-point operations per thread, a second thread costs more in
+# wake-ups and barriers than it saves (measured in docs/threads.md).
+MIN_FLOPS_PER_THREAD = float(os.environ.get("FASTBP_MIN_FLOPS_PER_THREAD", 1_000_000))
+
+
 def max_threads():
     """Threads Numba can use in this process (cores, or NUMBA_NUM_THREADS)."""
     return numba.config.NUMBA_NUM_THREADS
 
 
+_omp_max_threads = None
+
+
+def _openmp_limit():
+    """omp_get_max_threads() of the libgomp Numba runs on, for the calling thread (None when Numba
+    uses another threading layer): OMP_NUM_THREADS or a threadpoolctl limit lowers it."""
+    global _omp_max_threads
+    if _omp_max_threads is None:
+        numba.get_num_threads()  # starts the threading layer
+        if numba.threading_layer() != "omp":
+            _omp_max_threads = False
+        else:
+            from numba.np.ufunc import omppool
+            _omp_max_threads = ctypes.CDLL(omppool.__file__).omp_get_max_threads
+    return _omp_max_threads() if _omp_max_threads else None
+
+
+def default_threads():
+    """The threads n_threads=None stands for: every core, within the caller's OpenMP limit."""
+    limit = _openmp_limit()
+    return max(1, min(max_threads(), limit)) if limit else max_threads()
+
+
 def resolve_n_threads(n_threads):
     limit = max_threads()
     if n_threads is None:
-        return limit
+        return default_threads()
     from .checks import check_int
     from .errors import InputError
 
@@ -61,6 +111,13 @@ def resolve_n_threads(n_threads):
             f"n_threads={n_threads} exceeds the {limit} threads Numba was started with; "
             f"use n_threads<={limit} or set NUMBA_NUM_THREADS before importing fastbp")
     return n_threads
+
+
+def threads_for(n_threads, flops):
+    """How many of n_threads a parallel call of `flops` operations should use (at least 1)."""
+    if MIN_FLOPS_PER_THREAD <= 0:
+        return n_threads
+    return max(1, min(n_threads, int(flops // MIN_FLOPS_PER_THREAD)))
 
 
 _blas_controllers = None
@@ -101,6 +158,8 @@ def thread_limits(numba_threads):
     threads they run in.
     """
     global _blas_users
+    from .blas import warm_up  # blas compiles through this module's jit
+
     previous = numba.get_num_threads()
     with _blas_lock:
         if _blas_users == 0:
@@ -109,6 +168,7 @@ def thread_limits(numba_threads):
         _blas_users += 1
     numba.set_num_threads(numba_threads)
     try:
+        warm_up(numba_threads)
         yield
     finally:
         numba.set_num_threads(previous)

@@ -74,3 +74,10 @@ class Layout:
             else:
                 W[...] = rng.normal(0.0, std, size=W.shape)
             b[...] = 0.0
+
+
+def flops_per_row(sizes, backward=True):
+    """Floating-point operations of one row: the forward products, 2*sum(P) over the layers' weight counts P,
+    and for training also the weight gradients 2*sum(P) and the deltas 2*sum(P) without the first layer."""
+    P = [int(a) * int(b) for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * sum(P) + (2 * sum(P) + 2 * sum(P[1:]) if backward else 0)

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..core import kernels
 from ..core.bundles import make_batch
-from ..core.config import resolve_n_threads, thread_limits
+from ..core.config import resolve_n_threads, thread_limits, threads_for
+from ..core.layout import flops_per_row
 from ..core.errors import InputError, InputTypeError
 from ..core.optim import update_all
 from . import full_data, metrics
@@ -98,21 +99,27 @@ class Engine:
         if batch_size == 0:
             return 0.0, 0.0
         ws = self.workspace(batch_size)
-        with thread_limits(self.n_threads):
+        threads = self.threads_for_rows(batch_size)
+        with thread_limits(threads):
             loss, by_rows = kernels.train_epoch(self.params, self.net, ws, self._regularization(dropout_seed),
                                                 self.state.optimizer, hyper, make_batch(X, Y, weights, order),
-                                                batch_size, self.n_threads)
+                                                batch_size, threads)
         return loss, by_rows
 
     def batch_gradient(self, grad, X, Y, weights, order, start, rows, scale, hyper, dropout_seed=None):
         """The gradient of scale * (loss sum of rows order[start:start+rows]) into `grad`, no step; the loss sum."""
         ws = self.workspace(rows, "gradient")._replace(grad=grad)
         zero = self.params.dtype.type(0.0)
-        with thread_limits(self.n_threads):
+        threads = self.threads_for_rows(rows)
+        with thread_limits(threads):
             return kernels.batch_gradient(self.params, self.net, ws, self._regularization(dropout_seed),
                                           self.state.optimizer, hyper,
                                           make_batch(X, Y, weights, order), start, rows,
-                                          self.params.dtype.type(scale), min(self.n_threads, rows), zero, False)
+                                          self.params.dtype.type(scale), min(threads, rows), zero, False)
+
+    def threads_for_rows(self, rows):
+        """Threads a training batch of `rows` rows pays for (config.threads_for)."""
+        return threads_for(self.n_threads, rows * flops_per_row(self.net.sizes))
 
     def _regularization(self, dropout_seed):
         """The run's regularization, with another dropout seed when given (per-rank masks)."""

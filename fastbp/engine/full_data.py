@@ -9,7 +9,8 @@ from scipy.special import expit
 from ..core import kernels
 from ..core.activations import GELU
 from ..core.bundles import make_hyper, make_optimizer, make_regularization, make_workspace
-from ..core.config import resolve_n_threads, thread_limits
+from ..core.config import resolve_n_threads, thread_limits, threads_for
+from ..core.layout import flops_per_row
 from ..core.optim import SGD
 
 PREDICT_BLOCK_ROWS = 1024   # rows per forward block: keeps the workspace small
@@ -25,11 +26,12 @@ def workspace(net, capacity, dtype, grad=None):
 def forward(params, net, X, n_threads=None):
     """Logits (n, n_out) of every row of the C-contiguous X, in blocks, rows split over n_threads
     (None: every core)."""
-    n_threads = resolve_n_threads(n_threads)
     n = X.shape[0]
     out = np.empty((n, int(net.sizes[-1])), dtype=params.dtype)
     if n:
-        ws = workspace(net, min(n, PREDICT_BLOCK_ROWS), params.dtype, grad=np.empty(0, dtype=params.dtype))
+        block = min(n, PREDICT_BLOCK_ROWS)
+        n_threads = threads_for(resolve_n_threads(n_threads), block * flops_per_row(net.sizes, backward=False))
+        ws = workspace(net, block, params.dtype, grad=np.empty(0, dtype=params.dtype))
         with thread_limits(n_threads):
             kernels.forward_all(out, params, net, ws, X, n_threads)
     return out
@@ -42,9 +44,10 @@ class FullGradient:
     """
 
     def __init__(self, net, X, Y, weights, n_threads, dtype):
-        n_threads = resolve_n_threads(n_threads)
+        block = min(X.shape[0], GRADIENT_BLOCK_ROWS)
+        n_threads = threads_for(resolve_n_threads(n_threads), block * flops_per_row(net.sizes))
         self.net = net
-        self.ws = workspace(net, min(X.shape[0], GRADIENT_BLOCK_ROWS), dtype)
+        self.ws = workspace(net, block, dtype)
         self.reg = make_regularization(np.zeros(net.sizes.size - 1), dtype)
         self.inert, self.no_hyper = make_optimizer(SGD, 0, dtype, ()), make_hyper(1.0)
         self.X, self.Y, self.weights, self.n_threads = X, Y, weights, n_threads

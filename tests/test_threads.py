@@ -1,0 +1,67 @@
+"""The thread policy (fastbp.core.config): OpenMP limits obeyed, threads sized to the work, spin default."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastbp import Trainer
+from fastbp.core import config
+from fastbp.core.layout import flops_per_row
+
+
+def test_threads_for_sizes_the_work(monkeypatch):
+    monkeypatch.setattr(config, "MIN_FLOPS_PER_THREAD", 1000)
+    assert config.threads_for(4, 0) == 1
+    assert config.threads_for(4, 1999) == 1
+    assert config.threads_for(4, 2000) == 2
+    assert config.threads_for(4, 10 ** 9) == 4
+    monkeypatch.setattr(config, "MIN_FLOPS_PER_THREAD", 0)
+    assert config.threads_for(3, 0) == 3
+
+
+def test_flops_per_row_counts_forward_and_backward_products():
+    sizes = [3, 5, 2]
+    assert flops_per_row(sizes, backward=False) == 2 * (15 + 10)
+    assert flops_per_row(sizes) == 2 * 25 + 2 * 25 + 2 * 10
+
+
+def _run(code, **env):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY",
+                                                                   "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def test_spin_count_default_is_set_unless_the_user_chose():
+    code = "import os, fastbp; print(os.environ.get('GOMP_SPINCOUNT'))"
+    assert _run(code) == [config.SPIN_COUNT]
+    assert _run(code, GOMP_SPINCOUNT="77") == ["77"]
+    assert _run(code, OMP_WAIT_POLICY="passive") == ["None"]
+
+
+def test_default_threads_obey_openmp_limits():
+    code = ("import numba, fastbp\nfrom fastbp.core.config import default_threads\n"
+            "from threadpoolctl import threadpool_limits\n"
+            "print(numba.config.NUMBA_NUM_THREADS, default_threads())\n"
+            "with threadpool_limits(1):\n    print(default_threads())\n"
+            "print(default_threads())")
+    cores, default, limited, after = map(int, _run(code, NUMBA_NUM_THREADS="2"))
+    assert (cores, default, after) == (2, 2, 2)
+    if limited != 1:
+        pytest.skip("Numba does not run on libgomp here: threadpoolctl cannot limit it")
+    assert _run("from fastbp.core.config import default_threads; print(default_threads())",
+                NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="1") == ["1"]
+
+
+def test_small_work_gives_the_one_thread_result(monkeypatch):
+    """With the policy on, a tiny net asked for 2 threads trains exactly as with 1 (no parallel split)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 4))
+    y = rng.integers(0, 3, size=64)
+    monkeypatch.setattr(config, "MIN_FLOPS_PER_THREAD", 10 ** 9)
+    two = Trainer([4, 8, 3], epochs=3, batch_size=32, dtype="float64", n_threads=2).fit(X, y).params
+    one = Trainer([4, 8, 3], epochs=3, batch_size=32, dtype="float64", n_threads=1).fit(X, y).params
+    assert np.array_equal(one, two)
