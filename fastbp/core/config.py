@@ -92,10 +92,19 @@ def _openmp_limit():
     return _omp_max_threads() if _omp_max_threads else None
 
 
+def _env_thread_limit():
+    """OMP_NUM_THREADS as a number (its first level when nested, "4,2"), or None."""
+    try:
+        return int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+    except ValueError:
+        return None
+
+
 def default_threads():
-    """The threads n_threads=None stands for: every core, within the caller's OpenMP limit."""
-    limit = _openmp_limit()
-    return max(1, min(max_threads(), limit)) if limit else max_threads()
+    """The threads n_threads=None stands for: every core, within OMP_NUM_THREADS and the calling thread's
+    OpenMP limit (which Numba sets to its own count when it starts, and threadpool_limits lowers)."""
+    limits = [n for n in (max_threads(), _env_thread_limit(), _openmp_limit()) if n]
+    return max(1, min(limits))
 
 
 def resolve_n_threads(n_threads):
