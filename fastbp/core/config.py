@@ -24,9 +24,10 @@ import ctypes
 import os
 import threading
 
-# Before Numba can load libgomp, which reads it once. 10,000 spins (~30 us) cover the gap
-# between the regions of one batch and between batches, not the Python code between calls.
-SPIN_COUNT = "10000"
+# Set before Numba loads libgomp, which reads it once. Measured on 2 cores (docs/threads.md): 200
+# spins keep the quiet-machine speed of libgomp's 300,000 (narrow net 0.81M vs 0.70M samples/s),
+# while beside a busy process they lose much less (narrow 442k vs 232k; one thread 517-596k).
+SPIN_COUNT = "200"
 if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 
