@@ -172,23 +172,15 @@ print(best, compile_s)
 
 
 def time_jax(workload, X, y, threads, repeat):
-    """JAX's compiled epoch (lax.scan over the batches, plain SGD), in a fresh process whose XLA uses
-    `threads` threads (all cores, or 1; other counts are not offered by XLA's CPU flags)."""
+    """JAX's compiled epoch (lax.scan over the batches, plain SGD) in a fresh process pinned to `threads`
+    cores (XLA's CPU client sizes its thread pool by the cores it may use)."""
     import os
     import subprocess
     import sys
 
-    from .core.config import max_threads
-
-    env = dict(os.environ)
-    if threads == 1:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                            "intra_op_parallelism_threads=1").strip()
-    elif threads != max_threads():
-        return None
-    dtype = X.dtype.name
-    result = subprocess.run([sys.executable, "-c", _JAX_EPOCH, workload, dtype, str(repeat)], env=env,
-                            capture_output=True, text=True)
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    result = subprocess.run([sys.executable, "-c", _JAX_EPOCH, workload, X.dtype.name, str(repeat)],
+                            capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cores))
     if result.returncode != 0:
         raise RuntimeError(f"the JAX epoch failed: {result.stderr.strip()[-500:]}")
     seconds, compile_s = map(float, result.stdout.split()[-2:])

@@ -1,4 +1,4 @@
-"""fastbp command line: train, predict, evaluate, info, demo, bench.
+"""fastbp command line: train, predict, evaluate, info, demo, compile, bench.
 
 Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no traceback);
 1 an internal error, i.e. a bug (one line; the traceback with --debug or FASTBP_DEBUG=1);
@@ -595,9 +595,22 @@ def _parser():
     p.add_argument("--out", default=None, help="save the trained model to this .fbp file")
     p.set_defaults(run=demo)
 
+    p = commands.add_parser("compile", help="compile the kernels for float32 and float64 into Numba's cache, "
+                                            "so later processes start fast (run it once when building an image)")
+    p.add_argument("--dtype", choices=["float32", "float64"], action="append",
+                   help="only this dtype (repeatable; default: both)")
+    p.set_defaults(run=compile_command)
+
     # `fastbp bench ...` is dispatched in main() straight to fastbp.bench; listed here for --help
     commands.add_parser("bench", help="fastbp vs PyTorch vs scikit-learn (options: fastbp bench --help)")
     return parser
+
+
+def compile_command(args):
+    from .precompile import DTYPES, compile_kernels
+
+    compile_kernels(args.dtype or DTYPES, progress=lambda line: print(f"fastbp compile: {line}"))
+    return 0
 
 
 def _reading_options(p):

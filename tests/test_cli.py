@@ -276,3 +276,11 @@ def test_the_readmes_python_file_example_runs(files, tmp_path, monkeypatch):
     assert len(model.history) == 5 and model.history[-1]["val_accuracy"] > 0.8
     code, out, err = fastbp_cli("predict", tmp_path / "model.fbp", files / "d.csv", "--out", tmp_path / "p.csv")
     assert code == 0, err
+
+
+def test_compile_fills_the_cache_for_each_dtype(capsys):
+    from fastbp.cli import main
+    assert main(["compile", "--dtype", "float32", "--dtype", "float64"]) == 0
+    out = capsys.readouterr().out
+    assert "fastbp compile: float32:" in out and "fastbp compile: float64:" in out
+    assert "cached in" in out

@@ -1,0 +1,43 @@
+"""Compile every kernel a run uses into Numba's on-disk cache, ahead of the first real fit.
+
+Numba compiles fastbp's kernels the first time a process needs them (seconds) and keeps them in
+its cache (__pycache__ beside the package, or NUMBA_CACHE_DIR): every later process loads them.
+A fresh container or CI image pays the compile again, unless it was built with `fastbp compile`.
+Each kernel is compiled once per dtype and per kind of target (class indices, or float targets),
+whatever the layer sizes, activations, losses or optimizer, so a few tiny fits reach them all.
+"""
+import time
+
+import numpy as np
+
+DTYPES = ("float32", "float64")
+
+
+def _tiny_fits(dtype):
+    from .trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 4)).astype(dtype)
+    classes = rng.integers(0, 3, size=64)
+    targets = rng.normal(size=(64, 2)).astype(dtype)
+    for loss, y, n_out in (("cross_entropy", classes, 3), ("mse", targets, 2)):
+        trainer = Trainer([4, 8, n_out], loss=loss, optimizer="adam", epochs=1, batch_size=16, dtype=dtype,
+                          n_threads=1)
+        trainer.fit(X, y, sample_weight=np.ones(64), validation_split=0.25)  # training and validation metrics
+        trainer.loss_and_grad(X, y)  # the full-data gradient (L-BFGS)
+        trainer.predict(X)
+
+
+def compile_kernels(dtypes=DTYPES, progress=print):
+    """Run tiny fits of each dtype, so their kernels are compiled and cached; returns seconds per dtype."""
+    import numba
+
+    seconds = {}
+    for dtype in dtypes:
+        start = time.perf_counter()
+        _tiny_fits(dtype)
+        seconds[dtype] = time.perf_counter() - start
+        progress(f"{dtype}: {seconds[dtype]:.1f} s")
+    where = numba.config.CACHE_DIR or "__pycache__ folders beside fastbp's modules"
+    progress(f"compiled kernels are cached in {where}")
+    return seconds
