@@ -374,10 +374,27 @@ def conditions_warnings(busy):
         notes.append(f"{' and '.join(forced)} set: NumPy/SciPy's OpenBLAS (fastbp, scikit-learn) is forced to "
                      f"{os.environ.get('OPENBLAS_CORETYPE', 'another')} kernels, PyTorch is not; unset them "
                      "for this command (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE ...) to compare fairly")
-    load = os.getloadavg()[0]
-    if not busy and load > 0.5:
-        notes.append(f"the machine was busy before the run (1-minute load average {load:.2f})")
+    used = others_cpu_share()
+    if not busy and used is not None and used > 0.25:
+        notes.append(f"other processes were using {100 * used:.0f} % of the CPUs when the run started")
     return notes
+
+
+def others_cpu_share(seconds=0.5):
+    """Share of all CPUs busy over the next `seconds` (this process idles meanwhile), from /proc/stat;
+    None where there is no /proc/stat."""
+    def sample():
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return None
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
 def spread_warning():

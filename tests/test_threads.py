@@ -65,3 +65,9 @@ def test_small_work_gives_the_one_thread_result(monkeypatch):
     two = Trainer([4, 8, 3], epochs=3, batch_size=32, dtype="float64", n_threads=2).fit(X, y).params
     one = Trainer([4, 8, 3], epochs=3, batch_size=32, dtype="float64", n_threads=1).fit(X, y).params
     assert np.array_equal(one, two)
+
+
+def test_bench_reads_the_cpu_share_of_other_processes():
+    from fastbp.bench import others_cpu_share
+    share = others_cpu_share(0.05)
+    assert share is None or 0.0 <= share <= 1.0
