@@ -356,6 +356,7 @@ def train_epoch(params, net, ws, reg, opt, hyper, batch, batch_size, n_parts):
     weights = batch.weights
     n = order.size
     zero = params.dtype.type(0.0)
+    update = n > 0  # True, as a run-time bool: a literal would compile batch_gradient once more (see below)
     total = 0.0
     total_weight = 0.0
     by_rows = 0.0
@@ -370,7 +371,7 @@ def train_epoch(params, net, ws, reg, opt, hyper, batch, batch_size, n_parts):
                 continue  # nothing to learn from an all-zero-weight batch
         scale = params.dtype.type(1.0) / params.dtype.type(batch_weight * net.loss_elements)
         batch_loss = batch_gradient(params, net, ws, reg, opt, hyper, batch, start, m, scale, min(n_parts, m),
-                                    zero, True)
+                                    zero, update)
         if not math.isfinite(batch_loss):
             return np.nan, np.nan
         opt.step[0] += 1
@@ -394,12 +395,15 @@ def loss_and_gradient(params, net, ws, reg, opt, hyper, X, Y, weights, n_parts):
         for i in range(n):
             total_weight += weights[i]
     scale = params.dtype.type(1.0) / params.dtype.type(total_weight * net.loss_elements)
+    # False as a run-time bool, not a literal: Numba compiles a parallel function anew for each literal
+    # argument, and batch_gradient is the costliest compile (~15 s); this shares train_epoch's build.
+    update = n < 0
     total = 0.0
     for start in range(0, n, ws.capacity):
         rows = min(ws.capacity, n - start)
         beta = params.dtype.type(0.0 if start == 0 else 1.0)
         total += batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, min(n_parts, rows),
-                                beta, False)
+                                beta, update)
     return total / (total_weight * net.loss_elements)
 
 
@@ -414,6 +418,7 @@ def forward_all(out, params, net, ws, X, n_parts):
     off_out = _offset(sizes, capacity, n_layers)
     order = np.arange(n)
     no_dropout = np.zeros(n_layers, dtype=params.dtype)
+    acts = ws.acts  # loaded once: read inside the parallel loop, Numba warned it might be written there
     for start in range(0, n, capacity):
         rows = min(capacity, n - start)
         parts = min(n_parts, rows)
@@ -421,7 +426,7 @@ def forward_all(out, params, net, ws, X, n_parts):
             fp_mode = flush_denormals()
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
-            _gather_rows(X, order, start, r0, r1 - r0, ws.acts)
+            _gather_rows(X, order, start, r0, r1 - r0, acts)
             _forward_rows(params, net, ws, no_dropout, 0, 0, order, start, r0, r1 - r0)
             restore_fp_mode(fp_mode)
-        out[start:start + rows] = ws.acts[off_out:off_out + rows * n_out].reshape((rows, n_out))
+        out[start:start + rows] = acts[off_out:off_out + rows * n_out].reshape((rows, n_out))
