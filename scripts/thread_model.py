@@ -2,7 +2,7 @@
 
 One training batch of B rows on p threads costs about
 
-    T(p) = F / (p * r(B/p))  +  2 * S  +  R(p)
+    T(p) = F / (q * r(B/q))  +  2 * S  +  R(p)  +  O / q,        q = min(p, B) threads with rows
 
 F: the batch's floating-point operations (fastbp.core.layout.flops_per_row times B);
 r(m): one thread's GEMM rate on the workload's layer shapes with m rows (measured here, SciPy's BLAS,
@@ -10,6 +10,10 @@ r(m): one thread's GEMM rate on the workload's layer shapes with m rows (measure
 S: one fork/join of a parallel region (measured: an empty Numba prange with 2 threads);
 R(p): the slab reduction, (p - 1) * P gradient values summed by p threads at the rate measured here,
       when the kernels choose slabs (kernels.uses_slabs); otherwise the threads split the weights.
+O: everything else a batch costs on one thread (gathering rows, activations, loss, optimizer step,
+   cache misses): a measured one-thread fastbp epoch minus the model's first three terms, taken to
+   divide evenly over the threads (which flatters the model).
+The measured two-thread epoch is printed beside the model's, to show how far to trust it.
 Machines with more cores than this one are extrapolated: S is taken as measured with 2 threads,
 which understates barriers across sockets.
 
@@ -66,6 +70,18 @@ def gemm_rate(rows, sizes, repeat=30):
     return flops / best / 1e9
 
 
+def fastbp_rate(name, threads, rows=65536):
+    """Samples/s of one fastbp epoch (best of 2 after a warm-up) on `rows` rows of the workload."""
+    from fastbp import Trainer
+    from fastbp.bench import make_data
+
+    X, y = make_data(name, np.float32)
+    X, y = X[:rows], y[:rows]
+    trainer = Trainer(layer_sizes(name), lr=0.01, batch_size=WORKLOADS[name][4], epochs=1, n_threads=threads)
+    trainer.fit(X, y)
+    return rows / min(_timed(lambda: trainer.fit(X, y)) for _ in range(2))
+
+
 def add_rate(n=1 << 20, repeat=20):
     """Values summed per second by one thread (a slab into the gradient)."""
     a, b = np.ones(n, np.float32), np.ones(n, np.float32)
@@ -83,23 +99,29 @@ def main():
     S = fork_join_seconds()
     adds = add_rate()
     print(f"fork/join of one region, 2 threads: {S * 1e6:.1f} us; slab sums: {adds / 1e9:.2f} G values/s per thread\n")
-    print("| workload | " + " | ".join(f"{p} threads" for p in THREADS) + " | limit |")
-    print("|---|" + "---|" * (len(THREADS) + 1))
+    print("| workload | " + " | ".join(f"{p} threads" for p in THREADS) + " | measured 1 / 2 threads | limit at 64 |")
+    print("|---|" + "---|" * (len(THREADS) + 2))
     for name in WORKLOADS:
         sizes = layer_sizes(name)
         batch = WORKLOADS[name][4]
         P = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
         F = flops_per_row(sizes) * batch
-        cells, limits = [], []
+        measured = {t: fastbp_rate(name, t, rows=8192 if name == "wide" else 65536) for t in (1, 2)}
+        other = None
+        cells = []
         for p in THREADS:
-            rows = max(1, batch // p)
-            compute = F / (p * gemm_rate(rows, sizes) * 1e9)
+            q = min(p, batch)
+            compute = F / (q * gemm_rate(batch // q, sizes) * 1e9)
             sync = 2 * S if p > 1 else 0.0
             slabs = p > 1 and (p - 1) * P <= batch * sum(sizes)  # kernels.uses_slabs
             reduce = (p - 1) * P / (p * adds) if slabs else 0.0
-            cells.append(f"{batch / (compute + sync + reduce):,.0f}")
-            limits.append(max((compute, "compute"), (sync, "fork/join"), (reduce, "slab sums"))[1])
-        print(f"| {name} | " + " | ".join(cells) + f" | at 64: {limits[-1]} |", flush=True)
+            if other is None:  # p == 1: what the measured epoch costs beyond the modelled terms
+                other = max(0.0, batch / measured[1] - compute)
+            terms = {"compute": compute, "fork/join": sync, "slab sums": reduce, "other": other / q}
+            cells.append(f"{batch / sum(terms.values()):,.0f}")
+        limit = max(terms, key=terms.get)
+        print(f"| {name} | " + " | ".join(cells) + f" | {measured[1]:,.0f} / {measured[2]:,.0f} | {limit} |",
+              flush=True)
 
 
 if __name__ == "__main__":
