@@ -305,13 +305,10 @@ def startup_seconds(dtype):
     return cold, warm
 
 
-PEERS = ("torch", "jax", "sklearn")
-
-
 def available(system):
     import importlib.util
 
-    return system == "fastbp" or importlib.util.find_spec(system if system != "sklearn" else "sklearn") is not None
+    return system == "fastbp" or importlib.util.find_spec(system) is not None
 
 
 def run(workloads, threads, dtype, repeat, systems):

@@ -68,7 +68,15 @@ def jit(fn=None, *, parallel=False):
 
 # Below this many floating-point operations per thread, a second thread costs more in
 # wake-ups and barriers than it saves (measured in docs/threads.md).
-MIN_FLOPS_PER_THREAD = float(os.environ.get("FASTBP_MIN_FLOPS_PER_THREAD", 1_000_000))
+def _env_number(name, default):
+    value = os.environ.get(name)
+    try:
+        return default if value is None else float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number; unset it or give a number like 1e6") from None
+
+
+MIN_FLOPS_PER_THREAD = _env_number("FASTBP_MIN_FLOPS_PER_THREAD", 1_000_000)
 
 
 def max_threads():
@@ -165,7 +173,8 @@ def thread_limits(numba_threads):
     oversubscribe the cores (and split their sums differently). Numba's thread
     count is per calling thread; BLAS's is per process, so the first block to
     enter sets it to 1 and the last to leave restores it, whichever Python
-    threads they run in.
+    threads they run in. The first block with more workers than before warms
+    their BLAS (blas.warm_up).
     """
     global _blas_users
     from .blas import warm_up  # blas compiles through this module's jit
