@@ -123,7 +123,7 @@ def time_sklearn(workload, X, y, threads, repeat):
 
 
 _JAX_EPOCH = """
-import os, sys, time
+import sys, time
 import numpy as np
 import jax, jax.numpy as jnp
 from fastbp.bench import LR, WORKLOADS, layer_sizes, make_data

@@ -27,7 +27,7 @@ from numba import prange
 from scipy.linalg import blas
 from threadpoolctl import threadpool_limits
 
-from fastbp.bench import WORKLOADS, layer_sizes
+from fastbp.bench import WORKLOADS, layer_sizes, make_data, time_fastbp
 from fastbp.core.config import thread_limits
 from fastbp.core.layout import flops_per_row
 
@@ -72,14 +72,8 @@ def gemm_rate(rows, sizes, repeat=30):
 
 def fastbp_rate(name, threads, rows=65536):
     """Samples/s of one fastbp epoch (best of 2 after a warm-up) on `rows` rows of the workload."""
-    from fastbp import Trainer
-    from fastbp.bench import make_data
-
     X, y = make_data(name, np.float32)
-    X, y = X[:rows], y[:rows]
-    trainer = Trainer(layer_sizes(name), lr=0.01, batch_size=WORKLOADS[name][4], epochs=1, n_threads=threads)
-    trainer.fit(X, y)
-    return rows / min(_timed(lambda: trainer.fit(X, y)) for _ in range(2))
+    return rows / time_fastbp(name, X[:rows], y[:rows], threads, 2)
 
 
 def add_rate(n=1 << 20, repeat=20):
