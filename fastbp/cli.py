@@ -140,6 +140,10 @@ def train(args):
     _check_positive(args, "chunk_rows", "buffer_rows", "batch_size", "val_max_rows", "max_categories")
     if not 0 <= args.val_split < 1:
         raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
+    if args.loss == "poisson":  # counts must stay counts, and the CLI standardizes regression targets
+        raise UsageError("--loss poisson is available from Python only (Trainer(loss='poisson') or "
+                         "fastbp.sklearn.MLPRegressor(loss='poisson')); the command line trains regression on a "
+                         "standardized target")
     source = open_source(args.data, args.chunk_rows, args.encoding)
     # checked before the first pass, which can take long on a big file
     shard = shard_mode(args.shard, source, comm.size if comm else 1)

@@ -65,7 +65,7 @@ def check_targets(y, loss, n_out, n_samples, dtype):
 
     cross_entropy: integer class labels 0..n_out-1, shape (n,) or (n, 1) -> k = 1.
     binary_cross_entropy: values in [0, 1], shape (n,) when n_out == 1, else (n, n_out).
-    mse: shape (n,) when n_out == 1, else (n, n_out).
+    mse, mae, huber, poisson: shape (n,) when n_out == 1, else (n, n_out); poisson's values >= 0.
     """
     arr = _numeric_array(y, "y")
     if arr.ndim == 0:
@@ -98,6 +98,8 @@ def check_targets(y, loss, n_out, n_samples, dtype):
     if loss == "binary_cross_entropy" and (out.min() < 0 or out.max() > 1):
         raise InputError(f"binary_cross_entropy targets must lie in [0, 1], but y ranges over "
                          f"{out.min():g}..{out.max():g}; use 0/1 labels or probabilities")
+    if loss == "poisson" and out.min() < 0:
+        raise InputError(f"poisson targets are counts or rates and must be >= 0, but y has the value {out.min():g}")
     return out
 
 

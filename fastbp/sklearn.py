@@ -26,13 +26,13 @@ from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import validate_data
 
 from .engine import full_data
 from .engine.engine import Engine
-from .engine.model import (ACTIVATION_NAMES, SKLEARN_SQUARED_ERROR, build_net, no_regularization, sklearn_hyper,
-                           sklearn_optimizer)
+from .engine.model import ACTIVATION_NAMES, build_net, no_regularization, sklearn_hyper, sklearn_optimizer
 from .engine.state import TrainingState
 
 if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
@@ -41,6 +41,11 @@ if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
 # scikit-learn's names first; fastbp's other activations work too
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
                      **{name: name for name in ACTIVATION_NAMES if name not in ("identity", "sigmoid")}}
+# scikit-learn's loss for each output activation (its definitions: fastbp.core.losses)
+_LOSS_OF_OUTPUT = {"softmax": "sklearn_log_loss", "logistic": "sklearn_binary_log_loss", "exp": "sklearn_poisson",
+                   "identity": "sklearn_squared_error"}
+_NON_FINITE = ("Solver produced non-finite parameter weights. The input data may contain large values and need "
+               "to be preprocessed.")
 _EXTRA_CONSTRAINTS = {
     "activation": [StrOptions(set(_ACTIVATION_NAMES))],
     "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
@@ -51,10 +56,10 @@ class _FastbpMixin:
     """The numerical core shared by both estimators (sklearn's MRO calls into it)."""
 
     # ------------------------------------------------------------------ model plumbing
-    def _net(self, layer_units, loss="cross_entropy"):
+    def _net(self, layer_units):
         """(Layout, Net, flat parameters) with coefs_ / intercepts_ as views into the flat buffer."""
         hidden = [_ACTIVATION_NAMES[self.activation]] * (len(layer_units) - 2)
-        layout, net = build_net(layer_units, hidden, loss, mean_over_outputs=False)
+        layout, net = build_net(layer_units, hidden, _LOSS_OF_OUTPUT[self.out_activation_], mean_over_outputs=False)
         flat = getattr(self, "_fastbp_flat", None)
         views = layout.views(flat) if flat is not None and flat.dtype == self.coefs_[0].dtype and \
             flat.size == layout.n_params else None
@@ -70,17 +75,16 @@ class _FastbpMixin:
             self.intercepts_ = [b for _, b in views]
         return layout, net, flat
 
-    def _loss_setup(self, y):
-        """(loss name, targets for the kernel): labels for softmax, 0/1 columns for logistic, values for identity."""
+    def _targets(self, y):
+        """Targets for the kernel: class indices for softmax, 0/1 columns for logistic, values for identity
+        and exp (Poisson: the kernel's outputs are log-rates)."""
         dtype = self.coefs_[0].dtype
         y = np.asarray(y)
         if y.ndim == 1:
             y = y.reshape(-1, 1)
         if self.out_activation_ == "softmax":
-            return "cross_entropy", np.ascontiguousarray(y.argmax(axis=1).reshape(-1, 1), dtype=dtype)
-        if self.out_activation_ == "logistic":
-            return "binary_cross_entropy", np.ascontiguousarray(y, dtype=dtype)
-        return SKLEARN_SQUARED_ERROR, np.ascontiguousarray(y, dtype=dtype)
+            y = y.argmax(axis=1).reshape(-1, 1)
+        return np.ascontiguousarray(y, dtype=dtype)
 
     @staticmethod
     def _dense(X):
@@ -93,6 +97,16 @@ class _FastbpMixin:
             return np.empty(0, dtype=dtype)
         return np.ascontiguousarray(sample_weight, dtype=dtype)
 
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        # warm_start continues from coefs_ only while they fit the asked hidden layers: after a change of
+        # hidden_layer_sizes the fit starts afresh (scikit-learn 1.9 keeps the old layers or fails)
+        if self.warm_start and not incremental and hasattr(self, "coefs_"):
+            sizes = self.hidden_layer_sizes
+            sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+            if sizes != [c.shape[1] for c in self.coefs_[:-1]]:
+                del self.coefs_
+        return super()._fit(X, y, sample_weight=sample_weight, incremental=incremental)
+
     # ------------------------------------------------------------------ stochastic solvers
     def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
                         layer_units, incremental):
@@ -101,8 +115,7 @@ class _FastbpMixin:
         from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
         from sklearn.utils import shuffle
 
-        loss_name, _ = self._loss_setup(y[:1])
-        layout, net, flat = self._net(layer_units, loss_name)
+        layout, net, flat = self._net(layer_units)
         new_optimizer = not incremental or not hasattr(self, "_optimizer")
         if new_optimizer:
             # scikit-learn's optimizer objects keep the learning-rate bookkeeping
@@ -143,7 +156,7 @@ class _FastbpMixin:
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
         Xc = self._dense(X_train)
-        _, Y = self._loss_setup(y_train)
+        Y = self._targets(y_train)
         weights = self._weights(sample_weight_train, flat.dtype)
         # scikit-learn's optimizer objects and this module keep the training state; the engine runs the epochs
         state = TrainingState(flat, self._fastbp_optimizer, None, None, 0, 0)
@@ -162,6 +175,10 @@ class _FastbpMixin:
                                       self.epsilon)
                 order[:] = sample_idx
                 _, loss = engine.train_rows_here(Xc, Y, weights, order, hyper)
+                if not np.isfinite(loss):
+                    # the kernel stops updating at the first non-finite batch; scikit-learn's weights turn NaN
+                    # there, which early stopping can undo and its final check reports (non-finite weights)
+                    flat[...] = np.nan
                 self.n_iter_ += 1
                 self.loss_ = float(loss)
                 self.t_ += n_samples
@@ -192,36 +209,29 @@ class _FastbpMixin:
                 b[...] = best
 
     # ------------------------------------------------------------------ lbfgs
+    def _lbfgs_objective(self, X, y, sample_weight, layer_units):
+        return _LbfgsObjective(self, self._dense(X), self._targets(y), sample_weight, layer_units)
+
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units):
-        loss_name, Y = self._loss_setup(y)
-        layout, net, flat = self._net(layer_units, loss_name)
-        Xc = self._dense(X)
-        weights = self._weights(sample_weight, flat.dtype)
-        full_gradient = full_data.FullGradient(net, Xc, Y, weights, self.n_threads, flat.dtype)
-        grad = np.empty_like(flat)
-        weight_mask = np.zeros(layout.n_params, dtype=bool)
-        for W, _ in layout.views(weight_mask):
-            W[...] = True
-        sw_sum = Xc.shape[0] if sample_weight is None else float(np.sum(sample_weight))
-
-        def loss_grad(packed):
-            flat[...] = packed
-            loss = full_gradient(flat, grad)
-            W = flat[weight_mask]
-            loss += 0.5 * self.alpha * float(W @ W) / sw_sum
-            full = grad.astype(np.float64)
-            full[weight_mask] += self.alpha * W / sw_sum
-            return loss, full
-
+        objective = self._lbfgs_objective(X, y, sample_weight, layer_units)
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
         options = {"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol}
         if tuple(int(p) for p in scipy.__version__.split(".")[:2]) < (1, 15):
             options["iprint"] = iprint
-        result = scipy.optimize.minimize(loss_grad, flat.astype(np.float64), method="L-BFGS-B", jac=True,
+        result = scipy.optimize.minimize(objective, objective.flat.astype(np.float64), method="L-BFGS-B", jac=True,
                                          options=options)
         self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
         self.loss_ = float(result.fun)
-        flat[...] = result.x
+        objective.flat[...] = result.x
+        if not np.isfinite(self.loss_):
+            raise ValueError(f"{_NON_FINITE} (The loss is NaN or infinite.)")
+
+    def _loss_grad_lbfgs(self, packed_coef_inter, X, y, sample_weight, activations, deltas, coef_grads,
+                         intercept_grads):
+        """scikit-learn's hook: (loss, packed gradient) at these parameters, which are kept, as scikit-learn
+        does. The work arrays of scikit-learn's signature are not used."""
+        layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        return self._lbfgs_objective(X, y, sample_weight, layer_units)(packed_coef_inter)
 
     # ------------------------------------------------------------------ prediction
     def _forward_pass_fast(self, X, check_input=True):
@@ -233,8 +243,34 @@ class _FastbpMixin:
         out = full_data.forward(flat, net, Xc, self.n_threads)
         if self.out_activation_ in ("softmax", "logistic"):
             full_data.to_probabilities(out, softmax=self.out_activation_ == "softmax")
+        elif self.out_activation_ == "exp":
+            np.exp(out, out=out)
         return out
 
+
+
+class _LbfgsObjective:
+    """L-BFGS's objective over the packed parameters: the compiled full-data loss and gradient plus
+    scikit-learn's alpha penalty, alpha/2 * |W|^2 / sum of weights, on the weights only."""
+
+    def __init__(self, estimator, X, Y, sample_weight, layer_units):
+        layout, net, self.flat = estimator._net(layer_units)
+        weights = estimator._weights(sample_weight, self.flat.dtype)
+        self.full_gradient = full_data.FullGradient(net, X, Y, weights, estimator.n_threads, self.flat.dtype)
+        self.grad = np.empty_like(self.flat)
+        self.weight_mask = np.zeros(layout.n_params, dtype=bool)
+        for W, _ in layout.views(self.weight_mask):
+            W[...] = True
+        self.penalty = estimator.alpha / (X.shape[0] if sample_weight is None else float(np.sum(sample_weight)))
+
+    def __call__(self, packed):
+        self.flat[...] = packed
+        loss = self.full_gradient(self.flat, self.grad)
+        W = self.flat[self.weight_mask]
+        loss += 0.5 * self.penalty * float(W @ W)
+        grad = self.grad.astype(np.float64)
+        grad[self.weight_mask] += self.penalty * W
+        return loss, grad
 
 
 class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
@@ -276,6 +312,7 @@ class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
     def fit(self, X, y, sample_weight=None):
         return super().fit(X, y, sample_weight=self._with_class_weight(y, sample_weight))
 
+    @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         return super().partial_fit(X, y, sample_weight=self._with_class_weight(y, sample_weight), classes=classes)
 
@@ -285,12 +322,11 @@ class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
 class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
     """scikit-learn's MLPRegressor (same parameters, defaults and attributes), trained by fastbp.
 
-    loss='squared_error' only (scikit-learn's 'poisson' is not implemented here).
+    loss: 'squared_error' or 'poisson' (half the Poisson deviance, exp output), as scikit-learn's.
     Extra: more activations and `n_threads`.
     """
 
-    _parameter_constraints = {**_SkMLPRegressor._parameter_constraints, **_EXTRA_CONSTRAINTS,
-                              "loss": [StrOptions({"squared_error"})]}
+    _parameter_constraints = {**_SkMLPRegressor._parameter_constraints, **_EXTRA_CONSTRAINTS}
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
@@ -305,6 +341,13 @@ class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
                          validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
                          n_iter_no_change=n_iter_no_change, max_fun=max_fun)
         self.n_threads = n_threads
+
+    # scikit-learn 1.9's regressor means to hide partial_fit for lbfgs but tests the method, not its result
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, sample_weight=None):
+        return super().partial_fit(X, y, sample_weight=sample_weight)
+
+    partial_fit.__doc__ = _SkMLPRegressor.partial_fit.__doc__
 
 
 __all__ = ["MLPClassifier", "MLPRegressor"]

@@ -7,7 +7,7 @@ import numpy as np
 from .core.checks import DTYPES, check_dtype, check_int, check_number
 from .core.errors import InputError
 from .core.layout import INITS, check_layer_sizes
-from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY
+from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization
 from .core.config import resolve_n_threads
 from .core.optim import OptimizerSettings
@@ -31,7 +31,8 @@ class Trainer:
 
     layer_sizes: [n_in, hidden..., n_out]. activation: one name for every hidden layer
     or a list with one per hidden layer; the output layer is linear and the loss applies
-    softmax (cross_entropy) or sigmoid (binary_cross_entropy) itself, as PyTorch's losses do.
+    softmax (cross_entropy), sigmoid (binary_cross_entropy) or exp (poisson: the outputs are
+    log-rates, as PyTorch's PoissonNLLLoss(log_input=True) takes them) itself, as PyTorch's losses do.
     Optimizer hyper-parameters left at None take torch.optim's defaults for that optimizer.
     n_threads is a run setting, not part of the model: a saved model loads under any thread count.
     """
@@ -212,7 +213,7 @@ class Trainer:
                    self.on_divergence, validation_is_local, after_epoch)
 
     def decision_function(self, X):
-        """Raw outputs of the last layer (logits for classification losses), shape (n, n_out)."""
+        """Raw outputs of the last layer (logits for classification losses, log-rates for poisson), shape (n, n_out)."""
         X = check_X(X, self.dtype, self.layout.n_in)
         return self.engine().logits(X)
 
@@ -223,13 +224,16 @@ class Trainer:
         return to_probabilities(self.decision_function(X), softmax=self.net.loss_code == CROSS_ENTROPY)
 
     def predict(self, X):
-        """Class labels for classification losses (shape (n,), or (n, n_out) for multilabel); values otherwise."""
+        """Class labels for classification losses (shape (n,), or (n, n_out) for multilabel); values otherwise
+        (for poisson the predicted rate, exp of the log-rate)."""
         logits = self.decision_function(X)
         if self.net.loss_code == CROSS_ENTROPY:
             return logits.argmax(axis=1)
         if self.net.loss_code == BINARY_CROSS_ENTROPY:
             labels = (logits >= 0).astype(np.int64)  # sigmoid(z) >= 0.5
             return labels[:, 0] if labels.shape[1] == 1 else labels
+        if self.net.loss_code == POISSON:
+            logits = np.exp(logits)
         return logits[:, 0] if logits.shape[1] == 1 else logits
 
     def evaluate(self, X, y, sample_weight=None):
@@ -317,6 +321,18 @@ class Trainer:
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
             raise ModelFileError(f"{path!r} does not describe a valid fastbp model: {exc}") from None
         return trainer
+
+    def __getstate__(self):
+        # a communicator belongs to its processes: an unpickled Trainer runs as one process
+        # (as Trainer.load(path) without comm does)
+        state = dict(self.__dict__)
+        state["comm"] = None
+        del state["_comm"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._comm = make_comm(None)
 
     def __repr__(self):
         return (f"Trainer(layer_sizes={self.layer_sizes}, activation={self.activation!r}, loss={self.loss!r}, "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 ACTIVATIONS = ["relu", "leaky_relu", "tanh", "sigmoid", "identity", "elu", "softplus", "gelu"]
-LOSSES = ["mse", "cross_entropy", "binary_cross_entropy"]
+LOSSES = ["mse", "cross_entropy", "binary_cross_entropy", "poisson"]
 
 
 def make_problem(loss, n, n_in, n_out, seed=0, dtype=np.float64):
@@ -19,6 +19,8 @@ def make_problem(loss, n, n_in, n_out, seed=0, dtype=np.float64):
         y = rng.integers(0, n_out, size=n)
     elif loss == "binary_cross_entropy":
         y = rng.integers(0, 2, size=(n, n_out)).astype(dtype)
+    elif loss == "poisson":
+        y = rng.poisson(2.0, size=(n, n_out)).astype(dtype)
     else:
         y = rng.normal(size=(n, n_out)).astype(dtype)
     return X, y

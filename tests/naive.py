@@ -77,6 +77,8 @@ def loss_and_dlogits(loss, logits, y):
         return value, (expit(logits) - Y) / (n * k)
     if loss == "mse":
         return ((logits - Y) ** 2).mean(), 2 * (logits - Y) / (n * k)
+    if loss == "poisson":  # logits are log-rates
+        return (np.exp(logits) - Y * logits).mean(), (np.exp(logits) - Y) / (n * k)
     raise ValueError(loss)
 
 

@@ -83,6 +83,7 @@ def test_bad_input_exit_codes(files, tmp_path):
         (("train", files / "d.csv", "--target", "label", "--resume"), "--resume needs --checkpoint-dir"),
         (("train", files / "d.csv", "--target", "label", "--shard", "chunks"), "convert it to Parquet"),
         (("train", files / "d.csv", "--target", "label", "--sync-every", "0"), "sync_every must be >= 1"),
+        (("train", files / "d.csv", "--target", "label", "--loss", "poisson"), "available from Python only"),
     ]
     for args, message in cases:
         code, out, err = fastbp_cli(*args, "--quiet") if args[0] == "train" else fastbp_cli(*args)

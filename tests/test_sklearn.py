@@ -102,6 +102,64 @@ def test_lbfgs_matches_sklearn(problem):
     np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-9)
 
 
+@pytest.mark.parametrize("params", [dict(solver="adam"), dict(solver="sgd", learning_rate_init=0.01),
+                                    dict(solver="lbfgs", max_iter=15)], ids=["adam", "sgd", "lbfgs"])
+def test_poisson_matches_sklearn(params):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(120, 4))
+    y = rng.poisson(np.exp(0.5 * X[:, 0] - 0.3 * X[:, 1]))
+    kwargs = dict(loss="poisson", hidden_layer_sizes=(9,), activation="tanh", batch_size=20, random_state=1,
+                  **{"max_iter": 6, **params})
+    ours, theirs = fit_quietly(MLPRegressor(**kwargs), X, y), fit_quietly(SkRegressor(**kwargs), X, y)
+    if params["solver"] == "lbfgs":
+        assert ours.n_iter_ == theirs.n_iter_
+        np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-9)
+    else:
+        assert_same_model(ours, theirs)
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-7)
+    assert ours.predict(X).min() > 0  # rates, not log-rates
+
+
+def test_extreme_row_counts_as_in_sklearn_loss_curve():
+    # scikit-learn clips probabilities to [eps, 1 - eps] in its reported loss: one row with a huge
+    # feature adds at most -log(eps) to the curve (and so to the convergence rule), not its logit
+    X, y = datasets.load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X).astype(np.float32)
+    X[0, 0] = 1e38
+    kwargs = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    ours, theirs = fit_quietly(MLPClassifier(**kwargs), X, y), fit_quietly(SkClassifier(**kwargs), X, y)
+    assert max(theirs.loss_curve_) < 1
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-3)
+
+
+def test_warm_start_after_new_hidden_sizes_starts_afresh():
+    X, y = datasets.load_iris(return_X_y=True)
+    model = fit_quietly(MLPClassifier(hidden_layer_sizes=(5,), warm_start=True, max_iter=5, random_state=0), X, y)
+    fit_quietly(model, X, y)
+    assert len(model.loss_curve_) == 10  # same layers: continued
+    model.set_params(hidden_layer_sizes=(7, 4))
+    fit_quietly(model, X, y)
+    assert [c.shape for c in model.coefs_] == [(4, 7), (7, 4), (4, 3)] and len(model.loss_curve_) == 5
+    fresh = fit_quietly(MLPClassifier(hidden_layer_sizes=(7, 4), max_iter=5, random_state=0), X, y)
+    np.testing.assert_allclose(model.loss_curve_, fresh.loss_curve_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_non_finite_weights_raise_sklearns_error(solver):
+    rng = np.random.RandomState(0)
+    X = np.finfo(np.float64).max * rng.uniform(size=(10, 2))
+    with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            MLPRegressor(solver=solver).fit(X, rng.standard_normal(size=10))
+
+
+def test_lbfgs_has_no_partial_fit():
+    assert not hasattr(MLPClassifier(solver="lbfgs"), "partial_fit")
+    assert not hasattr(MLPRegressor(solver="lbfgs"), "partial_fit")
+    assert hasattr(MLPClassifier(solver="sgd"), "partial_fit")
+
+
 @pytest.mark.parametrize("name", ["digits", "breast_cancer", "wine", "diabetes"])
 def test_default_settings_score_like_sklearn(name):
     X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
@@ -127,6 +185,23 @@ def test_pipeline_grid_search_clone_pickle():
     restored = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
     assert clone(MLPClassifier(n_threads=1, activation="gelu")).get_params()["activation"] == "gelu"
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "regression"])
+def test_pickled_estimator_predicts_and_trains_on_identically(problem, tmp_path):
+    import joblib
+    _, our_cls, X, y = problems()[problem]
+    model = our_cls(hidden_layer_sizes=(10,), solver="sgd", max_iter=3, random_state=0)
+    fit_quietly(model, X, y)
+    joblib.dump(model, tmp_path / "model.joblib")
+    twins = [pickle.loads(pickle.dumps(model)), joblib.load(tmp_path / "model.joblib")]
+    for twin in twins:
+        np.testing.assert_array_equal(twin.predict(X), model.predict(X))
+    model.partial_fit(X, y)
+    for twin in twins:  # optimizer state (velocities, learning rate) travels too
+        twin.partial_fit(X, y)
+        for a, b in zip(twin.coefs_ + twin.intercepts_, model.coefs_ + model.intercepts_):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_float32_kept_and_class_weight():

@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 TORCH_ACT = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "gelu": torch.nn.GELU, "elu": torch.nn.ELU,
              "softplus": torch.nn.Softplus, "sigmoid": torch.nn.Sigmoid, "leaky_relu": torch.nn.LeakyReLU}
 TORCH_LOSS = {"mse": torch.nn.MSELoss, "cross_entropy": torch.nn.CrossEntropyLoss,
-              "binary_cross_entropy": torch.nn.BCEWithLogitsLoss}
+              "binary_cross_entropy": torch.nn.BCEWithLogitsLoss,
+              "poisson": lambda: torch.nn.PoissonNLLLoss(log_input=True)}
 
 
 def torch_model(trainer, activation):

@@ -148,3 +148,43 @@ def test_unusual_but_valid_inputs_work(tmp_path):
     tr.fit(mapped, y.astype(np.float32))
     tr.fit(X.astype(np.int64), y)
     tr.fit(X > 0, y)
+
+
+def test_poisson_predicts_rates_and_refuses_negative_counts():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    rate = np.exp(0.8 * X[:, 0] - 0.5 * X[:, 1])
+    y = rng.poisson(rate).astype(float)
+    tr = fastbp.Trainer([3, 16, 1], loss="poisson", optimizer="adam", lr=0.01, epochs=60, batch_size=32,
+                        dtype="float64", seed=1).fit(X, y)
+    np.testing.assert_allclose(tr.predict(X), np.exp(tr.decision_function(X)[:, 0]), rtol=1e-12)
+    pred = tr.predict(X)
+    assert pred.min() > 0
+    # r2 is of the predicted rates, not of the log-rates
+    r2 = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
+    np.testing.assert_allclose(tr.evaluate(X, y)["r2"], r2, rtol=1e-9)
+    assert np.corrcoef(pred, rate)[0, 1] > 0.9
+    with pytest.raises(fastbp.InputError, match="poisson targets .* must be >= 0"):
+        tr.fit(X, y - 3)
+
+
+@pytest.mark.parametrize("dump", ["pickle", "joblib", "deepcopy"])
+def test_pickled_trainer_predicts_and_trains_on_identically(dump, tmp_path):
+    import copy
+    import pickle
+    joblib = pytest.importorskip("joblib")
+    X, y = make_problem("cross_entropy", 300, 5, 3, seed=4, dtype=np.float32)
+    tr = fastbp.Trainer([5, 16, 3], optimizer="adam", dropout=0.2, epochs=2, batch_size=32,
+                        lr_schedule=("cosine", {"T_max": 6})).fit(X, y)
+    if dump == "pickle":
+        twin = pickle.loads(pickle.dumps(tr))
+    elif dump == "joblib":
+        joblib.dump(tr, tmp_path / "model.joblib")
+        twin = joblib.load(tmp_path / "model.joblib")
+    else:
+        twin = copy.deepcopy(tr)
+    np.testing.assert_array_equal(twin.predict_proba(X), tr.predict_proba(X))
+    tr.fit(X, y)
+    twin.fit(X, y)  # same shuffle, dropout and schedule state: the same steps
+    np.testing.assert_array_equal(twin.params, tr.params)
+    assert [h["loss"] for h in twin.history] == [h["loss"] for h in tr.history]

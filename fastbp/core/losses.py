@@ -1,9 +1,9 @@
 """Losses: name -> integer code, and the fused output delta.
 
 The output layer is linear (logits); each loss owns its output nonlinearity,
-as PyTorch's MSELoss, L1Loss, HuberLoss, CrossEntropyLoss and BCEWithLogitsLoss
-do, with mean reduction: cross_entropy averages over rows, the others over all
-elements. The delta written is d(mean loss)/d(logits).
+as PyTorch's MSELoss, L1Loss, HuberLoss, CrossEntropyLoss, BCEWithLogitsLoss and
+PoissonNLLLoss(log_input=True) do, with mean reduction: cross_entropy averages over
+rows, the others over all elements. The delta written is d(mean loss)/d(logits).
 """
 import numpy as np
 
@@ -11,9 +11,13 @@ from .activations import sigmoid
 from .config import jit
 from .errors import InputError
 
-MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MAE, HUBER, SKLEARN_SQUARED = range(6)
-# scikit-learn's squared loss (fastbp.sklearn only): reports mean(r**2)/2 over outputs but
-# back-propagates r, not r/n_outputs, exactly as MLPRegressor does.
+(MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MAE, HUBER, POISSON,
+ SKLEARN_SQUARED, SKLEARN_POISSON, SKLEARN_LOG_LOSS, SKLEARN_BINARY_LOG_LOSS) = range(10)
+# scikit-learn's own definitions (fastbp.sklearn only), so loss_curve_ and the convergence rule
+# built on it match MLPClassifier/MLPRegressor: its squared loss reports mean(r**2)/2 over outputs
+# but back-propagates r, not r/n_outputs; its Poisson loss (half the deviance) is PyTorch's plus
+# y*log(y) - y, which makes a perfect fit score 0; its log losses clip each probability to
+# [eps, 1 - eps] of the dtype, so one extreme row counts at most -log(eps). Deltas are unclipped.
 
 LOSSES = {
     "mse": MSE,
@@ -21,6 +25,7 @@ LOSSES = {
     "binary_cross_entropy": BINARY_CROSS_ENTROPY,
     "mae": MAE,
     "huber": HUBER,
+    "poisson": POISSON,
 }
 CLASSIFICATION_LOSSES = {"cross_entropy", "binary_cross_entropy"}
 
@@ -48,7 +53,12 @@ def row_loss_and_delta(code, huber_delta, z, y, d, scale):
     one = z.dtype.type(1.0)
     zero = z.dtype.type(0.0)
     loss = 0.0
-    if code == CROSS_ENTROPY:
+    if code == SKLEARN_LOG_LOSS or code == SKLEARN_BINARY_LOG_LOSS:
+        eps = np.finfo(z.dtype).eps
+        least, most = -np.log(1.0 - eps), -np.log(eps)  # the loss of a probability clipped to [eps, 1 - eps]
+    else:
+        least = most = 0.0
+    if code == CROSS_ENTROPY or code == SKLEARN_LOG_LOSS:
         label = int(y[0])
         z_max = z[0]
         for j in range(1, n_out):
@@ -63,11 +73,14 @@ def row_loss_and_delta(code, huber_delta, z, y, d, scale):
             d[j] = d[j] * inv_total * scale
         d[label] -= scale
         loss = float(np.log(total) + z_max - z[label])
-    elif code == BINARY_CROSS_ENTROPY:
+        if code == SKLEARN_LOG_LOSS:
+            loss = min(max(loss, least), most)
+    elif code == BINARY_CROSS_ENTROPY or code == SKLEARN_BINARY_LOG_LOSS:
         for j in range(n_out):
             v = z[j]
             # max(v, 0) - v*y + log(1 + exp(-|v|)): finite for any finite logit
-            loss += float(max(v, zero) - v * y[j] + np.log1p(np.exp(-abs(v))))
+            term = float(max(v, zero) - v * y[j] + np.log1p(np.exp(-abs(v))))
+            loss += min(max(term, least), most) if code == SKLEARN_BINARY_LOG_LOSS else term
             d[j] = (sigmoid(v, one) - y[j]) * scale
     elif code == MAE:
         for j in range(n_out):
@@ -84,6 +97,14 @@ def row_loss_and_delta(code, huber_delta, z, y, d, scale):
             else:
                 loss += float(huber_delta * (abs(r) - half * huber_delta))
                 d[j] = (huber_delta if r > zero else -huber_delta) * scale
+    elif code == POISSON or code == SKLEARN_POISSON:
+        # the logit is the log of the predicted rate
+        for j in range(n_out):
+            rate = np.exp(z[j])
+            loss += float(rate - y[j] * z[j])
+            if code == SKLEARN_POISSON and y[j] > zero:
+                loss += float(y[j] * np.log(y[j]) - y[j])
+            d[j] = (rate - y[j]) * scale
     elif code == SKLEARN_SQUARED:
         for j in range(n_out):
             r = z[j] - y[j]

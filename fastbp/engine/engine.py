@@ -237,6 +237,13 @@ class RunGuard:
     def __exit__(self, *exc):
         self._lock.release()
 
+    # a copied or unpickled model gets a lock of its own, free: no fit runs on it yet
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self._lock = threading.Lock()
+
 
 def _with_display(callbacks, verbose):
     callbacks = list(callbacks or [])

@@ -9,7 +9,7 @@ which stays accurate when targets have a large mean (unlike sum(y^2) - sum(y)^2 
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, elements_per_row, row_losses
+from ..core.losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, POISSON, elements_per_row, row_losses
 
 CLASSIFICATION_CODES = (CROSS_ENTROPY, BINARY_CROSS_ENTROPY)
 
@@ -28,10 +28,11 @@ def metric_part(loss_code, huber_delta, logits, Y, weights=None):
         part["accuracy"] = float(w @ ((logits >= 0) == (Y >= 0.5)).all(axis=1)) / total
     else:
         Y64 = Y.astype(np.float64)
+        predictions = np.exp(logits.astype(np.float64)) if loss_code == POISSON else logits  # rates, not log-rates
         mean = w @ Y64 / total
         part["mean"] = mean
         part["m2"] = w @ (Y64 - mean) ** 2
-        part["residual"] = w @ (Y64 - logits) ** 2 / total
+        part["residual"] = w @ (Y64 - predictions) ** 2 / total
     return part
 
 

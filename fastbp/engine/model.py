@@ -5,12 +5,14 @@ import numpy as np
 from ..core.activations import ACTIVATIONS, IDENTITY, activation_code
 from ..core.bundles import make_hyper, make_net, make_optimizer, make_regularization
 from ..core.layout import Layout
-from ..core.losses import SKLEARN_SQUARED, elements_per_row, loss_code
+from ..core.losses import (SKLEARN_BINARY_LOG_LOSS, SKLEARN_LOG_LOSS, SKLEARN_POISSON, SKLEARN_SQUARED,
+                           elements_per_row, loss_code)
 from ..core.optim import SKLEARN_ADAM, SKLEARN_SGD, state_names
 
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
-# scikit-learn's squared loss (fastbp.sklearn only): reports mean(r**2)/2 but back-propagates r
-SKLEARN_SQUARED_ERROR = "sklearn_squared_error"
+# scikit-learn's own loss definitions (fastbp.sklearn only; see fastbp.core.losses)
+SKLEARN_LOSS_CODES = {"sklearn_squared_error": SKLEARN_SQUARED, "sklearn_poisson": SKLEARN_POISSON,
+                      "sklearn_log_loss": SKLEARN_LOG_LOSS, "sklearn_binary_log_loss": SKLEARN_BINARY_LOG_LOSS}
 
 
 def build_net(layer_sizes, hidden_activations, loss, huber_delta=1.0, mean_over_outputs=True):
@@ -19,7 +21,7 @@ def build_net(layer_sizes, hidden_activations, loss, huber_delta=1.0, mean_over_
     averaging over every element (PyTorch's mean reduction)."""
     layout = Layout(layer_sizes)
     codes = [activation_code(a) for a in hidden_activations] + [IDENTITY]
-    code = SKLEARN_SQUARED if loss == SKLEARN_SQUARED_ERROR else loss_code(loss)
+    code = SKLEARN_LOSS_CODES[loss] if loss in SKLEARN_LOSS_CODES else loss_code(loss)
     return layout, make_net(layout.sizes, layout.w_offsets, codes, code, huber_delta,
                             elements_per_row(code, layout.n_out) if mean_over_outputs else 1)
 
