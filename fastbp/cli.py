@@ -508,6 +508,21 @@ def info(args):
     return EXIT_OK
 
 
+def export(args):
+    from .trainer import load
+
+    trainer = load(args.model)
+    try:
+        trainer.to_onnx(args.out)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    inputs = ", ".join(trainer.preprocessing["features"]) if trainer.preprocessing else \
+        f"X ({trainer.layer_sizes[0]} columns)"
+    outputs = "label, probabilities" if trainer.is_classifier else "variable"
+    print(f"wrote {args.out}: inputs {inputs}; outputs {outputs}")
+    return EXIT_OK
+
+
 def _summary(config, arrays):
     init = config["init_args"]
     prep = config.get("preprocessing") or {}
@@ -589,6 +604,11 @@ def _parser():
     p = commands.add_parser("info", help="describe a model file (JSON)")
     p.add_argument("model")
     p.set_defaults(run=info)
+
+    p = commands.add_parser("export", help="write a model file as ONNX (needs: pip install 'fastbp[onnx]')")
+    p.add_argument("model", help="a .fbp model file")
+    p.add_argument("out", help="the .onnx file to write")
+    p.set_defaults(run=export)
 
     p = commands.add_parser("demo", help="train on a built-in synthetic dataset and report")
     p.add_argument("--rows", type=int, default=50_000)

@@ -34,6 +34,7 @@ from .engine import full_data
 from .engine.engine import Engine
 from .engine.model import ACTIVATION_NAMES, build_net, no_regularization, sklearn_hyper, sklearn_optimizer
 from .engine.state import TrainingState
+from . import sklearn_onnx
 
 if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
     raise ImportError(f"fastbp.sklearn needs scikit-learn >= 1.7, found {sklearn.__version__}")
@@ -349,5 +350,7 @@ class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
 
     partial_fit.__doc__ = _SkMLPRegressor.partial_fit.__doc__
 
+
+sklearn_onnx.register(MLPClassifier, MLPRegressor, _ACTIVATION_NAMES)
 
 __all__ = ["MLPClassifier", "MLPRegressor"]

@@ -322,6 +322,27 @@ class Trainer:
             raise ModelFileError(f"{path!r} does not describe a valid fastbp model: {exc}") from None
         return trainer
 
+    def to_onnx(self, path=None):
+        """The model as an ONNX ModelProto, written atomically to `path` when given (needs fastbp[onnx]).
+
+        Outputs as predict and predict_proba give them: "label" (class index, or 0/1 per output for
+        binary_cross_entropy) and "probabilities" for classification losses, "variable" (n, n_out)
+        otherwise (poisson: rates). Input "X" (n, n_in) of the model's dtype; a model trained from a
+        file (`fastbp train`) instead takes one (n, 1) input per feature column, numbers as double and
+        categories as strings, applies the stored preprocessing and gives labels and values as
+        `fastbp predict` does.
+        """
+        from .files import onnx_export
+        from .files.preprocess import Preprocessor
+        n_hidden = len(self.layer_sizes) - 2
+        hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)
+        prep = Preprocessor(self.preprocessing) if self.preprocessing else None
+        model = onnx_export.trainer_model([(W.copy(), b.copy()) for W, b in self.layers], hidden, self.loss,
+                                          self.params.dtype, prep, _version())
+        if path is not None:
+            onnx_export.save(model, path)
+        return model
+
     def __getstate__(self):
         # a communicator belongs to its processes: an unpickled Trainer runs as one process
         # (as Trainer.load(path) without comm does)

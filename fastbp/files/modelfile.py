@@ -40,13 +40,8 @@ def _digest(arr):
 
 
 def write_model(path, config, arrays):
-    """Atomically write `config` (JSON-serializable dict) and `arrays` (name -> ndarray) to `path`.
-
-    The file gets the permissions an ordinary write would give it: an existing file's mode, else
-    0666 minus the umask. A symlink is written through: its target is replaced, atomically, in the
-    target's folder, and the link stays.
-    """
-    path = os.path.realpath(os.fspath(path))
+    """Atomically write `config` (JSON-serializable dict) and `arrays` (name -> ndarray) to `path`
+    (see atomic_write)."""
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -54,21 +49,37 @@ def write_model(path, config, arrays):
         "arrays": {name: {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": _digest(a)}
                    for name, a in arrays.items()},
     }
+
+    def write(fh):
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr(_META, json.dumps(meta, indent=1))
+            for name, a in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+                zf.writestr(f"arrays/{name}.npy", buf.getvalue())
+
+    atomic_write(path, write)
+
+
+def atomic_write(path, write, what="model file"):
+    """Call write(binary file) on a temporary file in the target's folder, fsync it and rename it to
+    `path`: readers see the old file or the whole new one, never a part.
+
+    The file gets the permissions an ordinary write would give it: an existing file's mode, else
+    0666 minus the umask. A symlink is written through: its target is replaced, atomically, in the
+    target's folder, and the link stays.
+    """
+    path = os.path.realpath(os.fspath(path))
     folder = os.path.dirname(os.path.abspath(path))
     try:
         _remove_abandoned_temporaries(folder, os.path.basename(path))
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     except OSError as exc:  # name the user's path, not the temporary one
-        raise OSError(exc.errno, f"could not write model file {path!r} ({exc.strerror})") from exc
+        raise OSError(exc.errno, f"could not write {what} {path!r} ({exc.strerror})") from exc
     try:
         os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-                zf.writestr(_META, json.dumps(meta, indent=1))
-                for name, a in arrays.items():
-                    buf = io.BytesIO()
-                    np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
-                    zf.writestr(f"arrays/{name}.npy", buf.getvalue())
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -78,7 +89,7 @@ def write_model(path, config, arrays):
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise OSError(exc.errno, f"could not write model file {path!r} ({exc.strerror}); "
+            raise OSError(exc.errno, f"could not write {what} {path!r} ({exc.strerror}); "
                                      "any previous file there is unchanged") from exc
         raise
     try:  # make the rename itself durable

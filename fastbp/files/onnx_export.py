@@ -1,0 +1,170 @@
+"""ONNX export: a trained MLP as MatMul/Add/activation nodes, its output as the model's predict
+gives it, and, for a model trained from a file, the stored column preprocessing as ONNX ops, so
+onnxruntime (or any ONNX runtime) predicts as fastbp does. Needs the optional package onnx
+(`pip install 'fastbp[onnx]'`); fastbp.sklearn builds its estimators' graphs from the same parts.
+"""
+import math
+
+import numpy as np
+
+from .modelfile import atomic_write
+
+OPSET = 17     # ai.onnx: every op used here (Erf, Softplus, Elu, LeakyRelu, IsNaN, Where) exists there
+ML_OPSET = 2   # ai.onnx.ml: LabelEncoder with string keys and a default
+
+
+def require_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("ONNX export needs the onnx package: pip install 'fastbp[onnx]' "
+                          "(onnxruntime too, to run the exported model)") from None
+    return onnx
+
+
+class Graph:
+    """The nodes and constants of a graph being built; node() returns its output's (fresh) name.
+    fastbp.sklearn's converter provides the same three methods over skl2onnx's container."""
+
+    def __init__(self):
+        self.onnx = require_onnx()
+        self.nodes, self.initializers, self._count = [], [], 0
+
+    def name(self, hint):
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, array, hint="const"):
+        name = self.name(hint)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op, inputs, hint=None, domain="", outputs=None, **attrs):
+        outputs = outputs or [self.name(hint or op.lower())]
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, outputs, domain=domain or None, **attrs))
+        return outputs[0]
+
+
+def forward(g, x, layers, activations):
+    """The logits of input `x` (a name) through layers [(W, b)] with one activation name per hidden layer."""
+    for i, (W, b) in enumerate(layers):
+        z = g.node("Add", [g.node("MatMul", [x, g.const(W, "W")]), g.const(b, "b")])
+        x = activate(g, activations[i], z, W.dtype) if i < len(layers) - 1 else z
+    return x
+
+
+def activate(g, name, z, dtype):
+    """fastbp's hidden activations (fastbp.core.activations) as ONNX ops."""
+    if name == "identity":
+        return z
+    if name in ("relu", "tanh", "sigmoid"):
+        return g.node({"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}[name], [z])
+    if name == "leaky_relu":
+        return g.node("LeakyRelu", [z], alpha=0.01)
+    if name == "elu":
+        return g.node("Elu", [z], alpha=1.0)
+    if name == "softplus":
+        return g.node("Softplus", [z])  # PyTorch's linear tail above 20 differs by < 3e-9
+    if name == "gelu":  # exact (erf) form: x * (1 + erf(x / sqrt 2)) / 2
+        scaled = g.node("Mul", [z, g.const(np.array(1 / math.sqrt(2), dtype))])
+        if np.dtype(dtype) == np.float64:  # onnxruntime has Erf for float only: float64 gelu is float-accurate
+            erf = g.node("Cast", [g.node("Erf", [g.node("Cast", [scaled], to=g.onnx.TensorProto.FLOAT)])],
+                         to=g.onnx.TensorProto.DOUBLE)
+        else:
+            erf = g.node("Erf", [scaled])
+        half_x = g.node("Mul", [z, g.const(np.array(0.5, dtype))])
+        return g.node("Mul", [half_x, g.node("Add", [erf, g.const(np.array(1.0, dtype))])])
+    raise ValueError(f"no ONNX form for activation {name!r}")
+
+
+def preprocess(g, prep, dtype):
+    """Graph inputs (one per feature column, shape (N, 1): double for numeric columns, string for
+    categorical ones) and the name of the model's input matrix, as fastbp.files.preprocess builds it:
+    numeric columns standardized (missing values filled when trained with --impute), categorical ones
+    one-hot over the training categories (an unseen category is all zeros). prep: a Preprocessor."""
+    onnx = g.onnx
+    state = prep.state
+    inputs, parts = [], []
+    for i, (column, cats) in enumerate(zip(state["features"], state["categories"])):
+        if cats is None:
+            inputs.append(onnx.helper.make_tensor_value_info(column, onnx.TensorProto.DOUBLE, [None, 1]))
+            x = column
+            if state["impute"] is not None:
+                x = g.node("Where", [g.node("IsNaN", [x]), g.const(np.array([state["fill"][i]])), x])
+            x = g.node("Div", [g.node("Sub", [x, g.const(np.array([state["mean"][i]]))]),
+                               g.const(np.array([state["scale"][i]]))])
+            parts.append(g.node("Cast", [x], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
+        else:
+            inputs.append(onnx.helper.make_tensor_value_info(column, onnx.TensorProto.STRING, [None, 1]))
+            index = g.node("LabelEncoder", [column], domain="ai.onnx.ml", keys_strings=list(cats),
+                           values_int64s=list(range(len(cats))), default_int64=-1)
+            hot = g.node("Equal", [index, g.const(np.arange(len(cats), dtype=np.int64).reshape(1, -1))])
+            parts.append(g.node("Cast", [hot], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
+    # in the order of the model's inputs: features in order, each category expanded in place
+    return inputs, g.node("Concat", parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def trainer_model(layers, activations, loss, dtype, prep=None, producer_version=""):
+    """The ONNX model of a Trainer: outputs as Trainer.predict / predict_proba give them ("label" and
+    "probabilities" for classification losses, "variable" otherwise); a file-trained model
+    (`prep`: the Preprocessor of its stored state) takes its columns and gives labels and values on the
+    target's own scale, as `fastbp predict` does."""
+    onnx = require_onnx()
+    g = Graph()
+    dtype = np.dtype(dtype)
+    elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    n_in, n_out = layers[0][0].shape[0], layers[-1][0].shape[1]
+    if prep is None:
+        inputs, x = [onnx.helper.make_tensor_value_info("X", elem, [None, n_in])], "X"
+    else:
+        inputs, x = preprocess(g, prep, dtype)
+    logits = forward(g, x, layers, activations)
+    if loss == "cross_entropy":
+        g.node("Softmax", [logits], outputs=["probabilities"], axis=1)
+        label = g.node("ArgMax", [logits], axis=1, keepdims=0)
+        outputs = [_labels(g, label, prep, [None]),
+                   onnx.helper.make_tensor_value_info("probabilities", elem, [None, n_out])]
+    elif loss == "binary_cross_entropy":
+        g.node("Sigmoid", [logits], outputs=["probabilities"])
+        label = g.node("Cast", [g.node("GreaterOrEqual", [logits, g.const(np.array(0, dtype))])],
+                       to=onnx.TensorProto.INT64)
+        if n_out == 1:  # predict gives (n,) for one output
+            label = g.node("Squeeze", [label, g.const(np.array([1], dtype=np.int64))])
+        outputs = [_labels(g, label, prep, [None] if n_out == 1 else [None, n_out]),
+                   onnx.helper.make_tensor_value_info("probabilities", elem, [None, n_out])]
+    else:
+        value = g.node("Exp", [logits]) if loss == "poisson" else logits
+        if prep is not None:  # back to the target's own scale, in float64 as fastbp predict does
+            value = g.node("Add", [g.node("Mul", [g.node("Cast", [value], to=onnx.TensorProto.DOUBLE),
+                                                  g.const(np.array(prep.state["target_scale"]))]),
+                                   g.const(np.array(prep.state["target_mean"]))])
+            elem = onnx.TensorProto.DOUBLE
+        g.node("Identity", [value], outputs=["variable"])
+        outputs = [onnx.helper.make_tensor_value_info("variable", elem, [None, n_out])]
+    graph = onnx.helper.make_graph(g.nodes, "fastbp_mlp", inputs, outputs, g.initializers)
+    model = onnx.helper.make_model(graph, producer_name="fastbp", producer_version=producer_version,
+                                   opset_imports=[onnx.helper.make_opsetid("", OPSET),
+                                                  onnx.helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _labels(g, index, prep, shape):
+    """The "label" output: class indices, or a file-trained model's labels in their own type."""
+    onnx = g.onnx
+    if prep is None or not prep.classes():
+        g.node("Identity", [index], outputs=["label"])
+        return onnx.helper.make_tensor_value_info("label", onnx.TensorProto.INT64, shape)
+    labels = prep.labels(np.arange(len(prep.classes())))
+    if prep.label_type == "str":
+        labels, elem = labels.astype(object), onnx.TensorProto.STRING
+    else:
+        elem = onnx.helper.np_dtype_to_tensor_dtype(labels.dtype)
+    g.node("Gather", [g.const(labels, "classes"), index], outputs=["label"])
+    return onnx.helper.make_tensor_value_info("label", elem, shape)
+
+
+def save(model, path):
+    """Write an ONNX model to `path` atomically."""
+    data = model.SerializeToString()
+    atomic_write(path, lambda fh: fh.write(data), what="ONNX file")

@@ -1,0 +1,163 @@
+"""ONNX export: Trainer.to_onnx, `fastbp export` of CLI models (their column preprocessing as ONNX ops)
+and skl2onnx on fastbp.sklearn's estimators, each run by onnxruntime against fastbp's own predictions."""
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import fastbp
+from conftest import ACTIVATIONS, make_problem
+from fastbp.files.preprocess import Preprocessor
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def run(model_or_path, feeds):
+    data = model_or_path if isinstance(model_or_path, str) else model_or_path.SerializeToString()
+    session = ort.InferenceSession(data)
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+TRAINER_CASES = [("cross_entropy", 3), ("binary_cross_entropy", 1), ("binary_cross_entropy", 2), ("mse", 2),
+                 ("poisson", 1), ("huber", 1)]
+
+
+@pytest.mark.parametrize("loss,n_out", TRAINER_CASES, ids=[f"{loss}-{n}" for loss, n in TRAINER_CASES])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_trainer_export_predicts_as_fastbp(loss, n_out, activation, tmp_path):
+    X, y = make_problem(loss, 200, 5, n_out, seed=3, dtype=np.float32)
+    if loss == "binary_cross_entropy" and n_out == 1:
+        y = y[:, 0]
+    tr = fastbp.Trainer([5, 9, 6, n_out], activation=activation, loss=loss, epochs=3, lr=0.05, seed=1).fit(X, y)
+    out = run(str(tr.to_onnx(tmp_path / "m.onnx") and tmp_path / "m.onnx"), {"X": X})
+    if tr.is_classifier:
+        np.testing.assert_array_equal(out["label"], tr.predict(X))
+        np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out["variable"].reshape(tr.predict(X).shape), tr.predict(X), rtol=1e-5,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("activation,rtol", [("tanh", 1e-12), ("gelu", 1e-6)])  # gelu: Erf runs in float
+def test_float64_trainer_export(activation, rtol):
+    X, y = make_problem("cross_entropy", 100, 4, 3, seed=0)
+    tr = fastbp.Trainer([4, 8, 3], activation=activation, dtype="float64", epochs=2).fit(X, y)
+    out = run(tr.to_onnx(), {"X": X})
+    np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=rtol)
+
+
+def test_cli_models_export_their_preprocessing(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.csv as pcsv
+    rng = np.random.default_rng(0)
+    n = 600
+    a, b = rng.normal(size=n), rng.normal(size=n) * 3 + 1
+    color, size = rng.choice(["red", "green", "blue"], n), rng.choice(["S", "M", "L"], n)
+    a[::17] = np.nan
+    label = np.where(np.nan_to_num(a) + (color == "red") > 0.3, "yes", "no")
+    value = 2 * b + (size == "L")
+    pcsv.write_csv(pa.table({"a": a, "b": b, "color": color, "size": size, "label": label, "value": value}),
+                   tmp_path / "d.csv")
+    # rows the model has not seen: a category unseen in training is all zeros, as in fastbp predict
+    new_color = color.copy()
+    new_color[::5] = "purple"
+    pcsv.write_csv(pa.table({"a": a, "b": b, "color": new_color, "size": size}), tmp_path / "new.csv")
+    feeds = {"a": a.reshape(-1, 1), "b": b.reshape(-1, 1), "color": new_color.astype(object).reshape(-1, 1),
+             "size": size.astype(object).reshape(-1, 1)}
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    for target, other in [("label", "value"), ("value", "label")]:
+        model = tmp_path / f"{target}.fbp"
+        cli("train", tmp_path / "d.csv", "--target", target, "--impute", "median", "--hidden", "8", "--epochs", "3",
+            "--out", model, "--quiet", "--exclude", other)
+        assert "wrote" in cli("export", model, tmp_path / f"{target}.onnx")
+        out = run(str(tmp_path / f"{target}.onnx"), feeds)
+        tr = fastbp.load(model)
+        prep = Preprocessor(tr.preprocessing)
+        X, _ = prep.transform({"a": a, "b": b, "color": new_color, "size": size}, with_target=False)
+        if target == "label":
+            np.testing.assert_array_equal(out["label"], prep.labels(tr.predict(X)))
+            np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_allclose(out["variable"][:, 0], prep.target_values(tr.predict(X)), rtol=1e-5)
+
+
+def test_without_onnx_the_error_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    tr = fastbp.Trainer([2, 2])
+    with pytest.raises(ImportError, match=r"fastbp\[onnx\]"):
+        tr.to_onnx(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# ---------------------------------------------------------------------------- scikit-learn estimators
+skl2onnx = pytest.importorskip("skl2onnx")
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+from fastbp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+
+def sklearn_problems():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    return X, {
+        "multiclass": (MLPClassifier, np.array(["a", "b", "c"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 0)], {}),
+        "binary": (MLPClassifier, (X[:, 0] > 0).astype(int) + 3, {}),
+        "multilabel": (MLPClassifier, np.stack([X[:, 0] > 0, X[:, 1] > 0], axis=1).astype(int), {}),
+        "regression": (MLPRegressor, 2 * X[:, 0], {}),
+        "multi_output": (MLPRegressor, 2 * X[:, :2], {}),
+        "poisson": (MLPRegressor, rng.poisson(np.exp(0.5 * X[:, 0])), {"loss": "poisson"}),
+    }
+
+
+@pytest.mark.parametrize("activation", ["relu", "logistic", "tanh", "identity", "gelu", "softplus"])
+@pytest.mark.parametrize("problem", list(sklearn_problems()[1]))
+def test_skl2onnx_converts_the_estimators(problem, activation):
+    X, problems = sklearn_problems()
+    cls, y, extra = problems[problem]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = cls(hidden_layer_sizes=(7, 5), activation=activation, max_iter=30, random_state=0, **extra).fit(X, y)
+    options = {"zipmap": False} if cls is MLPClassifier else None
+    out = list(run(skl2onnx.to_onnx(model, X[:1], options=options), {"X": X}).values())
+    if cls is MLPClassifier:
+        np.testing.assert_array_equal(out[0], model.predict(X))
+        np.testing.assert_allclose(out[1], model.predict_proba(X), rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out[0].reshape(model.predict(X).shape), model.predict(X), rtol=1e-5, atol=1e-5)
+
+
+def test_skl2onnx_pipeline_with_zipmap():
+    X, problems = sklearn_problems()
+    _, y, _ = problems["multiclass"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(6,), max_iter=20,
+                                                             random_state=0)).fit(X, y)
+    out = list(run(skl2onnx.to_onnx(pipe, X[:1]), {"X": X}).values())
+    np.testing.assert_array_equal(out[0], pipe.predict(X))
+    proba = pipe.predict_proba(X)
+    for row, expected in zip(out[1], proba):  # ZipMap: one {label: probability} per row
+        assert sorted(row) == ["a", "b", "c"]
+        np.testing.assert_allclose([row[c] for c in ["a", "b", "c"]], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_skl2onnx_double_input_keeps_double_precision():
+    X, problems = sklearn_problems()
+    X = X.astype(np.float64)
+    _, y, _ = problems["binary"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPClassifier(hidden_layer_sizes=(6,), activation="tanh", max_iter=20, random_state=0).fit(X, y)
+    out = list(run(skl2onnx.to_onnx(model, X[:1], options={"zipmap": False}), {"X": X}).values())
+    np.testing.assert_array_equal(out[0], model.predict(X))
+    np.testing.assert_allclose(out[1], model.predict_proba(X), rtol=1e-12)
