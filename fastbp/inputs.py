@@ -11,6 +11,17 @@ from .core.errors import InputError, InputTypeError
 
 
 def _numeric_array(a, what):
+    if np.ma.isMaskedArray(a):
+        masked = int(np.ma.count_masked(a))
+        if masked:
+            raise InputError(f"{what} is a masked array with {masked} masked entries, which fastbp would otherwise "
+                             f"read as numbers; fill them ({what}.filled(value)) or drop those rows first")
+        a = np.ma.getdata(a)
+    if hasattr(a, "nnz") and hasattr(a, "toarray"):  # scipy.sparse
+        n_bytes = int(np.prod(a.shape)) * 4
+        raise InputTypeError(f"{what} is a scipy sparse matrix {a.shape}; fastbp's kernels take dense rows: pass "
+                             f"{what}.toarray() if it fits in memory ({n_bytes / 2**20:,.0f} MiB as float32), "
+                             "or use fastbp.sklearn's estimators, which densify it")
     if isinstance(a, np.ndarray):
         arr = a
     else:
@@ -33,8 +44,9 @@ def _numeric_array(a, what):
     return arr
 
 
-def check_X(X, dtype, n_features=None):
-    """2-D, non-empty, finite, numeric -> C-contiguous array of `dtype` (no copy when already so)."""
+def check_X(X, dtype, n_features=None, fitted=True):
+    """2-D, non-empty, finite, numeric -> C-contiguous array of `dtype` (no copy when already so).
+    fitted: whether the model has been trained (it changes the advice for a wrong width)."""
     arr = _numeric_array(X, "X")
     if arr.ndim != 2:
         hint = (" Reshape with X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample."
@@ -45,11 +57,153 @@ def check_X(X, dtype, n_features=None):
     if arr.shape[1] == 0:
         raise InputError(f"X has 0 features (shape {arr.shape}); pass at least one column")
     if n_features is not None and arr.shape[1] != n_features:
+        fix = "pass the same columns as at training" if fitted else \
+            f"build the Trainer with layer_sizes[0] = {arr.shape[1]} for this X"
         raise InputError(f"X has {arr.shape[1]} features but the model expects {n_features} "
-                         f"(layer_sizes[0]); pass the same columns as at training")
+                         f"(layer_sizes[0] = {n_features}); {fix}")
     out = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
     _check_finite(out, "X")
     return out
+
+
+# ---------------------------------------------------------------------------- tables
+def table_columns(X):
+    """The column names of a pandas or polars DataFrame or a pyarrow Table; None for anything else."""
+    library = type(X).__module__.split(".")[0]
+    if library in ("pandas", "polars") and hasattr(X, "columns") and hasattr(X, "shape") and len(X.shape) == 2:
+        return list(X.columns)
+    if library == "pyarrow" and hasattr(X, "column_names"):
+        return list(X.column_names)
+    return None
+
+
+def table_array(X, columns, dtype):
+    """The `columns` of table X, in that order, as a 2-D array of `dtype` (missing values as NaN).
+    Non-numeric columns are refused, each named."""
+    library = type(X).__module__.split(".")[0]
+    if library == "pandas":
+        import pandas.api.types as types
+        kinds = {c: X[c].dtype for c in columns}
+        numeric = {c: types.is_bool_dtype(t) or (types.is_numeric_dtype(t) and not types.is_complex_dtype(t))
+                   for c, t in kinds.items()}
+    elif library == "polars":
+        kinds = {c: X.schema[c] for c in columns}
+        numeric = {c: t.is_numeric() or str(t) == "Boolean" for c, t in kinds.items()}
+    else:
+        import pyarrow as pa
+        kinds = {c: X.schema.field(c).type for c in columns}
+        numeric = {c: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                   for c, t in kinds.items()}
+    text = [f"{c!r} ({kinds[c]})" for c in columns if not numeric[c]]
+    if text:
+        raise InputTypeError(
+            f"X has non-numeric column(s) {', '.join(text)}; the Trainer takes numbers only. Encode them first: "
+            "fastbp.sklearn's estimators in a scikit-learn Pipeline with a ColumnTransformer (e.g. OneHotEncoder), "
+            "or train from a file (fastbp train, or fastbp.files.preprocess.Preprocessor), which one-hot "
+            "encodes text columns")
+    if library == "pandas":
+        return X[columns].to_numpy(dtype=dtype, na_value=np.nan)
+    if library == "polars":
+        return X.select(columns).to_numpy().astype(dtype, copy=False)
+    return np.column_stack([X.column(c).to_numpy().astype(dtype, copy=False) for c in columns])
+
+
+# ---------------------------------------------------------------------------- class labels
+def index_classes(loss, n_out):
+    """The classes when labels are output indices: 0..n_out-1 (cross_entropy), 0/1 (one binary output),
+    None for multilabel 0/1 columns."""
+    if loss == "binary_cross_entropy":
+        return np.arange(2) if n_out == 1 else None
+    return np.arange(n_out)
+
+
+def learn_classes(y, loss, n_out):
+    """The classes of classification targets, sorted: 0..n_out-1 when y holds integers in that range
+    (a label is its output's index, as PyTorch has it), else the distinct labels (strings, bools, other
+    numbers), which must fit the outputs. None for multilabel 0/1 columns (used as given)."""
+    arr = _label_array(y)
+    by_index = index_classes(loss, n_out)
+    if by_index is None:
+        return None
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        return by_index  # check_targets explains the shape
+    n_classes = len(by_index)
+    if arr.dtype.kind in "iuf":
+        values = arr.astype(np.float64)
+        _check_finite(values, "y")
+        if loss == "binary_cross_entropy" and values.size and values.min() >= 0 and values.max() <= 1:
+            return by_index  # 0/1 labels or probabilities, used as given
+        if values.size and np.array_equal(values, np.round(values)) and values.min() >= 0 and \
+                values.max() < n_classes:
+            return by_index
+    try:
+        classes = np.unique(arr)
+    except TypeError:
+        raise InputTypeError("y mixes label types (e.g. numbers and strings); use one type for every label") from None
+    if len(classes) > n_classes:
+        fix = "layer_sizes[-1] = " + str(len(classes)) if loss == "cross_entropy" else "loss='cross_entropy'"
+        raise InputError(f"y has {len(classes)} classes ({_some(classes)}) but the model can tell {n_classes} "
+                         f"apart; use {fix}")
+    return classes
+
+
+def encode_labels(y, classes):
+    """y with each label replaced by its index in `classes` (from learn_classes); numbers pass through
+    unchanged where the classes are 0..K-1 (check_targets checks them). Unknown labels are refused."""
+    if classes is None or (classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(len(classes)))
+                           and _label_array(y).dtype.kind in "iuf"):
+        return y
+    arr = _label_array(y)
+    flat = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
+    if flat.ndim != 1:
+        raise InputError(f"y must hold one label per row, got shape {arr.shape}")
+    try:
+        index = np.minimum(np.searchsorted(classes, flat), len(classes) - 1)
+        unknown = flat[classes[index] != flat]
+    except TypeError:
+        raise InputTypeError(f"y's labels are not of the type of the classes learned in training "
+                             f"({_some(classes)})") from None
+    if unknown.size:
+        raise InputError(f"y has label(s) not seen in training: {_some(np.unique(unknown))}; "
+                         f"the classes are {_some(classes)}")
+    return index
+
+
+def class_index(classes, label):
+    """The index of one label among `classes` (class_weight keys), or an InputError listing them."""
+    for i, c in enumerate(classes.tolist()):
+        if type(c) is not str and type(label) is not str or type(c) is type(label):
+            if c == label:
+                return i
+    raise InputError(f"class_weight has the key {label!r}, which is not a class; the classes are {_some(classes)}")
+
+
+def classes_from_list(values, n_out, loss):
+    """classes_ as a model file stores them (a JSON list), checked: it is untrusted input."""
+    if values is None:
+        return None
+    kinds = {type(v) for v in values} if isinstance(values, list) else set()
+    if not values or len(kinds) != 1 or not kinds <= {int, float, bool, str} or \
+            len(values) > (2 if loss == "binary_cross_entropy" else n_out):
+        raise InputError("its classes are not a list of labels of one type that fits the outputs")
+    classes = _label_array(np.array(values))
+    if len(np.unique(classes)) != len(classes) or (np.sort(classes) != classes).any():
+        raise InputError("its classes are not distinct and sorted")
+    return classes
+
+
+def _label_array(y):
+    arr = np.asarray(y)
+    if arr.dtype.kind in "US":
+        arr = arr.astype(object)  # strings compare and index alike whatever their width
+    return arr
+
+
+def _some(values, limit=10):
+    shown = ", ".join(repr(v) for v in np.asarray(values).tolist()[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
 
 
 def _check_finite(arr, what):

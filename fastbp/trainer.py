@@ -1,11 +1,12 @@
 """Trainer: the public face. It validates user input, builds the model and its training state,
 and runs the engine (fastbp.engine) over in-memory rows, files or MPI data."""
 import functools
+import warnings
 
 import numpy as np
 
 from .core.checks import DTYPES, check_dtype, check_int, check_number
-from .core.errors import InputError
+from .core.errors import InputError, NotFittedError
 from .core.layout import INITS, check_layer_sizes
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization
@@ -18,7 +19,8 @@ from .engine.model import build_net
 from .engine.schedules import make_schedule, schedule_from_spec, schedule_spec
 from .engine.state import TrainingState
 from .files.modelfile import ModelFileError, read_model, write_model
-from .inputs import (check_sample_weight, check_targets, check_X, class_weights_per_sample, row_weights,
+from .inputs import (check_sample_weight, check_targets, check_X, class_index, class_weights_per_sample,
+                     classes_from_list, encode_labels, index_classes, learn_classes, row_weights, table_array, table_columns,
                      validation_indices)
 from .parallel import distributed, file_shards
 from .parallel.comm import make_comm
@@ -103,6 +105,9 @@ class Trainer:
             np.random.default_rng(shuffle_seq), schedule, dropout_seq.generate_state(1, np.uint32)[0],
             split_seq.generate_state(1, np.uint32)[0])
         self.stop_training = False
+        self.classes_ = None           # classification: the labels, in output order (learned by the first fit)
+        self.feature_names_in_ = None  # the column names of a DataFrame/Table X at the first fit
+        self._fitted = False
         self.preprocessing = None  # a file's column handling (fastbp.files.preprocess), saved with the model
         self.metadata = {}         # free-form JSON saved with the model (the CLI records its options here)
         self._guard = RunGuard()
@@ -167,7 +172,7 @@ class Trainer:
         of every rank's s-th batch of ceil(batch_size / ranks) rows (not equal to one process).
         """
         with self._guard:
-            X, Y = self._check_data(X, y)
+            X, Y = self._check_data(X, y, learn=True)
             weights = self._weights(Y, sample_weight, class_weight)
             X, Y, weights, validation = self._validation(X, Y, weights, validation_data, validation_split)
             engine = self.engine()
@@ -179,6 +184,7 @@ class Trainer:
                     distributed.check_ranks_share_data(self._comm, X, Y, weights, validation)
                 run_epoch = engine.in_memory_epochs(X, Y, weights)
             self._run(engine, run_epoch, validation, callbacks, verbose, validation_is_local=bool(local_data))
+            self._fitted = True
         return self
 
     def fit_source(self, source, prep, train_rows, buffer_rows=None, val_split=0.0, seed=0, validation=None,
@@ -202,7 +208,10 @@ class Trainer:
             else:
                 run_epoch = streaming.buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split,
                                                       seed, stats)
+            if self.classes_ is None and self.is_classifier:  # the Preprocessor gives class indices
+                self.classes_ = index_classes(self.loss, self.layout.n_out)
             self._run(engine, run_epoch, validation, callbacks, verbose)
+            self._fitted = True
         return self
 
     def _run(self, engine, run_epoch, validation, callbacks, verbose, validation_is_local=False):
@@ -212,26 +221,34 @@ class Trainer:
         engine.run(run_epoch, self.epochs, self, validation, callbacks, self.verbose if verbose is None else verbose,
                    self.on_divergence, validation_is_local, after_epoch)
 
+    @property
+    def is_fitted(self):
+        """True once fit or fit_source has run (or the model was loaded from a file)."""
+        return self._fitted
+
     def decision_function(self, X):
-        """Raw outputs of the last layer (logits for classification losses, log-rates for poisson), shape (n, n_out)."""
-        X = check_X(X, self.dtype, self.layout.n_in)
-        return self.engine().logits(X)
+        """Raw outputs of the last layer (logits for classification losses, log-rates for poisson), shape
+        (n, n_out), at the current parameters: also before any fit (the seeded initial weights)."""
+        return self.engine().logits(self._features(X))
 
     def predict_proba(self, X):
-        """Class probabilities: softmax rows for cross_entropy, per-output sigmoid for binary_cross_entropy."""
+        """Class probabilities: softmax rows for cross_entropy (columns in the order of classes_),
+        per-output sigmoid for binary_cross_entropy."""
         if not self.is_classifier:
             raise InputError(f"predict_proba needs a classification loss; this model uses {self.loss!r}")
+        self._require_fitted("predict_proba")
         return to_probabilities(self.decision_function(X), softmax=self.net.loss_code == CROSS_ENTROPY)
 
     def predict(self, X):
-        """Class labels for classification losses (shape (n,), or (n, n_out) for multilabel); values otherwise
-        (for poisson the predicted rate, exp of the log-rate)."""
+        """Class labels for classification losses, in the type y had (shape (n,), or (n, n_out) 0/1 for
+        multilabel); values otherwise (for poisson the predicted rate, exp of the log-rate)."""
+        self._require_fitted("predict")
         logits = self.decision_function(X)
         if self.net.loss_code == CROSS_ENTROPY:
-            return logits.argmax(axis=1)
+            return self.classes_[logits.argmax(axis=1)]
         if self.net.loss_code == BINARY_CROSS_ENTROPY:
             labels = (logits >= 0).astype(np.int64)  # sigmoid(z) >= 0.5
-            return labels[:, 0] if labels.shape[1] == 1 else labels
+            return self.classes_[labels[:, 0]] if labels.shape[1] == 1 else labels
         if self.net.loss_code == POISSON:
             logits = np.exp(logits)
         return logits[:, 0] if logits.shape[1] == 1 else logits
@@ -242,6 +259,7 @@ class Trainer:
 
     def metric_part(self, X, y, sample_weight=None):
         """evaluate()'s combinable summary of these rows (fastbp.engine.metrics.combine merges parts exactly)."""
+        self._require_fitted("evaluate")
         X, Y = self._check_data(X, y)
         w = check_sample_weight(sample_weight, X.shape[0])
         if w is not None and not w.sum() > 0:
@@ -270,7 +288,9 @@ class Trainer:
         config = {"fastbp_version": _version(), "init_args": self._init_args(), "history": self.history,
                   "shuffle_rng_state": self.state.shuffle_rng.bit_generator.state,
                   "lr_schedule": schedule_spec(self.lr_schedule), "preprocessing": self.preprocessing,
-                  "metadata": self.metadata}
+                  "metadata": self.metadata, "fitted": self._fitted,
+                  "classes": None if self.classes_ is None else self.classes_.tolist(),
+                  "feature_names": None if self.feature_names_in_ is None else list(self.feature_names_in_)}
         arrays = {"params": self.params, "opt_step": self.state.optimizer.step,
                   **{f"opt_{name}": v for name, v in self.state.state_arrays().items()}}
         write_model(path, config, arrays)
@@ -318,6 +338,16 @@ class Trainer:
                 trainer.lr_schedule = schedule_from_spec(config["lr_schedule"])
             trainer.preprocessing = config.get("preprocessing")
             trainer.metadata = dict(config.get("metadata") or {})
+            trainer._fitted = bool(config.get("fitted", True))  # files from before the flag: saved after fitting
+            trainer.classes_ = classes_from_list(config.get("classes"), trainer.layout.n_out, trainer.loss)
+            if trainer.classes_ is None and trainer._fitted and trainer.is_classifier:  # files from before classes
+                trainer.classes_ = index_classes(trainer.loss, trainer.layout.n_out)
+            names = config.get("feature_names")
+            if names is not None:
+                if not isinstance(names, list) or len(names) != trainer.layout.n_in or \
+                        not all(isinstance(c, str) for c in names) or len(set(names)) != len(names):
+                    raise InputError("its feature_names are not one distinct name per input")
+                trainer.feature_names_in_ = np.array(names, dtype=object)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
             raise ModelFileError(f"{path!r} does not describe a valid fastbp model: {exc}") from None
         return trainer
@@ -325,8 +355,8 @@ class Trainer:
     def to_onnx(self, path=None):
         """The model as an ONNX ModelProto, written atomically to `path` when given (needs fastbp[onnx]).
 
-        Outputs as predict and predict_proba give them: "label" (class index, or 0/1 per output for
-        binary_cross_entropy) and "probabilities" for classification losses, "variable" (n, n_out)
+        Outputs as predict and predict_proba give them: "label" (classes_, strings as strings; 0/1 per
+        output for multilabel) and "probabilities" for classification losses, "variable" (n, n_out)
         otherwise (poisson: rates). Input "X" (n, n_in) of the model's dtype; a model trained from a
         file (`fastbp train`) instead takes one (n, 1) input per feature column, numbers as double and
         categories as strings, applies the stored preprocessing and gives labels and values as
@@ -338,10 +368,38 @@ class Trainer:
         hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)
         prep = Preprocessor(self.preprocessing) if self.preprocessing else None
         model = onnx_export.trainer_model([(W.copy(), b.copy()) for W, b in self.layers], hidden, self.loss,
-                                          self.params.dtype, prep, _version())
+                                          self.params.dtype, prep, self.classes_, _version())
         if path is not None:
             onnx_export.save(model, path)
         return model
+
+    def summary(self):
+        """A readable description: layers and parameter counts, loss, optimizer, dtype, threads, and what
+        training learned (classes, feature names, epochs)."""
+        from .core.config import default_threads
+        n_hidden = len(self.layer_sizes) - 2
+        hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)
+        output = {"cross_entropy": "softmax in the loss", "binary_cross_entropy": "sigmoid in the loss",
+                  "poisson": "exp in the loss"}.get(self.loss, "linear")
+        rows = [("layer", "shape", "activation", "parameters")]
+        for i, ((W, b), act) in enumerate(zip(self.layers, hidden + [output])):
+            rows.append((str(i + 1), f"{W.shape[0]} -> {W.shape[1]}", act, f"{W.size + b.size:,}"))
+        widths = [max(len(r[k]) for r in rows) for k in range(4)]
+        lines = [f"Trainer: MLP {self.layer_sizes}, {self.layout.n_params:,} parameters, {self.dtype}"]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        settings = self.optimizer_settings.described()
+        lines.append(f"loss {self.loss}; optimizer {self.optimizer} "
+                     f"({', '.join(f'{k} {v}' for k, v in settings.items())}); batch {self.batch_size}, "
+                     f"{self.epochs} epoch(s) per fit; threads "
+                     f"{self.n_threads if self.n_threads is not None else f'{default_threads()} (default)'}")
+        if self.classes_ is not None:
+            lines.append(f"classes {self.classes_.tolist()}")
+        if self.feature_names_in_ is not None:
+            lines.append(f"features {list(self.feature_names_in_)}")
+        last = self.history[-1] if self.history else None
+        lines.append(f"trained {len(self.history)} epoch(s)" + (f", last loss {last['loss']:.4g}" if last else "")
+                     if self._fitted else "not trained yet (predict needs fit)")
+        return "\n".join(lines)
 
     def __getstate__(self):
         # a communicator belongs to its processes: an unpickled Trainer runs as one process
@@ -369,10 +427,53 @@ class Trainer:
         args.update(self.optimizer_settings.settings())
         return args
 
-    def _check_data(self, X, y):
-        X = check_X(X, self.dtype, self.layout.n_in)
-        Y = check_targets(y, self.loss, self.layout.n_out, X.shape[0], self.dtype)
+    def _check_data(self, X, y, learn=False):
+        """(X, Y) for the kernels. learn (fit): an untrained model takes its feature names and classes
+        from this data."""
+        learn = learn and not self._fitted
+        X = self._features(X, learn)
+        classes = self.classes_
+        if self.is_classifier and (classes is None or learn):
+            classes = learn_classes(y, self.loss, self.layout.n_out)
+        Y = check_targets(encode_labels(y, classes), self.loss, self.layout.n_out, X.shape[0], self.dtype)
+        if learn:
+            self.classes_ = classes
+            self._warn_unused_outputs(Y)
         return X, Y
+
+    def _features(self, X, learn=False):
+        """X as a C-contiguous array; a DataFrame or Table by column name (its names kept when learning)."""
+        names = table_columns(X)
+        if names is not None:
+            if self.feature_names_in_ is not None:
+                known = list(self.feature_names_in_)
+                missing = [c for c in known if c not in names]
+                extra = [c for c in names if c not in set(known)]
+                if missing or extra:
+                    raise InputError(f"X's columns differ from training's: missing {missing or 'none'}, "
+                                     f"not seen in training {extra or 'none'}; pass the columns {known}")
+                X = table_array(X, known, DTYPES[self.dtype])
+            else:
+                X = table_array(X, names, DTYPES[self.dtype])
+        X = check_X(X, self.dtype, self.layout.n_in, fitted=self._fitted)
+        if learn and names is not None and all(isinstance(c, str) for c in names):
+            self.feature_names_in_ = np.array(names, dtype=object)
+        return X
+
+    def _warn_unused_outputs(self, Y):
+        if self.net.loss_code != CROSS_ENTROPY:
+            return
+        n_out, n_present = self.layout.n_out, np.unique(Y[:, 0]).size
+        if n_out >= 2 * n_present and n_out - n_present >= 2:
+            warnings.warn(f"the model has {n_out} outputs (layer_sizes[-1]) but y has {n_present} classes: "
+                          f"{n_out - n_present} outputs are never the right answer; use layer_sizes[-1] = "
+                          f"{n_present} unless later data brings the other classes", UserWarning, stacklevel=4)
+
+    def _require_fitted(self, what):
+        if not self._fitted:
+            raise NotFittedError(f"{what} needs a trained model: call fit (or fit_source) first, or load a saved "
+                                 "model. (decision_function gives the outputs of the current parameters at any "
+                                 "time.)")
 
     def _weights(self, Y, sample_weight, class_weight):
         """Per-row weights as the model dtype, or an empty array when every weight is 1."""
@@ -380,6 +481,8 @@ class Trainer:
         if class_weight is not None:
             if not self.is_classifier:
                 raise InputError(f"class_weight needs a classification loss; this model uses {self.loss!r}")
+            if isinstance(class_weight, dict) and self.classes_ is not None:
+                class_weight = {class_index(self.classes_, label): w for label, w in class_weight.items()}
             cw = class_weights_per_sample(class_weight, Y, self.loss)
             w = cw if w is None else w * cw
         return row_weights(w, self.params.dtype)
@@ -408,7 +511,7 @@ class Trainer:
 
 
 _CONFIG_KEYS = {"fastbp_version", "init_args", "history", "shuffle_rng_state", "lr_schedule", "preprocessing",
-                "metadata"}
+                "metadata", "fitted", "classes", "feature_names"}
 
 
 def load(path, comm=None, n_threads=None):

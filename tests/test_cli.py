@@ -266,19 +266,6 @@ def test_evaluate_computes_r2_over_the_whole_file_not_per_chunk(files, tmp_path)
     assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-5)
 
 
-def test_the_readmes_python_file_example_runs(files, tmp_path, monkeypatch):
-    from pathlib import Path
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Files from Python"):]
-    code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python"))]
-    monkeypatch.chdir(tmp_path)
-    exec(code.replace('"data.parquet"', repr(str(files / "d.parquet"))), {})
-    model = fastbp.load(tmp_path / "model.fbp")
-    assert len(model.history) == 5 and model.history[-1]["val_accuracy"] > 0.8
-    code, out, err = fastbp_cli("predict", tmp_path / "model.fbp", files / "d.csv", "--out", tmp_path / "p.csv")
-    assert code == 0, err
-
-
 def test_compile_fills_the_cache_for_each_dtype(capsys):
     from fastbp.cli import main
     assert main(["compile", "--dtype", "float32", "--dtype", "float64"]) == 0

@@ -83,7 +83,7 @@ def test_dropout_is_deterministic_and_thread_independent_and_off_at_predict():
     np.testing.assert_array_equal(runs[0].params, runs[1].params)
     np.testing.assert_allclose(runs[0].params, runs[2].params, rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(runs[0].predict_proba(X), runs[0].predict_proba(X))
-    no_dropout = fastbp.Trainer([8, 64, 3], batch_size=50, epochs=0, dtype="float64")
+    no_dropout = fastbp.Trainer([8, 64, 3], batch_size=50, epochs=0, dtype="float64").fit(X, y)
     no_dropout.params[:] = runs[0].params
     np.testing.assert_allclose(runs[0].predict_proba(X), no_dropout.predict_proba(X), rtol=1e-12)
 

@@ -89,6 +89,16 @@ def test_cli_models_export_their_preprocessing(tmp_path):
             np.testing.assert_allclose(out["variable"][:, 0], prep.target_values(tr.predict(X)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("labels", [np.array(["no", "yes"]), np.array([10, 20, 30]), np.array([False, True])])
+def test_trainer_export_gives_the_labels_predict_gives(labels):
+    X = np.random.default_rng(0).normal(size=(90, 3)).astype(np.float32)
+    y = labels[np.arange(90) % len(labels)]
+    loss = "binary_cross_entropy" if labels.dtype == bool else "cross_entropy"
+    tr = fastbp.Trainer([3, 6, 1 if loss == "binary_cross_entropy" else len(labels)], loss=loss, epochs=2).fit(X, y)
+    out = run(tr.to_onnx(), {"X": X})
+    np.testing.assert_array_equal(out["label"], tr.predict(X))
+
+
 def test_without_onnx_the_error_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
     tr = fastbp.Trainer([2, 2])

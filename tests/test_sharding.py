@@ -117,7 +117,7 @@ def test_metrics_combined_from_parts_equal_metrics_of_all_rows(loss, n_out):
     else:  # a large offset: a one-pass sum(y^2) - sum(y)^2/n formula would lose R2 entirely
         y = 1e8 + rng.normal(size=(301, n_out)).squeeze()
     w = rng.uniform(0, 2, size=301)
-    tr = fastbp.Trainer([5, 8, n_out], loss=loss, dtype="float64", seed=0)
+    tr = fastbp.Trainer([5, 8, n_out], loss=loss, dtype="float64", seed=0, epochs=0).fit(X, y)  # untrained
     if loss in ("mse", "huber"):
         tr.params[tr.layout.w_offsets[1] + 8 * n_out:] = 1e8  # output bias near the targets
     whole = tr.evaluate(X, y, sample_weight=w)

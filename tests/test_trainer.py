@@ -135,7 +135,7 @@ def test_inputs_not_modified():
 
 def test_unusual_but_valid_inputs_work(tmp_path):
     X, y = make_problem("cross_entropy", 60, 4, 2, seed=0)
-    tr = fastbp.Trainer([4, 4, 2], batch_size=1000, epochs=1, dtype="float64")  # batch > n is clipped
+    tr = fastbp.Trainer([4, 4, 2], batch_size=1000, epochs=1, dtype="float64").fit(X, y)  # batch > n is clipped
     reference = tr.predict_proba(X)
     fortran = np.asfortranarray(X)
     strided = np.repeat(X, 2, axis=1)[:, ::2]

@@ -8,3 +8,7 @@ class InputError(ValueError):
 
 class InputTypeError(InputError, TypeError):
     """Bad user input of the wrong type (still an InputError, and a TypeError for callers that expect one)."""
+
+
+class NotFittedError(InputError, AttributeError):
+    """A model used for predictions before it was trained (also an AttributeError, as scikit-learn's)."""

@@ -76,6 +76,15 @@ class OptimizerSettings:
                 "weight_decay": self.weight_decay, "betas": list(self.betas), "eps": self.eps,
                 "amsgrad": self.amsgrad, "alpha": self.alpha, "centered": self.centered, "l1": self.l1}
 
+    def described(self):
+        """The settings this optimizer uses, by name (l1 only when set), for summaries."""
+        used = {"sgd": ("lr", "momentum", "nesterov", "weight_decay"),
+                "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+                "adamw": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+                "rmsprop": ("lr", "alpha", "eps", "momentum", "centered", "weight_decay")}[self.name]
+        settings = self.settings()
+        return {k: settings[k] for k in used + (("l1",) if self.l1 else ())}
+
     @property
     def cycles_beta1(self):
         """A schedule's momentum cycles beta1 for Adam-type optimizers, momentum for the others."""

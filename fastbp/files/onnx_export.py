@@ -104,11 +104,11 @@ def preprocess(g, prep, dtype):
     return inputs, g.node("Concat", parts, axis=1) if len(parts) > 1 else parts[0]
 
 
-def trainer_model(layers, activations, loss, dtype, prep=None, producer_version=""):
+def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, producer_version=""):
     """The ONNX model of a Trainer: outputs as Trainer.predict / predict_proba give them ("label" and
     "probabilities" for classification losses, "variable" otherwise); a file-trained model
     (`prep`: the Preprocessor of its stored state) takes its columns and gives labels and values on the
-    target's own scale, as `fastbp predict` does."""
+    target's own scale, as `fastbp predict` does. classes: the Trainer's classes_ (labels by output)."""
     onnx = require_onnx()
     g = Graph()
     dtype = np.dtype(dtype)
@@ -122,7 +122,7 @@ def trainer_model(layers, activations, loss, dtype, prep=None, producer_version=
     if loss == "cross_entropy":
         g.node("Softmax", [logits], outputs=["probabilities"], axis=1)
         label = g.node("ArgMax", [logits], axis=1, keepdims=0)
-        outputs = [_labels(g, label, prep, [None]),
+        outputs = [_labels(g, label, prep, classes, [None]),
                    onnx.helper.make_tensor_value_info("probabilities", elem, [None, n_out])]
     elif loss == "binary_cross_entropy":
         g.node("Sigmoid", [logits], outputs=["probabilities"])
@@ -130,7 +130,8 @@ def trainer_model(layers, activations, loss, dtype, prep=None, producer_version=
                        to=onnx.TensorProto.INT64)
         if n_out == 1:  # predict gives (n,) for one output
             label = g.node("Squeeze", [label, g.const(np.array([1], dtype=np.int64))])
-        outputs = [_labels(g, label, prep, [None] if n_out == 1 else [None, n_out]),
+        outputs = [_labels(g, label, prep, classes if n_out == 1 else None,
+                           [None] if n_out == 1 else [None, n_out]),
                    onnx.helper.make_tensor_value_info("probabilities", elem, [None, n_out])]
     else:
         value = g.node("Exp", [logits]) if loss == "poisson" else logits
@@ -149,15 +150,19 @@ def trainer_model(layers, activations, loss, dtype, prep=None, producer_version=
     return model
 
 
-def _labels(g, index, prep, shape):
-    """The "label" output: class indices, or a file-trained model's labels in their own type."""
+def _labels(g, index, prep, classes, shape):
+    """The "label" output: the label of each output index, as predict gives it: a file-trained model's
+    labels in their own type, else the Trainer's classes_ (multilabel: the 0/1 indices themselves)."""
     onnx = g.onnx
-    if prep is None or not prep.classes():
+    if prep is not None and prep.classes():
+        labels = prep.labels(np.arange(len(prep.classes())))
+    elif classes is not None:
+        labels = np.asarray(classes)
+    else:
         g.node("Identity", [index], outputs=["label"])
         return onnx.helper.make_tensor_value_info("label", onnx.TensorProto.INT64, shape)
-    labels = prep.labels(np.arange(len(prep.classes())))
-    if prep.label_type == "str":
-        labels, elem = labels.astype(object), onnx.TensorProto.STRING
+    if labels.dtype.kind in "OUS":
+        labels, elem = labels.astype(str).astype(object), onnx.TensorProto.STRING
     else:
         elem = onnx.helper.np_dtype_to_tensor_dtype(labels.dtype)
     g.node("Gather", [g.const(labels, "classes"), index], outputs=["label"])
