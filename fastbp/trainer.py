@@ -434,7 +434,10 @@ class Trainer:
         X = self._features(X, learn)
         classes = self.classes_
         if self.is_classifier and (classes is None or learn):
-            classes = learn_classes(y, self.loss, self.layout.n_out)
+            seen = y
+            if learn and self._comm.size > 1:  # every rank numbers the labels of all ranks' rows alike
+                seen = distributed.labels_of_all_ranks(self._comm, y)
+            classes = learn_classes(seen, self.loss, self.layout.n_out)
         Y = check_targets(encode_labels(y, classes), self.loss, self.layout.n_out, X.shape[0], self.dtype)
         if learn:
             self.classes_ = classes

@@ -155,6 +155,23 @@ def test_local_sgd_keeps_ranks_identical_and_learns(tmp_path, ranks, sync_every)
     assert float(proc.stdout.split()[-1]) > 0.8
 
 
+def test_ranks_with_different_labels_number_them_alike(tmp_path):
+    script = tmp_path / "labels.py"
+    script.write_text(PROBLEM + textwrap.dedent("""
+        import sys, fastbp
+        from mpi4py import MPI
+        rank = MPI.COMM_WORLD.Get_rank()
+        names = np.array(["cat", "dog", "emu"])[y]
+        mine = (names == "emu") == (rank == 1)  # rank 1 holds every emu, rank 0 the rest
+        tr = fastbp.Trainer([6, 8, 3], epochs=2, n_threads=1, comm="mpi").fit(X[mine], names[mine], local_data=True)
+        open(f"{sys.argv[1]}/classes{rank}.txt", "w").write(" ".join(tr.classes_))
+        """))
+    proc = launch(2, script, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for rank in range(2):
+        assert (tmp_path / f"classes{rank}.txt").read_text() == "cat dog emu"
+
+
 def test_memory_mapped_data_on_ranks_equals_in_memory_training(tmp_path):
     """Each rank gathers only the rows of its slices from the mapped file; the result equals in-memory data."""
     namespace = {}

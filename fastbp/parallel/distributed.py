@@ -241,3 +241,14 @@ def check_ranks_agree(comm, params, epoch):
     if len(set(sums)) > 1:
         raise RuntimeError(f"parameters differ across MPI ranks after epoch {epoch} (checksums {sums}); every "
                            "rank must see the same data, seed and options")
+
+
+def labels_of_all_ranks(comm, y):
+    """The distinct labels of y over every rank (each rank may hold other rows), one array, the same everywhere."""
+    arr = np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        return arr  # multilabel columns are used as given
+    local = np.unique(arr.astype(object) if arr.dtype.kind in "US" else arr).tolist()
+    return np.array([label for part in comm.allgather(local) for label in part])
