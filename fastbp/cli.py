@@ -106,7 +106,9 @@ def _checkpoint_path(args):
 # (--epochs is the total to reach; --threads changes only rounding; output options change nothing.)
 RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
-                  "buffer_rows", "shard", "sync_every")
+                  "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience")
+# options added after checkpoints existed: one without them was trained with these values
+LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10}
 
 
 def _result_options(args, ranks, shard):
@@ -117,6 +119,7 @@ def _result_options(args, ranks, shard):
 
 
 def _check_resume_options(checkpoint, saved, now):
+    saved = {**LATER_OPTIONS, **saved}
     differ = [f"--{name.replace('_', '-')} {saved.get(name)!r} -> {now[name]!r}" if name != "ranks" else
               f"MPI ranks {saved.get(name)} -> {now[name]}" for name in now if saved.get(name) != now[name]]
     if differ:
@@ -124,8 +127,33 @@ def _check_resume_options(checkpoint, saved, now):
                          "Resume with the checkpoint's options, or start without --resume")
 
 
+def _check_loss_fits_task(loss, task, classes):
+    """Classification trains cross_entropy, or binary_cross_entropy on two classes; regression mse, mae, huber."""
+    if task == "classify" and loss not in ("cross_entropy", "binary_cross_entropy"):
+        raise UsageError(f"--loss {loss} is a regression loss, but the target is classified: use --loss "
+                         "cross_entropy (or binary_cross_entropy for two classes), or --task regress for a numeric "
+                         "target")
+    if task == "regress" and loss not in ("mse", "mae", "huber"):
+        raise UsageError(f"--loss {loss} is a classification loss, but the target is regressed: use --loss mse, mae "
+                         "or huber, or --task classify")
+    if loss == "binary_cross_entropy" and classes is not None and len(classes) != 2:
+        raise UsageError(f"--loss binary_cross_entropy tells two classes apart; the target has {len(classes)}: "
+                         "use --loss cross_entropy")
+
+
+def _check_training_options(args):
+    if not 0 <= args.dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.weight_decay is not None and not args.weight_decay >= 0:
+        raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.patience < 1:
+        raise UsageError(f"--patience must be >= 1, got {args.patience}")
+    if args.early_stopping and not args.val_split > 0:
+        raise UsageError("--early-stopping watches the validation loss: give --val-split > 0")
+
+
 def train(args):
-    from .engine.callbacks import ModelCheckpoint
+    from .engine.callbacks import EarlyStopping, ModelCheckpoint
     from .files.preprocess import Preprocessor
     from .files.sources import open_source
     from .files.streaming import StreamStats
@@ -140,10 +168,9 @@ def train(args):
     _check_positive(args, "chunk_rows", "buffer_rows", "batch_size", "val_max_rows", "max_categories")
     if not 0 <= args.val_split < 1:
         raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
-    if args.loss == "poisson":  # counts must stay counts, and the CLI standardizes regression targets
-        raise UsageError("--loss poisson is available from Python only (Trainer(loss='poisson') or "
-                         "fastbp.sklearn.MLPRegressor(loss='poisson')); the command line trains regression on a "
-                         "standardized target")
+    if args.task is not None and args.loss is not None:
+        _check_loss_fits_task(args.loss, args.task, None)
+    _check_training_options(args)
     source = open_source(args.data, args.chunk_rows, args.encoding)
     # checked before the first pass, which can take long on a big file
     shard = shard_mode(args.shard, source, comm.size if comm else 1)
@@ -169,8 +196,9 @@ def train(args):
             val_max_rows=args.val_max_rows, seed=args.seed, progress=progress, comm=comm)
     finally:
         progress(None)
-    n_out = len(prep.classes()) if prep.task == "classify" else 1
     loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
+    _check_loss_fits_task(loss, prep.task, prep.classes())
+    n_out = len(prep.classes()) if loss == "cross_entropy" else 1
     options = _result_options(args, comm.size if comm else 1, shard)
     if args.resume and os.path.exists(checkpoint):
         trainer = load(checkpoint, comm=comm, n_threads=args.threads)
@@ -184,9 +212,9 @@ def train(args):
         _say(args, f"resuming from {checkpoint} after epoch {done}; {trainer.epochs} epoch(s) to go")
     else:
         trainer = Trainer([prep.n_inputs, *_sizes(args.hidden), n_out], activation=args.activation, loss=loss,
-                          optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                          seed=args.seed, n_threads=args.threads, dtype=args.dtype, comm=comm,
-                          sync_every=args.sync_every)
+                          optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                          dropout=args.dropout, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                          n_threads=args.threads, dtype=args.dtype, comm=comm, sync_every=args.sync_every)
         trainer.preprocessing = prep.state
         trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
@@ -199,7 +227,7 @@ def train(args):
     if held is not None:
         Xv, yv = prep.transform(held, 0, dtype=trainer.params.dtype)
         validation = (Xv, yv, None)
-    callbacks = []
+    callbacks = [EarlyStopping(patience=args.patience)] if args.early_stopping else []
     if checkpoint and rank == 0:
         callbacks.append(_EveryN(ModelCheckpoint(checkpoint), args.checkpoint_every))
     if args.log_file and rank == 0:
@@ -393,6 +421,8 @@ def predict(args):
             X, _ = prep.transform(chunk, start, with_target=False, dtype=trainer.params.dtype)
             if args.proba:
                 values = trainer.predict_proba(X)
+                if values.shape[1] == 1:  # binary_cross_entropy: one output, the second class's probability
+                    values = np.column_stack([1 - values[:, 0], values[:, 0]])
             elif prep.task == "classify":
                 values = prep.labels(trainer.predict(X))
             else:
@@ -540,33 +570,89 @@ def _say(args, message):
         print(message, flush=True)
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="fastbp", description="Train and use MLPs on tabular files. "
-                                     "--debug (anywhere) shows the traceback of an internal error.")
-    commands = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help line (unless none, or the help says it); epilogs printed as written."""
 
-    p = commands.add_parser("train", help="train a model from a .csv, .parquet, .npy or .npz file")
-    p.add_argument("data")
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+_EXAMPLES = {
+    "train": """examples:
+  fastbp train data.parquet --target label
+  fastbp train data.csv --target price --task regress --hidden 128,64 --epochs 30 --out price.fbp
+  fastbp train data.parquet --target churn --impute median --dropout 0.2 --early-stopping --patience 5
+  fastbp train data.parquet --target label --checkpoint-dir ckpt --resume     # continue after a stop
+  mpiexec -n 4 fastbp train big.parquet --target label                     # data-parallel over 4 ranks""",
+    "predict": """examples:
+  fastbp predict model.fbp new.csv --out preds.csv
+  fastbp predict model.fbp new.parquet --out proba.parquet --proba""",
+    "evaluate": """examples:
+  fastbp evaluate model.fbp test.csv      # {"loss": ..., "accuracy": ..., "rows": ...}""",
+    "info": """examples:
+  fastbp info model.fbp""",
+    "export": """examples:
+  fastbp export model.fbp model.onnx      # run it with onnxruntime.InferenceSession("model.onnx")""",
+    "demo": """examples:
+  fastbp demo --rows 200000 --hidden 256,256""",
+    "compile": """examples:
+  fastbp compile                          # in a Dockerfile, after pip install
+  fastbp compile --dtype float32""",
+}
+
+
+def _parser():
+    from .core.activations import ACTIVATIONS
+    from .core.losses import LOSSES
+    from .core.optim import OPTIMIZERS
+
+    parser = argparse.ArgumentParser(
+        prog="fastbp", formatter_class=_HelpFormatter,
+        description="Train and use MLPs on tabular files (.csv, .csv.gz, .parquet, .npy, .npz).",
+        epilog="--debug (anywhere) shows the traceback of an internal error. "
+               "`fastbp COMMAND --help` lists each command's options.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help, run):
+        p = commands.add_parser(name, help=help, description=help, epilog=_EXAMPLES.get(name),
+                                formatter_class=_HelpFormatter)
+        p.set_defaults(run=run)
+        return p
+
+    p = command("train", "train a model from a .csv, .parquet, .npy or .npz file", train)
+    p.add_argument("data", help="the training file")
     p.add_argument("--target", required=True, help="target column name (column index for .npy/.npz)")
     p.add_argument("--features", help="comma-separated feature columns (default: all but the target and a pandas "
                                       "index)")
     p.add_argument("--exclude", help="comma-separated columns to leave out of the features")
-    p.add_argument("--encoding", help="text encoding of a CSV file (default: UTF-8), e.g. latin-1")
+    p.add_argument("--encoding", help="text encoding of a CSV file, e.g. latin-1 (default: UTF-8)")
     p.add_argument("--task", choices=["classify", "regress"], help="default: guessed from the target column")
-    p.add_argument("--hidden", default="256,256")
-    p.add_argument("--activation", default="relu")
-    p.add_argument("--loss", help="default: cross_entropy to classify, mse to regress")
-    p.add_argument("--optimizer", default="adam")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--hidden", default="256,256", help="hidden layer sizes, comma-separated")
+    p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS), help="of every hidden layer")
+    p.add_argument("--loss", choices=[name for name in LOSSES if name != "poisson"],
+                   help="default: cross_entropy to classify (binary_cross_entropy: two classes, one output), mse "
+                        "to regress (or mae, huber). poisson is Python-only: the command line standardizes "
+                        "regression targets")
+    p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS), help="as torch.optim defines it")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: torch's for the optimizer)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 decay as torch.optim applies it (default: torch's, 0.01 for adamw, else 0)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate of every hidden layer, in [0, 1)")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per gradient step")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training rows (the total, with --resume)")
+    p.add_argument("--early-stopping", action="store_true",
+                   help="stop when the validation loss has not improved for --patience epochs and keep the best "
+                        "epoch's weights (needs --val-split > 0)")
+    p.add_argument("--patience", type=int, default=10, help="epochs without improvement before --early-stopping stops")
+    p.add_argument("--val-split", type=float, default=0.1, help="fraction of rows held out for validation, in [0, 1)")
     p.add_argument("--val-max-rows", type=int, default=200_000, help="validation rows kept in memory at most")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, default=0, help="initial weights, shuffling, validation rows")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: every core allowed)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="of parameters and compute")
     p.add_argument("--impute", choices=["mean", "median"], help="fill missing values (default: they are errors)")
-    p.add_argument("--max-categories", type=int, default=1000)
+    p.add_argument("--max-categories", type=int, default=1000, help="categories kept per text column")
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
     p.add_argument("--buffer-rows", type=int, default=None,
                    help="rows shuffled together in memory (default: 262144, fewer for wide data: 32 MB at most)")
@@ -576,57 +662,50 @@ def _parser():
     p.add_argument("--sync-every", type=int, default=1,
                    help="under mpiexec: average parameters every K batches (local SGD, approximate) "
                         "instead of averaging gradients every batch")
-    p.add_argument("--out", default="model.fbp")
-    p.add_argument("--checkpoint-dir")
+    p.add_argument("--out", default="model.fbp", help="where to save the trained model")
+    p.add_argument("--checkpoint-dir", help="write DIR/checkpoint.fbp during training")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/checkpoint.fbp")
     p.add_argument("--log-file", help="append one JSON line of metrics per epoch")
     p.add_argument("--plot", help="draw loss / val loss curves to this image (needs matplotlib)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=train)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
-    p = commands.add_parser("predict", help="predict with a model trained by `fastbp train`")
-    p.add_argument("model")
-    p.add_argument("data")
+    p = command("predict", "predict with a model trained by `fastbp train`", predict)
+    p.add_argument("model", help="a .fbp model file")
+    p.add_argument("data", help="the rows to predict (the training columns, by name; the target is not needed)")
     p.add_argument("--out", required=True, help="preds.csv, preds.parquet or preds.npy")
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
     _reading_options(p)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=predict)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
-    p = commands.add_parser("evaluate", help="loss and accuracy, or R2, RMSE and MAE on the target's own scale, of "
-                                             "a model on a labelled file (JSON)")
-    p.add_argument("model")
-    p.add_argument("data")
+    p = command("evaluate", "loss and accuracy, or R2, RMSE and MAE on the target's own scale, of a model on a "
+                            "labelled file (JSON)", evaluate)
+    p.add_argument("model", help="a .fbp model file")
+    p.add_argument("data", help="a file with the training columns and the target")
     _reading_options(p)
-    p.set_defaults(run=evaluate)
 
-    p = commands.add_parser("info", help="describe a model file (JSON)")
-    p.add_argument("model")
-    p.set_defaults(run=info)
+    p = command("info", "describe a model file (JSON)", info)
+    p.add_argument("model", help="a .fbp model file")
 
-    p = commands.add_parser("export", help="write a model file as ONNX (needs: pip install 'fastbp[onnx]')")
+    p = command("export", "write a model file as ONNX (needs: pip install 'fastbp[onnx]')", export)
     p.add_argument("model", help="a .fbp model file")
     p.add_argument("out", help="the .onnx file to write")
-    p.set_defaults(run=export)
 
-    p = commands.add_parser("demo", help="train on a built-in synthetic dataset and report")
-    p.add_argument("--rows", type=int, default=50_000)
+    p = command("demo", "train on a built-in synthetic dataset and report", demo)
+    p.add_argument("--rows", type=int, default=50_000, help="rows of synthetic data")
     p.add_argument("--hidden", default="128,128", help="hidden layer sizes, comma-separated")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=10, help="passes over the data")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: every core allowed)")
+    p.add_argument("--seed", type=int, default=0, help="data and initial weights")
     p.add_argument("--out", default=None, help="save the trained model to this .fbp file")
-    p.set_defaults(run=demo)
 
-    p = commands.add_parser("compile", help="compile the kernels for float32 and float64 into Numba's cache, "
-                                            "so later processes start fast (run it once when building an image)")
+    p = command("compile", "compile the kernels for float32 and float64 into Numba's cache, so later processes "
+                           "start fast (run it once when building an image)", compile_command)
     p.add_argument("--dtype", choices=["float32", "float64"], action="append",
                    help="only this dtype (repeatable; default: both)")
-    p.set_defaults(run=compile_command)
 
     # `fastbp bench ...` is dispatched in main() straight to fastbp.bench; listed here for --help
-    commands.add_parser("bench", help="fastbp vs PyTorch vs scikit-learn (options: fastbp bench --help)")
+    commands.add_parser("bench", help="fastbp vs PyTorch, JAX and scikit-learn (options: fastbp bench --help)")
     return parser
 
 
@@ -638,7 +717,7 @@ def compile_command(args):
 
 
 def _reading_options(p):
-    p.add_argument("--chunk-rows", type=int, default=65536)
+    p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
     p.add_argument("--encoding", help="text encoding of a CSV file (default: UTF-8), e.g. latin-1")
     p.add_argument("--on-unknown", choices=["ignore", "error"], default="ignore",
                    help="a category not seen in training: encode it as all zeros and count it (ignore), or stop")
@@ -658,6 +737,8 @@ def _arrow_memory_pool():
 
 
 def main(argv=None):
+    from .files.sources import data_extension
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its options belong to compare_peers, not to this parser
         from .bench import main as bench_main
@@ -666,7 +747,7 @@ def main(argv=None):
     argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)  # exits with 2 on bad usage
     from .engine.engine import TrainingDiverged
-    if args.command in ("train", "predict", "evaluate") and os.path.splitext(args.data)[1].lower() in ARROW_FORMATS:
+    if args.command in ("train", "predict", "evaluate") and data_extension(args.data) in ARROW_FORMATS:
         _arrow_memory_pool()
     try:
         return args.run(args)

@@ -83,7 +83,13 @@ def test_bad_input_exit_codes(files, tmp_path):
         (("train", files / "d.csv", "--target", "label", "--resume"), "--resume needs --checkpoint-dir"),
         (("train", files / "d.csv", "--target", "label", "--shard", "chunks"), "convert it to Parquet"),
         (("train", files / "d.csv", "--target", "label", "--sync-every", "0"), "sync_every must be >= 1"),
-        (("train", files / "d.csv", "--target", "label", "--loss", "poisson"), "available from Python only"),
+        (("train", files / "d.csv", "--target", "label", "--loss", "poisson"), "invalid choice: 'poisson'"),
+        (("train", files / "d.csv", "--target", "label", "--loss", "mse"), "--loss mse is a regression loss"),
+        (("train", files / "d.csv", "--target", "value", "--task", "regress", "--loss", "cross_entropy"),
+         "--loss cross_entropy is a classification loss"),
+        (("train", files / "d.csv", "--target", "label", "--dropout", "1.5"), "--dropout must be in [0, 1)"),
+        (("train", files / "d.csv", "--target", "label", "--early-stopping", "--val-split", "0"), "give --val-split"),
+        (("train", files / "d.csv", "--target", "label", "--weight-decay", "-1"), "--weight-decay must be >= 0"),
     ]
     for args, message in cases:
         code, out, err = fastbp_cli(*args, "--quiet") if args[0] == "train" else fastbp_cli(*args)
@@ -264,6 +270,40 @@ def test_evaluate_computes_r2_over_the_whole_file_not_per_chunk(files, tmp_path)
     scores = json.loads(out)
     assert scores["r2"] == pytest.approx(expected["r2"], rel=1e-5)
     assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+
+
+def test_help_lists_defaults_choices_and_examples():
+    code, out, _ = fastbp_cli("train", "--help")
+    assert code == 0
+    for text in ("(default: 256,256)", "{sgd,adam,adamw,rmsprop}", "(default: adam)", "--early-stopping",
+                 "--dropout DROPOUT", "(default: 0.0)", "examples:\n  fastbp train data.parquet --target label"):
+        assert text in out, text
+    for command in ("predict", "evaluate", "info", "export", "compile"):
+        code, out, _ = fastbp_cli(command, "--help")
+        assert code == 0 and "examples:" in out and f"usage: fastbp {command}" in out
+    assert "usage: fastbp bench" in fastbp_cli("bench", "--help")[1]
+
+
+def test_training_options_and_compressed_csv(files, tmp_path):
+    import gzip
+    (tmp_path / "d.csv.gz").write_bytes(gzip.compress((files / "d.csv").read_bytes()))
+    log = tmp_path / "log.jsonl"
+    code, _, err = fastbp_cli("train", tmp_path / "d.csv.gz", "--target", "label", "--exclude", "value", "--loss",
+                              "binary_cross_entropy", "--dropout", "0.1", "--weight-decay", "0.001", "--epochs", "40",
+                              "--early-stopping", "--patience", "2", "--lr", "0.05", "--hidden", "8",
+                              "--out", tmp_path / "m.fbp", "--log-file", log, "--quiet")
+    assert code == 0, err
+    model = fastbp.load(tmp_path / "m.fbp")
+    assert model.layer_sizes[-1] == 1 and model.dropout == 0.1 and model.optimizer_settings.weight_decay == 0.001
+    assert len(model.history) < 40  # stopped early
+    code, _, err = fastbp_cli("predict", tmp_path / "m.fbp", tmp_path / "d.csv.gz", "--out", tmp_path / "p.csv",
+                              "--proba")
+    assert code == 0, err
+    proba = pcsv.read_csv(tmp_path / "p.csv")
+    assert proba.column_names == ["proba_no", "proba_yes"]
+    np.testing.assert_allclose(proba["proba_no"].to_numpy() + proba["proba_yes"].to_numpy(), 1, rtol=1e-6)
+    code, out, err = fastbp_cli("evaluate", tmp_path / "m.fbp", tmp_path / "d.csv.gz")
+    assert code == 0 and json.loads(out)["accuracy"] > 0.8, err
 
 
 def test_compile_fills_the_cache_for_each_dtype(capsys):

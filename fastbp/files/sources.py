@@ -48,7 +48,8 @@ def _arrow_errors():
 
 
 def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
-    """A chunked reader for `path`, chosen by extension (.npy, .npz, .parquet/.pq, .csv/.tsv/.txt).
+    """A chunked reader for `path`, chosen by extension (.npy, .npz, .parquet/.pq, .csv/.tsv/.txt, also
+    compressed: .csv.gz, .csv.bz2, .csv.zst, .csv.lz4, streamed).
     `encoding` (CSV only): the text encoding of the file, UTF-8 when None."""
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -58,7 +59,7 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
     chunk_rows = int(chunk_rows)
     if chunk_rows < 1:
         raise SourceError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    ext = os.path.splitext(path)[1].lower()
+    ext = data_extension(path)
     if encoding is not None and ext not in (".csv", ".tsv", ".txt"):
         raise SourceError(f"--encoding applies to CSV files only, not to {ext!r}")
     if ext == ".npy":
@@ -69,7 +70,22 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
         return ParquetSource(path, chunk_rows)
     if ext in (".csv", ".tsv", ".txt"):
         return CsvSource(path, chunk_rows, delimiter="\t" if ext == ".tsv" else ",", encoding=encoding)
-    raise SourceError(f"{path!r}: unknown data format {ext!r}; use .npy, .npz, .parquet or .csv")
+    raise SourceError(f"{path!r}: unknown data format {ext!r}; use .npy, .npz, .parquet or .csv "
+                      f"(CSV also compressed: {', '.join('.csv' + c for c in COMPRESSIONS)})")
+
+
+COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")  # pyarrow's CSV reader decompresses these as it streams
+
+
+def data_extension(path):
+    """The format's extension, lower case; a compressed CSV (.csv.gz etc.) counts as its inner extension."""
+    root, ext = os.path.splitext(os.fspath(path))
+    ext = ext.lower()
+    if ext in COMPRESSIONS:
+        inner = os.path.splitext(root)[1].lower()
+        if inner in (".csv", ".tsv", ".txt"):
+            return inner
+    return ext
 
 
 class _ArraySource:
