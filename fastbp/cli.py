@@ -747,7 +747,8 @@ def main(argv=None):
     argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)  # exits with 2 on bad usage
     from .engine.engine import TrainingDiverged
-    if args.command in ("train", "predict", "evaluate") and data_extension(args.data) in ARROW_FORMATS:
+    if args.command in ("train", "predict", "evaluate") and (data_extension(args.data) in ARROW_FORMATS or
+                                                             not os.path.isfile(args.data)):  # a dataset folder
         _arrow_memory_pool()
     try:
         return args.run(args)

@@ -272,8 +272,59 @@ def test_option_values_and_a_directory_are_refused_before_any_work(tmp_path):
                           (("--buffer-rows", "0"), "--buffer-rows must be >= 1")):
         code, out, err = cli("train", tmp_path / "d.parquet", "--target", "t", *args)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
-    code, _, err = cli("train", tmp_path, "--target", "t")
-    assert code == 2 and "is a directory" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli("train", tmp_path / "empty", "--target", "t")
+    assert code == 2 and "no Parquet files (.parquet, .pq) in the folder" in err
+
+
+def spark_style_folder(folder, rng, sizes=(700, 500, 300)):
+    """Parts as Spark writes them (with bookkeeping files and a nested folder); returns the whole table."""
+    tables = []
+    for i, n in enumerate(sizes):
+        x = rng.normal(size=n)
+        color = rng.choice(["red", "green", "blue"], size=n)
+        tables.append(pa.table({"x": x, "color": color, "label": np.where(x + (color == "red") > 0.3, "yes", "no")}))
+    (folder / "nested").mkdir(parents=True)
+    for i, table in enumerate(tables):
+        where = folder / "nested" if i == 2 else folder
+        pq.write_table(table, where / f"part-{i:05d}-c000.snappy.parquet", row_group_size=250)
+    (folder / "_SUCCESS").write_text("")
+    (folder / ".part-00000-c000.snappy.parquet.crc").write_bytes(b"crc")
+    (folder / "_metadata").write_bytes(b"not a part")
+    return pa.concat_tables(tables)
+
+
+def test_a_folder_of_parquet_parts_reads_as_one_table(tmp_path):
+    whole = spark_style_folder(tmp_path / "ds", np.random.default_rng(3))
+    pq.write_table(whole, tmp_path / "whole.parquet", row_group_size=250)
+    source = open_source(tmp_path / "ds", chunk_rows=100)
+    assert source.n_rows == whole.num_rows and source.n_chunks == 3 + 2 + 2  # row groups of every part
+    read = list(source.chunks(["x", "color"]))
+    x = np.concatenate([np.asarray(chunk["x"]) for _, chunk in read])
+    np.testing.assert_array_equal(x, whole.column("x").to_numpy())  # parts in name order, nested ones too
+    sizes = [len(chunk["x"]) for _, chunk in read]
+    assert [start for start, _ in read] == list(np.cumsum([0] + sizes[:-1])) and max(sizes) <= 100
+    train(tmp_path / "ds", "label", "--epochs", "3", out=tmp_path / "m.fbp")
+    by_parts, whole_file = evaluate(tmp_path / "m.fbp", tmp_path / "ds"), evaluate(tmp_path / "m.fbp",
+                                                                                    tmp_path / "whole.parquet")
+    assert by_parts == pytest.approx(whole_file, rel=1e-12)
+    code, _, err = cli("predict", tmp_path / "m.fbp", tmp_path / "ds" / "part-0000[01]*", "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    assert pcsv.read_csv(tmp_path / "p.csv").num_rows == 700 + 500  # a glob: two parts
+
+
+def test_dataset_folders_and_globs_that_cannot_be_read_say_why(tmp_path):
+    rng = np.random.default_rng(4)
+    spark_style_folder(tmp_path / "ds", rng)
+    pq.write_table(pa.table({"x": ["a"] * 5, "color": ["b"] * 5, "label": ["yes"] * 5}), tmp_path / "ds" / "z.parquet")
+    (tmp_path / "hive" / "year=2026").mkdir(parents=True)
+    pcsv.write_csv(pa.table({"x": [1.0]}), tmp_path / "one.csv")
+    for data, message in ((tmp_path / "ds", "column 'x' holds string"),
+                          (tmp_path / "hive", "Hive-partitioned"),
+                          (tmp_path / "*.csv", "not a Parquet file"),
+                          (tmp_path / "none*.parquet", "no Parquet files")):
+        code, _, err = cli("train", data, "--target", "label")
+        assert code == 2 and message in err and "Traceback" not in err, (data, err)
 
 
 def test_a_row_group_too_wide_to_read_in_slices_is_spilled_and_reads_the_same(tmp_path, monkeypatch):

@@ -268,6 +268,20 @@ def test_chunk_sharded_ranks_read_disjoint_chunks_and_learn(tmp_path, settings):
     assert fastbp.load(tmp_path / "m.fbp").evaluate(X, y.astype(int))["accuracy"] > 0.85
 
 
+def test_ranks_share_out_the_row_groups_of_a_dataset_folder(tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    for i, groups in enumerate([2, 2, 1]):  # 5 row groups over 3 parts
+        _parquet(folder / f"part-{i:05d}.snappy.parquet", groups=groups, rows_per_group=60, seed=i)
+    (folder / "_SUCCESS").write_text("")
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT)
+    proc = launch(2, script, folder, tmp_path / "m.fbp", '{"epochs": 3}')
+    assert proc.returncode == 0, proc.stderr
+    read = [_chunks_read(tmp_path / "m.fbp", r) for r in (0, 1)]
+    assert sorted(len(r) for r in read) == [2, 3] and sorted(sum(read, [])) == ["0", "1", "2", "3", "4"]
+
+
 def test_resume_after_kill_under_mpi_equals_an_uninterrupted_run(tmp_path):
     data = _parquet(tmp_path / "d.parquet", groups=8, rows_per_group=2000)
     env = dict(os.environ, NUMBA_NUM_THREADS="1")

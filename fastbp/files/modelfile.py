@@ -144,8 +144,11 @@ def read_model(path):
     is read, nothing may trail, and every array's SHA-256 must match. Every failure is ModelFileError.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path!r} is a directory, not a model file (.fbp)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path!r}")
+    _refuse_data_files(path)
     try:
         return _read(path)
     except ModelFileError:
@@ -153,6 +156,23 @@ def read_model(path):
     except _READ_ERRORS as exc:
         raise ModelFileError(f"{path!r} is truncated or corrupted and cannot be loaded "
                              f"({type(exc).__name__}: {exc})") from None
+
+
+def _refuse_data_files(path):
+    """A data file given where a model belongs: say what it is (zip would call it corrupted)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    kind = ("a Parquet file" if head[:4] == b"PAR1" else "a NumPy array file (.npy)" if head[:6] == b"\x93NUMPY"
+            else "a gzip file" if head[:2] == b"\x1f\x8b" else None)
+    if kind is None and head and not head.startswith(b"PK"):
+        try:
+            head.decode("utf-8")
+            kind = "a text file (CSV?)"
+        except UnicodeDecodeError:
+            pass
+    if kind:
+        raise ModelFileError(f"{path!r} is {kind}, not a fastbp model file (.fbp, written by fastbp train or "
+                             "Trainer.save); check the order of the arguments")
 
 
 def _bad(path, what):

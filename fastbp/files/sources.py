@@ -18,6 +18,7 @@ a row group read whole costs ~11x its raw size in RSS, so row groups are read in
 slices of a bounded number of cells (`slice_rows`).
 """
 import codecs
+import glob
 import mmap
 import os
 import re
@@ -52,13 +53,15 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
     compressed: .csv.gz, .csv.bz2, .csv.zst, .csv.lz4, streamed).
     `encoding` (CSV only): the text encoding of the file, UTF-8 when None."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise SourceError(f"{path!r} is a directory; pass a data file (.csv, .parquet, .npy, .npz)")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no data file at {path!r}")
     chunk_rows = int(chunk_rows)
     if chunk_rows < 1:
         raise SourceError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path)):
+        if encoding is not None:
+            raise SourceError("--encoding applies to CSV files only, not to Parquet parts")
+        return ParquetSource(path, chunk_rows, parquet_parts(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no data file at {path!r}")
     ext = data_extension(path)
     if encoding is not None and ext not in (".csv", ".tsv", ".txt"):
         raise SourceError(f"--encoding applies to CSV files only, not to {ext!r}")
@@ -75,6 +78,34 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
 
 
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")  # pyarrow's CSV reader decompresses these as it streams
+
+
+def parquet_parts(path):
+    """The Parquet files of a dataset: a folder as Spark, Dask or pandas write it (its .parquet/.pq files,
+    in subfolders too, in name order; names starting with _ or . are bookkeeping: _SUCCESS, _metadata,
+    .crc), or a glob pattern of files."""
+    if os.path.isdir(path):
+        parts = []
+        for folder, subfolders, names in os.walk(path):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith(("_", ".")))
+            partitioned = [d for d in subfolders if "=" in d]
+            if partitioned:
+                raise SourceError(f"{os.path.join(folder, partitioned[0])!r}: a Hive-partitioned dataset keeps the "
+                                  "partition column in folder names, which fastbp does not read; write the column "
+                                  "into the files (e.g. without partition_cols / partitionBy)")
+            parts += [os.path.join(folder, n) for n in sorted(names)
+                      if not n.startswith(("_", ".")) and n.lower().endswith((".parquet", ".pq"))]
+        what = f"the folder {path!r}"
+    else:
+        parts = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+        what = f"the pattern {path!r}"
+        other = [p for p in parts if data_extension(p) not in (".parquet", ".pq")]
+        if other:
+            raise SourceError(f"{what} matches {other[0]!r}, not a Parquet file; several files are read together "
+                              "as Parquet parts only (concatenate CSV files, or convert them to Parquet)")
+    if not parts:
+        raise FileNotFoundError(f"no Parquet files (.parquet, .pq) in {what}")
+    return parts
 
 
 def data_extension(path):
@@ -205,6 +236,17 @@ def chunk_readers(source, columns, kinds=None, order=None):
                                                                               for c, v in chunk.items()})
 
 
+def _check_same_columns(source, part, schema):
+    """Every part of a dataset holds the first part's columns, each of the same kind (number or text)."""
+    if list(schema.names) != source.columns:
+        raise SourceError(f"{part!r} has the columns {list(schema.names)}, the first part {source.columns}; the parts "
+                          "of a dataset must hold the same columns")
+    for name in source.columns:
+        if arrow_kind(name, schema.field(name).type) != arrow_kind(name, source.types[name]):
+            raise SourceError(f"column {name!r} holds {schema.field(name).type} in {part!r} but "
+                              f"{source.types[name]} in the first part; the parts must agree")
+
+
 def _check_columns(source, columns):
     known = set(source.columns)
     missing = [c for c in columns if c not in known]
@@ -214,32 +256,47 @@ def _check_columns(source, columns):
 
 
 class ParquetSource:
-    """Parquet: a chunk is a row group (the unit of shuffling and of MPI shards), read in slices."""
+    """Parquet: one file, or the parts of a dataset (parquet_parts), read as one table. A chunk is a row group
+    of one part (the unit of shuffling and of MPI shards), read in slices."""
 
     shuffleable = True
     shard_by_chunks = True  # under MPI, "auto" gives each rank its own row groups
 
-    def __init__(self, path, chunk_rows=DEFAULT_CHUNK_ROWS):
+    def __init__(self, path, chunk_rows=DEFAULT_CHUNK_ROWS, parts=None):
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise SourceError("reading Parquet needs pyarrow: pip install pyarrow") from None
         self.path, self.chunk_rows = path, int(chunk_rows)
-        try:
-            # buffer_size: column chunks are streamed, not read whole
-            self.file = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 13)
-        except _arrow_errors() as exc:  # empty or truncated files
-            raise SourceError(f"{path!r} is not a readable Parquet file ({exc})") from None
-        schema = self.file.schema_arrow
+        self.parts = list(parts) if parts is not None else [path]
+        self.files = []
+        for part in self.parts:
+            try:
+                # buffer_size: column chunks are streamed, not read whole
+                self.files.append(pq.ParquetFile(part, pre_buffer=False, buffer_size=1 << 13))
+            except _arrow_errors() as exc:  # empty or truncated files
+                raise SourceError(f"{part!r} is not a readable Parquet file ({exc})") from None
+        schema = self.files[0].schema_arrow
         self.columns = list(schema.names)
         self.types = {name: schema.field(name).type for name in self.columns}
+        for part, file in zip(self.parts[1:], self.files[1:]):
+            _check_same_columns(self, part, file.schema_arrow)
         pandas = schema.pandas_metadata or {}
         # pandas stores its index as columns and names them here (a RangeIndex is stored as a dict, not a column)
         self.index_columns = [c for c in pandas.get("index_columns", []) if isinstance(c, str) and c in self.columns]
-        self.n_rows = self.file.metadata.num_rows
-        self.n_chunks = self.file.num_row_groups
+        # chunk k is row group group_of[k] of part part_of[k]
+        self.part_of = np.array([f for f, file in enumerate(self.files) for _ in range(file.num_row_groups)], int)
+        self.group_of = np.array([g for file in self.files for g in range(file.num_row_groups)], int)
+        self.n_chunks = len(self.part_of)
+        self.n_rows = sum(file.metadata.num_rows for file in self.files)
         self.chunk_starts = np.concatenate(
-            [[0], np.cumsum([self.file.metadata.row_group(i).num_rows for i in range(self.n_chunks)])]).astype(int)
+            [[0], np.cumsum([self._meta(k).num_rows for k in range(self.n_chunks)])]).astype(int)
+
+    def _meta(self, k):
+        return self.files[self.part_of[k]].metadata.row_group(int(self.group_of[k]))
+
+    def _where(self, k):
+        return self.path if len(self.parts) == 1 else self.parts[self.part_of[k]]
 
     def kinds(self, columns):
         _check_columns(self, columns)
@@ -261,7 +318,7 @@ class ParquetSource:
         return [position[c] for c in columns]
 
     def _group_memory(self, k, index):
-        group = self.file.metadata.row_group(k)
+        group = self._meta(k)
         return sum(min(group.column(i).total_uncompressed_size, PAGE_BYTES) for i in index)
 
     def slice_rows(self, n_columns):
@@ -279,19 +336,21 @@ class ParquetSource:
                 if self._group_memory(k, index) > SPILL_ABOVE:
                     yield from self._spilled(int(k), columns, index, rows)
                     continue
-                for batch in self.file.iter_batches(batch_size=rows, row_groups=[int(k)], columns=list(columns),
-                                                    use_threads=False):
+                file = self.files[self.part_of[k]]
+                for batch in file.iter_batches(batch_size=rows, row_groups=[int(self.group_of[k])],
+                                               columns=list(columns), use_threads=False):
                     yield start, {c: batch.column(i) for i, c in enumerate(columns)}
                     start += batch.num_rows
             except _arrow_errors() as exc:
-                raise SourceError(f"{self.path!r}: row group {k} cannot be read ({exc})") from None
+                raise SourceError(f"{self._where(k)!r}: row group {self.group_of[k]} cannot be read ({exc})") from None
 
     def _spilled(self, k, columns, index, rows):
         """A row group too wide to read in slices (see read_memory): copied once, SPILL_GROUP_BYTES of columns at a
         time, into an unnamed temporary file, a column after the other, then read back in row slices with pread,
         so the page cache holds it, not this process. Text columns stay in memory."""
-        meta = self.file.metadata.row_group(k)
+        meta = self._meta(k)
         start, n = int(self.chunk_starts[k]), meta.num_rows
+        file, group_index = self.files[self.part_of[k]], int(self.group_of[k])
         groups, size = [[]], 0
         for c, i in zip(columns, index):
             size += meta.column(i).total_uncompressed_size
@@ -302,7 +361,7 @@ class ParquetSource:
         text, layout, offset = {}, {}, 0
         with tempfile.TemporaryFile(prefix="fastbp-spill-") as spill:
             for group in groups:
-                table = self.file.read_row_group(k, columns=group, use_threads=False)
+                table = file.read_row_group(group_index, columns=group, use_threads=False)
                 for c in group:
                     values = table.column(c).combine_chunks()
                     if arrow_kind(c, values.type) != NUMBER:
@@ -312,7 +371,8 @@ class ParquetSource:
                     try:
                         spill.write(memoryview(array).cast("B"))
                     except OSError as exc:
-                        raise SourceError(f"{self.path!r}: no room to spill row group {k} to the temporary folder "
+                        raise SourceError(f"{self._where(k)!r}: no room to spill row group {group_index} to the "
+                                          "temporary folder "
                                           f"({exc.strerror}); set TMPDIR to a larger disk, or rewrite the file "
                                           "with smaller row groups") from None
                     layout[c] = (offset, array.dtype)
