@@ -14,6 +14,11 @@ sklearn.neural_network.MLPClassifier = fastbp.sklearn.MLPClassifier
 sklearn.neural_network.MLPRegressor = fastbp.sklearn.MLPRegressor
 
 
+def pytest_configure(config):
+    # a first compile in a fresh cache is announced with a warning; scikit-learn's tests may forbid warnings
+    config.addinivalue_line("filterwarnings", "ignore::fastbp.core.config.CompileNotice")
+
+
 @pytest.fixture
 def global_random_seed():
     """The seed scikit-learn's conftest gives (42 unless SKLEARN_TESTS_GLOBAL_RANDOM_SEED says otherwise);

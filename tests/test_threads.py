@@ -71,3 +71,17 @@ def test_bench_reads_the_cpu_share_of_other_processes():
     from fastbp.bench import others_cpu_share
     share = others_cpu_share(0.05)
     assert share is None or 0.0 <= share <= 1.0
+
+
+def test_the_first_compile_in_a_fresh_cache_is_announced_once(tmp_path):
+    code = ("import warnings, numpy as np, fastbp\n"
+            "warnings.simplefilter('always')\n"
+            "X = np.random.default_rng(0).normal(size=(40, 3))\n"
+            "for _ in range(2):\n"
+            "    fastbp.Trainer([3, 2], epochs=1, dtype='float64').fit(X, np.arange(40) % 2)\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("CompileNotice: fastbp compiled its training kernels in") == 1
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "CompileNotice" not in again.stderr  # loaded from the cache

@@ -68,6 +68,31 @@ def jit(fn=None, *, parallel=False):
 
 # Below this many floating-point operations per thread, a second thread costs more in
 # wake-ups and barriers than it saves (measured in docs/threads.md).
+class CompileNotice(UserWarning):
+    """Kernels were compiled (not loaded from Numba's cache) in this process: once per environment."""
+
+
+_compiles_seen = {}
+
+
+def note_compiles(kernel, what, seconds):
+    """Warn once (CompileNotice) when a call of `kernel` compiled it, with how long that call took.
+    what: the kernels' purpose, e.g. "training". Silence it with warnings.filterwarnings("ignore",
+    category=fastbp.CompileNotice), or fill the cache ahead with `fastbp compile`."""
+    stats = getattr(kernel, "stats", None)  # none under NUMBA_DISABLE_JIT
+    if stats is None:
+        return
+    compiled = sum(stats.cache_misses.values())
+    if compiled <= _compiles_seen.get(kernel, 0):
+        return
+    _compiles_seen[kernel] = compiled
+    later = ("later processes load them from Numba's cache; `fastbp compile` compiles ahead, e.g. when "
+             "building an image") if stats.cache_path else "Numba's cache is off (FASTBP_CACHE=0): every process compiles"
+    import warnings
+    warnings.warn(f"fastbp compiled its {what} kernels in {seconds:.1f} s, once for this environment ({later})",
+                  CompileNotice, stacklevel=3)
+
+
 def _env_number(name, default):
     value = os.environ.get(name)
     try:
