@@ -20,8 +20,8 @@ from .engine.schedules import make_schedule, schedule_from_spec, schedule_spec
 from .engine.state import TrainingState
 from .files.modelfile import ModelFileError, read_model, write_model
 from .inputs import (check_sample_weight, check_targets, check_X, class_index, class_weights_per_sample,
-                     classes_from_list, encode_labels, index_classes, learn_classes, row_weights, table_array, table_columns,
-                     validation_indices)
+                     classes_from_list, encode_labels, index_classes, learn_classes, row_weights, table_array,
+                     table_columns, validation_indices)
 from .parallel import distributed, file_shards
 from .parallel.comm import make_comm
 
@@ -485,7 +485,7 @@ class Trainer:
             if not self.is_classifier:
                 raise InputError(f"class_weight needs a classification loss; this model uses {self.loss!r}")
             if isinstance(class_weight, dict) and self.classes_ is not None:
-                class_weight = {class_index(self.classes_, label): w for label, w in class_weight.items()}
+                class_weight = {class_index(self.classes_, label): weight for label, weight in class_weight.items()}
             cw = class_weights_per_sample(class_weight, Y, self.loss)
             w = cw if w is None else w * cw
         return row_weights(w, self.params.dtype)
