@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 import numpy as np
 
@@ -736,6 +737,13 @@ def _arrow_memory_pool():
         pass
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line of the command's own voice, without the source line they came from."""
+    from .core.config import CompileNotice
+    kind = "note" if issubclass(category, CompileNotice) else "warning"
+    print(f"fastbp: {kind}: {message}", file=file or sys.stderr)
+
+
 def main(argv=None):
     from .files.sources import data_extension
 
@@ -746,6 +754,7 @@ def main(argv=None):
     debug = "--debug" in argv or os.environ.get("FASTBP_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)  # exits with 2 on bad usage
+    warnings.showwarning = _show_warning
     from .engine.engine import TrainingDiverged
     if args.command in ("train", "predict", "evaluate") and (data_extension(args.data) in ARROW_FORMATS or
                                                              not os.path.isfile(args.data)):  # a dataset folder

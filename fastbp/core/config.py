@@ -88,9 +88,14 @@ def note_compiles(kernel, what, seconds):
     _compiles_seen[kernel] = compiled
     later = ("later processes load them from Numba's cache; `fastbp compile` compiles ahead, e.g. when "
              "building an image") if stats.cache_path else "Numba's cache is off (FASTBP_CACHE=0): every process compiles"
+    import sys
     import warnings
+    # attribute it to the user's line that called into fastbp, not to fastbp's internals
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("fastbp."):
+        frame, level = frame.f_back, level + 1
     warnings.warn(f"fastbp compiled its {what} kernels in {seconds:.1f} s, once for this environment ({later})",
-                  CompileNotice, stacklevel=3)
+                  CompileNotice, stacklevel=level)
 
 
 def _env_number(name, default):
