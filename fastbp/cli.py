@@ -130,11 +130,13 @@ def _check_resume_options(checkpoint, saved, now):
 
 def _check_loss_fits_task(loss, task, classes):
     """Classification trains cross_entropy, or binary_cross_entropy on two classes; regression mse, mae, huber."""
-    if task == "classify" and loss not in ("cross_entropy", "binary_cross_entropy"):
+    from .core.losses import CLASSIFICATION_LOSSES
+
+    if task == "classify" and loss not in CLASSIFICATION_LOSSES:
         raise UsageError(f"--loss {loss} is a regression loss, but the target is classified: use --loss "
                          "cross_entropy (or binary_cross_entropy for two classes), or --task regress for a numeric "
                          "target")
-    if task == "regress" and loss not in ("mse", "mae", "huber"):
+    if task == "regress" and loss in CLASSIFICATION_LOSSES:
         raise UsageError(f"--loss {loss} is a classification loss, but the target is regressed: use --loss mse, mae "
                          "or huber, or --task classify")
     if loss == "binary_cross_entropy" and classes is not None and len(classes) != 2:

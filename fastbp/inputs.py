@@ -121,12 +121,10 @@ def learn_classes(y, loss, n_out):
     """The classes of classification targets, sorted: 0..n_out-1 when y holds integers in that range
     (a label is its output's index, as PyTorch has it), else the distinct labels (strings, bools, other
     numbers), which must fit the outputs. None for multilabel 0/1 columns (used as given)."""
-    arr = _label_array(y)
+    arr = label_column(y)
     by_index = index_classes(loss, n_out)
     if by_index is None:
         return None
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
     if arr.ndim != 1:
         return by_index  # check_targets explains the shape
     n_classes = len(by_index)
@@ -152,13 +150,12 @@ def learn_classes(y, loss, n_out):
 def encode_labels(y, classes):
     """y with each label replaced by its index in `classes` (from learn_classes); numbers pass through
     unchanged where the classes are 0..K-1 (check_targets checks them). Unknown labels are refused."""
+    flat = label_column(y)
     if classes is None or (classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(len(classes)))
-                           and _label_array(y).dtype.kind in "iuf"):
+                           and flat.dtype.kind in "iuf"):
         return y
-    arr = _label_array(y)
-    flat = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
     if flat.ndim != 1:
-        raise InputError(f"y must hold one label per row, got shape {arr.shape}")
+        raise InputError(f"y must hold one label per row, got shape {flat.shape}")
     try:
         index = np.minimum(np.searchsorted(classes, flat), len(classes) - 1)
         unknown = flat[classes[index] != flat]
@@ -188,17 +185,19 @@ def classes_from_list(values, n_out, loss):
     if not values or len(kinds) != 1 or not kinds <= {int, float, bool, str} or \
             len(values) > (2 if loss == "binary_cross_entropy" else n_out):
         raise InputError("its classes are not a list of labels of one type that fits the outputs")
-    classes = _label_array(np.array(values))
+    classes = label_column(np.array(values))
     if len(np.unique(classes)) != len(classes) or (np.sort(classes) != classes).any():
         raise InputError("its classes are not distinct and sorted")
     return classes
 
 
-def _label_array(y):
+def label_column(y):
+    """Labels as an array: one column squeezed to 1-D (several columns stay 2-D), strings as objects, which
+    compare and index alike whatever their width."""
     arr = np.asarray(y)
     if arr.dtype.kind in "US":
-        arr = arr.astype(object)  # strings compare and index alike whatever their width
-    return arr
+        arr = arr.astype(object)
+    return arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr
 
 
 def _some(values, limit=10):

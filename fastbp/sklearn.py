@@ -76,6 +76,10 @@ class _FastbpMixin:
             self.intercepts_ = [b for _, b in views]
         return layout, net, flat
 
+    def _layer_units(self):
+        """[n_in, hidden..., n_out] of the current coefs_."""
+        return [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+
     def _targets(self, y):
         """Targets for the kernel: class indices for softmax, 0/1 columns for logistic, values for identity
         and exp (Poisson: the kernel's outputs are log-rates)."""
@@ -231,14 +235,14 @@ class _FastbpMixin:
                          intercept_grads):
         """scikit-learn's hook: (loss, packed gradient) at these parameters, which are kept, as scikit-learn
         does. The work arrays of scikit-learn's signature are not used."""
-        layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        layer_units = self._layer_units()
         return self._lbfgs_objective(X, y, sample_weight, layer_units)(packed_coef_inter)
 
     # ------------------------------------------------------------------ prediction
     def _forward_pass_fast(self, X, check_input=True):
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
-        layer_units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        layer_units = self._layer_units()
         layout, net, flat = self._net(layer_units)
         Xc = np.ascontiguousarray(self._dense(X), dtype=flat.dtype)
         out = full_data.forward(flat, net, Xc, self.n_threads)

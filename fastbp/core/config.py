@@ -66,8 +66,6 @@ def jit(fn=None, *, parallel=False):
     return wrap(fn) if fn is not None else wrap
 
 
-# Below this many floating-point operations per thread, a second thread costs more in
-# wake-ups and barriers than it saves (measured in docs/threads.md).
 class CompileNotice(UserWarning):
     """Kernels were compiled (not loaded from Numba's cache) in this process: once per environment."""
 
@@ -106,6 +104,8 @@ def _env_number(name, default):
         raise ValueError(f"{name}={value!r} is not a number; unset it or give a number like 1e6") from None
 
 
+# Below this many floating-point operations per thread, a second thread costs more in
+# wake-ups and barriers than it saves (measured in docs/threads.md).
 MIN_FLOPS_PER_THREAD = _env_number("FASTBP_MIN_FLOPS_PER_THREAD", 1_000_000)
 
 

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from ..core.errors import InputError
+from ..inputs import label_column
 from .comm import checksum
 
 
@@ -245,10 +246,8 @@ def check_ranks_agree(comm, params, epoch):
 
 def labels_of_all_ranks(comm, y):
     """The distinct labels of y over every rank (each rank may hold other rows), one array, the same everywhere."""
-    arr = np.asarray(y)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
+    arr = label_column(y)
     if arr.ndim != 1:
         return arr  # multilabel columns are used as given
-    local = np.unique(arr.astype(object) if arr.dtype.kind in "US" else arr).tolist()
+    local = np.unique(arr).tolist()
     return np.array([label for part in comm.allgather(local) for label in part])
