@@ -107,9 +107,11 @@ def _checkpoint_path(args):
 # (--epochs is the total to reach; --threads changes only rounding; output options change nothing.)
 RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
-                  "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience")
+                  "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
+                  "class_weight")
 # options added after checkpoints existed: one without them was trained with these values
-LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10}
+LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
+                 "class_weight": None}
 
 
 def _result_options(args, ranks, shard):
@@ -144,7 +146,41 @@ def _check_loss_fits_task(loss, task, classes):
                          "use --loss cross_entropy")
 
 
+def _class_weight_option(text):
+    """--class-weight: "balanced", or {label text: weight} from LABEL=WEIGHT pairs; None without it."""
+    if text is None or text == "balanced":
+        return text
+    weights = {}
+    for pair in text.split(","):
+        label, sep, weight = pair.rpartition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = None
+        if not sep or not label.strip() or value is None or not (np.isfinite(value) and value >= 0):
+            raise UsageError(f"--class-weight takes 'balanced' or LABEL=WEIGHT pairs with weights >= 0, e.g. "
+                             f"yes=3,no=1; {pair!r} is not one")
+        weights[label.strip()] = value
+    return weights
+
+
+def _class_weight_for(weights, prep):
+    """--class-weight pairs keyed by the classes themselves (a label written as the CLI shows it)."""
+    if not isinstance(weights, dict):
+        return weights
+    labels = prep.labels(slice(None)).tolist()
+    by_text = {str(label): label for label in labels}
+    unknown = [text for text in weights if text not in by_text]
+    if unknown:
+        raise UsageError(f"--class-weight names {', '.join(map(repr, unknown))}, not a class of "
+                         f"{prep.target!r}; its classes are: {', '.join(map(str, labels[:30]))}")
+    return {by_text[text]: weight for text, weight in weights.items()}
+
+
 def _check_training_options(args):
+    _class_weight_option(args.class_weight)
+    if args.class_weight is not None and args.task == "regress":
+        raise UsageError("--class-weight weighs the classes of a classified target, not a regressed one")
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.weight_decay is not None and not args.weight_decay >= 0:
@@ -201,6 +237,10 @@ def train(args):
         progress(None)
     loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
     _check_loss_fits_task(loss, prep.task, prep.classes())
+    if args.class_weight is not None and prep.task != "classify":
+        raise UsageError("--class-weight weighs the classes of a classified target, not a regressed one")
+    # from this pass's class counts (a resumed checkpoint's Preprocessor has none)
+    class_weight = _class_weight_for(_class_weight_option(args.class_weight), prep)
     n_out = len(prep.classes()) if loss == "cross_entropy" else 1
     options = _result_options(args, comm.size if comm else 1, shard)
     if args.resume and os.path.exists(checkpoint):
@@ -209,7 +249,9 @@ def train(args):
         if not trainer.preprocessing or not prep.matches(trainer.preprocessing):
             raise UsageError(f"{checkpoint!r} was trained on differently prepared data; resume with the same data "
                              "and options, or start without --resume")
+        counts = prep.class_counts
         prep = Preprocessor(trainer.preprocessing)  # transform exactly as the checkpoint was trained
+        prep.class_counts = counts
         done = len(trainer.history)
         trainer.epochs = max(0, args.epochs - done)
         _say(args, f"resuming from {checkpoint} after epoch {done}; {trainer.epochs} epoch(s) to go")
@@ -239,7 +281,7 @@ def train(args):
     try:
         with _sigint_as_keyboard_interrupt():
             trainer.fit_source(source, prep, n_rows, args.buffer_rows, args.val_split, args.seed, validation,
-                               callbacks, 0 if args.quiet else 1, stats, shard=args.shard)
+                               callbacks, 0 if args.quiet else 1, stats, shard=args.shard, class_weight=class_weight)
     except KeyboardInterrupt:
         target = checkpoint or args.out + ".interrupted.fbp"
         target = _save_model(trainer, target)
@@ -587,6 +629,7 @@ _EXAMPLES = {
   fastbp train data.parquet --target label
   fastbp train data.csv --target price --task regress --hidden 128,64 --epochs 30 --out price.fbp
   fastbp train data.parquet --target churn --impute median --dropout 0.2 --early-stopping --patience 5
+  fastbp train data.parquet --target fraud --class-weight balanced        # rare classes weigh more
   fastbp train data.parquet --target label --checkpoint-dir ckpt --resume     # continue after a stop
   mpiexec -n 4 fastbp train big.parquet --target label                     # data-parallel over 4 ranks""",
     "predict": """examples:
@@ -649,6 +692,9 @@ def _parser():
                    help="stop when the validation loss has not improved for --patience epochs and keep the best "
                         "epoch's weights (needs --val-split > 0)")
     p.add_argument("--patience", type=int, default=10, help="epochs without improvement before --early-stopping stops")
+    p.add_argument("--class-weight", metavar="balanced|LABEL=W,...",
+                   help="weigh each class's rows in the loss: 'balanced' (n_rows / (n_classes * rows of the class), "
+                        "as scikit-learn) or weights per label, e.g. yes=3,no=1 (others 1)")
     p.add_argument("--val-split", type=float, default=0.1, help="fraction of rows held out for validation, in [0, 1)")
     p.add_argument("--val-max-rows", type=int, default=200_000, help="validation rows kept in memory at most")
     p.add_argument("--seed", type=int, default=0, help="initial weights, shuffling, validation rows")

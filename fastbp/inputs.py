@@ -271,28 +271,36 @@ def check_sample_weight(sample_weight, n_samples):
 
 
 def class_weights_per_sample(class_weight, Y, loss):
-    """Each row's class weight: {label: weight} or "balanced" = n_samples / (n_classes * count(label))."""
+    """Each row's class weight (class_weight_table of the rows' class indices in Y)."""
     if loss == "binary_cross_entropy" and Y.shape[1] != 1:
         raise InputError("class_weight works with one target column; for multilabel targets pass sample_weight")
     labels = Y[:, 0]
     if loss == "binary_cross_entropy" and not np.isin(labels, (0, 1)).all():
         raise InputError("class_weight needs 0/1 targets for binary_cross_entropy, not probabilities")
     labels = labels.astype(np.int64)
-    present, counts = np.unique(labels, return_counts=True)
+    return class_weight_table(class_weight, np.bincount(labels))[labels]
+
+
+def class_weight_table(class_weight, counts):
+    """Each class's weight from its row count: {class index: weight}, or "balanced", scikit-learn's
+    n_samples / (n_classes * count) over the classes that have rows. Classes not named weigh 1."""
+    counts = np.asarray(counts, dtype=np.int64)
+    table = np.ones(len(counts))
     if isinstance(class_weight, str):
         if class_weight != "balanced":
             raise InputError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
-        table = dict(zip(present.tolist(), (len(labels) / (len(present) * counts)).tolist()))
+        present = counts > 0
+        table[present] = counts.sum() / (present.sum() * counts[present])
     elif isinstance(class_weight, dict):
-        table = {}
-        for label, weight in class_weight.items():
+        for index, weight in class_weight.items():
             if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
                     or not np.isfinite(weight) or weight < 0:
-                raise InputError(f"class_weight[{label!r}] must be a finite number >= 0, got {weight!r}")
-            table[int(label)] = float(weight)
+                raise InputError(f"class_weight[{index!r}] must be a finite number >= 0, got {weight!r}")
+            if 0 <= int(index) < len(table):
+                table[int(index)] = float(weight)
     else:
         raise InputTypeError(f"class_weight must be a dict or 'balanced', got {class_weight!r}")
-    return np.array([table.get(label, 1.0) for label in range(int(labels.max()) + 1)])[labels]
+    return table
 
 
 def validation_indices(n_samples, fraction, labels, seed):

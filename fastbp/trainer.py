@@ -19,9 +19,9 @@ from .engine.model import build_net
 from .engine.schedules import make_schedule, schedule_from_spec, schedule_spec
 from .engine.state import TrainingState
 from .files.modelfile import ModelFileError, read_model, write_model
-from .inputs import (check_sample_weight, check_targets, check_X, class_index, class_weights_per_sample,
-                     classes_from_list, encode_labels, index_classes, learn_classes, row_weights, table_array,
-                     table_columns, validation_indices)
+from .inputs import (check_sample_weight, check_targets, check_X, class_index, class_weight_table,
+                     class_weights_per_sample, classes_from_list, encode_labels, index_classes, learn_classes,
+                     row_weights, table_array, table_columns, validation_indices)
 from .parallel import distributed, file_shards
 from .parallel.comm import make_comm
 
@@ -188,26 +188,33 @@ class Trainer:
         return self
 
     def fit_source(self, source, prep, train_rows, buffer_rows=None, val_split=0.0, seed=0, validation=None,
-                   callbacks=None, verbose=None, stats=None, shard="auto"):
+                   callbacks=None, verbose=None, stats=None, shard="auto", class_weight=None):
         """Train for `epochs` epochs on a file (fastbp.files.sources) in bounded memory, its columns mapped by
         the fitted Preprocessor `prep`; train_rows: the training rows per epoch (from Preprocessor.fit).
         Under MPI, `shard` says how ranks split the file: "rows" (equal to one process), "chunks"
-        (each rank reads its own chunks) or "auto" (chunks for Parquet). validation: (X, y, w) or None."""
+        (each rank reads its own chunks) or "auto" (chunks for Parquet). validation: (X, y, w) or None.
+        class_weight: {label: weight} or "balanced" (from the class counts of the Preprocessor.fit that
+        made `prep`), as in fit; validation rows without weights are weighted by class too, as fit's
+        validation_split rows are."""
         from .files import streaming
         with self._guard:
             engine = self.engine()
             if train_rows < 1:
                 raise InputError("no training rows were read from the data")
+            class_table = None if class_weight is None else self._file_class_weights(class_weight, prep)
             if validation is not None:
                 Xv, Yv = self._check_data(validation[0], validation[1])
-                validation = (Xv, Yv, check_sample_weight(validation[2] if len(validation) > 2 else None, len(Xv)))
+                wv = check_sample_weight(validation[2] if len(validation) > 2 else None, len(Xv))
+                if wv is None and class_table is not None:
+                    wv = class_table[Yv[:, 0].astype(np.int64)]
+                validation = (Xv, Yv, wv)
             stats = stats if stats is not None else streaming.StreamStats()
             if file_shards.shard_mode(shard, source, self._comm.size) == "chunks":
                 run_epoch = file_shards.chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows,
-                                                             val_split, seed, stats, self.sync_every)
+                                                             val_split, seed, stats, self.sync_every, class_table)
             else:
                 run_epoch = streaming.buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split,
-                                                      seed, stats)
+                                                      seed, stats, class_table)
             if self.classes_ is None and self.is_classifier:  # the Preprocessor gives class indices
                 self.classes_ = index_classes(self.loss, self.layout.n_out)
             self._run(engine, run_epoch, validation, callbacks, verbose)
@@ -489,6 +496,19 @@ class Trainer:
             cw = class_weights_per_sample(class_weight, Y, self.loss)
             w = cw if w is None else w * cw
         return row_weights(w, self.params.dtype)
+
+    def _file_class_weights(self, class_weight, prep):
+        """fit_source's class weights: one per class index of `prep`, as the model dtype."""
+        if not self.is_classifier or prep.task != "classify":
+            raise InputError(f"class_weight needs a classification loss and target; this model uses {self.loss!r} "
+                             f"on a {prep.task!r} target")
+        if prep.class_counts is None:
+            raise InputError("class_weight needs the class counts of the first pass: pass the Preprocessor that "
+                             "Preprocessor.fit returned for this data")
+        if isinstance(class_weight, dict):
+            labels = prep.labels(slice(None))
+            class_weight = {class_index(labels, label): weight for label, weight in class_weight.items()}
+        return class_weight_table(class_weight, prep.class_counts).astype(self.params.dtype)
 
     def _validation(self, X, Y, weights, validation_data, validation_split):
         """Split off or check validation data; returns (X, Y, weights, (X_val, y_val, w_val) or None)."""

@@ -12,7 +12,7 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.csv as pcsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from fastbp.files.preprocess import Preprocessor  # noqa: E402
+from fastbp.files.preprocess import Preprocessor, holdout_mask  # noqa: E402
 from fastbp.files.scan import MEDIAN_SAMPLE, ColumnScan  # noqa: E402
 from fastbp.files.sources import open_source  # noqa: E402
 
@@ -354,3 +354,66 @@ def test_a_row_group_too_wide_to_read_in_slices_is_spilled_and_reads_the_same(tm
         assert to_text("s", a["s"]).to_pylist() == to_text("s", b["s"]).to_pylist()
     np.testing.assert_array_equal(X_plain[0], X_spilled[0])
     np.testing.assert_array_equal(X_plain[1], X_spilled[1])
+
+
+def imbalanced_labels(tmp_path, n=1200):
+    """Parquet and CSV copies of a table whose string labels are 1 'yes' in 8; returns the labels."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n, 3))
+    label = np.where(x[:, 0] + 0.5 * rng.normal(size=n) > 1.2, "yes", "no")
+    table = pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": label})
+    pq.write_table(table, tmp_path / "d.parquet", row_group_size=200)
+    pcsv.write_csv(table, tmp_path / "d.csv")
+    return label
+
+
+@pytest.mark.parametrize("name", ["d.parquet", "d.csv"])
+def test_class_counts_of_the_first_pass_are_the_training_rows_per_class(tmp_path, name):
+    from sklearn.utils.class_weight import compute_class_weight
+    label = imbalanced_labels(tmp_path)
+    prep, held, n = Preprocessor.fit(open_source(tmp_path / name, chunk_rows=150), "label", val_split=0.25)
+    training = label[~holdout_mask(0, np.arange(len(label)), 0.25)]
+    assert prep.classes() == ["no", "yes"]
+    np.testing.assert_array_equal(prep.class_counts, [(training == "no").sum(), (training == "yes").sum()])
+    assert prep.class_counts.sum() == n
+    np.testing.assert_allclose(fastbp.inputs.class_weight_table("balanced", prep.class_counts),
+                               compute_class_weight("balanced", classes=np.array(["no", "yes"]), y=training))
+
+
+@pytest.mark.parametrize("class_weight", ["balanced", {"yes": 4.0}])
+def test_class_weights_streamed_from_a_file_equal_fit_on_the_same_rows(tmp_path, class_weight):
+    imbalanced_labels(tmp_path)
+    source = open_source(tmp_path / "d.parquet")
+    prep, _, n = Preprocessor.fit(source, "label")
+    X, y = prep.transform(dict(zip(pq.read_table(tmp_path / "d.parquet").column_names,
+                                   pq.read_table(tmp_path / "d.parquet").columns)), dtype=np.float64)
+    settings = dict(batch_size=64, epochs=3, seed=2, dtype="float64", n_threads=1, shuffle=False)
+    streamed = fastbp.Trainer([3, 8, 2], **settings)
+    # buffers of 256 rows: the epoch goes through five of them, as one pass over the rows in file order
+    streamed.fit_source(source, prep, n, buffer_rows=256, class_weight=class_weight)
+    in_memory_weight = class_weight if class_weight == "balanced" else {1: 4.0}
+    in_memory = fastbp.Trainer([3, 8, 2], **settings).fit(X, y.astype(int), class_weight=in_memory_weight)
+    unweighted = fastbp.Trainer([3, 8, 2], **settings).fit(X, y.astype(int))
+    np.testing.assert_allclose(streamed.params, in_memory.params, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(streamed.params, unweighted.params)
+    np.testing.assert_allclose([h["loss"] for h in streamed.history], [h["loss"] for h in in_memory.history],
+                               rtol=1e-6)
+
+
+def test_cli_class_weight_raises_minority_recall_and_bad_values_are_refused(tmp_path):
+    label = imbalanced_labels(tmp_path)
+    recall = {}
+    for option in ((), ("--class-weight", "balanced"), ("--class-weight", "yes=8")):
+        train(tmp_path / "d.parquet", "label", "--epochs", "5", "--quiet", *option, out=tmp_path / "m.fbp")
+        code, _, err = cli("predict", tmp_path / "m.fbp", tmp_path / "d.csv", "--out", tmp_path / "p.npy", "--quiet")
+        assert code == 0, err
+        predicted = np.load(tmp_path / "p.npy", allow_pickle=True)
+        recall[option] = (predicted[label == "yes"] == "yes").mean()
+    assert recall[("--class-weight", "balanced")] > recall[()] + 0.1, recall
+    assert recall[("--class-weight", "yes=8")] > recall[()] + 0.1, recall
+    for option, message in ((("--class-weight", "yes"), "LABEL=WEIGHT pairs"),
+                            (("--class-weight", "yes=-1"), "LABEL=WEIGHT pairs"),
+                            (("--class-weight", "maybe=2"), "'maybe', not a class of 'label'; its classes are: no, yes"),
+                            (("--class-weight", "balanced", "--task", "regress"), "classes of a classified target")):
+        code, _, err = cli("train", tmp_path / "d.parquet", "--target", "label", "--quiet", *option)
+        assert code == 2 and message in err and "Traceback" not in err, (option, err)

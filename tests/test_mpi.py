@@ -1,4 +1,5 @@
 """Data-parallel training over MPI ranks equals one process (launched with the environment's mpiexec)."""
+import json
 import os
 import subprocess
 import sys
@@ -120,12 +121,15 @@ def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
         fastbp.Trainer([2, 2], comm="mpi")
 
 
-def test_cli_under_mpiexec_matches_one_process(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--class-weight", "balanced")])
+def test_cli_under_mpiexec_matches_one_process(tmp_path, extra):
     rng = np.random.default_rng(0)
-    data = np.column_stack([rng.normal(size=(600, 4)), (rng.normal(size=600) > 0)])
+    data = np.column_stack([rng.normal(size=(600, 4)), (rng.normal(size=600) > 0.8)])
     np.save(tmp_path / "d.npy", data)
+    # class weights: counted over the ranks' parts of the first pass, and every rank weighs whole batches
     common = ["train", tmp_path / "d.npy", "--target", "4", "--hidden", "8", "--epochs", "2", "--threads", "1",
-              "--dtype", "float64", "--buffer-rows", "256", "--batch-size", "64", "--quiet", "--chunk-rows", "100"]
+              "--dtype", "float64", "--buffer-rows", "256", "--batch-size", "64", "--quiet", "--chunk-rows", "100",
+              *extra]
     # 6 chunks: the ranks split the first pass and merge its statistics; training stays equal to one process
     env = dict(os.environ, NUMBA_NUM_THREADS="1")
     proc = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "fastbp", *map(str, common),
@@ -211,10 +215,12 @@ from fastbp.files.sources import open_source
 from fastbp.files.streaming import StreamStats
 source = open_source(sys.argv[1])
 prep, _, n = Preprocessor.fit(source, "label")
+settings = json.loads(sys.argv[3])
+class_weight = settings.pop("class_weight", None)
 tr = fastbp.Trainer([prep.n_inputs, 16, 3], batch_size=32, dtype="float64", seed=1, n_threads=1, comm="mpi",
-                    **json.loads(sys.argv[3]))
+                    **settings)
 stats = StreamStats()
-tr.fit_source(source, prep, n, buffer_rows=64, stats=stats, shard="chunks")
+tr.fit_source(source, prep, n, buffer_rows=64, stats=stats, shard="chunks", class_weight=class_weight)
 from mpi4py import MPI
 with open(f"{sys.argv[2]}.rank{MPI.COMM_WORLD.Get_rank()}", "w") as f:  # which chunks this rank read in the last epoch
     f.write(" ".join(map(str, stats.chunks_read)))
@@ -226,12 +232,14 @@ def _chunks_read(model, rank):
     return Path(f"{model}.rank{rank}").read_text().split()
 
 
-def test_chunk_sharded_steps_average_each_ranks_local_batch(tmp_path):
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_chunk_sharded_steps_average_each_ranks_local_batch(tmp_path, class_weight):
     """Without shuffling, step s of 2 chunk-sharded ranks is one batch of rank 0's s-th 16 rows plus rank 1's."""
     data = _parquet(tmp_path / "d.parquet", groups=4, rows_per_group=64)
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_SCRIPT)
-    proc = launch(2, script, data, tmp_path / "m.fbp", '{"shuffle": false, "epochs": 2, "optimizer": "adam"}')
+    settings = {"shuffle": False, "epochs": 2, "optimizer": "adam", "class_weight": class_weight}
+    proc = launch(2, script, data, tmp_path / "m.fbp", json.dumps(settings))
     assert proc.returncode == 0, proc.stderr
     assert [_chunks_read(tmp_path / "m.fbp", r) for r in (0, 1)] == [["0", "2"], ["1", "3"]]
     from fastbp.files.preprocess import Preprocessor
@@ -245,7 +253,7 @@ def test_chunk_sharded_steps_average_each_ranks_local_batch(tmp_path):
     X = np.concatenate(blocks[0::2])
     y = np.concatenate(blocks[1::2]).astype(int)
     single = fastbp.Trainer([prep.n_inputs, 16, 3], batch_size=32, dtype="float64", seed=1, n_threads=1,
-                            shuffle=False, epochs=2, optimizer="adam").fit(X, y)
+                            shuffle=False, epochs=2, optimizer="adam").fit(X, y, class_weight=class_weight)
     np.testing.assert_allclose(fastbp.load(tmp_path / "m.fbp").params, single.params, rtol=1e-9, atol=1e-12)
 
 

@@ -44,6 +44,7 @@ class Preprocessor:
         if on_unknown not in ("ignore", "error"):
             raise InputError(f"on_unknown must be 'ignore' or 'error', got {on_unknown!r}")
         self.on_unknown = on_unknown
+        self.class_counts = None  # training rows per class, known after fit (not stored in model files)
         self.unknown = {}  # column -> rows whose category was not seen in training (transform counts them)
         # where each feature goes in X: numeric columns one input each, categorical ones an input per category
         self._numeric, numeric_at, self._categorical, at = [], [], [], 0
@@ -67,7 +68,8 @@ class Preprocessor:
     def fit(cls, source, target, features=None, task=None, impute=None, max_categories=1000, val_split=0.0,
             val_max_rows=200_000, seed=0, progress=None, comm=None, exclude=()):
         """One pass over `source`: the schema of the training rows and a sample of validation rows.
-        Returns (Preprocessor, validation columns or None, training rows).
+        Returns (Preprocessor, validation columns or None, training rows); a classifier's Preprocessor
+        also holds `class_counts`, the training rows of each class.
 
         features: the feature columns (default: all but the target, the pandas index columns the
         source names and `exclude`). With an MPI communicator (size > 1) and a source in chunks
@@ -91,7 +93,10 @@ class Preprocessor:
                           max(1, val_max_rows // comm.size) if sharded else val_max_rows, seed, progress, chunks)
         if sharded:
             part = FirstPass.combine(comm.allgather(part), np.random.default_rng(seed))
-        return cls(_schema(part, task, impute)), part.held_columns(val_max_rows), part.n_rows
+        prep = cls(_schema(part, task, impute))
+        if prep.task == "classify":
+            prep.class_counts = part.target.class_counts(prep.classes())
+        return prep, part.held_columns(val_max_rows), part.n_rows
 
     @staticmethod
     def feature_columns(source, target, features=None, exclude=()):
@@ -154,7 +159,7 @@ class Preprocessor:
                                                                         slice(g, g + NUMBER_GROUP))
         for c, cats, at in self._categorical:
             self._one_hot(c, chunk[c], start, cats, X[:, at:at + len(cats)])
-        return X, (self._encode_target(chunk[self.target], start, dtype) if with_target else None)
+        return X, (self.encode_target(chunk[self.target], start, dtype) if with_target else None)
 
     def _numbers(self, columns, chunk, start, part):
         """Standardized values of these numeric columns (missing ones filled), rows x columns."""
@@ -190,7 +195,8 @@ class Preprocessor:
         rows = np.flatnonzero(index >= 0)
         out[rows, index[rows]] = 1
 
-    def _encode_target(self, values, start, dtype):
+    def encode_target(self, values, start=0, dtype=np.float32):
+        """The target column as the model learns it: class indices, or the standardized regression target."""
         if self.task == "regress":
             y = to_numbers(self.target, values, start)
             bad = np.flatnonzero(~np.isfinite(y))

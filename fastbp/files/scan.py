@@ -176,6 +176,7 @@ class TargetScan(ColumnScan):
         self.labels = set()  # numbers for numeric targets; strings otherwise (CSV cells before the verdict)
         self.label_type = None
         self.integral = True
+        self.counts = {}  # rows per value as read (numbers, or the text of the cells); None once there are too many
 
     def update(self, values, rows, rng):
         missing = self.missing
@@ -188,12 +189,38 @@ class TargetScan(ColumnScan):
             if len(self.labels) <= MAX_LABELS:
                 self.labels.update(np.unique(numbers).tolist())
             self.label_type = self.label_type or _number_type(values)
+            self._count(*np.unique(numbers, return_counts=True))
+        elif self.distinct is not None:
+            import pyarrow.compute as pc
+            counted = pc.value_counts(to_text(self.name, values))
+            self._count(counted.field("values").to_pylist(), counted.field("counts").to_pylist())
+
+    def _count(self, values, counts):
+        if self.counts is None:
+            return
+        for value, n in zip(values.tolist() if isinstance(values, np.ndarray) else values, counts):
+            self.counts[value] = self.counts.get(value, 0) + int(n)
+        if len(self.counts) > MAX_LABELS:  # not classes: stop counting
+            self.counts = None
 
     def merge(self, other, rng):
         super().merge(other, rng)
         self.labels |= other.labels
         self.integral &= other.integral
         self.label_type = self.label_type or other.label_type
+        if self.counts is not None and other.counts is not None:
+            self._count(list(other.counts), list(other.counts.values()))
+        else:
+            self.counts = None
+
+    def class_counts(self, classes):
+        """Training rows per class, in the order of `classes` (the labels finish() gave)."""
+        index = {label: i for i, label in enumerate(classes)}
+        numeric = bool(classes) and not isinstance(classes[0], str)
+        counts = np.zeros(len(classes), dtype=np.int64)
+        for value, n in (self.counts or {}).items():
+            counts[index[float(value) if numeric and isinstance(value, str) else value]] += n
+        return counts
 
     def finish(self):
         """(kind, classes sorted, label type 'int'/'float'/'bool'/'str', all values whole numbers)."""

@@ -49,8 +49,14 @@ def read_training_rows(source, prep, columns, order, val_split, seed, stats, dty
         yield start, X, y
 
 
-def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats):
-    """The epoch source of a file: one process, or shard="rows" under MPI (equal to one process)."""
+def class_weights_of(class_table, y):
+    """Each row's weight from its class index (y as Preprocessor.transform gives it)."""
+    return class_table[y.astype(np.int64)]
+
+
+def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, class_table=None):
+    """The epoch source of a file: one process, or shard="rows" under MPI (equal to one process).
+    class_table: a weight per class index (rows weighted by their class), or None."""
     batch = engine.batch_size
     dtype = engine.params.dtype
     if buffer_rows is None:
@@ -58,7 +64,7 @@ def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, se
     buffer_rows = max(batch, int(buffer_rows) // batch * batch)
     Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), prep.n_inputs), dtype=dtype)
     Ybuf = np.empty((len(Xbuf), 1), dtype=dtype)
-    no_weights = np.empty(0, dtype=dtype)
+    Wbuf = np.empty(len(Xbuf) if class_table is not None else 0, dtype=dtype)
     columns = prep.features + [prep.target]
     rng = engine.state.shuffle_rng
 
@@ -72,7 +78,7 @@ def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, se
         order = None
         if source.shuffleable and engine.shuffle and source.n_chunks:
             order = rng.permutation(source.n_chunks)
-        total, rows, filled = 0.0, 0, 0
+        total, total_mass, rows, filled = 0.0, 0.0, 0, 0
         size, perm, need = plan(0)
         for start, n, read in chunk_readers(source, columns, prep.kinds(), order):
             stats.max_chunk_rows = max(stats.max_chunk_rows, n)
@@ -88,20 +94,29 @@ def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, se
                 if need is None:
                     Xbuf[filled:filled + take] = X[pos:pos + take]
                     Ybuf[filled:filled + take, 0] = y[pos:pos + take]
+                    if Wbuf.size:
+                        Wbuf[filled:filled + take] = class_weights_of(class_table, y[pos:pos + take])
                 else:
+                    here = kept[pos:pos + take]
                     mine = np.flatnonzero(need[filled:filled + take])
                     # only this rank's rows of the chunk: a memory-mapped .npy reads just those
-                    Xs, ys = prep.transform(read(kept[pos:pos + take][mine]), start, dtype=dtype)
+                    Xs, ys = prep.transform(read(here[mine]), start, dtype=dtype)
                     Xbuf[filled + mine] = Xs
                     Ybuf[filled + mine, 0] = ys
+                    if Wbuf.size:  # every rank weighs whole global batches: the labels of all rows
+                        labels = prep.encode_target(read(here)[prep.target], start, dtype)
+                        Wbuf[filled:filled + take] = class_weights_of(class_table, labels)
                 filled += take
                 pos += take
                 if filled == size:
                     stats.max_buffer_rows = max(stats.max_buffer_rows, size)
-                    loss = engine.train_rows(Xbuf[:size], Ybuf[:size], no_weights, perm, hyper)
+                    weights = Wbuf[:size]
+                    loss = engine.train_rows(Xbuf[:size], Ybuf[:size], weights, perm, hyper)
                     if not np.isfinite(loss):
                         return float("nan"), rows
-                    total += loss * size
+                    mass = weights.sum(dtype=np.float64) if weights.size else size
+                    total += loss * mass
+                    total_mass += mass
                     rows += size
                     filled = 0
                     if rows < train_rows:
@@ -111,6 +126,6 @@ def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, se
             raise InputError(f"read {rows + filled} training rows, but the first pass counted {train_rows}; "
                              "was the file changed during training?")
         stats.rows_per_epoch = rows
-        return total / rows, rows
+        return total / total_mass if total_mass > 0 else 0.0, rows
 
     return run_epoch

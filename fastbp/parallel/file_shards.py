@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..files.preprocess import holdout_mask
-from ..files.streaming import default_buffer_rows, read_training_rows
+from ..files.streaming import class_weights_of, default_buffer_rows, read_training_rows
 from .distributed import rank_steps
 
 SHARD_MODES = ("auto", "rows", "chunks")
@@ -40,8 +40,10 @@ def shard_mode(shard, source, ranks):
     return shard
 
 
-def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, sync_every):
-    """run_epoch for shard="chunks": each rank trains on its own chunks; see the module notes."""
+def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, sync_every,
+                         class_table=None):
+    """run_epoch for shard="chunks": each rank trains on its own chunks; see the module notes.
+    class_table: a weight per class index (rows weighted by their class), or None."""
     comm = engine.comm
     ranks = comm.size
     starts = source.chunk_starts
@@ -59,7 +61,7 @@ def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_spli
     buffer_rows = max(local_batch, int(buffer_rows) // local_batch * local_batch)
     Xbuf = np.empty((min(buffer_rows, train_rows), prep.n_inputs), dtype=dtype)
     Ybuf = np.empty((len(Xbuf), 1), dtype=dtype)
-    no_weights = np.empty(0, dtype=dtype)
+    Wbuf = np.empty(len(Xbuf) if class_table is not None else 0, dtype=dtype)
     columns = prep.features + [prep.target]
 
     def run_epoch(hyper):
@@ -79,7 +81,7 @@ def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_spli
             perm = buffer_rng.permutation(size) if engine.shuffle else np.arange(size)
             for s in range(0, size, local_batch):
                 m = min(local_batch, size - s)
-                if not steps.step(Xbuf, Ybuf, no_weights, perm, s, m):
+                if not steps.step(Xbuf, Ybuf, Wbuf, perm, s, m):
                     return False
                 step += 1
             return True
@@ -94,6 +96,8 @@ def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_spli
                 take = min(len(Xbuf) - filled, len(y) - pos)
                 Xbuf[filled:filled + take] = X[pos:pos + take]
                 Ybuf[filled:filled + take, 0] = y[pos:pos + take]
+                if Wbuf.size:
+                    Wbuf[filled:filled + take] = class_weights_of(class_table, y[pos:pos + take])
                 filled, pos = filled + take, pos + take
                 if filled == len(Xbuf):
                     if not train_buffer(filled):
@@ -105,7 +109,7 @@ def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_spli
         if filled and not train_buffer(filled):
             return float("nan"), train_rows
         while step < n_steps:  # this rank's chunks are used up: it joins the others' remaining steps
-            if not steps.step(Xbuf, Ybuf, no_weights, np.arange(1), 0, 0):
+            if not steps.step(Xbuf, Ybuf, Wbuf, np.arange(1), 0, 0):
                 return float("nan"), train_rows
             step += 1
         stats.rows_per_epoch = train_rows
