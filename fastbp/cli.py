@@ -786,10 +786,13 @@ def _arrow_memory_pool():
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings as one line of the command's own voice, without the source line they came from."""
+    """Warnings as one line of the command's own voice, without the source line they came from; above a
+    progress bar (tqdm.write), not inside its line."""
+    from tqdm.auto import tqdm
+
     from .core.config import CompileNotice
     kind = "note" if issubclass(category, CompileNotice) else "warning"
-    print(f"fastbp: {kind}: {message}", file=file or sys.stderr)
+    tqdm.write(f"fastbp: {kind}: {message}", file=file or sys.stderr)
 
 
 def main(argv=None):

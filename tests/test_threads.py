@@ -82,6 +82,10 @@ def test_the_first_compile_in_a_fresh_cache_is_announced_once(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr
-    assert first.stderr.count("CompileNotice: fastbp compiled its training kernels in") == 1
+    # said before the pause (so a user knows why it waits) and after it, with the time it took
+    assert first.stderr.count("CompileNotice: compiling fastbp's training kernels, once for this environment") == 1
+    assert first.stderr.count("CompileNotice: compiled fastbp's training kernels in") == 1
+    assert first.stderr.index("compiling fastbp's training") < first.stderr.index("compiled fastbp's training")
+    assert "<string>:5: CompileNotice" in first.stderr  # attributed to the user's line
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and "CompileNotice" not in again.stderr  # loaded from the cache

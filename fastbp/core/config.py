@@ -22,7 +22,10 @@ Thread policy (docs/threads.md has the measurements):
 import contextlib
 import ctypes
 import os
+import sys
 import threading
+import time
+import warnings
 
 # Set before Numba loads libgomp, which reads it once. Measured on 2 cores (docs/threads.md): 200
 # spins keep the quiet-machine speed of libgomp's 300,000 (narrow net 0.81M vs 0.70M samples/s),
@@ -32,6 +35,7 @@ if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 import numba  # noqa: E402
+from numba.core import event as numba_events  # noqa: E402
 # Numba's np.dot calls the BLAS that SciPy bundles. Load it now, so threadpoolctl
 # sees it and can limit its threads; loaded lazily it would escape the limit and
 # spin extra threads inside every parallel kernel.
@@ -70,30 +74,42 @@ class CompileNotice(UserWarning):
     """Kernels were compiled (not loaded from Numba's cache) in this process: once per environment."""
 
 
-_compiles_seen = {}
+class _CompileWatch(numba_events.Listener):
+    """Says, before the pause, that Numba started compiling (a cache miss; loading from the cache fires nothing)."""
+
+    def __init__(self, what):
+        self.what, self.started = what, None
+
+    def on_start(self, event):
+        if self.started is None:
+            self.started = time.perf_counter()
+            later = ("later processes load them from Numba's cache; `fastbp compile` compiles them ahead, e.g. when "
+                     "building an image") if CACHE else "Numba's cache is off (FASTBP_CACHE=0): every process compiles"
+            _notice(f"compiling fastbp's {self.what} kernels, once for this environment ({later})")
+
+    def on_end(self, event):
+        pass
 
 
-def note_compiles(kernel, what, seconds):
-    """Warn once (CompileNotice) when a call of `kernel` compiled it, with how long that call took.
-    what: the kernels' purpose, e.g. "training". Silence it with warnings.filterwarnings("ignore",
+@contextlib.contextmanager
+def announced_compiles(what):
+    """Around a kernel call: a CompileNotice when Numba starts compiling, and one with the time it took.
+    what: the kernels' purpose, e.g. "training". Silence them with warnings.filterwarnings("ignore",
     category=fastbp.CompileNotice), or fill the cache ahead with `fastbp compile`."""
-    stats = getattr(kernel, "stats", None)  # none under NUMBA_DISABLE_JIT
-    if stats is None:
-        return
-    compiled = sum(stats.cache_misses.values())
-    if compiled <= _compiles_seen.get(kernel, 0):
-        return
-    _compiles_seen[kernel] = compiled
-    later = ("later processes load them from Numba's cache; `fastbp compile` compiles ahead, e.g. when "
-             "building an image") if stats.cache_path else "Numba's cache is off (FASTBP_CACHE=0): every process compiles"
-    import sys
-    import warnings
-    # attribute it to the user's line that called into fastbp, not to fastbp's internals
+    watch = _CompileWatch(what)
+    with numba_events.install_listener("numba:compile", watch):
+        yield
+    if watch.started is not None:
+        _notice(f"compiled fastbp's {what} kernels in {time.perf_counter() - watch.started:.1f} s")
+
+
+def _notice(message):
+    """A CompileNotice attributed to the user's line that called into fastbp, not to fastbp's or Numba's internals."""
     frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("fastbp."):
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(("fastbp.", "numba.",
+                                                                                         "contextlib")):
         frame, level = frame.f_back, level + 1
-    warnings.warn(f"fastbp compiled its {what} kernels in {seconds:.1f} s, once for this environment ({later})",
-                  CompileNotice, stacklevel=level)
+    warnings.warn(message, CompileNotice, stacklevel=level)
 
 
 def _env_number(name, default):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core import kernels
 from ..core.bundles import make_batch
-from ..core.config import note_compiles, resolve_n_threads, thread_limits, threads_for
+from ..core.config import announced_compiles, resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
 from ..core.errors import InputError, InputTypeError
 from ..core.optim import update_all
@@ -100,12 +100,10 @@ class Engine:
             return 0.0, 0.0
         ws = self.workspace(batch_size)
         threads = self.threads_for_rows(batch_size)
-        started = time.perf_counter()
-        with thread_limits(threads):
+        with thread_limits(threads), announced_compiles("training"):
             loss, by_rows = kernels.train_epoch(self.params, self.net, ws, self._regularization(dropout_seed),
                                                 self.state.optimizer, hyper, make_batch(X, Y, weights, order),
                                                 batch_size, threads)
-        note_compiles(kernels.train_epoch, "training", time.perf_counter() - started)
         return loss, by_rows
 
     def batch_gradient(self, grad, X, Y, weights, order, start, rows, scale, hyper, dropout_seed=None):

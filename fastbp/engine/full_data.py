@@ -3,7 +3,6 @@ the loss and gradient over all rows (gradient checks, L-BFGS), and the output no
 that turn logits into probabilities. Each sizes its workspace, sets the thread limits and
 calls one kernel.
 """
-import time
 
 import numpy as np
 from scipy.special import expit
@@ -11,7 +10,7 @@ from scipy.special import expit
 from ..core import kernels
 from ..core.activations import GELU
 from ..core.bundles import make_hyper, make_optimizer, make_regularization, make_workspace
-from ..core.config import note_compiles, resolve_n_threads, thread_limits, threads_for
+from ..core.config import announced_compiles, resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
 from ..core.optim import SGD
 
@@ -34,10 +33,8 @@ def forward(params, net, X, n_threads=None):
         block = min(n, PREDICT_BLOCK_ROWS)
         n_threads = threads_for(resolve_n_threads(n_threads), block * flops_per_row(net.sizes, backward=False))
         ws = workspace(net, block, params.dtype, grad=np.empty(0, dtype=params.dtype))
-        started = time.perf_counter()
-        with thread_limits(n_threads):
+        with thread_limits(n_threads), announced_compiles("prediction"):
             kernels.forward_all(out, params, net, ws, X, n_threads)
-        note_compiles(kernels.forward_all, "prediction", time.perf_counter() - started)
     return out
 
 
@@ -58,11 +55,9 @@ class FullGradient:
 
     def __call__(self, params, grad):
         """Mean loss at `params`; its gradient into `grad`."""
-        started = time.perf_counter()
-        with thread_limits(self.n_threads):
+        with thread_limits(self.n_threads), announced_compiles("full-data gradient"):
             loss = kernels.loss_and_gradient(params, self.net, self.ws._replace(grad=grad), self.reg, self.inert,
                                              self.no_hyper, self.X, self.Y, self.weights, self.n_threads)
-        note_compiles(kernels.loss_and_gradient, "full-data gradient", time.perf_counter() - started)
         return loss
 
 
