@@ -274,7 +274,7 @@ def test_option_values_and_a_directory_are_refused_before_any_work(tmp_path):
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
     (tmp_path / "empty").mkdir()
     code, _, err = cli("train", tmp_path / "empty", "--target", "t")
-    assert code == 2 and "no Parquet files (.parquet, .pq) in the folder" in err
+    assert code == 2 and "no Parquet or CSV files (.parquet, .pq, .csv, .tsv, .txt, also compressed) in the folder" in err
 
 
 def spark_style_folder(folder, rng, sizes=(700, 500, 300)):
@@ -313,16 +313,47 @@ def test_a_folder_of_parquet_parts_reads_as_one_table(tmp_path):
     assert pcsv.read_csv(tmp_path / "p.csv").num_rows == 700 + 500  # a glob: two parts
 
 
+def test_csv_parts_in_a_folder_or_a_glob_read_as_one_table(tmp_path):
+    whole = spark_style_folder(tmp_path / "pq", np.random.default_rng(3))
+    (tmp_path / "ds" / "nested").mkdir(parents=True)
+    (tmp_path / "ds" / "_SUCCESS").write_text("")
+    offset = 0
+    for i, n in enumerate((700, 500, 300)):  # as Spark writes CSV: part files, compressed or not
+        part = whole.slice(offset, n).select(["label", "color", "x"] if i == 1 else ["x", "color", "label"])
+        where = tmp_path / "ds" / ("nested" if i == 2 else "") / f"part-{i:05d}.csv{'.gz' if i == 1 else ''}"
+        with pa.CompressedOutputStream(str(where), "gzip") if i == 1 else pa.OSFile(str(where), "wb") as out:
+            pcsv.write_csv(part, out)
+        offset += n
+    pq.write_table(whole, tmp_path / "whole.parquet", row_group_size=250)
+    source = open_source(tmp_path / "ds", chunk_rows=100)
+    x = np.concatenate([np.asarray(chunk["x"]).astype(float) for _, chunk in source.chunks(["x", "label"])])
+    np.testing.assert_array_equal(x, whole.column("x").to_numpy())  # in name order, columns matched by name
+    train(tmp_path / "ds", "label", "--epochs", "3", out=tmp_path / "m.fbp")
+    assert evaluate(tmp_path / "m.fbp", tmp_path / "ds") == pytest.approx(
+        evaluate(tmp_path / "m.fbp", tmp_path / "whole.parquet"), rel=1e-12)
+    code, _, err = cli("predict", tmp_path / "m.fbp", tmp_path / "ds" / "part-*", "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    assert pcsv.read_csv(tmp_path / "p.csv").num_rows == 700 + 500  # a glob: the two parts at the top
+
+
 def test_dataset_folders_and_globs_that_cannot_be_read_say_why(tmp_path):
     rng = np.random.default_rng(4)
     spark_style_folder(tmp_path / "ds", rng)
     pq.write_table(pa.table({"x": ["a"] * 5, "color": ["b"] * 5, "label": ["yes"] * 5}), tmp_path / "ds" / "z.parquet")
     (tmp_path / "hive" / "year=2026").mkdir(parents=True)
-    pcsv.write_csv(pa.table({"x": [1.0]}), tmp_path / "one.csv")
+    (tmp_path / "mixed").mkdir()
+    pcsv.write_csv(pa.table({"x": [1.0], "label": ["no"]}), tmp_path / "mixed" / "a.csv")
+    pq.write_table(pa.table({"x": [1.0], "label": ["no"]}), tmp_path / "mixed" / "b.parquet")
+    (tmp_path / "csvs").mkdir()
+    pcsv.write_csv(pa.table({"x": [1.0, 2.0], "label": ["no", "yes"]}), tmp_path / "csvs" / "a.csv")
+    pcsv.write_csv(pa.table({"y": [1.0], "label": ["no"]}), tmp_path / "csvs" / "b.csv")
+    (tmp_path / "notes.json").write_text("{}")
     for data, message in ((tmp_path / "ds", "column 'x' holds string"),
                           (tmp_path / "hive", "Hive-partitioned"),
-                          (tmp_path / "*.csv", "not a Parquet file"),
-                          (tmp_path / "none*.parquet", "no Parquet files")):
+                          (tmp_path / "mixed", "and Parquet ("),
+                          (tmp_path / "csvs", "b.csv' has no column(s) 'x', which the first part"),
+                          (tmp_path / "*.json", "neither Parquet nor CSV"),
+                          (tmp_path / "none*.parquet", "no Parquet or CSV files")):
         code, _, err = cli("train", data, "--target", "label")
         assert code == 2 and message in err and "Traceback" not in err, (data, err)
 

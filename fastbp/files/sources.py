@@ -56,23 +56,24 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
     chunk_rows = int(chunk_rows)
     if chunk_rows < 1:
         raise SourceError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    parts = None
     if os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path)):
-        if encoding is not None:
-            raise SourceError("--encoding applies to CSV files only, not to Parquet parts")
-        return ParquetSource(path, chunk_rows, parquet_parts(path))
-    if not os.path.isfile(path):
+        parts = dataset_parts(path)
+        ext = data_extension(parts[0])
+    elif not os.path.isfile(path):
         raise FileNotFoundError(f"no data file at {path!r}")
-    ext = data_extension(path)
-    if encoding is not None and ext not in (".csv", ".tsv", ".txt"):
+    else:
+        ext = data_extension(path)
+    if encoding is not None and ext not in CSV_EXTENSIONS:
         raise SourceError(f"--encoding applies to CSV files only, not to {ext!r}")
     if ext == ".npy":
         return NpySource(path, chunk_rows)
     if ext == ".npz":
         return NpzSource(path, chunk_rows)
-    if ext in (".parquet", ".pq"):
-        return ParquetSource(path, chunk_rows)
-    if ext in (".csv", ".tsv", ".txt"):
-        return CsvSource(path, chunk_rows, delimiter="\t" if ext == ".tsv" else ",", encoding=encoding)
+    if ext in PARQUET_EXTENSIONS:
+        return ParquetSource(path, chunk_rows, parts)
+    if ext in CSV_EXTENSIONS:
+        return CsvSource(path, chunk_rows, delimiter="\t" if ext == ".tsv" else ",", encoding=encoding, parts=parts)
     raise SourceError(f"{path!r}: unknown data format {ext!r}; use .npy, .npz, .parquet or .csv "
                       f"(CSV also compressed: {', '.join('.csv' + c for c in COMPRESSIONS)})")
 
@@ -80,10 +81,14 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
 COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")  # pyarrow's CSV reader decompresses these as it streams
 
 
-def parquet_parts(path):
-    """The Parquet files of a dataset: a folder as Spark, Dask or pandas write it (its .parquet/.pq files,
-    in subfolders too, in name order; names starting with _ or . are bookkeeping: _SUCCESS, _metadata,
-    .crc), or a glob pattern of files."""
+CSV_EXTENSIONS = (".csv", ".tsv", ".txt")
+PARQUET_EXTENSIONS = (".parquet", ".pq")
+
+
+def dataset_parts(path):
+    """The files of a dataset, read as one table: a folder as Spark, Dask or pandas write it (its Parquet
+    or CSV files, compressed CSV too, in subfolders as well, in name order; names starting with _ or . are
+    bookkeeping: _SUCCESS, _metadata, .crc), or a glob pattern of files. All parts have one format."""
     if os.path.isdir(path):
         parts = []
         for folder, subfolders, names in os.walk(path):
@@ -94,17 +99,23 @@ def parquet_parts(path):
                                   "partition column in folder names, which fastbp does not read; write the column "
                                   "into the files (e.g. without partition_cols / partitionBy)")
             parts += [os.path.join(folder, n) for n in sorted(names)
-                      if not n.startswith(("_", ".")) and n.lower().endswith((".parquet", ".pq"))]
+                      if not n.startswith(("_", ".")) and data_extension(n) in PARQUET_EXTENSIONS + CSV_EXTENSIONS]
         what = f"the folder {path!r}"
     else:
         parts = sorted(p for p in glob.glob(path) if os.path.isfile(p))
         what = f"the pattern {path!r}"
-        other = [p for p in parts if data_extension(p) not in (".parquet", ".pq")]
+        other = [p for p in parts if data_extension(p) not in PARQUET_EXTENSIONS + CSV_EXTENSIONS]
         if other:
-            raise SourceError(f"{what} matches {other[0]!r}, not a Parquet file; several files are read together "
-                              "as Parquet parts only (concatenate CSV files, or convert them to Parquet)")
+            raise SourceError(f"{what} matches {other[0]!r}, which is neither Parquet nor CSV; several files are "
+                              "read together as Parquet or CSV parts")
     if not parts:
-        raise FileNotFoundError(f"no Parquet files (.parquet, .pq) in {what}")
+        raise FileNotFoundError(f"no Parquet or CSV files (.parquet, .pq, .csv, .tsv, .txt, also compressed) in "
+                                f"{what}")
+    formats = {("Parquet" if data_extension(p) in PARQUET_EXTENSIONS else data_extension(p)): p for p in parts}
+    if len(formats) > 1:
+        (a, first), (b, second) = list(formats.items())[:2]
+        raise SourceError(f"{what} holds {a} ({first!r}) and {b} ({second!r}) files; the parts of a dataset "
+                          "must have one format")
     return parts
 
 
@@ -256,7 +267,7 @@ def _check_columns(source, columns):
 
 
 class ParquetSource:
-    """Parquet: one file, or the parts of a dataset (parquet_parts), read as one table. A chunk is a row group
+    """Parquet: one file, or the parts of a dataset (dataset_parts), read as one table. A chunk is a row group
     of one part (the unit of shuffling and of MPI shards), read in slices."""
 
     shuffleable = True
@@ -394,13 +405,14 @@ class ParquetSource:
 
 
 class CsvSource:
-    """CSV through pyarrow's streaming reader: blocks in file order (no chunk shuffling)."""
+    """CSV through pyarrow's streaming reader: blocks in file order (no chunk shuffling). One file, or the
+    parts of a dataset (dataset_parts) one after another, their columns matched by name."""
 
     shuffleable = False
     shard_by_chunks = False
     n_chunks = chunk_starts = None
 
-    def __init__(self, path, chunk_rows, delimiter=",", encoding=None):
+    def __init__(self, path, chunk_rows, delimiter=",", encoding=None, parts=None):
         try:
             import pyarrow.csv as pcsv
         except ImportError:
@@ -411,14 +423,11 @@ class CsvSource:
             except LookupError:
                 raise SourceError(f"unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
         self.path, self._pcsv = path, pcsv
+        self.parts = list(parts) if parts is not None else [path]
         # ~64 bytes a row is a guess; blocks bound memory, not exact row counts
         self._read = pcsv.ReadOptions(block_size=max(1 << 20, int(chunk_rows) * 64), encoding=encoding or "utf8")
         self._parse = pcsv.ParseOptions(delimiter=delimiter)
-        try:
-            with self._open(None, None) as reader:
-                self.columns = list(reader.schema.names)
-        except _arrow_errors() as exc:
-            raise SourceError(f"{path!r} is not a readable CSV file ({exc})") from None
+        self.columns = self._header(self.parts[0])
         self.index_columns = [c for c in self.columns if _INDEX_NAME.match(c)]
         self.n_rows = None
 
@@ -426,7 +435,14 @@ class CsvSource:
         _check_columns(self, columns)
         return {c: None for c in columns}
 
-    def _open(self, columns, kinds):
+    def _header(self, part):
+        try:
+            with self._open(part, None, None) as reader:
+                return list(reader.schema.names)
+        except _arrow_errors() as exc:
+            raise SourceError(f"{part!r} is not a readable CSV file ({exc})") from None
+
+    def _open(self, part, columns, kinds):
         import pyarrow as pa
 
         types = None
@@ -434,27 +450,33 @@ class CsvSource:
             types = {c: pa.float64() if (kinds or {}).get(c) == NUMBER else pa.string() for c in columns}
         convert = self._pcsv.ConvertOptions(include_columns=list(columns) if columns else None, column_types=types,
                                             strings_can_be_null=True)
-        return self._pcsv.open_csv(self.path, read_options=self._read, parse_options=self._parse,
-                                   convert_options=convert)
+        return self._pcsv.open_csv(part, read_options=self._read, parse_options=self._parse, convert_options=convert)
 
     def chunks(self, columns, kinds=None, order=None):
         _check_columns(self, columns)
         start = 0
-        try:
-            with self._open(columns, kinds) as reader:
-                for batch in reader:
-                    yield start, {c: batch.column(i) for i, c in enumerate(columns)}
-                    start += batch.num_rows
-        except SourceError:
-            raise
-        except _arrow_errors() as exc:  # ragged rows, bad encodings, text in a numeric column
-            raise SourceError(self._explain(str(exc), start, kinds)) from None
+        for i, part in enumerate(self.parts):
+            header = self._header(part) if i else self.columns
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise SourceError(f"{part!r} has no column(s) {', '.join(map(repr, missing))}, which the first "
+                                  f"part {self.parts[0]!r} has; the parts of a dataset must hold the same columns")
+            first = start
+            try:
+                with self._open(part, columns, kinds) as reader:
+                    for batch in reader:
+                        yield start, {c: batch.column(j) for j, c in enumerate(columns)}
+                        start += batch.num_rows
+            except SourceError:
+                raise
+            except _arrow_errors() as exc:  # ragged rows, bad encodings, text in a numeric column
+                raise SourceError(self._explain(part, header, str(exc), start - first, kinds)) from None
 
-    def _explain(self, message, start, kinds):
-        """pyarrow names a column by its number; say its name, and what to do."""
+    def _explain(self, part, header, message, start, kinds):
+        """pyarrow names a column by its number in the file's header; say its name, and what to do."""
         found = re.search(r"CSV column #(\d+)", message)
-        column = self.columns[int(found.group(1))] if found and int(found.group(1)) < len(self.columns) else None
-        where = f"{self.path!r}, in the rows after row {start}"
+        column = header[int(found.group(1))] if found and int(found.group(1)) < len(header) else None
+        where = f"{part!r}, in the rows after row {start}"
         if column is not None and "invalid UTF8" in message:
             return (f"{where}: column {column!r} holds text that is not UTF-8; pass the file's encoding "
                     "(e.g. --encoding latin-1) or re-save it as UTF-8")
