@@ -73,18 +73,21 @@ def test_cli_models_export_their_preprocessing(tmp_path):
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    for target, other in [("label", "value"), ("value", "label")]:
-        model = tmp_path / f"{target}.fbp"
+    for target, other, loss in [("label", "value", "cross_entropy"), ("label", "value", "binary_cross_entropy"),
+                                ("value", "label", "mse")]:
+        model = tmp_path / f"{loss}.fbp"
         cli("train", tmp_path / "d.csv", "--target", target, "--impute", "median", "--hidden", "8", "--epochs", "3",
-            "--out", model, "--quiet", "--exclude", other)
-        assert "wrote" in cli("export", model, tmp_path / f"{target}.onnx")
-        out = run(str(tmp_path / f"{target}.onnx"), feeds)
+            "--out", model, "--quiet", "--exclude", other, "--loss", loss)
+        assert "wrote" in cli("export", model, tmp_path / f"{loss}.onnx")
+        out = run(str(tmp_path / f"{loss}.onnx"), feeds)
         tr = fastbp.load(model)
         prep = Preprocessor(tr.preprocessing)
         X, _ = prep.transform({"a": a, "b": b, "color": new_color, "size": size}, with_target=False)
         if target == "label":
             np.testing.assert_array_equal(out["label"], prep.labels(tr.predict(X)))
-            np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
+            # one probability per class, as `fastbp predict --proba` writes them (binary_cross_entropy too)
+            cli("predict", model, tmp_path / "new.csv", "--out", tmp_path / "p.npy", "--proba", "--quiet")
+            np.testing.assert_allclose(out["probabilities"], np.load(tmp_path / "p.npy"), rtol=1e-5, atol=1e-6)
         else:
             np.testing.assert_allclose(out["variable"][:, 0], prep.target_values(tr.predict(X)), rtol=1e-5)
 

@@ -107,8 +107,8 @@ def preprocess(g, prep, dtype):
 def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, producer_version=""):
     """The ONNX model of a Trainer: outputs as Trainer.predict / predict_proba give them ("label" and
     "probabilities" for classification losses, "variable" otherwise); a file-trained model
-    (`prep`: the Preprocessor of its stored state) takes its columns and gives labels and values on the
-    target's own scale, as `fastbp predict` does. classes: the Trainer's classes_ (labels by output)."""
+    (`prep`: the Preprocessor of its stored state) takes its columns and gives labels, probabilities
+    (one column per class) and values on the target's own scale, as `fastbp predict` does. classes: the Trainer's classes_ (labels by output)."""
     onnx = require_onnx()
     g = Graph()
     dtype = np.dtype(dtype)
@@ -125,14 +125,20 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
         outputs = [_labels(g, label, prep, classes, [None]),
                    onnx.helper.make_tensor_value_info("probabilities", elem, [None, n_out])]
     elif loss == "binary_cross_entropy":
-        g.node("Sigmoid", [logits], outputs=["probabilities"])
+        p = g.node("Sigmoid", [logits])
+        per_class = prep is not None and n_out == 1  # as `fastbp predict --proba`: one column per class
+        if per_class:
+            g.node("Concat", [g.node("Sub", [g.const(np.ones((1, 1), dtype)), p]), p], outputs=["probabilities"],
+                   axis=1)
+        else:
+            g.node("Identity", [p], outputs=["probabilities"])
         label = g.node("Cast", [g.node("GreaterOrEqual", [logits, g.const(np.array(0, dtype))])],
                        to=onnx.TensorProto.INT64)
         if n_out == 1:  # predict gives (n,) for one output
             label = g.node("Squeeze", [label, g.const(np.array([1], dtype=np.int64))])
         outputs = [_labels(g, label, prep, classes if n_out == 1 else None,
                            [None] if n_out == 1 else [None, n_out]),
-                   onnx.helper.make_tensor_value_info("probabilities", elem, [None, n_out])]
+                   onnx.helper.make_tensor_value_info("probabilities", elem, [None, 2 if per_class else n_out])]
     else:
         value = g.node("Exp", [logits]) if loss == "poisson" else logits
         if prep is not None:  # back to the target's own scale, in float64 as fastbp predict does
