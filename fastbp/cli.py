@@ -130,20 +130,22 @@ def _check_resume_options(checkpoint, saved, now):
                          "Resume with the checkpoint's options, or start without --resume")
 
 
-def _check_loss_fits_task(loss, task, classes):
-    """Classification trains cross_entropy, or binary_cross_entropy on two classes; regression mse, mae, huber."""
+def _check_loss_fits_task(loss, task):
+    """Classes train with any loss but poisson (cross_entropy on class indices; binary_cross_entropy on two
+    classes with one output; mse, mae, huber and binary_cross_entropy on more with one-hot targets);
+    regression with mse, mae or huber."""
     from .core.losses import CLASSIFICATION_LOSSES
 
-    if task == "classify" and loss not in CLASSIFICATION_LOSSES:
-        raise UsageError(f"--loss {loss} is a regression loss, but the target is classified: use --loss "
-                         "cross_entropy (or binary_cross_entropy for two classes), or --task regress for a numeric "
-                         "target")
     if task == "regress" and loss in CLASSIFICATION_LOSSES:
         raise UsageError(f"--loss {loss} is a classification loss, but the target is regressed: use --loss mse, mae "
                          "or huber, or --task classify")
-    if loss == "binary_cross_entropy" and classes is not None and len(classes) != 2:
-        raise UsageError(f"--loss binary_cross_entropy tells two classes apart; the target has {len(classes)}: "
-                         "use --loss cross_entropy")
+
+
+def _outputs(loss, task, classes):
+    """Outputs of a new CLI model: one per class, or one (regression; binary_cross_entropy on two classes)."""
+    if task == "regress" or (loss == "binary_cross_entropy" and len(classes) == 2):
+        return 1
+    return len(classes)
 
 
 def _class_weight_option(text):
@@ -208,7 +210,7 @@ def train(args):
     if not 0 <= args.val_split < 1:
         raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
     if args.task is not None and args.loss is not None:
-        _check_loss_fits_task(args.loss, args.task, None)
+        _check_loss_fits_task(args.loss, args.task)
     _check_training_options(args)
     source = open_source(args.data, args.chunk_rows, args.encoding)
     # checked before the first pass, which can take long on a big file
@@ -236,12 +238,15 @@ def train(args):
     finally:
         progress(None)
     loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
-    _check_loss_fits_task(loss, prep.task, prep.classes())
+    _check_loss_fits_task(loss, prep.task)
     if args.class_weight is not None and prep.task != "classify":
         raise UsageError("--class-weight weighs the classes of a classified target, not a regressed one")
+    if args.class_weight is not None and loss not in ("cross_entropy", "binary_cross_entropy"):
+        raise UsageError(f"--class-weight weighs a classification loss; --loss {loss} learns the classes as "
+                         "one-hot scores: use cross_entropy or binary_cross_entropy, or leave out --class-weight")
     # from this pass's class counts (a resumed checkpoint's Preprocessor has none)
     class_weight = _class_weight_for(_class_weight_option(args.class_weight), prep)
-    n_out = len(prep.classes()) if loss == "cross_entropy" else 1
+    n_out = _outputs(loss, prep.task, prep.classes())
     options = _result_options(args, comm.size if comm else 1, shard)
     if args.resume and os.path.exists(checkpoint):
         trainer = load(checkpoint, comm=comm, n_threads=args.threads)
@@ -455,10 +460,26 @@ def _report_unknown(prep):
               "as all zeros; --on-unknown error stops at the first)", file=sys.stderr)
 
 
+def _one_hot_model(trainer):
+    """True for a classifier trained on one-hot classes (mse, mae, huber, or binary_cross_entropy on 3+)."""
+    from .files.streaming import target_width
+    return target_width(trainer.loss, trainer.layer_sizes[-1]) > 1
+
+
+def _predicted_classes(trainer, X):
+    """The class indices a CLI classifier predicts; a one-hot model's are its largest outputs."""
+    if _one_hot_model(trainer):
+        return trainer.decision_function(X).argmax(axis=1)
+    return trainer.predict(X)
+
+
 def predict(args):
     trainer, prep, source = _load_with_prep(args)
     if args.proba and prep.task != "classify":
         raise UsageError("--proba needs a classification model")
+    if args.proba and not trainer.is_classifier:
+        raise UsageError(f"--proba: this model learned the classes with --loss {trainer.loss}, which gives scores, "
+                         "not probabilities; train with cross_entropy (or binary_cross_entropy) for probabilities")
     names = [f"proba_{c}" for c in prep.classes()] if args.proba else ["prediction"]
     n = 0
     with _TableWriter(args.out, names) as writer:
@@ -469,7 +490,7 @@ def predict(args):
                 if values.shape[1] == 1:  # binary_cross_entropy: one output, the second class's probability
                     values = np.column_stack([1 - values[:, 0], values[:, 0]])
             elif prep.task == "classify":
-                values = prep.labels(trainer.predict(X))
+                values = prep.labels(_predicted_classes(trainer, X))
             else:
                 values = prep.target_values(trainer.predict(X))
             writer.write(values)
@@ -549,21 +570,29 @@ class _TableWriter:
 def evaluate(args):
     from .engine import metrics
 
+    from .files.streaming import target_rows
+
     trainer, prep, source = _load_with_prep(args)
-    part, n, squared, absolute = None, 0, 0.0, 0.0
+    one_hot = _one_hot_model(trainer)
+    part, n, squared, absolute, correct = None, 0, 0.0, 0.0, 0
     for start, chunk in source.chunks(prep.features + [prep.target], prep.kinds()):
         X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
-        part = metrics.combine([part, trainer.metric_part(X, y)])  # exact over the file, not a mean of chunks
+        targets = target_rows(y, trainer.layer_sizes[-1] if one_hot else 1)
+        part = metrics.combine([part, trainer.metric_part(X, targets)])  # exact over the file, not chunk means
         if prep.task == "regress":  # errors on the target's own scale, not the standardized one
             error = prep.target_values(trainer.predict(X)) - prep.target_values(y)
             squared += float(error @ error)
             absolute += float(np.abs(error).sum())
+        elif one_hot:
+            correct += int((_predicted_classes(trainer, X) == y).sum())
         n += len(X)
     if n == 0:
         raise UsageError(f"{args.data!r} has no rows")
     result = metrics.finish(part)
     if prep.task == "regress":
         result["rmse"], result["mae"] = float(np.sqrt(squared / n)), absolute / n
+    elif one_hot:  # accuracy of the predicted classes, not a fit to the one-hot columns
+        result = {"loss": result["loss"], "accuracy": correct / n}
     result["rows"] = n
     _report_unknown(prep)
     print(json.dumps(result))
@@ -588,12 +617,12 @@ def export(args):
 
     trainer = load(args.model)
     try:
-        trainer.to_onnx(args.out)
+        model = trainer.to_onnx(args.out)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
     inputs = ", ".join(trainer.preprocessing["features"]) if trainer.preprocessing else \
         f"X ({trainer.layer_sizes[0]} columns)"
-    outputs = "label, probabilities" if trainer.is_classifier else "variable"
+    outputs = ", ".join(output.name for output in model.graph.output)
     print(f"wrote {args.out}: inputs {inputs}; outputs {outputs}")
     return EXIT_OK
 
@@ -679,8 +708,9 @@ def _parser():
     p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS), help="of every hidden layer")
     p.add_argument("--loss", choices=[name for name in LOSSES if name != "poisson"],
                    help="default: cross_entropy to classify (binary_cross_entropy: two classes, one output), mse "
-                        "to regress (or mae, huber). poisson is Python-only: the command line standardizes "
-                        "regression targets")
+                        "to regress (or mae, huber). mse, mae, huber, or binary_cross_entropy on 3+ classes, learn "
+                        "classes one-hot, one output each (the largest is the prediction). poisson is Python-only: "
+                        "the command line standardizes regression targets")
     p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS), help="as torch.optim defines it")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: torch's for the optimizer)")
     p.add_argument("--weight-decay", type=float, default=None,

@@ -448,3 +448,64 @@ def test_cli_class_weight_raises_minority_recall_and_bad_values_are_refused(tmp_
                             (("--class-weight", "balanced", "--task", "regress"), "classes of a classified target")):
         code, _, err = cli("train", tmp_path / "d.parquet", "--target", "label", "--quiet", *option)
         assert code == 2 and message in err and "Traceback" not in err, (option, err)
+
+
+def three_classes(tmp_path, n=900):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(n, 3))
+    label = np.array(["a", "b", "c"])[(x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5)]
+    pq.write_table(pa.table({"x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "cls": label}), tmp_path / "d.parquet",
+                   row_group_size=150)
+    return label
+
+
+@pytest.mark.parametrize("loss", ["mse", "huber", "binary_cross_entropy"])
+def test_other_losses_learn_classes_one_hot_from_a_file_as_fit_does(tmp_path, loss):
+    three_classes(tmp_path)
+    source = open_source(tmp_path / "d.parquet")
+    prep, _, n = Preprocessor.fit(source, "cls")
+    table = pq.read_table(tmp_path / "d.parquet")
+    X, y = prep.transform(dict(zip(table.column_names, table.columns)), dtype=np.float64)
+    settings = dict(loss=loss, batch_size=50, epochs=3, seed=2, dtype="float64", n_threads=1, shuffle=False)
+    streamed = fastbp.Trainer([3, 8, 3], **settings).fit_source(source, prep, n, buffer_rows=300)
+    one_hot = np.eye(3)[y.astype(int)]
+    np.testing.assert_allclose(streamed.params, fastbp.Trainer([3, 8, 3], **settings).fit(X, one_hot).params,
+                               rtol=1e-10, atol=1e-12)
+    with pytest.raises(fastbp.InputError, match="the model has 2 outputs with loss 'mse', but the data has 3 classes"):
+        fastbp.Trainer([3, 8, 2], loss="mse").fit_source(source, prep, n)
+
+
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
+def test_cli_classes_learned_one_hot_predict_evaluate_and_export_as_their_largest_output(tmp_path, loss):
+    label = three_classes(tmp_path)
+    train(tmp_path / "d.parquet", "cls", "--loss", loss, "--epochs", "8", "--quiet", out=tmp_path / "m.fbp")
+    code, _, err = cli("predict", tmp_path / "m.fbp", tmp_path / "d.parquet", "--out", tmp_path / "p.npy", "--quiet")
+    assert code == 0, err
+    predicted = np.load(tmp_path / "p.npy", allow_pickle=True)
+    trainer = fastbp.load(tmp_path / "m.fbp")
+    prep = Preprocessor(trainer.preprocessing)
+    table = pq.read_table(tmp_path / "d.parquet")
+    X, _ = prep.transform(dict(zip(table.column_names, table.columns)), with_target=False)
+    assert trainer.layer_sizes[-1] == 3
+    np.testing.assert_array_equal(predicted, np.array(["a", "b", "c"])[trainer.decision_function(X).argmax(1)])
+    result = evaluate(tmp_path / "m.fbp", tmp_path / "d.parquet")
+    assert set(result) == {"loss", "accuracy", "rows"}
+    assert result["accuracy"] == pytest.approx((predicted == label).mean()) and result["accuracy"] > 0.8
+    code, _, err = cli("predict", tmp_path / "m.fbp", tmp_path / "d.parquet", "--out", tmp_path / "q.npy", "--proba")
+    if loss == "mse":
+        assert code == 2 and "gives scores, not probabilities" in err
+    else:  # one sigmoid per class (one-vs-rest)
+        assert code == 0, err
+        np.testing.assert_allclose(np.load(tmp_path / "q.npy"), trainer.predict_proba(X), rtol=1e-6)
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    code, out, err = cli("export", tmp_path / "m.fbp", tmp_path / "m.onnx")
+    assert code == 0, err
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    feeds = {c: table.column(c).to_numpy().reshape(-1, 1) for c in ("x0", "x1", "x2")}
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    np.testing.assert_array_equal(got["label"], predicted)
+    scores = "scores" if loss == "mse" else "probabilities"
+    assert f"outputs label, {scores}" in out
+    expected = trainer.decision_function(X) if loss == "mse" else trainer.predict_proba(X)
+    np.testing.assert_allclose(got[scores], expected, rtol=1e-5, atol=1e-6)

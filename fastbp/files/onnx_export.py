@@ -108,7 +108,8 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     """The ONNX model of a Trainer: outputs as Trainer.predict / predict_proba give them ("label" and
     "probabilities" for classification losses, "variable" otherwise); a file-trained model
     (`prep`: the Preprocessor of its stored state) takes its columns and gives labels, probabilities
-    (one column per class) and values on the target's own scale, as `fastbp predict` does. classes: the Trainer's classes_ (labels by output)."""
+    (one column per class) and values on the target's own scale, as `fastbp predict` does; one that
+    learned its classes one-hot with mse, mae or huber gives "label" and "scores". classes: the Trainer's classes_ (labels by output)."""
     onnx = require_onnx()
     g = Graph()
     dtype = np.dtype(dtype)
@@ -119,11 +120,17 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     else:
         inputs, x = preprocess(g, prep, dtype)
     logits = forward(g, x, layers, activations)
-    if loss == "cross_entropy":
-        g.node("Softmax", [logits], outputs=["probabilities"], axis=1)
+    # a file-trained classifier with one output per class and another loss learned the classes one-hot
+    one_hot = prep is not None and prep.task == "classify" and loss != "cross_entropy" and n_out > 1
+    if loss == "cross_entropy" or one_hot:
         label = g.node("ArgMax", [logits], axis=1, keepdims=0)
+        name = {"cross_entropy": "probabilities", "binary_cross_entropy": "probabilities"}.get(loss, "scores")
+        if loss == "cross_entropy":
+            g.node("Softmax", [logits], outputs=[name], axis=1)
+        else:  # one-vs-rest probabilities, or mse/mae/huber's raw scores
+            g.node("Sigmoid" if loss == "binary_cross_entropy" else "Identity", [logits], outputs=[name])
         outputs = [_labels(g, label, prep, classes, [None]),
-                   onnx.helper.make_tensor_value_info("probabilities", elem, [None, n_out])]
+                   onnx.helper.make_tensor_value_info(name, elem, [None, n_out])]
     elif loss == "binary_cross_entropy":
         p = g.node("Sigmoid", [logits])
         per_class = prep is not None and n_out == 1  # as `fastbp predict --proba`: one column per class

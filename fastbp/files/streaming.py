@@ -49,21 +49,36 @@ def read_training_rows(source, prep, columns, order, val_split, seed, stats, dty
         yield start, X, y
 
 
+def target_width(loss, n_out):
+    """Target columns a model learns from a file: 1 (a class index, a 0/1 label or a regression value) for
+    cross_entropy or one output; otherwise one-hot classes, one column per output (mse or
+    binary_cross_entropy on classes)."""
+    return 1 if loss == "cross_entropy" else n_out
+
+
+def target_rows(y, width):
+    """The targets of rows whose Preprocessor target is y: y itself as a column, or its classes one-hot."""
+    if width == 1:
+        return y.reshape(-1, 1)
+    return np.eye(width, dtype=y.dtype)[y.astype(np.int64)]
+
+
 def class_weights_of(class_table, y):
     """Each row's weight from its class index (y as Preprocessor.transform gives it)."""
     return class_table[y.astype(np.int64)]
 
 
-def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, class_table=None):
+def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, class_table=None,
+                    width=1):
     """The epoch source of a file: one process, or shard="rows" under MPI (equal to one process).
-    class_table: a weight per class index (rows weighted by their class), or None."""
+    class_table: a weight per class index (rows weighted by their class), or None; width: target_width."""
     batch = engine.batch_size
     dtype = engine.params.dtype
     if buffer_rows is None:
         buffer_rows = default_buffer_rows(prep.n_inputs, dtype)
     buffer_rows = max(batch, int(buffer_rows) // batch * batch)
     Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), prep.n_inputs), dtype=dtype)
-    Ybuf = np.empty((len(Xbuf), 1), dtype=dtype)
+    Ybuf = np.empty((len(Xbuf), width), dtype=dtype)
     Wbuf = np.empty(len(Xbuf) if class_table is not None else 0, dtype=dtype)
     columns = prep.features + [prep.target]
     rng = engine.state.shuffle_rng
@@ -93,7 +108,7 @@ def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, se
                 take = min(size - filled, len(kept) - pos)
                 if need is None:
                     Xbuf[filled:filled + take] = X[pos:pos + take]
-                    Ybuf[filled:filled + take, 0] = y[pos:pos + take]
+                    Ybuf[filled:filled + take] = target_rows(y[pos:pos + take], width)
                     if Wbuf.size:
                         Wbuf[filled:filled + take] = class_weights_of(class_table, y[pos:pos + take])
                 else:
@@ -102,7 +117,7 @@ def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, se
                     # only this rank's rows of the chunk: a memory-mapped .npy reads just those
                     Xs, ys = prep.transform(read(here[mine]), start, dtype=dtype)
                     Xbuf[filled + mine] = Xs
-                    Ybuf[filled + mine, 0] = ys
+                    Ybuf[filled + mine] = target_rows(ys, width)
                     if Wbuf.size:  # every rank weighs whole global batches: the labels of all rows
                         labels = prep.encode_target(read(here)[prep.target], start, dtype)
                         Wbuf[filled:filled + take] = class_weights_of(class_table, labels)

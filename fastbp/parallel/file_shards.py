@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..files.preprocess import holdout_mask
-from ..files.streaming import class_weights_of, default_buffer_rows, read_training_rows
+from ..files.streaming import class_weights_of, default_buffer_rows, read_training_rows, target_rows
 from .distributed import rank_steps
 
 SHARD_MODES = ("auto", "rows", "chunks")
@@ -41,9 +41,9 @@ def shard_mode(shard, source, ranks):
 
 
 def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, sync_every,
-                         class_table=None):
+                         class_table=None, width=1):
     """run_epoch for shard="chunks": each rank trains on its own chunks; see the module notes.
-    class_table: a weight per class index (rows weighted by their class), or None."""
+    class_table: a weight per class index (rows weighted by their class), or None; width: target_width."""
     comm = engine.comm
     ranks = comm.size
     starts = source.chunk_starts
@@ -60,7 +60,7 @@ def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_spli
         buffer_rows = default_buffer_rows(prep.n_inputs, dtype)
     buffer_rows = max(local_batch, int(buffer_rows) // local_batch * local_batch)
     Xbuf = np.empty((min(buffer_rows, train_rows), prep.n_inputs), dtype=dtype)
-    Ybuf = np.empty((len(Xbuf), 1), dtype=dtype)
+    Ybuf = np.empty((len(Xbuf), width), dtype=dtype)
     Wbuf = np.empty(len(Xbuf) if class_table is not None else 0, dtype=dtype)
     columns = prep.features + [prep.target]
 
@@ -95,7 +95,7 @@ def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_spli
             while pos < len(y):
                 take = min(len(Xbuf) - filled, len(y) - pos)
                 Xbuf[filled:filled + take] = X[pos:pos + take]
-                Ybuf[filled:filled + take, 0] = y[pos:pos + take]
+                Ybuf[filled:filled + take] = target_rows(y[pos:pos + take], width)
                 if Wbuf.size:
                     Wbuf[filled:filled + take] = class_weights_of(class_table, y[pos:pos + take])
                 filled, pos = filled + take, pos + take
