@@ -336,11 +336,51 @@ def test_csv_parts_in_a_folder_or_a_glob_read_as_one_table(tmp_path):
     assert pcsv.read_csv(tmp_path / "p.csv").num_rows == 700 + 500  # a glob: the two parts at the top
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_hive_partition_columns_are_read_from_folder_names(tmp_path, fmt):
+    rng = np.random.default_rng(8)
+    n = 1200
+    year, region, x = rng.choice([2024, 2025, 2026], n), rng.choice(["north", "south west"], n), rng.normal(size=n)
+    label = np.where(x + (year == 2026) - (region == "north") > 0, "yes", "no")
+    region = region.astype(object)
+    region[::97] = None  # Hive's __HIVE_DEFAULT_PARTITION__ folder
+    whole = pa.table({"x": x, "year": year, "region": region, "label": label})
+    root = tmp_path / "ds"
+    if fmt == "parquet":
+        pq.write_to_dataset(whole, root, partition_cols=["year", "region"])
+    else:  # as Spark's partitionBy writes CSV: key=value folders, the values URL-encoded
+        for y, r in {(int(y), r) for y, r in zip(year, region)}:
+            rows = np.flatnonzero((year == y) & np.array([v == r for v in region]))
+            value = "__HIVE_DEFAULT_PARTITION__" if r is None else r.replace(" ", "%20")
+            folder = root / f"year={y}" / f"region={value}"
+            folder.mkdir(parents=True)
+            pcsv.write_csv(whole.take(rows).select(["x", "label"]), folder / "part-0.csv")
+    source = open_source(root)
+    assert source.columns[-2:] == ["year", "region"] and source.kinds(["year", "region"]) == {"year": None,
+                                                                                          "region": None}
+    values = {}
+    for _, chunk in source.chunks(["x", "year", "region"]):
+        for c in chunk:
+            values.setdefault(c, []).append(np.asarray(chunk[c]) if c == "x" else chunk[c].to_pylist())
+    x_read = np.concatenate(values["x"]).astype(float)
+    by_x = {float(a): (str(y), r) for a, y, r in zip(x, year, region)}
+    assert [by_x[a] for a in x_read] == list(zip(sum(values["year"], []), sum(values["region"], [])))
+    train(root, "label", "--epochs", "3", "--impute", "mean", out=tmp_path / "m.fbp")
+    assert fastbp.load(tmp_path / "m.fbp").preprocessing["features"] == ["x", "year", "region"]
+    pq.write_table(whole, tmp_path / "whole.parquet")
+    assert evaluate(tmp_path / "m.fbp", root) == pytest.approx(evaluate(tmp_path / "m.fbp", tmp_path / "whole.parquet"),
+                                                               rel=1e-6)
+
+
 def test_dataset_folders_and_globs_that_cannot_be_read_say_why(tmp_path):
     rng = np.random.default_rng(4)
     spark_style_folder(tmp_path / "ds", rng)
     pq.write_table(pa.table({"x": ["a"] * 5, "color": ["b"] * 5, "label": ["yes"] * 5}), tmp_path / "ds" / "z.parquet")
-    (tmp_path / "hive" / "year=2026").mkdir(parents=True)
+    (tmp_path / "hive" / "year=2026").mkdir(parents=True)  # a partition column that is also in the files
+    pq.write_table(pa.table({"x": [1.0], "year": [2026], "label": ["no"]}), tmp_path / "hive" / "year=2026" / "p.parquet")
+    (tmp_path / "uneven" / "a=1").mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1.0], "label": ["no"]}), tmp_path / "uneven" / "a=1" / "p.parquet")
+    pq.write_table(pa.table({"x": [1.0], "label": ["no"]}), tmp_path / "uneven" / "p.parquet")
     (tmp_path / "mixed").mkdir()
     pcsv.write_csv(pa.table({"x": [1.0], "label": ["no"]}), tmp_path / "mixed" / "a.csv")
     pq.write_table(pa.table({"x": [1.0], "label": ["no"]}), tmp_path / "mixed" / "b.parquet")
@@ -349,7 +389,8 @@ def test_dataset_folders_and_globs_that_cannot_be_read_say_why(tmp_path):
     pcsv.write_csv(pa.table({"y": [1.0], "label": ["no"]}), tmp_path / "csvs" / "b.csv")
     (tmp_path / "notes.json").write_text("{}")
     for data, message in ((tmp_path / "ds", "column 'x' holds string"),
-                          (tmp_path / "hive", "Hive-partitioned"),
+                          (tmp_path / "hive", "column 'year' is both in the files and in the partition folder"),
+                          (tmp_path / "uneven", "needs the same partition columns"),
                           (tmp_path / "mixed", "and Parquet ("),
                           (tmp_path / "csvs", "b.csv' has no column(s) 'x', which the first part"),
                           (tmp_path / "*.json", "neither Parquet nor CSV"),

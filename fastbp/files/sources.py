@@ -26,8 +26,9 @@ import tempfile
 
 import numpy as np
 
-from ..core.errors import InputError
 from .columns import NUMBER, arrow_kind, stored_numbers, take
+from .datasets import (COMPRESSIONS, CSV_EXTENSIONS, PARQUET_EXTENSIONS, Partitions, SourceError, data_extension,
+                       dataset_parts)
 
 DEFAULT_CHUNK_ROWS = 65536
 SLICE_CELLS = 1 << 20  # cells of one Parquet slice: 8 MB as float64, whatever the row group size
@@ -36,10 +37,6 @@ SPILL_ABOVE = 256 << 20  # a row group that needs more than this to read in slic
 SPILL_GROUP_BYTES = 8 << 20  # columns read at a time while spilling
 PAGE_BYTES = 2 << 20  # a decoded data page and a dictionary page, at pyarrow's default page size
 _INDEX_NAME = re.compile(r"^(|Unnamed: \d+)$")  # how pandas' to_csv names the index column
-
-
-class SourceError(InputError):
-    """A data file that is missing, unreadable, truncated or not in a supported format."""
 
 
 def _arrow_errors():
@@ -56,9 +53,10 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
     chunk_rows = int(chunk_rows)
     if chunk_rows < 1:
         raise SourceError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    parts = None
+    parts, partitions = None, Partitions()
     if os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path)):
         parts = dataset_parts(path)
+        partitions = Partitions(path, parts)
         ext = data_extension(parts[0])
     elif not os.path.isfile(path):
         raise FileNotFoundError(f"no data file at {path!r}")
@@ -71,63 +69,12 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
     if ext == ".npz":
         return NpzSource(path, chunk_rows)
     if ext in PARQUET_EXTENSIONS:
-        return ParquetSource(path, chunk_rows, parts)
+        return ParquetSource(path, chunk_rows, parts, partitions)
     if ext in CSV_EXTENSIONS:
-        return CsvSource(path, chunk_rows, delimiter="\t" if ext == ".tsv" else ",", encoding=encoding, parts=parts)
+        return CsvSource(path, chunk_rows, delimiter="\t" if ext == ".tsv" else ",", encoding=encoding, parts=parts,
+                         partitions=partitions)
     raise SourceError(f"{path!r}: unknown data format {ext!r}; use .npy, .npz, .parquet or .csv "
                       f"(CSV also compressed: {', '.join('.csv' + c for c in COMPRESSIONS)})")
-
-
-COMPRESSIONS = (".gz", ".bz2", ".zst", ".lz4")  # pyarrow's CSV reader decompresses these as it streams
-
-
-CSV_EXTENSIONS = (".csv", ".tsv", ".txt")
-PARQUET_EXTENSIONS = (".parquet", ".pq")
-
-
-def dataset_parts(path):
-    """The files of a dataset, read as one table: a folder as Spark, Dask or pandas write it (its Parquet
-    or CSV files, compressed CSV too, in subfolders as well, in name order; names starting with _ or . are
-    bookkeeping: _SUCCESS, _metadata, .crc), or a glob pattern of files. All parts have one format."""
-    if os.path.isdir(path):
-        parts = []
-        for folder, subfolders, names in os.walk(path):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith(("_", ".")))
-            partitioned = [d for d in subfolders if "=" in d]
-            if partitioned:
-                raise SourceError(f"{os.path.join(folder, partitioned[0])!r}: a Hive-partitioned dataset keeps the "
-                                  "partition column in folder names, which fastbp does not read; write the column "
-                                  "into the files (e.g. without partition_cols / partitionBy)")
-            parts += [os.path.join(folder, n) for n in sorted(names)
-                      if not n.startswith(("_", ".")) and data_extension(n) in PARQUET_EXTENSIONS + CSV_EXTENSIONS]
-        what = f"the folder {path!r}"
-    else:
-        parts = sorted(p for p in glob.glob(path) if os.path.isfile(p))
-        what = f"the pattern {path!r}"
-        other = [p for p in parts if data_extension(p) not in PARQUET_EXTENSIONS + CSV_EXTENSIONS]
-        if other:
-            raise SourceError(f"{what} matches {other[0]!r}, which is neither Parquet nor CSV; several files are "
-                              "read together as Parquet or CSV parts")
-    if not parts:
-        raise FileNotFoundError(f"no Parquet or CSV files (.parquet, .pq, .csv, .tsv, .txt, also compressed) in "
-                                f"{what}")
-    formats = {("Parquet" if data_extension(p) in PARQUET_EXTENSIONS else data_extension(p)): p for p in parts}
-    if len(formats) > 1:
-        (a, first), (b, second) = list(formats.items())[:2]
-        raise SourceError(f"{what} holds {a} ({first!r}) and {b} ({second!r}) files; the parts of a dataset "
-                          "must have one format")
-    return parts
-
-
-def data_extension(path):
-    """The format's extension, lower case; a compressed CSV (.csv.gz etc.) counts as its inner extension."""
-    root, ext = os.path.splitext(os.fspath(path))
-    ext = ext.lower()
-    if ext in COMPRESSIONS:
-        inner = os.path.splitext(root)[1].lower()
-        if inner in (".csv", ".tsv", ".txt"):
-            return inner
-    return ext
 
 
 class _ArraySource:
@@ -249,13 +196,22 @@ def chunk_readers(source, columns, kinds=None, order=None):
 
 def _check_same_columns(source, part, schema):
     """Every part of a dataset holds the first part's columns, each of the same kind (number or text)."""
-    if list(schema.names) != source.columns:
-        raise SourceError(f"{part!r} has the columns {list(schema.names)}, the first part {source.columns}; the parts "
-                          "of a dataset must hold the same columns")
-    for name in source.columns:
+    if list(schema.names) != source.file_columns:
+        raise SourceError(f"{part!r} has the columns {list(schema.names)}, the first part {source.file_columns}; the "
+                          "parts of a dataset must hold the same columns")
+    for name in source.file_columns:
         if arrow_kind(name, schema.field(name).type) != arrow_kind(name, source.types[name]):
             raise SourceError(f"column {name!r} holds {schema.field(name).type} in {part!r} but "
                               f"{source.types[name]} in the first part; the parts must agree")
+
+
+def _with_partitions(source, file_columns, partitions):
+    """The columns of a dataset: its files' and, after them, its Hive partition columns (folder names)."""
+    clash = [c for c in partitions.columns if c in file_columns]
+    if clash:
+        raise SourceError(f"{source.path!r}: column {clash[0]!r} is both in the files and in the partition folder "
+                          "names; rename one of them")
+    return list(file_columns) + partitions.columns
 
 
 def _check_columns(source, columns):
@@ -273,7 +229,7 @@ class ParquetSource:
     shuffleable = True
     shard_by_chunks = True  # under MPI, "auto" gives each rank its own row groups
 
-    def __init__(self, path, chunk_rows=DEFAULT_CHUNK_ROWS, parts=None):
+    def __init__(self, path, chunk_rows=DEFAULT_CHUNK_ROWS, parts=None, partitions=None):
         try:
             import pyarrow.parquet as pq
         except ImportError:
@@ -288,8 +244,10 @@ class ParquetSource:
             except _arrow_errors() as exc:  # empty or truncated files
                 raise SourceError(f"{part!r} is not a readable Parquet file ({exc})") from None
         schema = self.files[0].schema_arrow
-        self.columns = list(schema.names)
-        self.types = {name: schema.field(name).type for name in self.columns}
+        self.file_columns = list(schema.names)
+        self.partitions = partitions or Partitions()
+        self.columns = _with_partitions(self, self.file_columns, self.partitions)
+        self.types = {name: schema.field(name).type for name in self.file_columns}
         for part, file in zip(self.parts[1:], self.files[1:]):
             _check_same_columns(self, part, file.schema_arrow)
         pandas = schema.pandas_metadata or {}
@@ -310,8 +268,9 @@ class ParquetSource:
         return self.path if len(self.parts) == 1 else self.parts[self.part_of[k]]
 
     def kinds(self, columns):
+        """NUMBER or TEXT as the files declare them; None for partition columns (text in folder names)."""
         _check_columns(self, columns)
-        return {c: arrow_kind(c, self.types[c]) for c in columns}
+        return {c: arrow_kind(c, self.types[c]) if c in self.types else None for c in columns}
 
     def read_memory(self, columns):
         """Bytes pyarrow holds to read a slice of the largest row group: it decodes a whole page (up to ~1 MB,
@@ -325,8 +284,9 @@ class ParquetSource:
         return self.read_memory(columns) > SPILL_ABOVE
 
     def _positions(self, columns):
-        position = {c: i for i, c in enumerate(self.columns)}
-        return [position[c] for c in columns]
+        """Where the stored ones of these columns are in the files (partition columns are not stored)."""
+        position = {c: i for i, c in enumerate(self.file_columns)}
+        return [position[c] for c in columns if c in position]
 
     def _group_memory(self, k, index):
         group = self._meta(k)
@@ -339,21 +299,27 @@ class ParquetSource:
 
     def chunks(self, columns, kinds=None, order=None):
         _check_columns(self, columns)
-        rows = self.slice_rows(len(columns))
-        index = self._positions(columns)
+        # the columns stored in the files (at least one, for the row counts); partition columns are added
+        stored = [c for c in columns if c in self.types] or self.file_columns[:1]
+        rows = self.slice_rows(len(stored))
+        index = self._positions(stored)
         for k in (range(self.n_chunks) if order is None else order):
-            start = int(self.chunk_starts[k])
-            try:
-                if self._group_memory(k, index) > SPILL_ABOVE:
-                    yield from self._spilled(int(k), columns, index, rows)
-                    continue
-                file = self.files[self.part_of[k]]
-                for batch in file.iter_batches(batch_size=rows, row_groups=[int(self.group_of[k])],
-                                               columns=list(columns), use_threads=False):
-                    yield start, {c: batch.column(i) for i, c in enumerate(columns)}
-                    start += batch.num_rows
-            except _arrow_errors() as exc:
-                raise SourceError(f"{self._where(k)!r}: row group {self.group_of[k]} cannot be read ({exc})") from None
+            for start, chunk in self._stored_chunks(int(k), stored, index, rows):
+                yield start, self.partitions.add(chunk, columns, int(self.part_of[k]), kinds)
+
+    def _stored_chunks(self, k, columns, index, rows):
+        start = int(self.chunk_starts[k])
+        try:
+            if self._group_memory(k, index) > SPILL_ABOVE:
+                yield from self._spilled(k, columns, index, rows)
+                return
+            file = self.files[self.part_of[k]]
+            for batch in file.iter_batches(batch_size=rows, row_groups=[int(self.group_of[k])],
+                                           columns=list(columns), use_threads=False):
+                yield start, {c: batch.column(i) for i, c in enumerate(columns)}
+                start += batch.num_rows
+        except _arrow_errors() as exc:
+            raise SourceError(f"{self._where(k)!r}: row group {self.group_of[k]} cannot be read ({exc})") from None
 
     def _spilled(self, k, columns, index, rows):
         """A row group too wide to read in slices (see read_memory): copied once, SPILL_GROUP_BYTES of columns at a
@@ -412,7 +378,7 @@ class CsvSource:
     shard_by_chunks = False
     n_chunks = chunk_starts = None
 
-    def __init__(self, path, chunk_rows, delimiter=",", encoding=None, parts=None):
+    def __init__(self, path, chunk_rows, delimiter=",", encoding=None, parts=None, partitions=None):
         try:
             import pyarrow.csv as pcsv
         except ImportError:
@@ -427,7 +393,9 @@ class CsvSource:
         # ~64 bytes a row is a guess; blocks bound memory, not exact row counts
         self._read = pcsv.ReadOptions(block_size=max(1 << 20, int(chunk_rows) * 64), encoding=encoding or "utf8")
         self._parse = pcsv.ParseOptions(delimiter=delimiter)
-        self.columns = self._header(self.parts[0])
+        self.file_columns = self._header(self.parts[0])
+        self.partitions = partitions or Partitions()
+        self.columns = _with_partitions(self, self.file_columns, self.partitions)
         self.index_columns = [c for c in self.columns if _INDEX_NAME.match(c)]
         self.n_rows = None
 
@@ -454,18 +422,21 @@ class CsvSource:
 
     def chunks(self, columns, kinds=None, order=None):
         _check_columns(self, columns)
+        # the columns stored in the files (at least one, for the row counts); partition columns are added
+        stored = [c for c in columns if c in self.file_columns] or self.file_columns[:1]
         start = 0
         for i, part in enumerate(self.parts):
-            header = self._header(part) if i else self.columns
-            missing = [c for c in columns if c not in header]
+            header = self._header(part) if i else self.file_columns
+            missing = [c for c in stored if c not in header]
             if missing:
                 raise SourceError(f"{part!r} has no column(s) {', '.join(map(repr, missing))}, which the first "
                                   f"part {self.parts[0]!r} has; the parts of a dataset must hold the same columns")
             first = start
             try:
-                with self._open(part, columns, kinds) as reader:
+                with self._open(part, stored, kinds) as reader:
                     for batch in reader:
-                        yield start, {c: batch.column(j) for j, c in enumerate(columns)}
+                        chunk = {c: batch.column(j) for j, c in enumerate(stored)}
+                        yield start, self.partitions.add(chunk, columns, i, kinds)
                         start += batch.num_rows
             except SourceError:
                 raise
