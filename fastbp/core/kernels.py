@@ -254,6 +254,10 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
     slabs_path = beta == 0 and uses_slabs(P, net.sizes, rows, n_parts)
     slabs = np.empty((n_parts - 1) * P if slabs_path else 0, dtype=grad.dtype)
     zero = grad.dtype.type(0.0)
+    # typed, not literal, arguments for _weight_gradients: Numba compiles a callee anew for each
+    # combination of literal and non-literal arguments (~3.5 s each when cold)
+    no = rows < 0
+    first, one_part = np.int64(0), np.int64(1)
     part_loss = np.zeros(n_parts)
     for part in prange(n_parts):
         fp_mode = flush_denormals()
@@ -264,7 +268,8 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
         if slabs_path:  # this thread's rows' whole gradient: thread 0 into grad, the others into a slab
             target = grad if part == 0 else slabs[(part - 1) * P:part * P]
             if r1 > r0:
-                _weight_gradients(target, params, net, ws, opt, hyper, r0, r1 - r0, 0, 1, zero, 0.0, False, False)
+                _weight_gradients(target, params, net, ws, opt, hyper, r0, r1 - r0, first, one_part, zero, 0.0, no,
+                                  no)
             else:
                 target[:] = 0
         restore_fp_mode(fp_mode)
@@ -285,8 +290,8 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
             squares[part], grad_squares[part] = _sum_slabs_and_step(grad, params, slabs, net, opt, hyper, penalty,
                                                                     fused, clip, lo, hi)
         else:
-            squares[part], grad_squares[part] = _weight_gradients(grad, params, net, ws, opt, hyper, 0, rows, part,
-                                                                  n_parts, beta, penalty, fused, clip)
+            squares[part], grad_squares[part] = _weight_gradients(grad, params, net, ws, opt, hyper, first, rows,
+                                                                  np.int64(part), n_parts, beta, penalty, fused, clip)
         restore_fp_mode(fp_mode)
     if reg.weight_penalty > 0:
         for part in range(n_parts):
@@ -418,6 +423,7 @@ def forward_all(out, params, net, ws, X, n_parts):
     off_out = _offset(sizes, capacity, n_layers)
     order = np.arange(n)
     no_dropout = np.zeros(n_layers, dtype=params.dtype)
+    unused = np.int64(0)  # no dropout seed or step: typed, so training's build of _forward_rows serves here too
     acts = ws.acts  # loaded once: read inside the parallel loop, Numba warned it might be written there
     for start in range(0, n, capacity):
         rows = min(capacity, n - start)
@@ -427,6 +433,9 @@ def forward_all(out, params, net, ws, X, n_parts):
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
             _gather_rows(X, order, start, r0, r1 - r0, acts)
-            _forward_rows(params, net, ws, no_dropout, 0, 0, order, start, r0, r1 - r0)
+            _forward_rows(params, net, ws, no_dropout, unused, unused, order, start, r0, r1 - r0)
             restore_fp_mode(fp_mode)
-        out[start:start + rows] = acts[off_out:off_out + rows * n_out].reshape((rows, n_out))
+        # element by element: an array slice assignment would compile Numba's shape-mismatch message
+        # formatting (~5 s when cold)
+        for i in range(rows * n_out):
+            out[start + i // n_out, i % n_out] = acts[off_out + i]
