@@ -460,15 +460,16 @@ def _report_unknown(prep):
               "as all zeros; --on-unknown error stops at the first)", file=sys.stderr)
 
 
-def _one_hot_model(trainer):
-    """True for a classifier trained on one-hot classes (mse, mae, huber, or binary_cross_entropy on 3+)."""
-    from .files.streaming import target_width
-    return target_width(trainer.loss, trainer.layer_sizes[-1]) > 1
+def _targets(trainer):
+    """What the model learned from the target column (a one-hot model: mse, mae, huber, or binary_cross_entropy
+    on 3+ classes)."""
+    from .files.streaming import FileTargets
+    return FileTargets(trainer.loss, trainer.layer_sizes[-1])
 
 
 def _predicted_classes(trainer, X):
     """The class indices a CLI classifier predicts; a one-hot model's are its largest outputs."""
-    if _one_hot_model(trainer):
+    if _targets(trainer).one_hot:
         return trainer.decision_function(X).argmax(axis=1)
     return trainer.predict(X)
 
@@ -570,15 +571,13 @@ class _TableWriter:
 def evaluate(args):
     from .engine import metrics
 
-    from .files.streaming import target_rows
-
     trainer, prep, source = _load_with_prep(args)
-    one_hot = _one_hot_model(trainer)
+    targets = _targets(trainer)
+    one_hot = targets.one_hot
     part, n, squared, absolute, correct = None, 0, 0.0, 0.0, 0
     for start, chunk in source.chunks(prep.features + [prep.target], prep.kinds()):
         X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
-        targets = target_rows(y, trainer.layer_sizes[-1] if one_hot else 1)
-        part = metrics.combine([part, trainer.metric_part(X, targets)])  # exact over the file, not chunk means
+        part = metrics.combine([part, trainer.metric_part(X, targets.rows(y))])  # exact over the file, not chunk means
         if prep.task == "regress":  # errors on the target's own scale, not the standardized one
             error = prep.target_values(trainer.predict(X)) - prep.target_values(y)
             squared += float(error @ error)

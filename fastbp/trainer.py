@@ -196,33 +196,33 @@ class Trainer:
         class_weight: {label: weight} or "balanced" (from the class counts of the Preprocessor.fit that
         made `prep`), as in fit; validation rows without weights are weighted by class too, as fit's
         validation_split rows are. A loss other than cross_entropy with one output per class (mse, or
-        binary_cross_entropy one-vs-rest) learns the classes one-hot (streaming.target_width); validation
+        binary_cross_entropy one-vs-rest) learns the classes one-hot (streaming.FileTargets); validation
         targets are given as prep.transform gives them."""
         from .files import streaming
         with self._guard:
             engine = self.engine()
             if train_rows < 1:
                 raise InputError("no training rows were read from the data")
-            width = streaming.target_width(self.loss, self.layout.n_out)
-            if width > 1 and (prep.task != "classify" or width != len(prep.classes())):
-                what = f"{len(prep.classes())} classes" if prep.task == "classify" else "one regression target"
-                raise InputError(f"the model has {width} outputs with loss {self.loss!r}, but the data has {what}: "
-                                 "give a classifier one output per class (or cross_entropy), a regressor one output")
             class_table = None if class_weight is None else self._file_class_weights(class_weight, prep)
+            targets = streaming.FileTargets(self.loss, self.layout.n_out, class_table)
+            if targets.one_hot and (prep.task != "classify" or targets.width != len(prep.classes())):
+                what = f"{len(prep.classes())} classes" if prep.task == "classify" else "one regression target"
+                raise InputError(f"the model has {targets.width} outputs with loss {self.loss!r}, but the data has "
+                                 f"{what}: give a classifier one output per class (or cross_entropy), a regressor "
+                                 "one output")
             if validation is not None:
-                Xv, Yv = self._check_data(validation[0], streaming.target_rows(np.asarray(validation[1]), width))
+                Xv, Yv = self._check_data(validation[0], targets.rows(np.asarray(validation[1])))
                 wv = check_sample_weight(validation[2] if len(validation) > 2 else None, len(Xv))
                 if wv is None and class_table is not None:
-                    wv = class_table[Yv[:, 0].astype(np.int64)]
+                    wv = targets.weights(np.asarray(validation[1]))
                 validation = (Xv, Yv, wv)
             stats = stats if stats is not None else streaming.StreamStats()
             if file_shards.shard_mode(shard, source, self._comm.size) == "chunks":
                 run_epoch = file_shards.chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows,
-                                                             val_split, seed, stats, self.sync_every, class_table,
-                                                             width)
+                                                             val_split, seed, stats, self.sync_every, targets)
             else:
                 run_epoch = streaming.buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split,
-                                                      seed, stats, class_table, width)
+                                                      seed, stats, targets)
             if self.classes_ is None and self.is_classifier:  # the Preprocessor gives class indices
                 self.classes_ = index_classes(self.loss, self.layout.n_out)
             self._run(engine, run_epoch, validation, callbacks, verbose)

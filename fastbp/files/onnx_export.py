@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from .modelfile import atomic_write
+from .streaming import FileTargets
 
 OPSET = 17     # ai.onnx: every op used here (Erf, Softplus, Elu, LeakyRelu, IsNaN, Where) exists there
 ML_OPSET = 2   # ai.onnx.ml: LabelEncoder with string keys and a default
@@ -121,7 +122,7 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
         inputs, x = preprocess(g, prep, dtype)
     logits = forward(g, x, layers, activations)
     # a file-trained classifier with one output per class and another loss learned the classes one-hot
-    one_hot = prep is not None and prep.task == "classify" and loss != "cross_entropy" and n_out > 1
+    one_hot = prep is not None and prep.task == "classify" and FileTargets(loss, n_out).one_hot
     if loss == "cross_entropy" or one_hot:
         label = g.node("ArgMax", [logits], axis=1, keepdims=0)
         name = {"cross_entropy": "probabilities", "binary_cross_entropy": "probabilities"}.get(loss, "scores")

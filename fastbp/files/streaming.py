@@ -49,37 +49,44 @@ def read_training_rows(source, prep, columns, order, val_split, seed, stats, dty
         yield start, X, y
 
 
-def target_width(loss, n_out):
-    """Target columns a model learns from a file: 1 (a class index, a 0/1 label or a regression value) for
-    cross_entropy or one output; otherwise one-hot classes, one column per output (mse or
-    binary_cross_entropy on classes)."""
-    return 1 if loss == "cross_entropy" else n_out
+class FileTargets:
+    """What a model learns from a file's target column (Preprocessor.transform's y): one column (a class
+    index, a 0/1 label or a regression value) for cross_entropy or one output; otherwise the classes
+    one-hot, one column per output (mse, mae, huber or binary_cross_entropy on classes). With
+    class_table (a weight per class index), each row also gets its class's weight."""
+
+    def __init__(self, loss, n_out, class_table=None):
+        self.width = 1 if loss == "cross_entropy" else int(n_out)
+        self.class_table = class_table
+
+    @property
+    def one_hot(self):
+        return self.width > 1
+
+    def buffers(self, n, dtype):
+        """Empty (targets, weights) buffers for n rows; weights is empty without class weights."""
+        return (np.empty((n, self.width), dtype=dtype),
+                np.empty(n if self.class_table is not None else 0, dtype=dtype))
+
+    def rows(self, y):
+        if self.width == 1:
+            return y.reshape(-1, 1)
+        return np.eye(self.width, dtype=y.dtype)[y.astype(np.int64)]
+
+    def weights(self, y):
+        return self.class_table[y.astype(np.int64)]
 
 
-def target_rows(y, width):
-    """The targets of rows whose Preprocessor target is y: y itself as a column, or its classes one-hot."""
-    if width == 1:
-        return y.reshape(-1, 1)
-    return np.eye(width, dtype=y.dtype)[y.astype(np.int64)]
-
-
-def class_weights_of(class_table, y):
-    """Each row's weight from its class index (y as Preprocessor.transform gives it)."""
-    return class_table[y.astype(np.int64)]
-
-
-def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, class_table=None,
-                    width=1):
+def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, targets):
     """The epoch source of a file: one process, or shard="rows" under MPI (equal to one process).
-    class_table: a weight per class index (rows weighted by their class), or None; width: target_width."""
+    targets: FileTargets, what the model learns from the target column."""
     batch = engine.batch_size
     dtype = engine.params.dtype
     if buffer_rows is None:
         buffer_rows = default_buffer_rows(prep.n_inputs, dtype)
     buffer_rows = max(batch, int(buffer_rows) // batch * batch)
     Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), prep.n_inputs), dtype=dtype)
-    Ybuf = np.empty((len(Xbuf), width), dtype=dtype)
-    Wbuf = np.empty(len(Xbuf) if class_table is not None else 0, dtype=dtype)
+    Ybuf, Wbuf = targets.buffers(len(Xbuf), dtype)
     columns = prep.features + [prep.target]
     rng = engine.state.shuffle_rng
 
@@ -108,19 +115,19 @@ def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, se
                 take = min(size - filled, len(kept) - pos)
                 if need is None:
                     Xbuf[filled:filled + take] = X[pos:pos + take]
-                    Ybuf[filled:filled + take] = target_rows(y[pos:pos + take], width)
+                    Ybuf[filled:filled + take] = targets.rows(y[pos:pos + take])
                     if Wbuf.size:
-                        Wbuf[filled:filled + take] = class_weights_of(class_table, y[pos:pos + take])
+                        Wbuf[filled:filled + take] = targets.weights(y[pos:pos + take])
                 else:
                     here = kept[pos:pos + take]
                     mine = np.flatnonzero(need[filled:filled + take])
                     # only this rank's rows of the chunk: a memory-mapped .npy reads just those
                     Xs, ys = prep.transform(read(here[mine]), start, dtype=dtype)
                     Xbuf[filled + mine] = Xs
-                    Ybuf[filled + mine] = target_rows(ys, width)
+                    Ybuf[filled + mine] = targets.rows(ys)
                     if Wbuf.size:  # every rank weighs whole global batches: the labels of all rows
                         labels = prep.encode_target(read(here)[prep.target], start, dtype)
-                        Wbuf[filled:filled + take] = class_weights_of(class_table, labels)
+                        Wbuf[filled:filled + take] = targets.weights(labels)
                 filled += take
                 pos += take
                 if filled == size:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..files.preprocess import holdout_mask
-from ..files.streaming import class_weights_of, default_buffer_rows, read_training_rows, target_rows
+from ..files.streaming import default_buffer_rows, read_training_rows
 from .distributed import rank_steps
 
 SHARD_MODES = ("auto", "rows", "chunks")
@@ -41,9 +41,9 @@ def shard_mode(shard, source, ranks):
 
 
 def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, sync_every,
-                         class_table=None, width=1):
+                         targets):
     """run_epoch for shard="chunks": each rank trains on its own chunks; see the module notes.
-    class_table: a weight per class index (rows weighted by their class), or None; width: target_width."""
+    targets: FileTargets, what the model learns from the target column."""
     comm = engine.comm
     ranks = comm.size
     starts = source.chunk_starts
@@ -60,8 +60,7 @@ def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_spli
         buffer_rows = default_buffer_rows(prep.n_inputs, dtype)
     buffer_rows = max(local_batch, int(buffer_rows) // local_batch * local_batch)
     Xbuf = np.empty((min(buffer_rows, train_rows), prep.n_inputs), dtype=dtype)
-    Ybuf = np.empty((len(Xbuf), width), dtype=dtype)
-    Wbuf = np.empty(len(Xbuf) if class_table is not None else 0, dtype=dtype)
+    Ybuf, Wbuf = targets.buffers(len(Xbuf), dtype)
     columns = prep.features + [prep.target]
 
     def run_epoch(hyper):
@@ -95,9 +94,9 @@ def chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows, val_spli
             while pos < len(y):
                 take = min(len(Xbuf) - filled, len(y) - pos)
                 Xbuf[filled:filled + take] = X[pos:pos + take]
-                Ybuf[filled:filled + take] = target_rows(y[pos:pos + take], width)
+                Ybuf[filled:filled + take] = targets.rows(y[pos:pos + take])
                 if Wbuf.size:
-                    Wbuf[filled:filled + take] = class_weights_of(class_table, y[pos:pos + take])
+                    Wbuf[filled:filled + take] = targets.weights(y[pos:pos + take])
                 filled, pos = filled + take, pos + take
                 if filled == len(Xbuf):
                     if not train_buffer(filled):
