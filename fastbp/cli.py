@@ -179,10 +179,22 @@ def _class_weight_for(weights, prep):
     return {by_text[text]: weight for text, weight in weights.items()}
 
 
-def _check_training_options(args):
-    _class_weight_option(args.class_weight)
-    if args.class_weight is not None and args.task == "regress":
+def _check_class_weight(option, loss, task):
+    """--class-weight weighs classes in a classification loss (loss/task None: not known yet)."""
+    from .core.losses import CLASSIFICATION_LOSSES
+
+    if option is None:
+        return
+    _class_weight_option(option)
+    if task == "regress":
         raise UsageError("--class-weight weighs the classes of a classified target, not a regressed one")
+    if loss is not None and loss not in CLASSIFICATION_LOSSES:
+        raise UsageError(f"--class-weight weighs a classification loss; --loss {loss} learns the classes as "
+                         "one-hot scores: use cross_entropy or binary_cross_entropy, or leave out --class-weight")
+
+
+def _check_training_options(args):
+    _check_class_weight(args.class_weight, args.loss, args.task)
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.weight_decay is not None and not args.weight_decay >= 0:
@@ -239,12 +251,7 @@ def train(args):
         progress(None)
     loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
     _check_loss_fits_task(loss, prep.task)
-    if args.class_weight is not None and prep.task != "classify":
-        raise UsageError("--class-weight weighs the classes of a classified target, not a regressed one")
-    if args.class_weight is not None and loss not in ("cross_entropy", "binary_cross_entropy"):
-        raise UsageError(f"--class-weight weighs a classification loss; --loss {loss} learns the classes as "
-                         "one-hot scores: use cross_entropy or binary_cross_entropy, or leave out --class-weight")
-    # from this pass's class counts (a resumed checkpoint's Preprocessor has none)
+    _check_class_weight(args.class_weight, loss, prep.task)
     class_weight = _class_weight_for(_class_weight_option(args.class_weight), prep)
     n_out = _outputs(loss, prep.task, prep.classes())
     options = _result_options(args, comm.size if comm else 1, shard)
@@ -254,7 +261,7 @@ def train(args):
         if not trainer.preprocessing or not prep.matches(trainer.preprocessing):
             raise UsageError(f"{checkpoint!r} was trained on differently prepared data; resume with the same data "
                              "and options, or start without --resume")
-        counts = prep.class_counts
+        counts = prep.class_counts  # this pass's: a Preprocessor from a model file has none
         prep = Preprocessor(trainer.preprocessing)  # transform exactly as the checkpoint was trained
         prep.class_counts = counts
         done = len(trainer.history)
