@@ -832,7 +832,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv=None):
-    from .files.sources import data_extension
+    from .files.datasets import data_extension
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its options belong to compare_peers, not to this parser

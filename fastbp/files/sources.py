@@ -1,7 +1,8 @@
 """Tabular files read in chunks: .npy (memory-mapped), .npz, Parquet and CSV (pyarrow).
 
 Every source yields chunks as {column name: column} in file order or in a given chunk
-order, never the whole file. A column is a numpy array (.npy/.npz) or a pyarrow Array
+order, never the whole file. A folder or glob of Parquet or CSV parts (fastbp.files.datasets)
+reads as one table, Hive partition columns included. A column is a numpy array (.npy/.npz) or a pyarrow Array
 (CSV, Parquet) in the file's own type; fastbp.files.columns converts it to the type the
 schema fixed. `kinds(columns)` says what the file itself declares: NUMBER or TEXT per
 column, or None where only the values can tell (every CSV column).
