@@ -173,10 +173,11 @@ class TargetScan(ColumnScan):
 
     def __init__(self, name, declared):
         super().__init__(name, declared, MAX_LABELS, keep_sample=False)
-        self.labels = set()  # numbers for numeric targets; strings otherwise (CSV cells before the verdict)
+        # rows per distinct value as read: numbers for numeric targets, else the cells' text (CSV cells before
+        # the verdict); None once there are more than MAX_LABELS (not classes)
+        self.counts = {}
         self.label_type = None
         self.integral = True
-        self.counts = {}  # rows per value as read (numbers, or the text of the cells); None once there are too many
 
     def update(self, values, rows, rng):
         missing = self.missing
@@ -186,26 +187,33 @@ class TargetScan(ColumnScan):
                              f"{where(0, _first_missing(values, rows))}; drop those rows first")
         if numbers is not None:
             self.integral &= bool(np.all(numbers == np.round(numbers)))
-            if len(self.labels) <= MAX_LABELS:
-                self.labels.update(np.unique(numbers).tolist())
             self.label_type = self.label_type or _number_type(values)
-            self._count(*np.unique(numbers, return_counts=True))
-        elif self.distinct is not None:
-            import pyarrow.compute as pc
-            counted = pc.value_counts(to_text(self.name, values))
-            self._count(counted.field("values").to_pylist(), counted.field("counts").to_pylist())
+            if self.counts is not None:
+                distinct, counts = np.unique(numbers, return_counts=True)
+                self._count(distinct.tolist(), counts.tolist())
+
+    def _remember(self, text):
+        """ColumnScan's distinct texts, counted (one value_counts gives both)."""
+        if self.distinct is None:
+            return
+        import pyarrow.compute as pc
+        counted = pc.value_counts(text.drop_null())
+        distinct = counted.field("values").to_pylist()
+        self.distinct.update(distinct)
+        if len(self.distinct) > self.max_categories:
+            self.distinct = None
+        self._count(distinct, counted.field("counts").to_pylist())
 
     def _count(self, values, counts):
         if self.counts is None:
             return
-        for value, n in zip(values.tolist() if isinstance(values, np.ndarray) else values, counts):
+        for value, n in zip(values, counts):
             self.counts[value] = self.counts.get(value, 0) + int(n)
         if len(self.counts) > MAX_LABELS:  # not classes: stop counting
             self.counts = None
 
     def merge(self, other, rng):
         super().merge(other, rng)
-        self.labels |= other.labels
         self.integral &= other.integral
         self.label_type = self.label_type or other.label_type
         if self.counts is not None and other.counts is not None:
@@ -226,10 +234,10 @@ class TargetScan(ColumnScan):
         """(kind, classes sorted, label type 'int'/'float'/'bool'/'str', all values whole numbers)."""
         kind = self.kind() if self.declared is not None or not self.seen_text else TEXT
         if self.declared == NUMBER:
-            if len(self.labels) > MAX_LABELS:
+            if self.counts is None:
                 return kind, [], self.label_type, self.integral
             as_type = {"int": int, "bool": bool}.get(self.label_type, float)
-            return kind, [as_type(v) for v in sorted(self.labels)], self.label_type, self.integral
+            return kind, [as_type(v) for v in sorted(self.counts)], self.label_type, self.integral
         if self.distinct is None:
             return kind, [], "str", False  # too many distinct values to be classes
         if kind == TEXT:
