@@ -85,10 +85,15 @@ class Partitions:
     def columns(self):
         return list(self.values)
 
+    def stored(self, columns, file_columns):
+        """The columns to read from the files: those not in folder names (at least one, for the row counts)."""
+        return [c for c in columns if c not in self.values] or file_columns[:1]
+
     def add(self, chunk, columns, part, kinds):
-        """A chunk of part `part` with the partition columns among `columns` added (in the order of `columns`)."""
+        """A chunk of part `part` (its `stored` columns) with the partition columns among `columns` added, in the
+        order of `columns`."""
         if not self.values:
-            return chunk if list(chunk) == list(columns) else {c: chunk[c] for c in columns}
+            return chunk
         n = len(next(iter(chunk.values())))
         return {c: chunk[c] if c in chunk else self.column(c, part, n, (kinds or {}).get(c)) for c in columns}
 

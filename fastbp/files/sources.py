@@ -300,8 +300,7 @@ class ParquetSource:
 
     def chunks(self, columns, kinds=None, order=None):
         _check_columns(self, columns)
-        # the columns stored in the files (at least one, for the row counts); partition columns are added
-        stored = [c for c in columns if c in self.types] or self.file_columns[:1]
+        stored = self.partitions.stored(columns, self.file_columns)
         rows = self.slice_rows(len(stored))
         index = self._positions(stored)
         for k in (range(self.n_chunks) if order is None else order):
@@ -423,15 +422,9 @@ class CsvSource:
 
     def chunks(self, columns, kinds=None, order=None):
         _check_columns(self, columns)
-        # the columns stored in the files (at least one, for the row counts); partition columns are added
-        stored = [c for c in columns if c in self.file_columns] or self.file_columns[:1]
+        stored = self.partitions.stored(columns, self.file_columns)
         start = 0
         for i, part in enumerate(self.parts):
-            header = self._header(part) if i else self.file_columns
-            missing = [c for c in stored if c not in header]
-            if missing:
-                raise SourceError(f"{part!r} has no column(s) {', '.join(map(repr, missing))}, which the first "
-                                  f"part {self.parts[0]!r} has; the parts of a dataset must hold the same columns")
             first = start
             try:
                 with self._open(part, stored, kinds) as reader:
@@ -442,10 +435,16 @@ class CsvSource:
             except SourceError:
                 raise
             except _arrow_errors() as exc:  # ragged rows, bad encodings, text in a numeric column
-                raise SourceError(self._explain(part, header, str(exc), start - first, kinds)) from None
+                raise SourceError(self._explain(part, stored, str(exc), start - first, kinds)) from None
 
-    def _explain(self, part, header, message, start, kinds):
-        """pyarrow names a column by its number in the file's header; say its name, and what to do."""
+    def _explain(self, part, columns, message, start, kinds):
+        """What went wrong reading these columns of a part (a later part's header is read only now, on the error
+        path): a column the part lacks, or pyarrow's column number as a name, and what to do."""
+        header = self.file_columns if part == self.parts[0] else self._header(part)
+        missing = [c for c in columns if c not in header]
+        if missing:
+            return (f"{part!r} has no column(s) {', '.join(map(repr, missing))}, which the first part "
+                    f"{self.parts[0]!r} has; the parts of a dataset must hold the same columns")
         found = re.search(r"CSV column #(\d+)", message)
         column = header[int(found.group(1))] if found and int(found.group(1)) < len(header) else None
         where = f"{part!r}, in the rows after row {start}"
