@@ -437,5 +437,6 @@ def forward_all(out, params, net, ws, X, n_parts):
             restore_fp_mode(fp_mode)
         # element by element: an array slice assignment would compile Numba's shape-mismatch message
         # formatting (~5 s when cold)
-        for i in range(rows * n_out):
-            out[start + i // n_out, i % n_out] = acts[off_out + i]
+        for i in range(rows):
+            for j in range(n_out):
+                out[start + i, j] = acts[off_out + i * n_out + j]

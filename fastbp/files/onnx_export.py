@@ -110,7 +110,8 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     "probabilities" for classification losses, "variable" otherwise); a file-trained model
     (`prep`: the Preprocessor of its stored state) takes its columns and gives labels, probabilities
     (one column per class) and values on the target's own scale, as `fastbp predict` does; one that
-    learned its classes one-hot with mse, mae or huber gives "label" and "scores". classes: the Trainer's classes_ (labels by output)."""
+    learned its classes one-hot with mse, mae or huber gives "label" and "scores". classes: the Trainer's
+    classes_ (labels by output)."""
     onnx = require_onnx()
     g = Graph()
     dtype = np.dtype(dtype)
