@@ -89,3 +89,95 @@ def test_the_first_compile_in_a_fresh_cache_is_announced_once(tmp_path):
     assert "<string>:5: CompileNotice" in first.stderr  # attributed to the user's line
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and "CompileNotice" not in again.stderr  # loaded from the cache
+
+
+class _Alternating(config.ThreadChooser):
+    """Segments of 3 batches on 2 threads, then 1, then 2, ... (what a busy machine may make of a run)."""
+    used = []
+
+    def segments(self, n_batches, groups):
+        import numba
+        for k, first in enumerate(range(0, n_batches, 3)):
+            threads = groups if k % 2 == 0 else 1
+            numba.set_num_threads(threads)
+            self.used.append(threads)
+            yield first, min(3, n_batches - first), threads
+        numba.set_num_threads(groups)
+
+
+@pytest.mark.skipif(config.max_threads() < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sizes, batch_size", [([6, 16, 3], 64), ([6, 64, 64, 3], 8)])  # slabs, weight slices
+def test_results_do_not_depend_on_the_threads_that_run_the_row_groups(monkeypatch, dtype, sizes, batch_size):
+    """Training splits every batch into the same row groups on 1 thread as on 2: bit-identical parameters and
+    losses whether an epoch runs in one call on 2 threads or in segments on 2 and 1 threads."""
+    import fastbp.engine.engine as engine_module
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(203, 6))
+    y = rng.integers(0, 3, size=203)
+    w = rng.uniform(0.5, 2.0, size=203)
+    monkeypatch.setattr(config, "MIN_FLOPS_PER_THREAD", 0)
+
+    def fit():
+        tr = Trainer(sizes, optimizer="adam", lr=0.01, batch_size=batch_size, epochs=2, dtype=dtype, n_threads=2,
+                     dropout=0.2, clip_grad_norm=1.0, seed=5)
+        return tr.fit(X, y, sample_weight=w)
+
+    monkeypatch.setattr(config, "ADAPT_THREADS", False)
+    whole = fit()
+    monkeypatch.setattr(config, "ADAPT_THREADS", True)
+    monkeypatch.setattr(engine_module, "ThreadChooser", _Alternating)
+    _Alternating.used.clear()
+    segmented = fit()
+    assert 1 in _Alternating.used and 2 in _Alternating.used
+    assert np.array_equal(whole.params, segmented.params)
+    assert [h["loss"] for h in whole.history] == [h["loss"] for h in segmented.history]
+
+
+def _scripted_usage(monkeypatch):
+    """config._usage returns running totals of (wall, cpu, preemptions) steps, one step per segment."""
+    totals = [np.zeros(3)]
+
+    def usage():
+        return tuple(totals[0])
+
+    def advance(step):
+        totals[0] = totals[0] + np.array(step, dtype=float)
+    monkeypatch.setattr(config, "_usage", usage)
+    monkeypatch.setattr(config.numba, "set_num_threads", lambda n: None)  # the logic alone, even for 16 threads
+    return advance
+
+
+def _threads_of_segments(chooser, groups, steps, advance):
+    """Run chooser.segments over len(steps) one-batch segments; step k is what segment k measured."""
+    used = []
+    for (_, count, threads), step in zip(chooser.segments(len(steps), groups), steps):
+        used.append(threads)
+        advance(step)
+    return used
+
+
+@pytest.mark.skipif(config.resource is None, reason="no getrusage here: the chooser keeps every thread")
+def test_thread_chooser_gives_way_only_when_the_threads_are_preempted(monkeypatch):
+    monkeypatch.setattr(config, "ADAPT_THREADS", True)
+    monkeypatch.setattr(config.ThreadChooser, "SEGMENT_SECONDS", 0.01)  # one batch per segment below
+    monkeypatch.setattr(config.ThreadChooser, "FIRST_SEGMENT", 1)
+    advance = _scripted_usage(monkeypatch)
+    quiet, busy, idle_waits = (0.01, 0.019, 0), (0.01, 0.010, 20), (0.01, 0.012, 0)
+    # busy: 2 threads got one core's worth and were preempted 2,000 times a second
+    chooser = config.ThreadChooser()
+    assert _threads_of_segments(chooser, 2, [quiet, quiet, busy, busy, busy], advance) == [2, 2, 2, 1, 1]
+    # a low CPU share without preemptions is our own threads waiting at barriers: keep them
+    chooser = config.ThreadChooser()
+    assert _threads_of_segments(chooser, 2, [quiet, idle_waits, idle_waits, quiet], advance) == [2, 2, 2, 2]
+    # after RETRY_SECONDS every thread is tried again, and kept when the cores are free
+    monkeypatch.setattr(config.ThreadChooser, "RETRY_SECONDS", 0.0)
+    chooser = config.ThreadChooser()
+    assert _threads_of_segments(chooser, 2, [quiet, busy, quiet, quiet], advance) == [2, 2, 2, 2]
+    # 16 groups with 10 cores free: 8 threads take two groups each (as fast as 10 would, less contended)
+    monkeypatch.setattr(config.ThreadChooser, "RETRY_SECONDS", 60.0)
+    chooser = config.ThreadChooser()
+    ten_cores = (0.01, 0.1, 200)
+    assert _threads_of_segments(chooser, 16, [quiet, ten_cores, ten_cores], advance) == [16, 16, 8]
+    # one group: one call, nothing measured
+    assert list(config.ThreadChooser().segments(50, 1)) == [(0, 50, 1)]

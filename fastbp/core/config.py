@@ -4,6 +4,7 @@ Environment variables override the defaults:
   FASTBP_FASTMATH=0   compile without fast-math (strict IEEE ordering)
   FASTBP_CACHE=0      do not write compiled kernels to Numba's on-disk cache
   FASTBP_MIN_FLOPS_PER_THREAD  work a call needs per thread it uses (MIN_FLOPS_PER_THREAD)
+  FASTBP_ADAPT_THREADS=0  training keeps all its threads when other processes take the cores (ThreadChooser)
   GOMP_SPINCOUNT      how long idle OpenMP workers spin before sleeping (fastbp's
                       default below unless this or OMP_WAIT_POLICY is set)
 
@@ -18,6 +19,9 @@ Thread policy (docs/threads.md has the measurements):
   OMP_NUM_THREADS) are obeyed.
 - A call runs on as many of those threads as its work pays for (threads_for):
   at least MIN_FLOPS_PER_THREAD each, so tiny batches run on one thread.
+- Training splits each batch into that many row groups, whatever threads run them, so
+  the results depend on n_threads and the work, never on the load; within an epoch a
+  ThreadChooser runs the groups on fewer threads while other processes take the cores.
 """
 import contextlib
 import ctypes
@@ -26,6 +30,11 @@ import sys
 import threading
 import time
 import warnings
+
+try:
+    import resource  # not on Windows: there ThreadChooser keeps every thread
+except ImportError:
+    resource = None
 
 # Set before Numba loads libgomp, which reads it once. Measured on 2 cores (docs/threads.md): 200
 # spins keep the quiet-machine speed of libgomp's 300,000 (narrow net 0.81M vs 0.70M samples/s),
@@ -123,6 +132,7 @@ def _env_number(name, default):
 # Below this many floating-point operations per thread, a second thread costs more in
 # wake-ups and barriers than it saves (measured in docs/threads.md).
 MIN_FLOPS_PER_THREAD = _env_number("FASTBP_MIN_FLOPS_PER_THREAD", 1_000_000)
+ADAPT_THREADS = _env_flag("FASTBP_ADAPT_THREADS", True)
 
 
 def max_threads():
@@ -182,6 +192,72 @@ def threads_for(n_threads, flops):
     if MIN_FLOPS_PER_THREAD <= 0:
         return n_threads
     return max(1, min(n_threads, int(flops // MIN_FLOPS_PER_THREAD)))
+
+
+class ThreadChooser:
+    """Per run: on how many threads the row groups of each training segment run.
+
+    The kernels split each batch into `groups` row groups whatever threads run them, and sum
+    the groups in a fixed order, so the choice changes the speed, never the result. Beside a
+    busy process our threads are preempted, a barrier waits for the one that lost its core,
+    and one thread running both groups is faster (docs/threads.md). An epoch is trained in
+    segments of about SEGMENT_SECONDS; after each, the process's CPU time over the wall time
+    says how many cores it got, and its involuntary context switches whether its threads were
+    preempted (rather than waiting at a barrier by themselves). When both say the cores are
+    taken, the groups run on as many threads as the process got cores, and all the threads
+    are tried again after RETRY_SECONDS. FASTBP_ADAPT_THREADS=0 turns this off (one call per
+    epoch on `groups` threads).
+    """
+    SEGMENT_SECONDS = 0.04
+    RETRY_SECONDS = 1.0
+    FIRST_SEGMENT = 4  # batches; it carries loading and warm-up, so it is not judged
+    PREEMPTIONS_PER_THREAD = 50  # per second; a quiet 2-core machine measured ~20 in all, a busy one 3,000-6,000
+
+    def __init__(self):
+        self._groups = None
+
+    def segments(self, n_batches, groups):
+        """Yield (first batch, batch count, threads) covering n_batches; the caller trains each segment
+        before asking for the next, on the threads this sets for the calling thread."""
+        if groups == 1 or not ADAPT_THREADS or resource is None:
+            yield 0, n_batches, groups
+            return
+        if groups != self._groups:
+            self._groups, self._threads, self._retry_at, self._seconds_per_batch = groups, groups, 0.0, None
+        first = 0
+        try:
+            while first < n_batches:
+                threads = self._threads if time.perf_counter() < self._retry_at else groups
+                count = self.FIRST_SEGMENT if self._seconds_per_batch is None else \
+                    max(1, int(self.SEGMENT_SECONDS / self._seconds_per_batch))
+                count = min(count, n_batches - first)
+                numba.set_num_threads(threads)
+                before = _usage()
+                yield first, count, threads
+                self._judge(threads, count, before, _usage())
+                first += count
+        finally:
+            numba.set_num_threads(groups)
+
+    def _judge(self, threads, count, before, after):
+        wall, cpu, preempted = (a - b for a, b in zip(after, before))
+        judged = self._seconds_per_batch is not None
+        self._seconds_per_batch = wall / count
+        if not judged or wall <= 0:
+            return
+        cores = cpu / wall
+        if cores < threads - 0.5 and preempted / wall >= self.PREEMPTIONS_PER_THREAD * threads:
+            usable = max(1, int(cores + 0.5))
+            rounds = -(-self._groups // usable)  # groups per thread
+            self._threads = -(-self._groups // rounds)
+            self._retry_at = time.perf_counter() + self.RETRY_SECONDS
+        elif threads == self._groups:
+            self._threads = threads
+
+
+def _usage():
+    """(wall time, this process's CPU time, its involuntary context switches so far)."""
+    return time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
 _blas_controllers = None

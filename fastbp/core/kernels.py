@@ -347,24 +347,23 @@ def _add_weight_penalty(grad, params, net, weight_l2, lo, hi):
 
 
 @jit
-def train_epoch(params, net, ws, reg, opt, hyper, batch, batch_size, n_parts):
-    """One epoch of mini-batch training over the rows in batch.order, updating params and opt in place.
+def train_epoch(totals, params, net, ws, reg, opt, hyper, batch, batch_size, n_parts):
+    """Mini-batch training over the rows in batch.order, updating params and opt in place.
 
     Each batch's loss is a mean (weighted by batch.weights when given: sum w_i loss_i / sum w_i).
     reg.clip_norm > 0 rescales each batch gradient to at most that global L2 norm first
-    (torch.nn.utils.clip_grad_norm_). Returns (the epoch's weighted mean loss, the mean
-    of the batch losses weighted by their row counts, as scikit-learn reports it); both
-    are NaN as soon as a batch's loss is not finite (that batch's update is not applied).
-    batch_size must not exceed ws.capacity.
+    (torch.nn.utils.clip_grad_norm_). Adds to totals (float64, 3), so that an epoch trained in
+    segments sums exactly as in one call: the loss sum, the weight sum, and the sum over batches
+    of batch loss sum / batch weight x batch rows (scikit-learn's epoch loss), all before dividing
+    by net.loss_elements. totals[0] becomes NaN, and training stops, as soon as a batch's loss is
+    not finite (that batch's update is not applied). n_parts: the row groups a batch is split
+    into, whichever threads run them. batch_size must not exceed ws.capacity.
     """
     order = batch.order
     weights = batch.weights
     n = order.size
     zero = params.dtype.type(0.0)
     update = n > 0  # True, as a run-time bool: a literal would compile batch_gradient once more (see below)
-    total = 0.0
-    total_weight = 0.0
-    by_rows = 0.0
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         batch_weight = float(m)
@@ -378,14 +377,12 @@ def train_epoch(params, net, ws, reg, opt, hyper, batch, batch_size, n_parts):
         batch_loss = batch_gradient(params, net, ws, reg, opt, hyper, batch, start, m, scale, min(n_parts, m),
                                     zero, update)
         if not math.isfinite(batch_loss):
-            return np.nan, np.nan
+            totals[0] = np.nan
+            return
         opt.step[0] += 1
-        total += batch_loss
-        total_weight += batch_weight
-        by_rows += batch_loss / batch_weight * m
-    if total_weight == 0:
-        return 0.0, 0.0
-    return total / (total_weight * net.loss_elements), by_rows / (n * net.loss_elements)
+        totals[0] += batch_loss
+        totals[1] += batch_weight
+        totals[2] += batch_loss / batch_weight * m
 
 
 @jit

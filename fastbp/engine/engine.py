@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core import kernels
 from ..core.bundles import make_batch
-from ..core.config import announced_compiles, resolve_n_threads, thread_limits, threads_for
+from ..core.config import ThreadChooser, announced_compiles, resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
 from ..core.errors import InputError, InputTypeError
 from ..core.optim import update_all
@@ -56,6 +56,7 @@ class Engine:
         self.n_threads = resolve_n_threads(n_threads)
         self.comm = comm if comm is not None else SingleProcess()
         self._workspaces = {}
+        self._thread_chooser = ThreadChooser()
         self._distributed = distributed(self) if distributed is not None and self.comm.size > 1 else None
 
     @property
@@ -99,12 +100,23 @@ class Engine:
         if batch_size == 0:
             return 0.0, 0.0
         ws = self.workspace(batch_size)
-        threads = self.threads_for_rows(batch_size)
-        with thread_limits(threads), announced_compiles("training"):
-            loss, by_rows = kernels.train_epoch(self.params, self.net, ws, self._regularization(dropout_seed),
-                                                self.state.optimizer, hyper, make_batch(X, Y, weights, order),
-                                                batch_size, threads)
-        return loss, by_rows
+        reg = self._regularization(dropout_seed)
+        groups = self.threads_for_rows(batch_size)
+        totals = np.zeros(3)  # loss sum, weight sum, sum of batch means x rows (kernels.train_epoch)
+        batch = make_batch(X, Y, weights, order)
+        n_batches = -(-len(order) // batch_size)
+        with thread_limits(groups), announced_compiles("training"):
+            for first, count, _ in self._thread_chooser.segments(n_batches, groups):
+                segment = batch._replace(order=batch.order[first * batch_size:(first + count) * batch_size])
+                kernels.train_epoch(totals, self.params, self.net, ws, reg, self.state.optimizer, hyper, segment,
+                                    batch_size, groups)
+                if not math.isfinite(totals[0]):
+                    return math.nan, math.nan
+        loss_sum, weight_sum, by_rows_sum = totals
+        if weight_sum == 0:
+            return 0.0, 0.0
+        elements = self.net.loss_elements
+        return loss_sum / (weight_sum * elements), by_rows_sum / (len(order) * elements)
 
     def batch_gradient(self, grad, X, Y, weights, order, start, rows, scale, hyper, dropout_seed=None):
         """The gradient of scale * (loss sum of rows order[start:start+rows]) into `grad`, no step; the loss sum."""
