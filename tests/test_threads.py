@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -142,7 +143,9 @@ def _scripted_usage(monkeypatch):
         return tuple(totals[0])
 
     def advance(step):
-        totals[0] = totals[0] + np.array(step, dtype=float)
+        totals[0] = totals[0] + np.array(step[:3], dtype=float)
+        if len(step) > 3:
+            time.sleep(step[3])  # real time passes: the chooser's retry clock is perf_counter
     monkeypatch.setattr(config, "_usage", usage)
     monkeypatch.setattr(config.numba, "set_num_threads", lambda n: None)  # the logic alone, even for 16 threads
     return advance
@@ -171,9 +174,14 @@ def test_thread_chooser_gives_way_only_when_the_threads_are_preempted(monkeypatc
     chooser = config.ThreadChooser()
     assert _threads_of_segments(chooser, 2, [quiet, idle_waits, idle_waits, quiet], advance) == [2, 2, 2, 2]
     # after RETRY_SECONDS every thread is tried again, and kept when the cores are free
-    monkeypatch.setattr(config.ThreadChooser, "RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(config.ThreadChooser, "RETRY_SECONDS", 0.2)
     chooser = config.ThreadChooser()
-    assert _threads_of_segments(chooser, 2, [quiet, busy, quiet, quiet], advance) == [2, 2, 2, 2]
+    steps = [quiet, busy, quiet + (0.3,), quiet, quiet]
+    assert _threads_of_segments(chooser, 2, steps, advance) == [2, 2, 1, 2, 2]
+    # ... and given up again while the neighbour is still there
+    chooser = config.ThreadChooser()
+    steps = [quiet, busy, quiet + (0.3,), busy, quiet]
+    assert _threads_of_segments(chooser, 2, steps, advance) == [2, 2, 1, 2, 1]
     # 16 groups with 10 cores free: 8 threads take two groups each (as fast as 10 would, less contended)
     monkeypatch.setattr(config.ThreadChooser, "RETRY_SECONDS", 60.0)
     chooser = config.ThreadChooser()

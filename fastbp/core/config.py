@@ -68,7 +68,7 @@ FASTMATH = _FASTMATH_FLAGS if _env_flag("FASTBP_FASTMATH", True) else False
 CACHE = _env_flag("FASTBP_CACHE", True)
 
 
-def _PRANGE_ONLY():
+def _prange_only():
     """Numba's parallel options with only the explicit prange loops parallel. With all of them on,
     every np.zeros, slice fill and array expression in a parallel kernel also became a parallel
     region of its own (a few values each, so only a fork/join more), and each such region costs
@@ -83,7 +83,7 @@ def jit(fn=None, *, parallel=False):
         # error_model="numpy": float division by zero gives inf/nan instead of a
         # Python exception, whose check would stop every loop with a division
         # (Adam, RMSprop) from vectorizing.
-        return numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=_PRANGE_ONLY() if parallel else False,
+        return numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=_prange_only() if parallel else False,
                           nogil=True, error_model="numpy")(f)
     return wrap(fn) if fn is not None else wrap
 

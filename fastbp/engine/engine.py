@@ -94,7 +94,8 @@ class Engine:
         return self._distributed.rows_needed(n, perm, self.batch_size)
 
     def train_rows_here(self, X, Y, weights, order, hyper, batch_size=None, dropout_seed=None):
-        """This process alone, one compiled call: (weighted mean loss, mean of batch losses by rows).
+        """This process alone, one compiled call per segment of the ThreadChooser: (weighted mean loss, mean of
+        batch losses by rows).
         batch_size / dropout_seed override the run's (local SGD's smaller batches, per-rank masks)."""
         batch_size = min(batch_size or self.batch_size, len(order))
         if batch_size == 0:
