@@ -18,7 +18,9 @@ layer. The second depends on which data is smaller to move between cores:
 Either way each thread writes only memory no other thread touches (two threads
 writing interleaved column blocks of the same rows measured no faster than one),
 the summation order is fixed for a given thread count, and results are
-deterministic. Clipping needs the whole gradient, so it steps after the batch.
+deterministic. The parts (n_parts) are row groups, not threads: with fewer Numba threads
+than parts, a thread runs several parts and the results are the same bits (config.ThreadChooser
+relies on this beside busy processes). Clipping needs the whole gradient, so it steps after the batch.
 All GEMMs call BLAS single-threaded (fastbp.blas); the threads are ours.
 
 Workspace (one per fit): for up to `capacity` rows, the activations of every
