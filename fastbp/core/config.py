@@ -9,10 +9,12 @@ Environment variables override the defaults:
                       default below unless this or OMP_WAIT_POLICY is set)
 
 Thread policy (docs/threads.md has the measurements):
-- Idle workers spin only briefly. libgomp's default (300,000 spins, ~1 ms) keeps a
-  worker burning a core after every parallel region; when Python code, SciPy's
-  L-BFGS or another process needs that core, the next region waits a scheduler
-  tick for the descheduled worker. SPIN_COUNT is set before Numba starts libgomp.
+- Idle workers spin for tens of microseconds, not milliseconds. libgomp's default
+  (300,000 spins, ~8 ms on this project's machine) keeps a worker burning a core after
+  every parallel region, which Python code, SciPy's L-BFGS or another process needed;
+  a spin far shorter than the gap between a batch's regions puts the worker to sleep
+  every region, and waking it (a futex, 15-20 us between the cores of a VM) then
+  costs up to half the two-thread speed. SPIN_COUNT is set before Numba starts libgomp.
 - n_threads=None means every core Numba was started with, capped by the OpenMP
   limit of the calling thread: OMP_NUM_THREADS, threadpoolctl's
   threadpool_limits(...) and joblib's workers (which set NUMBA_NUM_THREADS and
@@ -36,10 +38,12 @@ try:
 except ImportError:
     resource = None
 
-# Set before Numba loads libgomp, which reads it once. Measured on 2 cores (docs/threads.md): 200
-# spins keep the quiet-machine speed of libgomp's 300,000 (narrow net 0.81M vs 0.70M samples/s),
-# while beside a busy process they lose much less (narrow 442k vs 232k; one thread 517-596k).
-SPIN_COUNT = "200"
+# Set before Numba loads libgomp, which reads it once. Measured on 2 vCPUs (docs/threads.md, ~27 ns
+# a spin there, so ~80 us): long enough to bridge the serial gap between a batch's two regions, so
+# the worker is not put to sleep and woken twice a batch (with 200 spins, 2 threads often ran
+# small_batch and narrow no faster than one: 0.8-0.9x, 9x the context switches); short enough
+# that, with ThreadChooser, beside a busy process 2 threads keep 0.8-1.0x of one (30,000: 0.76-0.91x).
+SPIN_COUNT = "3000"
 if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 
