@@ -108,13 +108,18 @@ class _Alternating(config.ThreadChooser):
 
 @pytest.mark.skipif(config.max_threads() < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("sizes, batch_size", [([6, 16, 3], 64), ([6, 64, 64, 3], 8)])  # slabs, weight slices
+@pytest.mark.parametrize("sizes, batch_size", [
+    ([6, 16, 3], 64), ([6, 64, 64, 3], 8),  # slabs, weight slices
+    ([16, 64, 64, 3], 48), ([28, 256, 256, 3], 32),  # the benchmark's narrow and small_batch: the BLAS's own kernels
+])
 def test_results_do_not_depend_on_the_threads_that_run_the_row_groups(monkeypatch, dtype, sizes, batch_size):
     """Training splits every batch into the same row groups on 1 thread as on 2: bit-identical parameters and
-    losses whether an epoch runs in one call on 2 threads or in segments on 2 and 1 threads."""
+    losses whether an epoch runs in one call on 2 threads or in segments on 2 and 1 threads. The benchmark's
+    shapes reach OpenBLAS's own sgemm kernels, whose rows' bits depend on the product's height: one thread
+    running both groups must still make one product per group."""
     import fastbp.engine.engine as engine_module
     rng = np.random.default_rng(3)
-    X = rng.normal(size=(203, 6))
+    X = rng.normal(size=(203, sizes[0]))
     y = rng.integers(0, 3, size=203)
     w = rng.uniform(0.5, 2.0, size=203)
     monkeypatch.setattr(config, "MIN_FLOPS_PER_THREAD", 0)
