@@ -249,6 +249,42 @@ def test_a_predict_file_whose_numeric_column_is_empty_is_imputed_and_unknown_cat
     assert code == 2 and "'green' at row 2, not seen in training" in err
 
 
+def test_booleans_written_as_text_in_training_match_a_bool_column_however_spelled(tmp_path):
+    """pandas writes a bool column to CSV as True/False, which training reads as two categories; a Parquet
+    file's bool column, or other spellings of the words, are the same categories when predicting."""
+    rng = np.random.default_rng(9)
+    member = rng.random(1200) < 0.5
+    x = rng.normal(size=member.size)
+    label = np.where(member, "stay", "churn")
+    (tmp_path / "train.csv").write_text("x,member,label\n" + "".join(
+        f"{a},{m},{t}\n" for a, m, t in zip(x, member, label)))
+    train(tmp_path / "train.csv", "label", "--epochs", "10", "--quiet")
+    assert fastbp.load("m.fbp").preprocessing["categories"] == [None, ["False", "True"]]
+    pq.write_table(pa.table({"x": x, "member": member, "label": label}), tmp_path / "same.parquet")
+    spelled = np.where(member, rng.choice(["true", "TRUE", "True"], member.size), "false")
+    (tmp_path / "lower.csv").write_text("x,member,label\n" + "".join(
+        f"{a},{m},{t}\n" for a, m, t in zip(x, spelled, label)))
+    for other in ("same.parquet", "lower.csv"):
+        code, _, err = cli("evaluate", "m.fbp", tmp_path / other)
+        assert code == 0 and "not seen in training" not in err, err
+        assert json.loads(_)["accuracy"] == 1.0
+    prep = Preprocessor(fastbp.load("m.fbp").preprocessing)
+    as_text = prep.transform({"x": x[:4], "member": pa.array(member[:4].astype(str))}, with_target=False)[0]
+    for values in (member[:4], pa.array(member[:4])):  # numpy and arrow bools
+        np.testing.assert_array_equal(prep.transform({"x": x[:4], "member": values}, with_target=False)[0], as_text)
+
+
+def test_booleans_in_a_column_that_was_numeric_in_training_get_a_message_that_says_what_to_write(tmp_path):
+    rng = np.random.default_rng(10)
+    member = rng.random(600) < 0.5
+    pq.write_table(pa.table({"member": member, "t": member.astype(int)}), tmp_path / "d.parquet")
+    train(tmp_path / "d.parquet", "t", "--epochs", "5", "--quiet")
+    (tmp_path / "p.csv").write_text("member\nTrue\nFalse\n")
+    code, _, err = cli("predict", "m.fbp", tmp_path / "p.csv", "--out", "p.npy")
+    assert code == 2 and "column 'member' was numeric in training but holds the text 'True'" in err
+    assert "write the column's booleans as 1 and 0" in err
+
+
 def test_parquet_row_groups_are_read_in_bounded_slices(tmp_path):
     n, width = 40_000, 100
     rng = np.random.default_rng(8)

@@ -106,7 +106,8 @@ def stored_numbers(column, values):
 
 
 def to_text(column, values, start=0):
-    """A pyarrow string array (null = missing). Numbers become text the way a CSV writes them ("3", "2.5")."""
+    """A pyarrow string array (null = missing). Numbers become text the way a CSV writes them ("3", "2.5"),
+    booleans the way pandas and Python write them ("True", "False")."""
     pa, pc = _pa()
     if not is_arrow(values):
         if values.dtype.kind in "biuf":
@@ -120,6 +121,8 @@ def to_text(column, values, start=0):
         values = values.dictionary_decode()
     if kind == TEXT:
         return _utf8(column, values)
+    if pa.types.is_boolean(values.type):
+        return pc.if_else(values, "True", "False")
     if pa.types.is_floating(values.type):
         # a float column that holds whole numbers is written like integers: 3.0 -> "3"
         whole = pc.fill_null(pc.equal(values, pc.round(values)), False)
@@ -152,8 +155,14 @@ def _utf8(column, values):
 
 
 def codes(column, values, known, start=0):
-    """Position of each value in the list `known` of strings, -1 where unseen or missing."""
+    """Position of each value in the list `known` of strings, -1 where unseen or missing. A boolean is one
+    value however a file spells it: "true", "TRUE" and a bool column's True all find a known "True"."""
     pa, pc = _pa()
     text = to_text(column, values, start)
     index = pc.index_in(text, value_set=pa.array(known, type=pa.string()))
+    booleans = {k.lower(): i for i, k in enumerate(known) if k.lower() in ("true", "false")}
+    if booleans and index.null_count > text.null_count:
+        spelled = pc.index_in(pc.utf8_lower(text), value_set=pa.array(list(booleans), type=pa.string()))
+        position = pa.array(list(booleans.values()), type=pa.int32())
+        index = pc.coalesce(index, pc.take(position, spelled))
     return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64), text

@@ -453,6 +453,9 @@ class CsvSource:
                     "(e.g. --encoding latin-1) or re-save it as UTF-8")
         if column is not None and "conversion error to double" in message and (kinds or {}).get(column) == NUMBER:
             value = re.search(r"invalid value '(.*)'", message)
-            return (f"{where}: column {column!r} was numeric in training but holds the text "
-                    f"{value.group(1) if value else ''!r}; fix that cell or retrain with the column as text")
+            value = value.group(1) if value else ""
+            fix = "write the column's booleans as 1 and 0" if value.strip().lower() in ("true", "false") else \
+                "fix that cell"
+            return (f"{where}: column {column!r} was numeric in training but holds the text {value!r}; {fix} or "
+                    "retrain with the column as text")
         return f"{where}: cannot parse the CSV ({message})"
