@@ -19,7 +19,7 @@ import numpy as np
 from .core.errors import InputError
 from .engine.callbacks import Callback
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 ARROW_FORMATS = (".csv", ".tsv", ".txt", ".parquet", ".pq")  # the files pyarrow reads
 
 
@@ -855,6 +855,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fastbp: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # whoever read our output stopped (`fastbp info m.fbp | head`): end as shell tools do,
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # without a second error at exit's flush
+        return EXIT_BROKEN_PIPE
     except MemoryError:
         print("fastbp: out of memory; try smaller --buffer-rows / --chunk-rows or a smaller network",
               file=sys.stderr)

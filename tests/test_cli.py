@@ -1,5 +1,6 @@
 """The fastbp command line end to end (subprocess), file readers and bounded streaming."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -313,3 +314,15 @@ def test_compile_fills_the_cache_for_each_dtype(capsys):
     out = capsys.readouterr().out
     assert "fastbp compile: float32:" in out and "fastbp compile: float64:" in out
     assert "cached in" in out
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`fastbp info m.fbp | head -1`: the closed pipe ends the command as it ends shell tools (exit 141), with
+    no 'internal error'."""
+    fastbp.Trainer([3, 4, 2], epochs=1).save(tmp_path / "m.fbp")
+    read, write = os.pipe()
+    os.close(read)
+    proc = subprocess.run([sys.executable, "-m", "fastbp", "info", str(tmp_path / "m.fbp")], stdout=write,
+                          stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
