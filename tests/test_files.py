@@ -285,6 +285,23 @@ def test_booleans_in_a_column_that_was_numeric_in_training_get_a_message_that_sa
     assert "write the column's booleans as 1 and 0" in err
 
 
+def test_a_file_with_another_separator_or_a_repeated_column_name_is_refused_with_what_to_do(tmp_path):
+    from fastbp.files.datasets import SourceError
+    (tmp_path / "parses.csv").write_text("a;b;label\n1;2;x\n3;4;y\n")  # reads as one column "a;b;label"
+    (tmp_path / "fails.csv").write_text("a;label\n2,5;x\n3,5;y\n")  # decimal commas: rows of 2 columns
+    for name in ("parses.csv", "fails.csv"):
+        with pytest.raises(SourceError, match=r"separate columns with ';'.*pandas.read_csv\(path, sep=';'\)"):
+            open_source(tmp_path / name)
+    (tmp_path / "twice.csv").write_text("x,x,label\n1,2,a\n3,4,b\n")
+    pq.write_table(pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0]), pa.array([0])], names=["x", "x", "t"]),
+                   tmp_path / "twice.parquet")
+    for name in ("twice.csv", "twice.parquet"):
+        with pytest.raises(SourceError, match="the column name 'x' is used more than once"):
+            open_source(tmp_path / name)
+    (tmp_path / "fine.csv").write_text("a,b\n1,x;y\n")  # a ';' inside a cell is data
+    assert open_source(tmp_path / "fine.csv").columns == ["a", "b"]
+
+
 def test_parquet_row_groups_are_read_in_bounded_slices(tmp_path):
     n, width = 40_000, 100
     rng = np.random.default_rng(8)

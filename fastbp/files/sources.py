@@ -208,6 +208,10 @@ def _check_same_columns(source, part, schema):
 
 def _with_partitions(source, file_columns, partitions):
     """The columns of a dataset: its files' and, after them, its Hive partition columns (folder names)."""
+    twice = sorted({c for c in file_columns if list(file_columns).count(c) > 1})
+    if twice:
+        raise SourceError(f"{source.path!r}: the column name {twice[0]!r} is used more than once; give every "
+                          "column its own name")
     clash = [c for c in partitions.columns if c in file_columns]
     if clash:
         raise SourceError(f"{source.path!r}: column {clash[0]!r} is both in the files and in the partition folder "
@@ -406,9 +410,29 @@ class CsvSource:
     def _header(self, part):
         try:
             with self._open(part, None, None) as reader:
-                return list(reader.schema.names)
+                names = list(reader.schema.names)
         except _arrow_errors() as exc:
-            raise SourceError(f"{part!r} is not a readable CSV file ({exc})") from None
+            raise SourceError(f"{part!r} is not a readable CSV file ({exc}).{self._separator_hint(part)}") from None
+        hint = self._separator_hint(part, names)
+        if hint:
+            raise SourceError(f"{part!r} has a single column, {names[0]!r}.{hint}")
+        return names
+
+    def _separator_hint(self, part, names=None):
+        """What to do when the header is one column holding another separator (a ';'-separated export)."""
+        if names is None:  # the rows did not parse: read the header alone
+            try:
+                parse = self._pcsv.ParseOptions(delimiter=self._parse.delimiter, invalid_row_handler=lambda row: "skip")
+                with self._pcsv.open_csv(part, read_options=self._read, parse_options=parse) as reader:
+                    names = list(reader.schema.names)
+            except _arrow_errors():
+                return ""
+        other = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
+        if not other:
+            return ""
+        return (f" It seems to separate columns with {other[0]!r}; fastbp reads {self._parse.delimiter!r} (a tab in "
+                f".tsv files): convert it first, e.g. pandas.read_csv(path, sep={other[0]!r}).to_parquet('data.parquet')"
+                " (with decimal=',' if its numbers are written 2,5)")
 
     def _open(self, part, columns, kinds):
         import pyarrow as pa
