@@ -71,10 +71,15 @@ def table_columns(X):
     """The column names of a pandas or polars DataFrame or a pyarrow Table; None for anything else."""
     library = type(X).__module__.split(".")[0]
     if library in ("pandas", "polars") and hasattr(X, "columns") and hasattr(X, "shape") and len(X.shape) == 2:
-        return list(X.columns)
-    if library == "pyarrow" and hasattr(X, "column_names"):
-        return list(X.column_names)
-    return None
+        names = list(X.columns)
+    elif library == "pyarrow" and hasattr(X, "column_names"):
+        names = list(X.column_names)
+    else:
+        return None
+    twice = [c for i, c in enumerate(names) if c in names[:i]]
+    if twice:
+        raise InputError(f"X uses the column name {twice[0]!r} more than once; give every column its own name")
+    return names
 
 
 def table_array(X, columns, dtype):

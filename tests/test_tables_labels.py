@@ -30,6 +30,10 @@ def test_dataframe_columns_are_matched_by_name():
         fastbp.Trainer([4, 2]).fit(df.assign(s="x", when=pd.Timestamp("2026-01-01"))[["a", "s", "when", "b"]], y)
     with pytest.raises(fastbp.InputError, match="NaN"):  # a nullable integer column's NA
         tr.predict(df.astype({"n": "Int64"}).assign(n=lambda d: d.n.mask(d.index == 3)))
+    twice = df.set_axis(["a", "a", "n"], axis=1)
+    for call in (lambda: fastbp.Trainer([3, 8, 2]).fit(twice, y), lambda: tr.predict(twice)):
+        with pytest.raises(fastbp.InputError, match="column name 'a' more than once"):
+            call()
 
 
 @pytest.mark.parametrize("library", ["polars", "pyarrow"])
