@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -300,6 +301,17 @@ def test_a_file_with_another_separator_or_a_repeated_column_name_is_refused_with
             open_source(tmp_path / name)
     (tmp_path / "fine.csv").write_text("a,b\n1,x;y\n")  # a ';' inside a cell is data
     assert open_source(tmp_path / "fine.csv").columns == ["a", "b"]
+
+
+def test_a_csv_cut_short_in_its_last_row_is_reported(tmp_path):
+    (tmp_path / "cut.csv").write_text("x,label\n1.5,stay\n2.5,chu")
+    with pytest.warns(UserWarning, match="'.*cut.csv' does not end with a line break: if it was cut short"):
+        open_source(tmp_path / "cut.csv")
+    for whole in ("x,label\n1.5,stay\n", "x,label\r\n1.5,stay\r\n"):
+        (tmp_path / "whole.csv").write_text(whole, newline="")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            open_source(tmp_path / "whole.csv")
 
 
 def test_parquet_row_groups_are_read_in_bounded_slices(tmp_path):

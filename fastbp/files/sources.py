@@ -24,6 +24,7 @@ import mmap
 import os
 import re
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -374,6 +375,17 @@ class ParquetSource:
                 yield start + a, chunk
 
 
+def _ends_mid_line(path):
+    """True for an uncompressed, non-empty file whose last byte is not a line break (a CSV cut short)."""
+    if os.path.splitext(os.fspath(path))[1].lower() in COMPRESSIONS:
+        return False  # a compressed stream cut short fails to decompress instead
+    with open(path, "rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return False
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) not in (b"\n", b"\r")
+
+
 class CsvSource:
     """CSV through pyarrow's streaming reader: blocks in file order (no chunk shuffling). One file, or the
     parts of a dataset (dataset_parts) one after another, their columns matched by name."""
@@ -398,6 +410,10 @@ class CsvSource:
         self._read = pcsv.ReadOptions(block_size=max(1 << 20, int(chunk_rows) * 64), encoding=encoding or "utf8")
         self._parse = pcsv.ParseOptions(delimiter=delimiter)
         self.file_columns = self._header(self.parts[0])
+        cut = [part for part in self.parts if _ends_mid_line(part)]
+        if cut:
+            warnings.warn(f"{cut[0]!r} does not end with a line break: if it was cut short (an interrupted copy or "
+                          "download), its last row is incomplete and is read as it stands", stacklevel=2)
         self.partitions = partitions or Partitions()
         self.columns = _with_partitions(self, self.file_columns, self.partitions)
         self.index_columns = [c for c in self.columns if _INDEX_NAME.match(c)]
