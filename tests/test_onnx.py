@@ -56,17 +56,19 @@ def test_cli_models_export_their_preprocessing(tmp_path):
     n = 600
     a, b = rng.normal(size=n), rng.normal(size=n) * 3 + 1
     color, size = rng.choice(["red", "green", "blue"], n), rng.choice(["S", "M", "L"], n)
+    member = rng.random(n) < 0.5  # pyarrow writes it as true/false: two categories
     a[::17] = np.nan
-    label = np.where(np.nan_to_num(a) + (color == "red") > 0.3, "yes", "no")
+    label = np.where(np.nan_to_num(a) + (color == "red") + member > 0.8, "yes", "no")
     value = 2 * b + (size == "L")
-    pcsv.write_csv(pa.table({"a": a, "b": b, "color": color, "size": size, "label": label, "value": value}),
-                   tmp_path / "d.csv")
+    pcsv.write_csv(pa.table({"a": a, "b": b, "color": color, "size": size, "member": member, "label": label,
+                             "value": value}), tmp_path / "d.csv")
     # rows the model has not seen: a category unseen in training is all zeros, as in fastbp predict
     new_color = color.copy()
     new_color[::5] = "purple"
-    pcsv.write_csv(pa.table({"a": a, "b": b, "color": new_color, "size": size}), tmp_path / "new.csv")
-    feeds = {"a": a.reshape(-1, 1), "b": b.reshape(-1, 1), "color": new_color.astype(object).reshape(-1, 1),
-             "size": size.astype(object).reshape(-1, 1)}
+    spelled = np.where(member, rng.choice(["True", "TRUE", "true"], n), rng.choice(["False", "FALSE"], n))
+    new = {"a": a, "b": b, "color": new_color, "size": size, "member": spelled}  # booleans spelled otherwise
+    pcsv.write_csv(pa.table(new), tmp_path / "new.csv")
+    feeds = {c: v.reshape(-1, 1) if c in "ab" else v.astype(object).reshape(-1, 1) for c, v in new.items()}
 
     def cli(*args):
         proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], capture_output=True, text=True)
@@ -82,7 +84,8 @@ def test_cli_models_export_their_preprocessing(tmp_path):
         out = run(str(tmp_path / f"{loss}.onnx"), feeds)
         tr = fastbp.load(model)
         prep = Preprocessor(tr.preprocessing)
-        X, _ = prep.transform({"a": a, "b": b, "color": new_color, "size": size}, with_target=False)
+        assert prep.state["categories"][-1] == ["false", "true"]
+        X, _ = prep.transform(new, with_target=False)
         if target == "label":
             np.testing.assert_array_equal(out["label"], prep.labels(tr.predict(X)))
             # one probability per class, as `fastbp predict --proba` writes them (binary_cross_entropy too)

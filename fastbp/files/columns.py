@@ -11,6 +11,7 @@ import numpy as np
 from ..core.errors import InputError
 
 NUMBER, TEXT = "number", "text"
+BOOLEAN_SPELLINGS = (("True", "true", "TRUE"), ("False", "false", "FALSE"))  # to_text writes the first
 # what pyarrow's string -> float64 cast accepts, so a chunk can be tested cell by cell without a Python loop
 NUMBER_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$"
 
@@ -122,7 +123,7 @@ def to_text(column, values, start=0):
     if kind == TEXT:
         return _utf8(column, values)
     if pa.types.is_boolean(values.type):
-        return pc.if_else(values, "True", "False")
+        return pc.if_else(values, BOOLEAN_SPELLINGS[0][0], BOOLEAN_SPELLINGS[1][0])
     if pa.types.is_floating(values.type):
         # a float column that holds whole numbers is written like integers: 3.0 -> "3"
         whole = pc.fill_null(pc.equal(values, pc.round(values)), False)
@@ -154,15 +155,25 @@ def _utf8(column, values):
     return values
 
 
+def category_keys(known):
+    """(text, index) pairs that find each of the categories `known`: the category itself and, for a boolean
+    one, the other usual spellings of that word (pyarrow's: true, True, TRUE), so that a bool column or a
+    file that spells booleans otherwise finds the category the model was trained on."""
+    keys = [(k, i) for i, k in enumerate(known)]
+    taken = set(known)
+    for i, k in enumerate(known):
+        for words in BOOLEAN_SPELLINGS:
+            if k in words:
+                keys += [(w, i) for w in words if w not in taken]
+                taken.update(words)
+    return keys
+
+
 def codes(column, values, known, start=0):
-    """Position of each value in the list `known` of strings, -1 where unseen or missing. A boolean is one
-    value however a file spells it: "true", "TRUE" and a bool column's True all find a known "True"."""
+    """Position of each value in the list `known` of strings (category_keys), -1 where unseen or missing."""
     pa, pc = _pa()
     text = to_text(column, values, start)
-    index = pc.index_in(text, value_set=pa.array(known, type=pa.string()))
-    booleans = {k.lower(): i for i, k in enumerate(known) if k.lower() in ("true", "false")}
-    if booleans and index.null_count > text.null_count:
-        spelled = pc.index_in(pc.utf8_lower(text), value_set=pa.array(list(booleans), type=pa.string()))
-        position = pa.array(list(booleans.values()), type=pa.int32())
-        index = pc.coalesce(index, pc.take(position, spelled))
+    keys = category_keys(known)
+    found = pc.index_in(text, value_set=pa.array([k for k, _ in keys], type=pa.string()))
+    index = pc.take(pa.array([i for _, i in keys], type=pa.int64()), found)
     return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64), text

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from .columns import category_keys
 from .modelfile import atomic_write
 from .streaming import FileTargets
 
@@ -97,8 +98,9 @@ def preprocess(g, prep, dtype):
             parts.append(g.node("Cast", [x], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
         else:
             inputs.append(onnx.helper.make_tensor_value_info(column, onnx.TensorProto.STRING, [None, 1]))
-            index = g.node("LabelEncoder", [column], domain="ai.onnx.ml", keys_strings=list(cats),
-                           values_int64s=list(range(len(cats))), default_int64=-1)
+            keys = category_keys(cats)
+            index = g.node("LabelEncoder", [column], domain="ai.onnx.ml", keys_strings=[k for k, _ in keys],
+                           values_int64s=[i for _, i in keys], default_int64=-1)
             hot = g.node("Equal", [index, g.const(np.arange(len(cats), dtype=np.int64).reshape(1, -1))])
             parts.append(g.node("Cast", [hot], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
     # in the order of the model's inputs: features in order, each category expanded in place
