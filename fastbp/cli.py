@@ -335,25 +335,30 @@ def _check_positive(args, *names):
 
 def _check_outputs(args):
     """Every file training will write can be written, before any work (a failure after training loses it)."""
-    _check_writable(args.out, "--out")
+    _check_writable(args.out, "--out", [args.data])
     if args.log_file:
-        _check_writable(args.log_file, "--log-file", keep=True)
+        _check_writable(args.log_file, "--log-file", [args.data, args.out], keep=True)
     if args.checkpoint_dir:
         try:
             os.makedirs(args.checkpoint_dir, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--checkpoint-dir {args.checkpoint_dir!r} cannot be created ({exc.strerror})") from None
-        _check_writable(_checkpoint_path(args), "--checkpoint-dir")
+        _check_writable(_checkpoint_path(args), "--checkpoint-dir", [args.data])
     if args.plot:
-        _check_writable(args.plot, "--plot")
+        _check_writable(args.plot, "--plot", [args.data, args.out])
         _matplotlib()
 
 
-def _check_writable(path, option, keep=False):
-    """`path` can be created or replaced: its folder exists and takes a new file (tried, then removed)."""
+def _check_writable(path, option, reads, keep=False):
+    """`path` can be created or replaced: its folder exists and takes a new file (tried, then removed), and it
+    is none of the files the command reads (`reads`: data and model paths), which writing it would destroy."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"{option} {path!r} is a directory; give a file name")
+    for read in reads:
+        if os.path.isfile(path) and os.path.isfile(read) and os.path.samefile(path, read):
+            raise UsageError(f"{option} {path!r} is the file this command reads ({read!r}); writing it would "
+                             "destroy it: give another file name")
     if not os.path.isdir(folder):
         raise UsageError(f"{option} {path!r}: the folder {folder!r} does not exist")
     try:
@@ -490,7 +495,7 @@ def predict(args):
                          "not probabilities; train with cross_entropy (or binary_cross_entropy) for probabilities")
     names = [f"proba_{c}" for c in prep.classes()] if args.proba else ["prediction"]
     n = 0
-    with _TableWriter(args.out, names) as writer:
+    with _TableWriter(args.out, names, [args.data, args.model]) as writer:
         for start, chunk in source.chunks(prep.features, prep.kinds(with_target=False)):
             X, _ = prep.transform(chunk, start, with_target=False, dtype=trainer.params.dtype)
             if args.proba:
@@ -511,14 +516,14 @@ def predict(args):
 class _TableWriter:
     """Predictions written chunk by chunk to .csv, .parquet or .npy, under a temporary name until complete."""
 
-    def __init__(self, path, names):
-        self.path, self.names = path, names
+    def __init__(self, path, names, reads):
+        self.path, self.names, self.reads = path, names, reads
         self.ext = os.path.splitext(path)[1].lower()
         if self.ext not in (".csv", ".parquet", ".npy"):
             raise UsageError(f"--out must end in .csv, .parquet or .npy, got {path!r}")
 
     def __enter__(self):
-        _check_writable(self.path, "--out")
+        _check_writable(self.path, "--out", self.reads)
         fd, self.tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=self.ext, dir=os.path.dirname(
             os.path.abspath(self.path)))
         os.close(fd)
@@ -621,6 +626,7 @@ def info(args):
 def export(args):
     from .trainer import load
 
+    _check_writable(args.out, "the output", [args.model])
     trainer = load(args.model)
     try:
         model = trainer.to_onnx(args.out)

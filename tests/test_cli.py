@@ -326,3 +326,20 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
                           stderr=subprocess.PIPE, text=True, timeout=300)
     os.close(write)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_no_output_may_overwrite_a_file_the_command_reads(files, tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_bytes((files / "d.csv").read_bytes())
+    model = tmp_path / "m.fbp"
+    code, _, err = fastbp_cli("train", data, "--target", "label", "--hidden", "4", "--epochs", "1", "--quiet",
+                              "--out", model)
+    assert code == 0, err
+    before = data.read_bytes(), model.read_bytes()
+    for args in (["train", data, "--target", "label", "--out", data],
+                 ["train", data, "--target", "label", "--out", tmp_path / "new.fbp", "--log-file", data],
+                 ["predict", model, data, "--out", data],
+                 ["export", model, model]):
+        code, _, err = fastbp_cli(*args)
+        assert code == 2 and "is the file this command reads" in err and "give another file name" in err, err
+    assert (data.read_bytes(), model.read_bytes()) == before
