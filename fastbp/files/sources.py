@@ -436,13 +436,16 @@ class CsvSource:
 
     def _separator_hint(self, part, names=None):
         """What to do when the header is one column holding another separator (a ';'-separated export)."""
-        if names is None:  # the rows did not parse: read the header alone
+        if names is None:  # the rows did not parse: look at the header line itself
+            import pyarrow as pa
             try:
-                parse = self._pcsv.ParseOptions(delimiter=self._parse.delimiter, invalid_row_handler=lambda row: "skip")
-                with self._pcsv.open_csv(part, read_options=self._read, parse_options=parse) as reader:
-                    names = list(reader.schema.names)
-            except _arrow_errors():
+                with pa.input_stream(part, compression="detect") as stream:
+                    header = stream.read(1 << 16).split(b"\n", 1)[0].decode(self._read.encoding)
+            except _arrow_errors() + (LookupError,):  # not text in this encoding: no advice on separators
                 return ""
+            if any(ord(ch) < 32 and ch not in "\t\r" for ch in header):
+                return ""
+            names = header.split(self._parse.delimiter)
         other = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
         if not other:
             return ""
