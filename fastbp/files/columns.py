@@ -174,6 +174,7 @@ def codes(column, values, known, start=0):
     pa, pc = _pa()
     text = to_text(column, values, start)
     keys = category_keys(known)
-    found = pc.index_in(text, value_set=pa.array([k for k, _ in keys], type=pa.string()))
-    index = pc.take(pa.array([i for _, i in keys], type=pa.int64()), found)
+    index = pc.index_in(text, value_set=pa.array([k for k, _ in keys], type=pa.string()))
+    if len(keys) > len(known):  # other spellings of a boolean: their key's position to its category's
+        index = pc.take(pa.array([i for _, i in keys], type=pa.int64()), index)
     return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64), text
