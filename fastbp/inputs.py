@@ -4,6 +4,8 @@ Every check raises ValueError or TypeError with a message that names the
 problem and the fix; compiled code only ever sees arrays it can handle.
 Inputs are never modified: conversions copy when they must, and only then.
 """
+import collections
+
 import numpy as np
 
 from .core.checks import DTYPES
@@ -76,7 +78,7 @@ def table_columns(X):
         names = list(X.column_names)
     else:
         return None
-    twice = [c for i, c in enumerate(names) if c in names[:i]]
+    twice = [c for c, n in collections.Counter(names).items() if n > 1]
     if twice:
         raise InputError(f"X uses the column name {twice[0]!r} more than once; give every column its own name")
     return names

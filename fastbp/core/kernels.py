@@ -22,8 +22,9 @@ deterministic. The parts (n_parts) are row groups, not threads: with fewer Numba
 than parts, a thread runs several parts and the results are the same bits (config.ThreadChooser
 relies on this beside busy processes). It still runs them part by part: one full-height product
 would be faster (small_batch 0.96 of a one-part run instead of 0.82), but OpenBLAS's float32 GEMM
-gives a row different bits in products of different heights (measured; its float64 GEMM does not). Clipping needs the whole gradient, so it steps after the batch.
-All GEMMs call BLAS single-threaded (fastbp.blas); the threads are ours.
+gives a row different bits in products of different heights (measured; its float64 GEMM does not).
+Clipping needs the whole gradient, so it steps after the batch. All GEMMs call BLAS
+single-threaded (fastbp.blas); the threads are ours.
 
 Workspace (one per fit): for up to `capacity` rows, the activations of every
 layer (acts: layer l, l = 0 the input and l = L the logits, is a row-major

@@ -19,6 +19,7 @@ a row group read whole costs ~11x its raw size in RSS, so row groups are read in
 slices of a bounded number of cells (`slice_rows`).
 """
 import codecs
+import collections
 import glob
 import mmap
 import os
@@ -28,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from .columns import NUMBER, arrow_kind, stored_numbers, take
+from .columns import BOOLEAN_SPELLINGS, NUMBER, arrow_kind, stored_numbers, take
 from .datasets import (COMPRESSIONS, CSV_EXTENSIONS, PARQUET_EXTENSIONS, Partitions, SourceError, data_extension,
                        dataset_parts)
 
@@ -209,7 +210,7 @@ def _check_same_columns(source, part, schema):
 
 def _with_partitions(source, file_columns, partitions):
     """The columns of a dataset: its files' and, after them, its Hive partition columns (folder names)."""
-    twice = sorted({c for c in file_columns if list(file_columns).count(c) > 1})
+    twice = sorted(c for c, n in collections.Counter(file_columns).items() if n > 1)
     if twice:
         raise SourceError(f"{source.path!r}: the column name {twice[0]!r} is used more than once; give every "
                           "column its own name")
@@ -497,8 +498,8 @@ class CsvSource:
         if column is not None and "conversion error to double" in message and (kinds or {}).get(column) == NUMBER:
             value = re.search(r"invalid value '(.*)'", message)
             value = value.group(1) if value else ""
-            fix = "write the column's booleans as 1 and 0" if value.strip().lower() in ("true", "false") else \
-                "fix that cell"
+            boolean = any(value.strip() in words for words in BOOLEAN_SPELLINGS)
+            fix = "write the column's booleans as 1 and 0" if boolean else "fix that cell"
             return (f"{where}: column {column!r} was numeric in training but holds the text {value!r}; {fix} or "
                     "retrain with the column as text")
         return f"{where}: cannot parse the CSV ({message})"
