@@ -218,7 +218,7 @@ def train(args):
     rank = comm.rank if comm else 0
     if rank != 0:
         args.quiet = True  # one voice per job: rank 0 prints and writes files
-    _check_positive(args, "chunk_rows", "buffer_rows", "batch_size", "val_max_rows", "max_categories")
+    _check_positive(args, "epochs", "chunk_rows", "buffer_rows", "batch_size", "val_max_rows", "max_categories")
     if not 0 <= args.val_split < 1:
         raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
     if args.task is not None and args.loss is not None:

@@ -79,6 +79,7 @@ def test_bad_input_exit_codes(files, tmp_path):
         (("train", tmp_path / "nothing.csv", "--target", "t"), "no data file"),
         (("train", files / "d.csv", "--target", "label", "--hidden", "0"), "--hidden sizes must be >= 1"),
         (("train", files / "d.csv", "--target", "label", "--lr", "-1"), "lr must be > 0"),
+        (("train", files / "d.csv", "--target", "label", "--epochs", "0"), "--epochs must be >= 1"),
         (("predict", tmp_path / "bad.fbp", files / "d.csv", "--out", tmp_path / "p.csv"), "truncated or corrupted"),
         (("info", tmp_path / "missing.fbp"), "no model file"),
         (("train", files / "d.csv", "--target", "label", "--resume"), "--resume needs --checkpoint-dir"),
