@@ -411,9 +411,9 @@ class CsvSource:
         self._read = pcsv.ReadOptions(block_size=max(1 << 20, int(chunk_rows) * 64), encoding=encoding or "utf8")
         self._parse = pcsv.ParseOptions(delimiter=delimiter)
         self.file_columns = self._header(self.parts[0])
-        cut = [part for part in self.parts if _ends_mid_line(part)]
-        if cut:
-            warnings.warn(f"{cut[0]!r} does not end with a line break: if it was cut short (an interrupted copy or "
+        cut = next((part for part in self.parts if _ends_mid_line(part)), None)  # the first one is enough to say
+        if cut is not None:
+            warnings.warn(f"{cut!r} does not end with a line break: if it was cut short (an interrupted copy or "
                           "download), its last row is incomplete and is read as it stands", stacklevel=2)
         self.partitions = partitions or Partitions()
         self.columns = _with_partitions(self, self.file_columns, self.partitions)
