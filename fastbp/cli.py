@@ -108,10 +108,10 @@ def _checkpoint_path(args):
 RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
-                  "class_weight")
+                  "class_weight", "no_spill")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
-                 "class_weight": None}
+                 "class_weight": None, "no_spill": True}
 
 
 def _result_options(args, ranks, shard):
@@ -209,7 +209,7 @@ def train(args):
     from .engine.callbacks import EarlyStopping, ModelCheckpoint
     from .files.preprocess import Preprocessor
     from .files.sources import open_source
-    from .files.streaming import StreamStats
+    from .files.streaming import FileTargets, StreamStats, spill_bytes
     from .parallel.file_shards import shard_mode
     from .trainer import Trainer, load
 
@@ -261,9 +261,9 @@ def train(args):
         if not trainer.preprocessing or not prep.matches(trainer.preprocessing):
             raise UsageError(f"{checkpoint!r} was trained on differently prepared data; resume with the same data "
                              "and options, or start without --resume")
-        counts = prep.class_counts  # this pass's: a Preprocessor from a model file has none
+        counts, looks_sorted = prep.class_counts, prep.looks_sorted  # this pass's: a model file has neither
         prep = Preprocessor(trainer.preprocessing)  # transform exactly as the checkpoint was trained
-        prep.class_counts = counts
+        prep.class_counts, prep.looks_sorted = counts, looks_sorted
         done = len(trainer.history)
         trainer.epochs = max(0, args.epochs - done)
         _say(args, f"resuming from {checkpoint} after epoch {done}; {trainer.epochs} epoch(s) to go")
@@ -290,10 +290,16 @@ def train(args):
     if args.log_file and rank == 0:
         callbacks.append(_JsonLog(args.log_file))
     stats = StreamStats()
+    if not args.no_spill and trainer.epochs:
+        size = spill_bytes(n_rows, prep.n_inputs, FileTargets(trainer.loss, n_out, class_weight),
+                           trainer.params.dtype)
+        _say(args, f"shuffling across the whole file: the training rows are encoded once into an unnamed temporary "
+                   f"file ({size / 2 ** 20:,.1f} MiB in {tempfile.gettempdir()}; --no-spill to skip)")
     try:
         with _sigint_as_keyboard_interrupt():
             trainer.fit_source(source, prep, n_rows, args.buffer_rows, args.val_split, args.seed, validation,
-                               callbacks, 0 if args.quiet else 1, stats, shard=args.shard, class_weight=class_weight)
+                               callbacks, 0 if args.quiet else 1, stats, shard=args.shard, class_weight=class_weight,
+                               spill=not args.no_spill)
     except KeyboardInterrupt:
         target = checkpoint or args.out + ".interrupted.fbp"
         target = _save_model(trainer, target)
@@ -747,6 +753,10 @@ def _parser():
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
     p.add_argument("--buffer-rows", type=int, default=None,
                    help="rows shuffled together in memory (default: 262144, fewer for wide data: 32 MB at most)")
+    p.add_argument("--no-spill", action="store_true",
+                   help="do not write the encoded training rows to a temporary file (TMPDIR) to draw each epoch's "
+                        "rows from the whole file: no disk, but rows are shuffled within --buffer-rows only, so a "
+                        "file sorted by its target (or by anything that predicts it) trains badly")
     p.add_argument("--shard", choices=["auto", "rows", "chunks"], default="auto",
                    help="under mpiexec: 'rows' = every rank reads every chunk, result equal to one process; "
                         "'chunks' = each rank reads only its own chunks (not bit-equal); auto: chunks for Parquet")

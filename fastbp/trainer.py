@@ -188,9 +188,14 @@ class Trainer:
         return self
 
     def fit_source(self, source, prep, train_rows, buffer_rows=None, val_split=0.0, seed=0, validation=None,
-                   callbacks=None, verbose=None, stats=None, shard="auto", class_weight=None):
+                   callbacks=None, verbose=None, stats=None, shard="auto", class_weight=None, spill=True,
+                   spill_dir=None):
         """Train for `epochs` epochs on a file (fastbp.files.sources) in bounded memory, its columns mapped by
         the fitted Preprocessor `prep`; train_rows: the training rows per epoch (from Preprocessor.fit).
+        spill: encode the training rows once into an unnamed temporary file (in spill_dir, else TMPDIR) and
+        draw every epoch's rows from all over it, so the file's row order does not matter (costs the rows'
+        size in disk, checked first); spill=False shuffles within the buffer only (warns when the first pass
+        found the file sorted by its target).
         Under MPI, `shard` says how ranks split the file: "rows" (equal to one process), "chunks"
         (each rank reads its own chunks) or "auto" (chunks for Parquet). validation: (X, y, w) or None.
         class_weight: {label: weight} or "balanced" (from the class counts of the Preprocessor.fit that
@@ -216,16 +221,28 @@ class Trainer:
                 if wv is None and class_table is not None:
                     wv = targets.weights(np.asarray(validation[1]))
                 validation = (Xv, Yv, wv)
+            if not spill and prep.looks_sorted and self.shuffle:
+                warnings.warn(f"{prep.looks_sorted}; with spill=False (--no-spill) rows are shuffled only within "
+                              "the buffer, so the model will fit the end of each epoch best: train with the spill, "
+                              "or shuffle the file first", stacklevel=2)
             stats = stats if stats is not None else streaming.StreamStats()
+            chunks, n_rows = None, train_rows
             if file_shards.shard_mode(shard, source, self._comm.size) == "chunks":
-                run_epoch = file_shards.chunk_sharded_epochs(engine, source, prep, train_rows, buffer_rows,
-                                                             val_split, seed, stats, self.sync_every, targets)
-            else:
-                run_epoch = streaming.buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split,
-                                                      seed, stats, targets)
-            if self.classes_ is None and self.is_classifier:  # the Preprocessor gives class indices
-                self.classes_ = index_classes(self.loss, self.layout.n_out)
-            self._run(engine, run_epoch, validation, callbacks, verbose)
+                chunks = file_shards.own_chunks(source, self._comm)
+                n_rows = file_shards.training_rows_of(source, chunks, val_split, seed)
+            rows = streaming.TrainingRows(source, prep, targets, self.params.dtype, val_split, seed, stats, n_rows,
+                                          spill, spill_dir, chunks)
+            try:
+                if chunks is not None:
+                    run_epoch = file_shards.chunk_sharded_epochs(engine, rows, train_rows, buffer_rows, stats,
+                                                                 self.sync_every)
+                else:
+                    run_epoch = streaming.buffered_epochs(engine, rows, train_rows, buffer_rows, stats)
+                if self.classes_ is None and self.is_classifier:  # the Preprocessor gives class indices
+                    self.classes_ = index_classes(self.loss, self.layout.n_out)
+                self._run(engine, run_epoch, validation, callbacks, verbose)
+            finally:
+                rows.close()
             self._fitted = True
         return self
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fastbp.files.preprocess import Preprocessor, holdout_mask
+from fastbp.files.preprocess import Holdout, Preprocessor
 from fastbp.files.scan import first_pass
 from fastbp.files.sources import open_source
 from fastbp.parallel.file_shards import shard_mode
@@ -43,7 +43,7 @@ def test_ranks_first_passes_merge_to_the_whole_files_statistics(table_file, rank
     options = dict(impute=impute, val_split=0.2, seed=4)
     whole, held, n = Preprocessor.fit(source, "label", **options)
     chunks = [range(r, source.n_chunks, ranks) for r in range(ranks)]
-    parts = [first_pass(source, "label", ["x", "color"], impute, 1000, lambda rows: holdout_mask(4, rows, 0.2),
+    parts = [first_pass(source, "label", ["x", "color"], impute, 1000, Holdout(4, 0.2),
                         10 ** 6, 4, None, c) for c in chunks]
     for rank in range(ranks):
         merged, merged_held, merged_n = Preprocessor.fit(source, "label", **options,

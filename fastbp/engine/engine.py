@@ -46,8 +46,8 @@ class SingleProcess:
 
 
 class Engine:
-    """distributed: None, or a factory engine -> object with train_rows(X, Y, weights, order, hyper) and
-    rows_needed(n, perm, batch_size) that takes the steps under a communicator (fastbp.parallel)."""
+    """distributed: None, or a factory engine -> object with train_rows(X, Y, weights, order, hyper) that
+    takes the steps under a communicator (fastbp.parallel)."""
 
     def __init__(self, state, net, regularization, optimizer, batch_size, shuffle=True, n_threads=None, comm=None,
                  distributed=None):
@@ -86,12 +86,6 @@ class Engine:
         if self._distributed is not None:
             return self._distributed.train_rows(X, Y, weights, order, hyper)
         return self.train_rows_here(X, Y, weights, order, hyper)[0]
-
-    def rows_needed(self, n, perm):
-        """Which of a buffer's n rows (visited in order perm) this process trains on: None for all."""
-        if self._distributed is None:
-            return None
-        return self._distributed.rows_needed(n, perm, self.batch_size)
 
     def train_rows_here(self, X, Y, weights, order, hyper, batch_size=None, dropout_seed=None):
         """This process alone, one compiled call per segment of the ThreadChooser: (weighted mean loss, mean of

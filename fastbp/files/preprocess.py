@@ -13,23 +13,11 @@ import numpy as np
 
 from ..core.errors import InputError
 from .columns import NUMBER, TEXT, codes, to_numbers, where
-from .scan import MISSING, NUMBER_GROUP, FirstPass, first_pass, number_block
+from .scan import MISSING, NUMBER_GROUP, FirstPass, Holdout, first_pass, holdout_mask, number_block  # noqa: F401
 
 TASKS = ("classify", "regress")
 LABEL_TYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": str}
 VAL_MAX_CELLS = 1 << 22  # validation sample: at most this many cells (32 MB as float64) whatever the width
-
-
-def holdout_mask(seed, rows, fraction):
-    """Rows whose hash falls below `fraction` are validation rows: stateless, same in every pass."""
-    if fraction <= 0:
-        return np.zeros(len(rows), dtype=bool)
-    with np.errstate(over="ignore"):  # wrapping uint64 arithmetic is the point of the hash
-        x = (rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
 
 
 class Preprocessor:
@@ -45,6 +33,7 @@ class Preprocessor:
             raise InputError(f"on_unknown must be 'ignore' or 'error', got {on_unknown!r}")
         self.on_unknown = on_unknown
         self.class_counts = None  # training rows per class, known after fit (not stored in model files)
+        self.looks_sorted = None  # after fit: a sentence when the target's order says the file is sorted
         self.unknown = {}  # column -> rows whose category was not seen in training (transform counts them)
         # where each feature goes in X: numeric columns one input each, categorical ones an input per category
         self._numeric, numeric_at, self._categorical, at = [], [], [], 0
@@ -86,9 +75,7 @@ class Preprocessor:
         sharded = comm is not None and comm.size > 1 and getattr(source, "chunk_starts", None) is not None
         chunks = range(comm.rank, source.n_chunks, comm.size) if sharded else None
 
-        def holdout(rows):
-            return holdout_mask(seed, rows, val_split)
-
+        holdout = Holdout(seed, val_split)
         part = first_pass(source, target, features, impute, max_categories, holdout,
                           max(1, val_max_rows // comm.size) if sharded else val_max_rows, seed, progress, chunks)
         if sharded:
@@ -96,7 +83,8 @@ class Preprocessor:
         prep = cls(_schema(part, task, impute))
         if prep.task == "classify":
             prep.class_counts = part.target.class_counts(prep.classes())
-        return prep, part.held_columns(val_max_rows), part.n_rows
+        prep.looks_sorted = part.target.looks_sorted(part.n_rows, prep.classes() if prep.task == "classify" else [])
+        return prep, part.held_columns(holdout, val_max_rows), part.n_rows
 
     @staticmethod
     def feature_columns(source, target, features=None, exclude=()):

@@ -20,6 +20,38 @@ NUMBER_GROUP = 256  # numeric columns scanned together (bounds the block: rows x
 STRAY_TEXT = 99  # a column of numbers with fewer than 1 text cell in 100 has bad cells; more make it categorical
 
 
+def holdout_keys(seed, rows):
+    """A uniform number in [0, 1) per row number: a stateless hash, the same in every pass and on every rank."""
+    with np.errstate(over="ignore"):  # wrapping uint64 arithmetic is the point of the hash
+        x = (rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def holdout_mask(seed, rows, fraction):
+    """Rows whose key falls below `fraction` are validation rows."""
+    if fraction <= 0:
+        return np.zeros(len(rows), dtype=bool)
+    return holdout_keys(seed, rows) < fraction
+
+
+class Holdout:
+    """The validation rows of a file: a `fraction` of its rows chosen by their keys (holdout_keys). When more
+    are held than the sample keeps, the sample is the rows with the smallest keys: a uniform sample of the
+    whole file whatever its row order, the same under any chunking and rank count."""
+
+    def __init__(self, seed, fraction):
+        self.seed, self.fraction = seed, fraction
+
+    def mask(self, rows):
+        return holdout_mask(self.seed, rows, self.fraction)
+
+    def keys(self, rows):
+        return holdout_keys(self.seed, rows)
+
+
 class ColumnScan:
     """What the first pass learns about one column (picklable, so MPI ranks can gather it)."""
 
@@ -178,8 +210,12 @@ class TargetScan(ColumnScan):
         self.counts = {}
         self.label_type = None
         self.integral = True
+        # consecutive training rows (file order within each rank's chunks) whose targets differ / rise / fall
+        self.changes, self.rises, self.falls = 0, 0, 0
+        self._last = None
 
     def update(self, values, rows, rng):
+        self._follow_order(values)
         missing = self.missing
         numbers = super().update(values, rows, rng)
         if self.missing > missing:
@@ -191,6 +227,36 @@ class TargetScan(ColumnScan):
             if self.counts is not None:
                 distinct, counts = np.unique(numbers, return_counts=True)
                 self._count(distinct.tolist(), counts.tolist())
+
+    def _follow_order(self, values):
+        """Counts how often the target changes between consecutive rows: few changes mean a sorted file."""
+        if not len(values):
+            return
+        v = values.to_numpy(zero_copy_only=False) if is_arrow(values) else np.asarray(values)
+        if self._last is not None and self._last.dtype.kind == v.dtype.kind:
+            v = np.concatenate([self._last, v])
+        self._last = v[-1:]
+        self.changes += int(np.count_nonzero(v[1:] != v[:-1]))
+        if v.dtype.kind in "iuf":  # the file's own numbers (a CSV's cells are text here)
+            self.rises += int(np.count_nonzero(v[1:] > v[:-1]))
+            self.falls += int(np.count_nonzero(v[1:] < v[:-1]))
+
+    def looks_sorted(self, n_rows, classes):
+        """A sentence saying the file looks sorted by this target, or None."""
+        if n_rows < 100:
+            return None
+        if classes and self.counts:
+            share = self.class_counts(classes) / max(n_rows, 1)
+            expected = (n_rows - 1) * (1 - float((share ** 2).sum()))
+            if self.changes < expected / 4:
+                return (f"the target {self.name!r} changes value only {self.changes:,} times in {n_rows:,} rows "
+                        f"(about {expected:,.0f} if they were in random order): the file looks sorted")
+        moves = self.rises + self.falls
+        if not classes and moves >= 100 and min(self.rises, self.falls) < moves / 4:
+            up = self.rises >= self.falls
+            return (f"the target {self.name!r} {'rises' if up else 'falls'} between {max(self.rises, self.falls):,} "
+                    f"of {moves:,} consecutive rows that differ: the file looks sorted by it")
+        return None
 
     def _remember(self, text):
         """ColumnScan's distinct texts, counted (one value_counts gives both)."""
@@ -214,6 +280,9 @@ class TargetScan(ColumnScan):
 
     def merge(self, other, rng):
         super().merge(other, rng)
+        self.changes += other.changes
+        self.rises += other.rises
+        self.falls += other.falls
         self.integral &= other.integral
         self.label_type = self.label_type or other.label_type
         if self.counts is not None and other.counts is not None:
@@ -267,7 +336,7 @@ class FirstPass:
         self.columns = {c: ColumnScan(c, declared[c], max_categories, keep_sample) for c in features}
         self.target = TargetScan(target, declared[target])
         self.n_rows = 0
-        self.held = []  # pieces {column: values} of validation rows, in the file's own types
+        self.held = []  # pieces (row numbers, {column: values}) of validation rows, in the file's own types
         self.held_rows = 0
 
     @classmethod
@@ -286,19 +355,32 @@ class FirstPass:
         self.held += other.held
         self.held_rows += other.held_rows
 
-    def held_columns(self, max_rows):
-        """The validation rows as {column: values}, at most max_rows of them (None without any)."""
+    def hold(self, rows, chunk, holdout, max_rows):
+        """Add validation rows; beyond 2 * max_rows, keep the max_rows of smallest key (Holdout)."""
+        self.held.append((rows, chunk))
+        self.held_rows += len(rows)
+        if self.held_rows > 2 * max_rows:
+            self._keep_first_keys(holdout, max_rows)
+
+    def _keep_first_keys(self, holdout, max_rows):
+        rows = np.concatenate([r for r, _ in self.held])
+        keep = np.sort(np.argpartition(holdout.keys(rows), max_rows - 1)[:max_rows]) if len(rows) > max_rows \
+            else np.argsort(rows, kind="stable")
+        names = list(self.held[0][1])
+        chunk = {c: take(concat([piece[c] for _, piece in self.held]), keep) for c in names}
+        self.held = [(rows[keep], chunk)]
+        self.held_rows = len(keep)
+
+    def held_columns(self, holdout, max_rows):
+        """The validation rows as {column: values}, at most max_rows of them chosen by key (None without any)."""
         if not self.held_rows:
             return None
-        names = list(self.columns) + [self.target.name]
-        out = {c: concat([piece[c] for piece in self.held]) for c in names}
-        if self.held_rows > max_rows:
-            out = {c: take(v, np.arange(max_rows)) for c, v in out.items()}
-        return out
+        self._keep_first_keys(holdout, max_rows)
+        return self.held[0][1]
 
 
 def first_pass(source, target, features, impute, max_categories, holdout, val_max_rows, seed, progress, chunks):
-    """One pass over the given chunks (all when None): a FirstPass. holdout(rows) marks validation rows."""
+    """One pass over the given chunks (all when None): a FirstPass. holdout: the validation rows (Holdout)."""
     columns = features + [target]
     declared = source.kinds(columns)
     part = FirstPass(features, target, declared, max_categories, keep_sample=impute == "median")
@@ -312,12 +394,10 @@ def first_pass(source, target, features, impute, max_categories, holdout, val_ma
     for start, chunk in source.chunks(columns, None, chunks):
         n = len(chunk[target])
         rows = np.arange(start, start + n)
-        val = holdout(rows)
+        val = holdout.mask(rows)
         if val.any():
             held = np.flatnonzero(val)
-            if part.held_rows < val_max_rows:
-                part.held.append({c: take(v, held) for c, v in chunk.items()})
-                part.held_rows += held.size
+            part.hold(rows[held], {c: take(v, held) for c, v in chunk.items()}, holdout, val_max_rows)
             held_chunk = {c: take(chunk[c], held) for c in features}
             for group in number_groups:
                 _scan_numbers([checks[c] for c in group], held_chunk, rows[held], impute, rng)

@@ -1,14 +1,24 @@
-"""Training from a file in bounded memory: shuffled chunks through a fixed-size row buffer.
+"""Training from a file in bounded memory: rows from all over the file through a fixed-size buffer.
 
-Each epoch visits the source's chunks in an order drawn from the training state's shuffle
-RNG (row groups / memmap slices; CSV blocks stay in file order), transforms each
-chunk, and fills a buffer of `buffer_rows` rows (a whole number of batches). A
-full buffer is trained in a random row order by the engine, as in-memory data
-is; the last, partial buffer ends the epoch. Memory is the buffer, one chunk, and
-the validation sample - never the file. Validation rows (chosen by a stateless hash
-of the row number) are skipped here. Under a communicator the engine says which rows
-of each buffer this process computes (fastbp.parallel), and only those are transformed.
+By default the training rows are encoded once, before the first epoch, into an unnamed temporary
+file (`EncodedRows`: the model's inputs, targets and weights, in the model's dtype, in file order).
+Each epoch then reads them back in small blocks drawn in a random order from the whole file into a
+buffer of `buffer_rows` rows (a whole number of batches), and the engine trains a full buffer in a
+random row order, as it does in-memory data. So every buffer is a sample of the whole file, whatever
+order the file was written in: a file sorted by its target trains as a shuffled one does. Reading
+blocks back with pread goes through the page cache, not the process's memory; epochs skip parsing
+and encoding. The cost is disk (`spill_bytes`, checked before training) and one extra pass.
+
+Without the spill (`spill=False`), each epoch reads the source's chunks (row groups, memmap slices in
+a shuffled order; CSV blocks in file order) and shuffles rows within the buffer only: no disk, but a
+sorted file then trains on one region of it per buffer (`Preprocessor.fit` notes a file that looks
+sorted). Either way memory is the buffer, one chunk and the validation sample, never the file.
+Validation rows (chosen by a stateless hash of the row number) are never training rows.
 """
+import mmap
+import os
+import tempfile
+
 import numpy as np
 
 from ..core.errors import InputError
@@ -77,77 +87,237 @@ class FileTargets:
         return self.class_table[y.astype(np.int64)]
 
 
-def buffered_epochs(engine, source, prep, train_rows, buffer_rows, val_split, seed, stats, targets):
-    """The epoch source of a file: one process, or shard="rows" under MPI (equal to one process).
-    targets: FileTargets, what the model learns from the target column."""
-    batch = engine.batch_size
-    dtype = engine.params.dtype
+MAX_BLOCKS = 1 << 22  # an epoch permutes at most this many blocks of rows: 32 MB of block numbers
+GATHER_ROWS = 16384  # rows gathered from the mapped file before its pages are let go
+
+
+class EncodedRows:
+    """A run's training rows as the model reads them - inputs, targets, weights - in an unnamed temporary
+    file (removed by the system when closed, or when the process ends however it ends). Rows are
+    written once in file order (`write`) and gathered back by row number into buffers (`gather`)
+    through a read-only memory map whose pages are released after each GATHER_ROWS rows, so they
+    stay in the page cache, not in the process's memory."""
+
+    def __init__(self, n_rows, n_inputs, targets, dtype, folder=None):
+        self.n_rows, self.dtype = int(n_rows), np.dtype(dtype)
+        self.widths = (int(n_inputs), targets.width, 1 if targets.class_table is not None else 0)
+        self.folder = folder if folder is not None else tempfile.gettempdir()
+        need = spill_bytes(n_rows, n_inputs, targets, dtype)
+        try:
+            stat = os.statvfs(self.folder)
+        except OSError as exc:
+            raise InputError(f"cannot use {self.folder!r} for the training rows' temporary file ({exc})") from None
+        free = stat.f_bavail * stat.f_frsize
+        if need > free:
+            raise InputError(f"shuffling the rows across the whole file needs {_size(need)} of disk in "
+                             f"{self.folder!r}, which has {_size(free)} free; set TMPDIR to a folder with room, "
+                             "or train without it (spill=False, --no-spill: rows are then shuffled within the "
+                             "buffer only, which trains badly on a sorted file)")
+        self.file = tempfile.TemporaryFile(dir=self.folder)
+        self.written = 0
+        # where each array begins: all inputs, then all targets, then all weights
+        self.offsets = [int(o) for o in np.cumsum([0] + [self.n_rows * w * self.dtype.itemsize
+                                                         for w in self.widths[:-1]])]
+        self.map, self.arrays = None, None
+
+    def write(self, X, Y, W):
+        """Append rows (in order) to the file."""
+        n = len(X)
+        if self.written + n > self.n_rows:
+            raise InputError("the data has more training rows than its first pass counted; "
+                             "was the file changed during training?")
+        try:
+            for array, width, offset in zip((X, Y, W), self.widths, self.offsets):
+                if width:
+                    _write_all(self.file.fileno(), np.ascontiguousarray(array, dtype=self.dtype),
+                               offset + self.written * width * self.dtype.itemsize)
+        except OSError as exc:
+            raise InputError(f"could not write the training rows to a temporary file in {self.folder!r} "
+                             f"({exc.strerror or exc}); set TMPDIR to a folder with room, or train without it "
+                             "(spill=False, --no-spill)") from None
+        self.written += n
+
+    @property
+    def complete(self):
+        return self.written == self.n_rows
+
+    def gather(self, X, Y, W, at, rows):
+        """The rows numbered `rows` (ascending) into rows at.. of the buffers X, Y, W."""
+        if self.map is None:
+            self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+            self.arrays = [np.frombuffer(self.map, self.dtype, self.n_rows * w, offset).reshape(self.n_rows, w)
+                           if w else None for w, offset in zip(self.widths, self.offsets)]
+        for s in range(0, len(rows), GATHER_ROWS):
+            part = rows[s:s + GATHER_ROWS]
+            for out, stored, width, offset in zip((X, Y, W), self.arrays, self.widths, self.offsets):
+                if width:
+                    np.take(stored, part, axis=0, out=out[at + s:at + s + len(part)].reshape(len(part), width))
+                    row_bytes = width * self.dtype.itemsize
+                    first = (offset + int(part[0]) * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+                    self.map.madvise(mmap.MADV_DONTNEED, first, offset + (int(part[-1]) + 1) * row_bytes - first)
+
+    def close(self):
+        self.arrays = None
+        if self.map is not None:
+            self.map.close()
+        self.file.close()
+
+
+def spill_bytes(n_rows, n_inputs, targets, dtype):
+    """Disk that EncodedRows takes for these rows."""
+    width = n_inputs + targets.width + (1 if targets.class_table is not None else 0)
+    return int(n_rows) * width * np.dtype(dtype).itemsize
+
+
+def _size(n_bytes):
+    if n_bytes < 2 ** 20:
+        return f"{n_bytes / 2 ** 10:.0f} KiB"
+    return f"{n_bytes / 2 ** 30:.2f} GiB" if n_bytes >= 2 ** 30 else f"{n_bytes / 2 ** 20:.1f} MiB"
+
+
+def _write_all(fd, array, offset):
+    view = memoryview(array).cast("B")
+    while len(view):
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
+class _EncodedRowSet:
+    """Rows of EncodedRows, by row number, as a piece of an epoch."""
+
+    def __init__(self, encoded, rows):
+        self.encoded, self.rows, self.n = encoded, rows, len(rows)
+
+    def copy_into(self, X, Y, W, at, start, count):
+        # ascending row numbers read the map front to back; the buffer is trained in a random order anyway
+        self.encoded.gather(X, Y, W, at, np.sort(self.rows[start:start + count]))
+
+
+class _ChunkRows:
+    """A transformed chunk of the file, as a piece of an epoch."""
+
+    def __init__(self, X, Y, W):
+        self.X, self.Y, self.W, self.n = X, Y, W, len(X)
+
+    def copy_into(self, X, Y, W, at, start, count):
+        X[at:at + count] = self.X[start:start + count]
+        Y[at:at + count] = self.Y[start:start + count]
+        if W.size:
+            W[at:at + count] = self.W[start:start + count]
+
+
+def block_rows(n_rows):
+    """Rows that stay together in an epoch's order: one (a uniform permutation of the rows) up to
+    MAX_BLOCKS rows, then as few as keep the permutation within MAX_BLOCKS numbers."""
+    return max(1, -(-int(n_rows) // MAX_BLOCKS))
+
+
+class TrainingRows:
+    """Where an epoch's rows come from (one process or one MPI rank): the encoded rows in random blocks
+    (`spill`), or the file's chunks (`chunks`: the chunk numbers to read; None: all). pieces(rng) gives an
+    epoch's pieces of rows, each with n and copy_into(X, Y, W, at, start, count)."""
+
+    def __init__(self, source, prep, targets, dtype, val_split, seed, stats, n_rows, spill=True, folder=None,
+                 chunks=None):
+        self.source, self.prep, self.targets, self.dtype = source, prep, targets, dtype
+        self.val_split, self.seed, self.stats, self.n_rows = val_split, seed, stats, n_rows
+        self.chunks = chunks
+        self.encoded = EncodedRows(n_rows, prep.n_inputs, targets, dtype, folder) if spill and n_rows else None
+        self.block = None
+
+    def _transformed(self, order):
+        columns = self.prep.features + [self.prep.target]
+        for _, X, y in read_training_rows(self.source, self.prep, columns, order, self.val_split, self.seed,
+                                          self.stats, self.dtype):
+            yield _ChunkRows(X, self.targets.rows(y), self.targets.weights(y) if self.targets.class_table
+                             is not None else None)
+
+    def pieces(self, rng, shuffle, buffer_rows):
+        if self.encoded is None:
+            order = self.chunks
+            if shuffle and self.source.shuffleable and self.source.n_chunks:
+                order = rng.permutation(self.source.n_chunks if order is None else order)
+            return self._transformed(order)
+        if not self.encoded.complete:  # the first epoch encodes the rows once
+            for piece in self._transformed(self.chunks):
+                self.encoded.write(piece.X, piece.Y, piece.W)
+            if not self.encoded.complete:
+                raise InputError(f"read {self.encoded.written} training rows, but the first pass counted "
+                                 f"{self.n_rows}; was the file changed during training?")
+        return self._encoded_pieces(rng, shuffle, buffer_rows)
+
+    def _encoded_pieces(self, rng, shuffle, buffer_rows):
+        size = block_rows(self.n_rows)
+        n_blocks = -(-self.n_rows // size)
+        order = rng.permutation(n_blocks) if shuffle else np.arange(n_blocks)
+        per_piece = max(1, buffer_rows // size)
+        for first in range(0, n_blocks, per_piece):
+            starts = order[first:first + per_piece].astype(np.int64) * size
+            rows = (starts[:, None] + np.arange(size)).ravel()
+            yield _EncodedRowSet(self.encoded, rows[rows < self.n_rows])
+
+    def close(self):
+        if self.encoded is not None:
+            self.encoded.close()
+
+
+def fill_buffers(pieces, X, Y, W, sizes):
+    """Copies the pieces' rows into the buffers X, Y, W (W empty: no weights), `sizes[i]` rows the i-th
+    time, and yields each size once its rows are in. The pieces must give exactly sum(sizes) rows."""
+    total, rows = sum(sizes), 0
+    pieces = iter(pieces)
+    piece, pos = None, 0
+    for size in sizes:
+        filled = 0
+        while filled < size:
+            if piece is None or pos == piece.n:
+                piece, pos = next(pieces, None), 0
+                if piece is None:
+                    raise InputError(f"read {rows + filled} training rows, but the first pass counted {total}; "
+                                     "was the file changed during training?")
+                continue
+            take = min(size - filled, piece.n - pos)
+            piece.copy_into(X, Y, W, filled, pos, take)
+            filled, pos = filled + take, pos + take
+        yield size
+        rows += size
+    if (piece is not None and pos < piece.n) or any(p.n for p in pieces):
+        raise InputError("the data has more training rows than its first pass counted; "
+                         "was the file changed during training?")
+
+
+def buffer_size(buffer_rows, batch, n_inputs, dtype):
+    """The rows of a buffer: buffer_rows (default_buffer_rows when None) in whole batches."""
     if buffer_rows is None:
-        buffer_rows = default_buffer_rows(prep.n_inputs, dtype)
-    buffer_rows = max(batch, int(buffer_rows) // batch * batch)
-    Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), prep.n_inputs), dtype=dtype)
-    Ybuf, Wbuf = targets.buffers(len(Xbuf), dtype)
-    columns = prep.features + [prep.target]
+        buffer_rows = default_buffer_rows(n_inputs, dtype)
+    return max(batch, int(buffer_rows) // batch * batch)
+
+
+def buffered_epochs(engine, rows, train_rows, buffer_rows, stats):
+    """The epoch source of a file: one process, or shard="rows" under MPI (every rank fills the same
+    buffers and trains its slice of each global batch: equal to one process). rows: TrainingRows."""
+    dtype = engine.params.dtype
+    buffer_rows = buffer_size(buffer_rows, engine.batch_size, rows.prep.n_inputs, dtype)
+    Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), rows.prep.n_inputs), dtype=dtype)
+    Ybuf, Wbuf = rows.targets.buffers(len(Xbuf), dtype)
     rng = engine.state.shuffle_rng
 
-    def plan(first_row):
-        """(size, row order, rows this process needs or None for all) of the buffer starting at this row."""
-        n = min(buffer_rows, train_rows - first_row)
-        perm = rng.permutation(n) if engine.shuffle else np.arange(n)
-        return n, perm, engine.rows_needed(n, perm)
-
     def run_epoch(hyper):
-        order = None
-        if source.shuffleable and engine.shuffle and source.n_chunks:
-            order = rng.permutation(source.n_chunks)
-        total, total_mass, rows, filled = 0.0, 0.0, 0, 0
-        size, perm, need = plan(0)
-        for start, n, read in chunk_readers(source, columns, prep.kinds(), order):
-            stats.max_chunk_rows = max(stats.max_chunk_rows, n)
-            kept = np.flatnonzero(~holdout_mask(seed, np.arange(start, start + n), val_split))
-            if need is None:  # one process: transform the whole chunk at once
-                X, y = prep.transform(read(_rows_or_all(kept, n)), start, dtype=dtype)
-            pos = 0
-            while pos < len(kept):
-                if rows + filled >= train_rows:
-                    raise InputError("the data has more training rows than its first pass counted; "
-                                     "was the file changed during training?")
-                take = min(size - filled, len(kept) - pos)
-                if need is None:
-                    Xbuf[filled:filled + take] = X[pos:pos + take]
-                    Ybuf[filled:filled + take] = targets.rows(y[pos:pos + take])
-                    if Wbuf.size:
-                        Wbuf[filled:filled + take] = targets.weights(y[pos:pos + take])
-                else:
-                    here = kept[pos:pos + take]
-                    mine = np.flatnonzero(need[filled:filled + take])
-                    # only this rank's rows of the chunk: a memory-mapped .npy reads just those
-                    Xs, ys = prep.transform(read(here[mine]), start, dtype=dtype)
-                    Xbuf[filled + mine] = Xs
-                    Ybuf[filled + mine] = targets.rows(ys)
-                    if Wbuf.size:  # every rank weighs whole global batches: the labels of all rows
-                        labels = prep.encode_target(read(here)[prep.target], start, dtype)
-                        Wbuf[filled:filled + take] = targets.weights(labels)
-                filled += take
-                pos += take
-                if filled == size:
-                    stats.max_buffer_rows = max(stats.max_buffer_rows, size)
-                    weights = Wbuf[:size]
-                    loss = engine.train_rows(Xbuf[:size], Ybuf[:size], weights, perm, hyper)
-                    if not np.isfinite(loss):
-                        return float("nan"), rows
-                    mass = weights.sum(dtype=np.float64) if weights.size else size
-                    total += loss * mass
-                    total_mass += mass
-                    rows += size
-                    filled = 0
-                    if rows < train_rows:
-                        size, perm, need = plan(rows)
-            del read  # the chunk goes before the next one is read
-        if rows != train_rows:
-            raise InputError(f"read {rows + filled} training rows, but the first pass counted {train_rows}; "
-                             "was the file changed during training?")
-        stats.rows_per_epoch = rows
-        return total / total_mass if total_mass > 0 else 0.0, rows
+        total, total_mass, done = 0.0, 0.0, 0
+        pieces = rows.pieces(rng, engine.shuffle, len(Xbuf))
+        sizes = [len(Xbuf)] * (train_rows // len(Xbuf)) + ([train_rows % len(Xbuf)] if train_rows % len(Xbuf) else [])
+        for size in fill_buffers(pieces, Xbuf, Ybuf, Wbuf, sizes):
+            stats.max_buffer_rows = max(stats.max_buffer_rows, size)
+            perm = rng.permutation(size) if engine.shuffle else np.arange(size)
+            weights = Wbuf[:size]
+            loss = engine.train_rows(Xbuf[:size], Ybuf[:size], weights, perm, hyper)
+            if not np.isfinite(loss):
+                return float("nan"), done
+            mass = weights.sum(dtype=np.float64) if weights.size else size
+            total += loss * mass
+            total_mass += mass
+            done += size
+        stats.rows_per_epoch = done
+        return total / total_mass if total_mass > 0 else 0.0, done
 
     return run_epoch

@@ -20,15 +20,6 @@ class DistributedRows:
     def __init__(self, engine, sync_every=1):
         self.engine, self.sync_every = engine, sync_every
 
-    def rows_needed(self, n, perm, batch_size):
-        """Which of a buffer's n rows (visited in order perm, in global batches) this rank computes."""
-        comm = self.engine.comm
-        need = np.zeros(n, dtype=bool)
-        for s in range(0, n, batch_size):
-            m = min(batch_size, n - s)
-            need[perm[s + comm.rank * m // comm.size:s + (comm.rank + 1) * m // comm.size]] = True
-        return need
-
     def train_rows(self, X, Y, weights, order, hyper):
         if self.sync_every > 1:
             return self._local_sgd(X, Y, weights, order, hyper)
