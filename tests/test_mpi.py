@@ -121,10 +121,13 @@ def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
         fastbp.Trainer([2, 2], comm="mpi")
 
 
-@pytest.mark.parametrize("extra", [(), ("--class-weight", "balanced")])
-def test_cli_under_mpiexec_matches_one_process(tmp_path, extra):
+@pytest.mark.parametrize("extra,by_target", [((), False), (("--class-weight", "balanced"), False), ((), True),
+                                             (("--no-spill",), True)])
+def test_cli_under_mpiexec_matches_one_process(tmp_path, extra, by_target):
     rng = np.random.default_rng(0)
     data = np.column_stack([rng.normal(size=(600, 4)), (rng.normal(size=600) > 0.8)])
+    if by_target:  # a sorted export: every rank gathers the same rows from all over the file
+        data = data[np.argsort(data[:, 4], kind="stable")]
     np.save(tmp_path / "d.npy", data)
     # class weights: counted over the ranks' parts of the first pass, and every rank weighs whole batches
     common = ["train", tmp_path / "d.npy", "--target", "4", "--hidden", "8", "--epochs", "2", "--threads", "1",
@@ -197,12 +200,16 @@ def test_memory_mapped_data_on_ranks_equals_in_memory_training(tmp_path):
     np.testing.assert_allclose(fastbp.load(tmp_path / "m.fbp").params, single.params, rtol=1e-9, atol=1e-12)
 
 
-def _parquet(path, groups, rows_per_group, seed=0):
-    """A classification table (4 features, 3 classes) written with the given row-group layout."""
+def _parquet(path, groups, rows_per_group, seed=0, by_target=False):
+    """A classification table (4 features, 3 classes) written with the given row-group layout (sorted by
+    its label: by_target)."""
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(groups * rows_per_group, 4))
     label = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 0.5)
+    if by_target:
+        order = np.argsort(label, kind="stable")
+        X, label = X[order], label[order]
     table = pa.table({**{f"f{i}": X[:, i] for i in range(4)}, "label": label})
     pq.write_table(table, path, row_group_size=rows_per_group)
     return path
@@ -257,10 +264,13 @@ def test_chunk_sharded_steps_average_each_ranks_local_batch(tmp_path, class_weig
     np.testing.assert_allclose(fastbp.load(tmp_path / "m.fbp").params, single.params, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("settings", ['{"epochs": 25, "optimizer": "adam", "lr": 0.01}',
-                                      '{"epochs": 25, "optimizer": "adam", "lr": 0.01, "sync_every": 3}'])
-def test_chunk_sharded_ranks_read_disjoint_chunks_and_learn(tmp_path, settings):
-    data = _parquet(tmp_path / "d.parquet", groups=5, rows_per_group=60)  # uneven: ranks get 3 and 2 row groups
+@pytest.mark.parametrize("settings,by_target", [('{"epochs": 25, "optimizer": "adam", "lr": 0.01}', False),
+                                               ('{"epochs": 25, "optimizer": "adam", "lr": 0.01, "sync_every": 3}',
+                                                False),
+                                               ('{"epochs": 25, "optimizer": "adam", "lr": 0.01}', True)])
+def test_chunk_sharded_ranks_read_disjoint_chunks_and_learn(tmp_path, settings, by_target):
+    # uneven: ranks get 3 and 2 row groups; sorted by label, each rank's groups hold other classes
+    data = _parquet(tmp_path / "d.parquet", groups=5, rows_per_group=60, by_target=by_target)
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_SCRIPT)
     proc = launch(2, script, data, tmp_path / "m.fbp", settings)
@@ -272,7 +282,9 @@ def test_chunk_sharded_ranks_read_disjoint_chunks_and_learn(tmp_path, settings):
     from fastbp.files.sources import open_source
     source = open_source(data)
     prep, _, _ = Preprocessor.fit(source, "label")
-    X, y = prep.transform(next(source.chunks(prep.features + ["label"]))[1], dtype=np.float64)
+    whole = {c: np.concatenate([chunk[c] for _, chunk in source.chunks(prep.features + ["label"])])
+             for c in prep.features + ["label"]}
+    X, y = prep.transform(whole, dtype=np.float64)
     assert fastbp.load(tmp_path / "m.fbp").evaluate(X, y.astype(int))["accuracy"] > 0.85
 
 
@@ -290,8 +302,9 @@ def test_ranks_share_out_the_row_groups_of_a_dataset_folder(tmp_path):
     assert sorted(len(r) for r in read) == [2, 3] and sorted(sum(read, [])) == ["0", "1", "2", "3", "4"]
 
 
-def test_resume_after_kill_under_mpi_equals_an_uninterrupted_run(tmp_path):
-    data = _parquet(tmp_path / "d.parquet", groups=8, rows_per_group=2000)
+@pytest.mark.parametrize("by_target", [False, True])
+def test_resume_after_kill_under_mpi_equals_an_uninterrupted_run(tmp_path, by_target):
+    data = _parquet(tmp_path / "d.parquet", groups=8, rows_per_group=2000, by_target=by_target)
     env = dict(os.environ, NUMBA_NUM_THREADS="1")
 
     def train(out, *extra):

@@ -88,7 +88,7 @@ class FileTargets:
 
 
 MAX_BLOCKS = 1 << 22  # an epoch permutes at most this many blocks of rows: 32 MB of block numbers
-GATHER_ROWS = 16384  # rows gathered from the mapped file before its pages are let go
+GATHER_ROWS = 4096  # rows gathered from the mapped file before its pages are let go
 
 
 class EncodedRows:
@@ -249,7 +249,9 @@ class TrainingRows:
     def _encoded_pieces(self, rng, shuffle, buffer_rows):
         size = block_rows(self.n_rows)
         n_blocks = -(-self.n_rows // size)
-        order = rng.permutation(n_blocks) if shuffle else np.arange(n_blocks)
+        order = np.arange(n_blocks, dtype=np.int32 if n_blocks < 2 ** 31 else np.int64)  # half the memory
+        if shuffle:
+            rng.shuffle(order)
         per_piece = max(1, buffer_rows // size)
         for first in range(0, n_blocks, per_piece):
             starts = order[first:first + per_piece].astype(np.int64) * size
