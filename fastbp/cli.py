@@ -83,20 +83,28 @@ class _JsonLog(Callback):
             fh.write(json.dumps(logs) + "\n")
 
 
-class _EveryN(Callback):
-    """Run a callback's on_epoch_end every n-th epoch only."""
+class _Checkpoints(Callback):
+    """--checkpoint-dir: save the checkpoint every n-th epoch. A write that fails (a full disk) is a warning,
+    not the end of the run: training goes on and the next checkpoint tries again; `failed` says why."""
 
-    def __init__(self, callback, n):
+    def __init__(self, path, n):
         if n < 1:
             raise UsageError(f"--checkpoint-every must be >= 1, got {n}")
-        self.callback, self.n = callback, n
-
-    def on_train_begin(self, trainer):
-        self.callback.on_train_begin(trainer)
+        self.path, self.n = path, n
+        self.failed = None
 
     def on_epoch_end(self, trainer, epoch, logs):
         if epoch % self.n == 0:
-            self.callback.on_epoch_end(trainer, epoch, logs)
+            self.save(trainer, epoch)
+
+    def save(self, trainer, epoch):
+        try:
+            trainer.save(self.path)
+            self.failed = None
+        except OSError as exc:
+            self.failed = exc.strerror or str(exc)
+            print(f"fastbp: warning: could not write the checkpoint {self.path!r} after epoch {epoch} "
+                  f"({self.failed}); training goes on", file=sys.stderr)
 
 
 def _checkpoint_path(args):
@@ -206,7 +214,7 @@ def _check_training_options(args):
 
 
 def train(args):
-    from .engine.callbacks import EarlyStopping, ModelCheckpoint
+    from .engine.callbacks import EarlyStopping
     from .files.preprocess import Preprocessor
     from .files.sources import open_source
     from .files.streaming import FileTargets, StreamStats, spill_bytes
@@ -285,8 +293,9 @@ def train(args):
         Xv, yv = prep.transform(held, 0, dtype=trainer.params.dtype)
         validation = (Xv, yv, None)
     callbacks = [EarlyStopping(patience=args.patience)] if args.early_stopping else []
-    if checkpoint and rank == 0:
-        callbacks.append(_EveryN(ModelCheckpoint(checkpoint), args.checkpoint_every))
+    checkpoints = _Checkpoints(checkpoint, args.checkpoint_every) if checkpoint and rank == 0 else None
+    if checkpoints:
+        callbacks.append(checkpoints)
     if args.log_file and rank == 0:
         callbacks.append(_JsonLog(args.log_file))
     stats = StreamStats()
@@ -310,15 +319,18 @@ def train(args):
     if rank != 0:
         return EXIT_OK
     saved = _save_model(trainer, args.out)
-    if checkpoint:
-        _save_model(trainer, checkpoint)
+    if checkpoints:
+        checkpoints.save(trainer, len(trainer.history))
     last = trainer.history[-1] if trainer.history else {}
     _say(args, "done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("loss", "val_loss",
                                                                                       "val_accuracy", "val_r2"))
          + f"; model saved to {saved}")
     if args.plot:
         _plot(trainer.history, args.plot)
-    return EXIT_OK if saved == args.out else EXIT_BAD_INPUT
+    if checkpoints and checkpoints.failed:
+        print(f"fastbp: error: the model was saved to {saved}, but the checkpoint {checkpoint!r} could not be "
+              f"written ({checkpoints.failed}); --resume would start from an older one or none", file=sys.stderr)
+    return EXIT_OK if saved == args.out and not (checkpoints and checkpoints.failed) else EXIT_BAD_INPUT
 
 
 def _names(text):
@@ -355,13 +367,35 @@ def _check_outputs(args):
         _matplotlib()
 
 
+def _files_read(paths):
+    """The files the paths stand for: a folder or glob of parts is each of its parts (device and inode
+    are compared, so another spelling of the same file is found too)."""
+    import glob
+
+    from .files.datasets import SourceError, dataset_parts
+    for path in paths:
+        if os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path)):
+            try:
+                yield from dataset_parts(path)
+            except SourceError:
+                continue
+        else:
+            yield path
+
+
 def _check_writable(path, option, reads, keep=False):
     """`path` can be created or replaced: its folder exists and takes a new file (tried, then removed), and it
     is none of the files the command reads (`reads`: data and model paths), which writing it would destroy."""
+    from .files.modelfile import check_replaceable
+
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"{option} {path!r} is a directory; give a file name")
-    for read in reads:
+    try:
+        check_replaceable(path, option)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    for read in _files_read(reads):
         if os.path.isfile(path) and os.path.isfile(read) and os.path.samefile(path, read):
             raise UsageError(f"{option} {path!r} is the file this command reads ({read!r}); writing it would "
                              "destroy it: give another file name")

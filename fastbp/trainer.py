@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from .core.checks import DTYPES, check_dtype, check_int, check_number
+from .core.checks import DTYPES, check_bool, check_dtype, check_int, check_number
 from .core.errors import InputError, NotFittedError
 from .core.layout import INITS, check_layer_sizes
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
@@ -73,7 +73,7 @@ class Trainer:
         self.dropout = drops if hasattr(dropout, "__len__") else float(dropout)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.epochs = check_int("epochs", epochs, 0)
-        self.shuffle = bool(shuffle)
+        self.shuffle = check_bool("shuffle", shuffle)
         self.dtype = check_dtype(dtype)
         self.n_threads = None if n_threads is None else resolve_n_threads(n_threads)
         if init not in INITS:

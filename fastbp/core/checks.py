@@ -22,6 +22,13 @@ def check_int(name, value, minimum, hint=""):
     return int(value)
 
 
+def check_bool(name, value):
+    """A bool (numpy bools accepted; "no", 0, 1.5 refused: a truthy string would silently mean True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputTypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_number(name, value, low=None, high=None, low_open=False):
     """A finite float within [low, high) (or (low, high) with low_open); numpy scalars accepted."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):

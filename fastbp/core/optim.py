@@ -10,7 +10,7 @@ import numpy as np
 from numba import prange
 
 from .bundles import make_hyper
-from .checks import check_number
+from .checks import check_bool, check_number
 from .config import jit
 from .errors import InputError
 from .fpmode import flush_denormals, restore_fp_mode
@@ -51,7 +51,7 @@ class OptimizerSettings:
         weight_decay = DEFAULT_WEIGHT_DECAY[name] if weight_decay is None else weight_decay
         self.lr = check_number("lr", lr, low=0.0, low_open=True)
         self.momentum = check_number("momentum", momentum, low=0.0)
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool("nesterov", nesterov)
         self.weight_decay = check_number("weight_decay", weight_decay, low=0.0)
         try:
             beta1, beta2 = betas
@@ -61,9 +61,9 @@ class OptimizerSettings:
         self.betas = (check_number("betas[0]", beta1, low=0.0, high=1.0),
                       check_number("betas[1]", beta2, low=0.0, high=1.0))
         self.eps = check_number("eps", eps, low=0.0)
-        self.amsgrad = bool(amsgrad)
+        self.amsgrad = check_bool("amsgrad", amsgrad)
         self.alpha = check_number("alpha", alpha, low=0.0)
-        self.centered = bool(centered)
+        self.centered = check_bool("centered", centered)
         self.l1 = check_number("l1", l1, low=0.0)
         if self.nesterov and (self.code != SGD or self.momentum <= 0):
             raise InputError("nesterov=True needs optimizer='sgd' and momentum > 0 (as in torch.optim.SGD)")

@@ -49,16 +49,37 @@ def write_model(path, config, arrays):
         "arrays": {name: {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": _digest(a)}
                    for name, a in arrays.items()},
     }
+    text = json.dumps(meta, indent=1)
+    if len(text.encode()) > MAX_JSON_BYTES:  # read_model refuses more: never write a file it cannot load
+        raise InputError(f"the model's settings and metadata take {len(text.encode()):,} bytes as JSON, more than "
+                         f"the {MAX_JSON_BYTES:,} a model file may hold; keep large data out of `metadata` "
+                         "(save it beside the model)")
 
     def write(fh):
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-            zf.writestr(_META, json.dumps(meta, indent=1))
+            zf.writestr(_META, text)
             for name, a in arrays.items():
                 buf = io.BytesIO()
                 np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
                 zf.writestr(f"arrays/{name}.npy", buf.getvalue())
 
     atomic_write(path, write)
+
+
+def check_replaceable(path, what="model file"):
+    """`path` is a regular file (or a link to one) or does not exist yet: writing a device, FIFO, socket or
+    folder by renaming a new file onto it would replace that with a file (as root, even /dev/null)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"cannot write {what} {os.fspath(path)!r} ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+            else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise InputError(f"cannot write {what} {os.fspath(path)!r}: it is {kind}, and only regular files are "
+                         "replaced; give a file name")
 
 
 def atomic_write(path, write, what="model file"):
@@ -69,6 +90,7 @@ def atomic_write(path, write, what="model file"):
     0666 minus the umask. A symlink is written through: its target is replaced, atomically, in the
     target's folder, and the link stays.
     """
+    check_replaceable(path, what)
     path = os.path.realpath(os.fspath(path))
     folder = os.path.dirname(os.path.abspath(path))
     try:

@@ -1,0 +1,127 @@
+"""Nothing lost at the edges: outputs that are not regular files, inputs made of parts, failed checkpoints,
+metadata too large to load, settings that are not booleans."""
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp.core.errors import InputError, InputTypeError
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.csv as pcsv  # noqa: E402
+
+
+def cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture
+def trained():
+    X = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    return fastbp.Trainer([3, 4, 2], epochs=1, n_threads=1).fit(X, (X[:, 0] > 0).astype(int))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_save_replaces_only_regular_files(tmp_path, trained, kind):
+    target = tmp_path / "target"
+    os.mkfifo(target) if kind == "fifo" else target.mkdir()
+    with pytest.raises(InputError, match=f"it is a {'FIFO' if kind == 'fifo' else 'folder'}.*only regular files"):
+        trained.save(target)
+    mode = os.stat(target).st_mode
+    assert (stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISDIR(mode))
+    link = tmp_path / "link.fbp"  # a link to a regular file is written through, the link stays
+    (tmp_path / "real.fbp").write_bytes(b"")
+    link.symlink_to(tmp_path / "real.fbp")
+    trained.save(link)
+    assert link.is_symlink() and fastbp.load(tmp_path / "real.fbp").params.tobytes() == trained.params.tobytes()
+
+
+def test_cli_outputs_onto_a_fifo_or_into_the_parts_read_are_refused_before_any_work(tmp_path, trained):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        x = rng.normal(size=(100, 2))
+        pcsv.write_csv(pa.table({"a": x[:, 0], "b": x[:, 1], "label": (x[:, 0] > 0).astype(int)}),
+                       folder / f"part-{i}.csv")
+    before = [(folder / f"part-{i}.csv").read_bytes() for i in range(2)]
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    train = ["train", folder, "--target", "label", "--hidden", "4", "--epochs", "1", "--quiet"]
+    model = tmp_path / "m.fbp"
+    for args, message in (([*train, "--out", folder / "part-1.csv"], "is the file this command reads"),
+                          ([*train, "--out", model, "--log-file", folder / "part-1.csv"],
+                           "is the file this command reads"),
+                          ([*train, "--out", fifo], "it is a FIFO"),
+                          ([*train, "--out", model, "--log-file", fifo], "it is a FIFO")):
+        code, _, err = cli(*args)
+        assert code == 2 and message in err, (args, err)
+        assert "reading" not in err  # refused before the first pass
+    code, _, err = cli(*train, "--out", model)
+    assert code == 0, err
+    for args, message in ((["predict", model, folder / "part-*.csv", "--out", folder / "part-0.csv"],
+                           "is the file this command reads"),
+                          (["predict", model, folder, "--out", fifo], "it is a FIFO"),
+                          (["export", model, fifo], "it is a FIFO")):
+        code, _, err = cli(*args)
+        assert code == 2 and message in err, (args, err)
+    assert [(folder / f"part-{i}.csv").read_bytes() for i in range(2)] == before
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_warning_and_the_model_is_kept(tmp_path, monkeypatch, capsys):
+    from fastbp import cli as fastbp_cli
+    from fastbp.trainer import Trainer
+
+    data = tmp_path / "d.csv"
+    x = np.random.default_rng(0).normal(size=(200, 2))
+    pcsv.write_csv(pa.table({"a": x[:, 0], "b": x[:, 1], "label": (x[:, 0] > 0).astype(int)}), data)
+    real_save = Trainer.save
+
+    def full_disk(self, path):
+        if os.path.basename(path) == "checkpoint.fbp":
+            raise OSError(28, "No space left on device")
+        return real_save(self, path)
+
+    monkeypatch.setattr(Trainer, "save", full_disk)
+    code = fastbp_cli.main(["train", str(data), "--target", "label", "--hidden", "4", "--epochs", "3", "--quiet",
+                            "--threads", "1", "--checkpoint-dir", str(tmp_path / "c"), "--out",
+                            str(tmp_path / "m.fbp")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("could not write the checkpoint") == 4  # after each of 3 epochs, and at the end
+    assert "No space left on device" in err and "the model was saved to" in err
+    assert len(fastbp.load(tmp_path / "m.fbp").history) == 3
+
+
+def test_save_refuses_metadata_the_loader_would_refuse(tmp_path, trained, monkeypatch):
+    from fastbp.files import modelfile
+
+    monkeypatch.setattr(modelfile, "MAX_JSON_BYTES", 20_000)
+    trained.metadata["notes"] = "x" * 30_000
+    with pytest.raises(InputError, match="more than the 20,000 a model file may hold"):
+        trained.save(tmp_path / "m.fbp")
+    assert not os.listdir(tmp_path)
+    trained.metadata["notes"] = "x" * 100
+    trained.save(tmp_path / "m.fbp")
+    assert fastbp.load(tmp_path / "m.fbp").metadata["notes"] == "x" * 100
+
+
+@pytest.mark.parametrize("setting", [{"shuffle": "no"}, {"shuffle": 1}, {"optimizer": "sgd", "momentum": 0.9,
+                                                                         "nesterov": "no"},
+                                     {"optimizer": "adam", "amsgrad": "yes"},
+                                     {"optimizer": "rmsprop", "centered": 1.5}])
+def test_booleans_are_booleans(setting):
+    with pytest.raises(InputTypeError, match="must be True or False"):
+        fastbp.Trainer([2, 2], **setting)
+
+
+def test_numpy_booleans_are_booleans():
+    tr = fastbp.Trainer([2, 2], optimizer="adam", amsgrad=np.bool_(True), shuffle=np.bool_(False))
+    assert tr.shuffle is False and tr.optimizer_settings.amsgrad is True
