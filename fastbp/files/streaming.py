@@ -2,12 +2,15 @@
 
 By default the training rows are encoded once, before the first epoch, into an unnamed temporary
 file (`EncodedRows`: the model's inputs, targets and weights, in the model's dtype, in file order).
-Each epoch then reads them back in small blocks drawn in a random order from the whole file into a
-buffer of `buffer_rows` rows (a whole number of batches), and the engine trains a full buffer in a
-random row order, as it does in-memory data. So every buffer is a sample of the whole file, whatever
-order the file was written in: a file sorted by its target trains as a shuffled one does. Reading
-blocks back with pread goes through the page cache, not the process's memory; epochs skip parsing
-and encoding. The cost is disk (`spill_bytes`, checked before training) and one extra pass.
+Each epoch then gathers them in a new uniform random order (`block_rows`: single rows up to
+MAX_BLOCKS rows) into a buffer of `buffer_rows` rows (a whole number of batches), and the engine
+trains a full buffer in a random row order, as it does in-memory data. So every buffer is a sample of
+the whole file, whatever order the file was written in: a file sorted by its target trains as a
+shuffled one does (blocks of 64 consecutive rows still cost 2-4 % of log-loss on a sorted table of
+1.3 million rows, measured: single rows are what it takes). Rows are gathered through a memory map
+whose pages are let go every GATHER_ROWS rows, so the file lives in the page cache, not in the
+process's memory; epochs skip parsing and encoding. The cost is disk (`spill_bytes`, checked before
+training) and one extra pass.
 
 Without the spill (`spill=False`), each epoch reads the source's chunks (row groups, memmap slices in
 a shuffled order; CSV blocks in file order) and shuffles rows within the buffer only: no disk, but a
@@ -223,7 +226,6 @@ class TrainingRows:
         self.val_split, self.seed, self.stats, self.n_rows = val_split, seed, stats, n_rows
         self.chunks = chunks
         self.encoded = EncodedRows(n_rows, prep.n_inputs, targets, dtype, folder) if spill and n_rows else None
-        self.block = None
 
     def _transformed(self, order):
         columns = self.prep.features + [self.prep.target]
