@@ -369,6 +369,9 @@ class Trainer:
             if config.get("lr_schedule"):
                 trainer.lr_schedule = schedule_from_spec(config["lr_schedule"])
             trainer.preprocessing = config.get("preprocessing")
+            if trainer.preprocessing:  # untrusted: every field checked now, not when predict first uses it
+                from .files.preprocess import Preprocessor
+                Preprocessor(trainer.preprocessing)
             trainer.metadata = dict(config.get("metadata") or {})
             trainer._fitted = bool(config.get("fitted", True))  # files from before the flag: saved after fitting
             trainer.classes_ = classes_from_list(config.get("classes"), trainer.layout.n_out, trainer.loss)

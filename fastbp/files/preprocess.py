@@ -294,9 +294,10 @@ def _checked_state(state):
         if not isinstance(classes, list) or len(classes) < 2 or not all(
                 isinstance(c, (str, bool)) or _finite(c) for c in classes):
             fail("'classes' must be a list of 2 or more labels")
-        if state.get("label_type", _label_type_of(classes)) not in LABEL_TYPES:
-            fail(f"'label_type' must be one of {', '.join(LABEL_TYPES)}")
-    else:
+    label_type = state.get("label_type")
+    if label_type is not None and (not isinstance(label_type, str) or label_type not in LABEL_TYPES):
+        fail(f"'label_type' must be one of {', '.join(LABEL_TYPES)}")
+    if state["task"] != "classify":
         state = {"target_mean": 0.0, "target_scale": 1.0, **state}  # files from before targets were scaled
         if not _finite(state["target_mean"]) or not _finite(state["target_scale"]) or state["target_scale"] == 0:
             fail("'target_mean' and 'target_scale' must be finite numbers, the scale not zero")
