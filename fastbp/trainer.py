@@ -229,7 +229,7 @@ class Trainer:
             chunks, n_rows = None, train_rows
             if file_shards.shard_mode(shard, source, self._comm.size) == "chunks":
                 chunks = file_shards.own_chunks(source, self._comm)
-                n_rows = file_shards.training_rows_of(source, chunks, val_split, seed)
+                n_rows = file_shards.training_rows_of(source, chunks, train_rows, val_split, seed)
             rows = streaming.TrainingRows(source, prep, targets, self.params.dtype, val_split, seed, stats, n_rows,
                                           spill, spill_dir, chunks)
             try:

@@ -13,7 +13,8 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.csv as pcsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from fastbp.files.preprocess import Preprocessor, holdout_mask  # noqa: E402
+from fastbp.files.preprocess import Preprocessor  # noqa: E402
+from fastbp.files.scan import holdout_mask  # noqa: E402
 from fastbp.files.scan import MEDIAN_SAMPLE, ColumnScan  # noqa: E402
 from fastbp.files.sources import open_source  # noqa: E402
 

@@ -12,7 +12,8 @@ from fastbp.core.errors import InputError
 from fastbp.engine.engine import Engine
 from fastbp.files.preprocess import Preprocessor
 from fastbp.files.sources import open_source
-from fastbp.files.streaming import EncodedRows, FileTargets, StreamStats
+from fastbp.files.scan import holdout_mask
+from fastbp.files.streaming import EncodedRows, FileTargets
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.csv as pcsv  # noqa: E402
@@ -98,12 +99,11 @@ def test_every_buffer_is_drawn_from_the_whole_file_and_an_epoch_sees_each_row_on
     shares = [labels.mean() for _, labels in epoch]
     assert min(shares) > 0.3 and max(shares) < 0.7, shares  # sorted in the file: all 0s, then all 1s
     source = open_source(path, chunk_rows=500)
-    prep2, _, n = Preprocessor.fit(source, "label", val_split=0.2)
+    _, _, n = Preprocessor.fit(source, "label", val_split=0.2)
     rows = np.concatenate([Xb for Xb, _ in epoch])
     assert len(rows) == n
     expected = np.concatenate([prep.transform(chunk, start, dtype=np.float32)[0] for start, chunk in
                                source.chunks(prep.features + ["label"])])
-    from fastbp.files.preprocess import holdout_mask
     expected = expected[~holdout_mask(0, np.arange(N), 0.2)]
     np.testing.assert_array_equal(np.unique(rows, axis=0), np.unique(expected, axis=0))
     assert len(np.unique(rows, axis=0)) == n  # each training row once

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from .columns import NUMBER, TEXT, codes, to_numbers, where
-from .scan import MISSING, NUMBER_GROUP, FirstPass, Holdout, first_pass, holdout_mask, number_block  # noqa: F401
+from .scan import MISSING, NUMBER_GROUP, FirstPass, Holdout, first_pass, number_block
 
 TASKS = ("classify", "regress")
 LABEL_TYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": str}

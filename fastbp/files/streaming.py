@@ -25,7 +25,7 @@ import tempfile
 import numpy as np
 
 from ..core.errors import InputError
-from .preprocess import holdout_mask
+from .scan import holdout_mask
 from .sources import chunk_readers
 
 

@@ -1,9 +1,8 @@
 """Sharing a file between MPI ranks (`shard`), wrapping the readers of fastbp.files.
 
-- "rows": every rank walks the same global batches as one process would and
-  transforms only its slice of each (fastbp.files.streaming.buffered_epochs with the
-  engine's DistributedRows); the parameters equal one process's, but every rank reads
-  every chunk (of a memory-mapped .npy, only its rows).
+- "rows": every rank reads every chunk into its own copy of the encoded rows, fills the same
+  buffers as one process would (fastbp.files.streaming.buffered_epochs) and computes only its
+  slice of each global batch (the engine's DistributedRows); the parameters equal one process's.
 - "chunks": the chunks are dealt out round-robin once (rank r owns chunks r, r + ranks, ...), so
   each rank reads only its own chunks (.npy slices, Parquet row groups) into its own buffer
   (and its own encoded rows, fastbp.files.streaming). Every epoch has the global number of
@@ -18,7 +17,7 @@ split without reading all of it).
 import numpy as np
 
 from ..core.errors import InputError
-from ..files.preprocess import holdout_mask
+from ..files.scan import holdout_mask
 from ..files.streaming import buffer_size, fill_buffers
 from .distributed import rank_steps
 
@@ -48,29 +47,30 @@ def own_chunks(source, comm):
     return np.arange(comm.rank, source.n_chunks, comm.size)
 
 
-def training_rows_of(source, chunks, val_split, seed):
-    """Training rows in the given chunks, from the stateless hold-out hash (no reading): every rank knows
-    every rank's row count, so all agree on the number of steps without talking."""
+def training_rows_of(source, chunks, train_rows, val_split, seed):
+    """Training rows in the given chunks, from the stateless hold-out hash (no reading); the whole file's
+    must still be the first pass's `train_rows`."""
     starts = source.chunk_starts
-    return sum(int((~holdout_mask(seed, np.arange(starts[k], starts[k + 1]), val_split)).sum()) for k in chunks)
+    counts = np.array([int((~holdout_mask(seed, np.arange(a, b), val_split)).sum())
+                       for a, b in zip(starts[:-1], starts[1:])], dtype=np.int64)
+    if counts.sum() != train_rows:
+        raise InputError(f"the file has {counts.sum()} training rows now, but the first pass counted {train_rows}; "
+                         "was the file changed during training?")
+    return int(counts[chunks].sum())
 
 
 def chunk_sharded_epochs(engine, rows, train_rows, buffer_rows, stats, sync_every):
     """run_epoch for shard="chunks": each rank trains on its own chunks' rows (rows: TrainingRows over
     own_chunks); see the module notes."""
     comm = engine.comm
-    source = rows.source
-    counted = training_rows_of(source, range(source.n_chunks), rows.val_split, rows.seed)
-    if counted != train_rows:
-        raise InputError(f"the file has {counted} training rows now, but the first pass counted {train_rows}; "
-                         "was the file changed during training?")
+    # every rank knows train_rows, so all agree on the number of steps without talking
     n_steps = -(-train_rows // engine.batch_size)
     mine = rows.n_rows
     # this rank's rows in each global step: its share, spread evenly over the steps
     step_rows = np.diff(np.arange(n_steps + 1, dtype=np.int64) * mine // n_steps)
     dtype = engine.params.dtype
     local_batch = int(step_rows.max(initial=1))
-    buffer_rows = buffer_size(buffer_rows, max(local_batch, 1), rows.prep.n_inputs, dtype)
+    buffer_rows = buffer_size(buffer_rows, local_batch, rows.prep.n_inputs, dtype)
     Xbuf = np.empty((max(1, min(buffer_rows, mine)), rows.prep.n_inputs), dtype=dtype)
     Ybuf, Wbuf = rows.targets.buffers(len(Xbuf), dtype)
     # whole steps per buffer
