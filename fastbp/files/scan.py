@@ -229,17 +229,25 @@ class TargetScan(ColumnScan):
                 self._count(distinct.tolist(), counts.tolist())
 
     def _follow_order(self, values):
-        """Counts how often the target changes between consecutive rows: few changes mean a sorted file."""
+        """Counts how often the target changes between consecutive rows (and, for the file's own numbers,
+        rises or falls): few changes mean a sorted file. Compared by pyarrow: no Python objects per cell."""
         if not len(values):
             return
-        v = values.to_numpy(zero_copy_only=False) if is_arrow(values) else np.asarray(values)
-        if self._last is not None and self._last.dtype.kind == v.dtype.kind:
-            v = np.concatenate([self._last, v])
-        self._last = v[-1:]
-        self.changes += int(np.count_nonzero(v[1:] != v[:-1]))
-        if v.dtype.kind in "iuf":  # the file's own numbers (a CSV's cells are text here)
-            self.rises += int(np.count_nonzero(v[1:] > v[:-1]))
-            self.falls += int(np.count_nonzero(v[1:] < v[:-1]))
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        values = pa.array(values) if not is_arrow(values) else values
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if pa.types.is_dictionary(values.type):
+            values = values.dictionary_decode()
+        both = values if self._last is None or self._last.type != values.type else pa.concat_arrays(
+            [self._last, values])  # the pair across the chunk boundary too
+        self._last = values.slice(len(values) - 1)
+        before, after = both.slice(0, len(both) - 1), both.slice(1)
+        self.changes += pc.sum(pc.not_equal(before, after)).as_py() or 0
+        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):  # (a CSV's cells are text here)
+            self.rises += pc.sum(pc.less(before, after)).as_py() or 0
+            self.falls += pc.sum(pc.greater(before, after)).as_py() or 0
 
     def looks_sorted(self, n_rows, classes):
         """A sentence saying the file looks sorted by this target, or None."""
