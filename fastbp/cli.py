@@ -300,7 +300,7 @@ def train(args):
         callbacks.append(_JsonLog(args.log_file))
     stats = StreamStats()
     if not args.no_spill and trainer.epochs:
-        size = spill_bytes(n_rows, prep.n_inputs, FileTargets(trainer.loss, n_out, class_weight),
+        size = spill_bytes(n_rows, prep.n_inputs, FileTargets(trainer.loss, n_out).width, class_weight is not None,
                            trainer.params.dtype)
         _say(args, f"shuffling across the whole file: the training rows are encoded once into an unnamed temporary "
                    f"file ({size / 2 ** 20:,.1f} MiB in {tempfile.gettempdir()}; --no-spill to skip)")

@@ -105,7 +105,7 @@ class EncodedRows:
         self.n_rows, self.dtype = int(n_rows), np.dtype(dtype)
         self.widths = (int(n_inputs), targets.width, 1 if targets.class_table is not None else 0)
         self.folder = folder if folder is not None else tempfile.gettempdir()
-        need = spill_bytes(n_rows, n_inputs, targets, dtype)
+        need = spill_bytes(n_rows, n_inputs, targets.width, targets.class_table is not None, dtype)
         try:
             stat = os.statvfs(self.folder)
         except OSError as exc:
@@ -166,10 +166,9 @@ class EncodedRows:
         self.file.close()
 
 
-def spill_bytes(n_rows, n_inputs, targets, dtype):
-    """Disk that EncodedRows takes for these rows."""
-    width = n_inputs + targets.width + (1 if targets.class_table is not None else 0)
-    return int(n_rows) * width * np.dtype(dtype).itemsize
+def spill_bytes(n_rows, n_inputs, target_width, weighted, dtype):
+    """Disk that EncodedRows takes for these rows (target_width: FileTargets.width; weighted: class weights)."""
+    return int(n_rows) * (n_inputs + target_width + int(weighted)) * np.dtype(dtype).itemsize
 
 
 def _size(n_bytes):
@@ -305,11 +304,11 @@ def buffered_epochs(engine, rows, train_rows, buffer_rows, stats):
     Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), rows.prep.n_inputs), dtype=dtype)
     Ybuf, Wbuf = rows.targets.buffers(len(Xbuf), dtype)
     rng = engine.state.shuffle_rng
+    sizes = [len(Xbuf)] * (train_rows // len(Xbuf)) + ([train_rows % len(Xbuf)] if train_rows % len(Xbuf) else [])
 
     def run_epoch(hyper):
         total, total_mass, done = 0.0, 0.0, 0
         pieces = rows.pieces(rng, engine.shuffle, len(Xbuf))
-        sizes = [len(Xbuf)] * (train_rows // len(Xbuf)) + ([train_rows % len(Xbuf)] if train_rows % len(Xbuf) else [])
         for size in fill_buffers(pieces, Xbuf, Ybuf, Wbuf, sizes):
             stats.max_buffer_rows = max(stats.max_buffer_rows, size)
             perm = rng.permutation(size) if engine.shuffle else np.arange(size)
