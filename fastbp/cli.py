@@ -370,11 +370,9 @@ def _check_outputs(args):
 def _files_read(paths):
     """The files the paths stand for: a folder or glob of parts is each of its parts (device and inode
     are compared, so another spelling of the same file is found too)."""
-    import glob
-
-    from .files.datasets import SourceError, dataset_parts
+    from .files.datasets import SourceError, dataset_parts, is_dataset
     for path in paths:
-        if os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path)):
+        if is_dataset(path):
             try:
                 yield from dataset_parts(path)
             except SourceError:
@@ -389,9 +387,7 @@ def _check_writable(path, option, reads, keep=False):
     from .files.modelfile import check_replaceable
 
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"{option} {path!r} is a directory; give a file name")
-    try:
+    try:  # a folder, device, FIFO or socket
         check_replaceable(path, option)
     except InputError as exc:
         raise UsageError(str(exc)) from None

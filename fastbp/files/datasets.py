@@ -36,6 +36,11 @@ def data_extension(path):
     return ext
 
 
+def is_dataset(path):
+    """True when `path` stands for parts read as one table: a folder, or a glob pattern that is not a file."""
+    return os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path))
+
+
 def dataset_parts(path):
     """The files of a dataset, read as one table: a folder as Spark, Dask or pandas write it (its Parquet
     or CSV files, compressed CSV too, in subfolders as well, in name order; names starting with _ or . are

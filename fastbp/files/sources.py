@@ -20,7 +20,6 @@ slices of a bounded number of cells (`slice_rows`).
 """
 import codecs
 import collections
-import glob
 import mmap
 import os
 import re
@@ -31,7 +30,7 @@ import numpy as np
 
 from .columns import BOOLEAN_SPELLINGS, NUMBER, arrow_kind, stored_numbers, take
 from .datasets import (COMPRESSIONS, CSV_EXTENSIONS, PARQUET_EXTENSIONS, Partitions, SourceError, data_extension,
-                       dataset_parts)
+                       dataset_parts, is_dataset)
 
 DEFAULT_CHUNK_ROWS = 65536
 SLICE_CELLS = 1 << 20  # cells of one Parquet slice: 8 MB as float64, whatever the row group size
@@ -57,7 +56,7 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
     if chunk_rows < 1:
         raise SourceError(f"chunk_rows must be >= 1, got {chunk_rows}")
     parts, partitions = None, Partitions()
-    if os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path)):
+    if is_dataset(path):
         parts = dataset_parts(path)
         partitions = Partitions(path, parts)
         ext = data_extension(parts[0])
