@@ -13,6 +13,7 @@ from fastbp.engine.engine import Engine
 from fastbp.files.preprocess import Preprocessor
 from fastbp.files.sources import open_source
 from fastbp.files.scan import holdout_mask
+from fastbp.files import streaming
 from fastbp.files.streaming import EncodedRows, FileTargets
 
 pa = pytest.importorskip("pyarrow")
@@ -81,7 +82,10 @@ def test_a_sorted_file_trains_as_well_as_a_shuffled_one(tmp_path, suffix, kind, 
         assert buffered["loss"] > 1.5 * reference["loss"], (buffered, reference)
 
 
-def test_every_buffer_is_drawn_from_the_whole_file_and_an_epoch_sees_each_row_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("max_blocks", [None, 1000])  # 1000: blocks of 5 rows, as a file of over 2^22 rows has
+def test_every_buffer_is_drawn_from_the_whole_file_and_an_epoch_sees_each_row_once(tmp_path, monkeypatch, max_blocks):
+    if max_blocks:
+        monkeypatch.setattr(streaming, "MAX_BLOCKS", max_blocks)
     X, y = table("binary")
     by = np.argsort(y, kind="stable")
     path = write(tmp_path / "sorted.parquet", X[by], y[by])
@@ -153,7 +157,11 @@ def test_the_spill_needs_room_and_says_where(tmp_path, monkeypatch):
         EncodedRows(100_000, 20, FileTargets("cross_entropy", 2), np.float32, folder=str(tmp_path))
 
 
-def test_encoded_rows_read_back_what_was_written(tmp_path):
+@pytest.mark.parametrize("windows", [None, (3, 64)])  # (3, 64): a window ends every 3 rows or 2 rows apart
+def test_encoded_rows_read_back_what_was_written(tmp_path, monkeypatch, windows):
+    if windows:
+        monkeypatch.setattr(streaming, "GATHER_ROWS", windows[0])
+        monkeypatch.setattr(streaming, "GATHER_BYTES", windows[1])
     rng = np.random.default_rng(0)
     targets = FileTargets("mse", 3, class_table=np.array([1.0, 2.0, 3.0]))
     rows = EncodedRows(50, 4, targets, np.float64, folder=str(tmp_path))

@@ -8,9 +8,9 @@ trains a full buffer in a random row order, as it does in-memory data. So every 
 the whole file, whatever order the file was written in: a file sorted by its target trains as a
 shuffled one does (blocks of 64 consecutive rows still cost 2-4 % of log-loss on a sorted table of
 1.3 million rows, measured: single rows are what it takes). Rows are gathered through a memory map
-whose pages are let go every GATHER_ROWS rows, so the file lives in the page cache, not in the
-process's memory; epochs skip parsing and encoding. The cost is disk (`spill_bytes`, checked before
-training) and one extra pass.
+whose pages are let go every GATHER_ROWS rows (sooner where they spread over GATHER_BYTES), so the
+file lives in the page cache, not in the process's memory; epochs skip parsing and encoding. The cost
+is disk (`spill_bytes`, checked before training) and one extra pass.
 
 Without the spill (`spill=False`), each epoch reads the source's chunks (row groups, memmap slices in
 a shuffled order; CSV blocks in file order) and shuffles rows within the buffer only: no disk, but a
@@ -91,15 +91,17 @@ class FileTargets:
 
 
 MAX_BLOCKS = 1 << 22  # an epoch permutes at most this many blocks of rows: 32 MB of block numbers
-GATHER_ROWS = 4096  # rows gathered from the mapped file before its pages are let go
+GATHER_ROWS = 1024  # rows gathered from the mapped file before its pages are let go ...
+GATHER_BYTES = 8 << 20  # ... or fewer, where they spread over more than this many bytes of it
+FAULT_AROUND = 64 << 10  # a page fault maps up to this many bytes of cached neighbours (Linux's default)
 
 
 class EncodedRows:
     """A run's training rows as the model reads them - inputs, targets, weights - in an unnamed temporary
     file (removed by the system when closed, or when the process ends however it ends). Rows are
     written once in file order (`write`) and gathered back by row number into buffers (`gather`)
-    through a read-only memory map whose pages are released after each GATHER_ROWS rows, so they
-    stay in the page cache, not in the process's memory."""
+    through a read-only memory map whose pages are released window by window (GATHER_ROWS, GATHER_BYTES), so
+    they stay in the page cache, not in the process's memory."""
 
     def __init__(self, n_rows, n_inputs, targets, dtype, folder=None):
         self.n_rows, self.dtype = int(n_rows), np.dtype(dtype)
@@ -150,14 +152,21 @@ class EncodedRows:
             self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
             self.arrays = [np.frombuffer(self.map, self.dtype, self.n_rows * w, offset).reshape(self.n_rows, w)
                            if w else None for w, offset in zip(self.widths, self.offsets)]
-        for s in range(0, len(rows), GATHER_ROWS):
-            part = rows[s:s + GATHER_ROWS]
+        # a window ends after GATHER_ROWS rows or where the rows leave GATHER_BYTES of the inputs' span: the pages
+        # a window maps (each fault maps up to 64 KiB of cached neighbours) stay bounded either way
+        span = max(1, GATHER_BYTES // (self.widths[0] * self.dtype.itemsize))
+        ends = np.union1d(np.searchsorted(rows, np.arange((int(rows[0]) // span + 1) * span, int(rows[-1]) + 1, span)),
+                          np.arange(GATHER_ROWS, len(rows), GATHER_ROWS))
+        for s, e in zip(np.concatenate([[0], ends]), np.concatenate([ends, [len(rows)]])):
+            part = rows[s:e]
             for out, stored, width, offset in zip((X, Y, W), self.arrays, self.widths, self.offsets):
                 if width:
-                    np.take(stored, part, axis=0, out=out[at + s:at + s + len(part)].reshape(len(part), width))
+                    np.take(stored, part, axis=0, out=out[at + s:at + e].reshape(len(part), width))
                     row_bytes = width * self.dtype.itemsize
-                    first = (offset + int(part[0]) * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
-                    self.map.madvise(mmap.MADV_DONTNEED, first, offset + (int(part[-1]) + 1) * row_bytes - first)
+                    first = max(0, (offset + int(part[0]) * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE - FAULT_AROUND)
+                    last = min(len(self.map), offset + (int(part[-1]) + 1) * row_bytes + FAULT_AROUND)
+                    self.map.madvise(mmap.MADV_DONTNEED, first, last - first)
+        self.map.madvise(mmap.MADV_DONTNEED, 0, len(self.map))  # whatever a larger fault-around mapped
 
     def close(self):
         self.arrays = None
@@ -255,8 +264,11 @@ class TrainingRows:
             rng.shuffle(order)
         per_piece = max(1, buffer_rows // size)
         for first in range(0, n_blocks, per_piece):
-            starts = order[first:first + per_piece].astype(np.int64) * size
-            rows = (starts[:, None] + np.arange(size)).ravel()
+            blocks = order[first:first + per_piece]
+            if size == 1:  # up to MAX_BLOCKS rows: the block numbers are the row numbers
+                yield _EncodedRowSet(self.encoded, blocks)
+                continue
+            rows = (blocks.astype(np.int64)[:, None] * size + np.arange(size)).ravel()
             yield _EncodedRowSet(self.encoded, rows[rows < self.n_rows])
 
     def close(self):
