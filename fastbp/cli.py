@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no tracebac
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -544,9 +545,20 @@ def predict(args):
                 values = prep.target_values(trainer.predict(X))
             writer.write(values)
             n += len(X)
+        if n == 0:
+            writer.write(_no_predictions(trainer, prep, len(names), args.proba))
     _report_unknown(prep)
     _say(args, f"wrote {n} predictions to {args.out}")
     return EXIT_OK
+
+
+def _no_predictions(trainer, prep, width, proba):
+    """0 rows of what predict writes, in the same types: an empty input gives a file with its header."""
+    if proba:
+        return np.empty((0, width), trainer.params.dtype)
+    if prep.task == "classify":
+        return prep.labels(np.empty(0, np.intp))
+    return prep.target_values(np.empty(0))
 
 
 class _TableWriter:
@@ -559,17 +571,19 @@ class _TableWriter:
             raise UsageError(f"--out must end in .csv, .parquet or .npy, got {path!r}")
 
     def __enter__(self):
+        from .files.modelfile import atomic_file
+
         _check_writable(self.path, "--out", self.reads)
-        fd, self.tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=self.ext, dir=os.path.dirname(
-            os.path.abspath(self.path)))
-        os.close(fd)
+        self.file = atomic_file(self.path, "predictions file")
+        self.fh = self.file.__enter__()
         self.writer, self.rows, self.dtype, self.width = None, 0, None, ()
-        if self.ext == ".npy":
-            self.raw = open(self.tmp + ".raw", "wb")
+        if self.ext == ".npy":  # the header needs the row count: rows wait in an unnamed file beside the output
+            self.raw = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(self.path)))
         return self
 
     def write(self, values):
-        """One chunk of predictions; every chunk has the same dtype (labels: the classes' own type and width)."""
+        """One chunk of predictions; every chunk has the same dtype (labels: the classes' own type and width).
+        A first chunk of 0 rows still fixes the columns' types, so an empty input gives a file with a header."""
         if self.ext == ".npy":
             if self.dtype is None:
                 self.dtype, self.width = values.dtype, values.shape[1:]
@@ -582,38 +596,31 @@ class _TableWriter:
         if self.writer is None:
             if self.ext == ".csv":
                 import pyarrow.csv as pcsv
-                self.writer = pcsv.CSVWriter(self.tmp, table.schema)
+                self.writer = pcsv.CSVWriter(self.fh, table.schema)
             else:
                 import pyarrow.parquet as pq
-                self.writer = pq.ParquetWriter(self.tmp, table.schema)
+                self.writer = pq.ParquetWriter(self.fh, table.schema)
         self.writer.write_table(table)
 
     def __exit__(self, kind, exc, tb):
         try:
             if self.ext == ".npy":
-                self.raw.close()
                 if kind is None:
                     self._assemble_npy()
+                self.raw.close()
             elif self.writer is not None:
                 self.writer.close()
-            if kind is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            for leftover in (self.tmp, self.tmp + ".raw"):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)
+        except BaseException:
+            self.file.__exit__(*sys.exc_info())
+            raise
+        return self.file.__exit__(kind, exc, tb)
 
     def _assemble_npy(self):
         """Header now that the row count is known, then the raw rows copied in blocks."""
-        dtype = self.dtype if self.dtype is not None else np.dtype(np.float32)
-        with open(self.tmp, "wb") as out, open(self.tmp + ".raw", "rb") as raw:
-            np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+        np.lib.format.write_array_header_1_0(self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype),
                                                        "fortran_order": False, "shape": (self.rows, *self.width)})
-            while True:
-                block = raw.read(1 << 24)
-                if not block:
-                    break
-                out.write(block)
+        self.raw.seek(0)
+        shutil.copyfileobj(self.raw, self.fh, 1 << 24)
 
 
 def evaluate(args):

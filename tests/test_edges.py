@@ -1,5 +1,5 @@
 """Nothing lost at the edges: outputs that are not regular files, inputs made of parts, failed checkpoints,
-metadata too large to load, settings that are not booleans."""
+metadata too large to load, prediction files' modes, settings that are not booleans."""
 import os
 import stat
 import subprocess
@@ -98,6 +98,47 @@ def test_a_checkpoint_that_cannot_be_written_is_a_warning_and_the_model_is_kept(
     assert err.count("could not write the checkpoint") == 4  # after each of 3 epochs, and at the end
     assert "No space left on device" in err and "the model was saved to" in err
     assert len(fastbp.load(tmp_path / "m.fbp").history) == 3
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet", "npy"])
+def test_prediction_files_get_the_model_files_mode_and_an_empty_input_gives_a_header(tmp_path, ext):
+    from fastbp import cli as fastbp_cli
+
+    data, empty = tmp_path / "d.csv", tmp_path / "empty.csv"
+    x = np.random.default_rng(0).normal(size=(100, 2))
+    table = pa.table({"a": x[:, 0], "b": x[:, 1], "label": np.where(x[:, 0] > 0, "yes", "no")})
+    pcsv.write_csv(table, data)
+    pcsv.write_csv(table.slice(0, 0), empty)
+    model, out = tmp_path / "m.fbp", tmp_path / f"p.{ext}"
+    run = ["--quiet"]
+    assert fastbp_cli.main(["train", str(data), "--target", "label", "--hidden", "4", "--epochs", "1",
+                            "--threads", "1", "--out", str(model), *run]) == 0
+    old = os.umask(0o027)
+    try:
+        for proba, width in ((False, ()), (True, (2,))):
+            if out.exists():
+                out.unlink()
+            flags = ["--proba"] if proba else []
+            assert fastbp_cli.main(["predict", str(model), str(empty), "--out", str(out), *flags, *run]) == 0
+            assert stat.S_IMODE(os.stat(out).st_mode) == 0o640  # 0666 minus the umask, as a model file
+            if ext == "csv":
+                header = out.read_text().strip()
+                assert header == ('"proba_no","proba_yes"' if proba else '"prediction"')
+            elif ext == "parquet":
+                import pyarrow.parquet as pq
+                got = pq.read_table(out)
+                assert got.num_rows == 0
+                assert got.column_names == (["proba_no", "proba_yes"] if proba else ["prediction"])
+                assert got.schema.field(0).type == (pa.float32() if proba else pa.string())
+            else:
+                got = np.load(out)
+                assert got.shape == (0, *width) and got.dtype.kind == ("f" if proba else "U")
+        os.chmod(out, 0o604)  # an existing file keeps its mode
+        assert fastbp_cli.main(["predict", str(model), str(data), "--out", str(out), *run]) == 0
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o604
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["d.csv", "empty.csv", "m.fbp", f"p.{ext}"])
 
 
 def test_save_refuses_metadata_the_loader_would_refuse(tmp_path, trained, monkeypatch):

@@ -8,6 +8,7 @@ Layout of a .fbp file:
 Writes are atomic (temporary file in the same folder, fsync, os.replace), so a
 crash or a full disk never leaves a partial file under the final name.
 """
+import contextlib
 import glob
 import hashlib
 import io
@@ -83,8 +84,15 @@ def check_replaceable(path, what="model file"):
 
 
 def atomic_write(path, write, what="model file"):
-    """Call write(binary file) on a temporary file in the target's folder, fsync it and rename it to
-    `path`: readers see the old file or the whole new one, never a part.
+    """Call write(binary file) on a file that replaces `path` atomically (see atomic_file)."""
+    with atomic_file(path, what) as fh:
+        write(fh)
+
+
+@contextlib.contextmanager
+def atomic_file(path, what="model file"):
+    """A binary file in the target's folder that becomes `path` (fsync, then rename) when the block ends
+    without an exception, and is removed otherwise: readers see the old file or the whole new one, never a part.
 
     The file gets the permissions an ordinary write would give it: an existing file's mode, else
     0666 minus the umask. A symlink is written through: its target is replaced, atomically, in the
@@ -101,7 +109,7 @@ def atomic_write(path, write, what="model file"):
     try:
         os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
