@@ -96,7 +96,7 @@ class Trainer:
         np_dtype = DTYPES[self.dtype]
         init_seq, shuffle_seq, dropout_seq, split_seq = np.random.SeedSequence(self.seed).spawn(4)
         params = np.zeros(self.layout.n_params, dtype=np_dtype)
-        self.layout.initialize(params, init, (hidden or ["identity"])[0], np.random.default_rng(init_seq))
+        self.layout.initialize(params, init, hidden, np.random.default_rng(init_seq))
         self._comm.bcast(params)  # rank 0's initial parameters everywhere
         schedule = make_schedule(lr_schedule)
         settings = self.optimizer_settings

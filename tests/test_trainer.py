@@ -75,8 +75,24 @@ def test_params_exist_before_fit_and_layers_are_live_views():
     assert tr.params[0] == 42.0
     tr.params[12] = -1.0  # first bias of layer 0
     assert tr.layers[0][1][0] == -1.0
-    # He-uniform bound for relu: sqrt(6 / fan_in)
-    assert np.abs(tr.layers[1][0]).max() <= np.sqrt(6 / 4)
+    # Glorot-uniform bound for the output layer: sqrt(6 / (fan_in + fan_out))
+    assert np.abs(tr.layers[1][0]).max() <= np.sqrt(6 / 6)
+
+
+def test_auto_init_follows_each_layers_activation():
+    """Each layer of init="auto" is the layer of the init its following activation asks for: He's before a
+    ReLU-family activation, Glorot's before tanh and before the output (every layer draws the same uniforms)."""
+    sizes = [30, 40, 50, 20, 3]
+    auto = fastbp.Trainer(sizes, activation=["tanh", "relu", "sigmoid"], seed=5)
+    he = fastbp.Trainer(sizes, activation="relu", init="he_uniform", seed=5)
+    glorot = fastbp.Trainer(sizes, activation="relu", init="glorot_uniform", seed=5)
+    for l, expected in enumerate([glorot, he, glorot, glorot]):
+        np.testing.assert_array_equal(auto.layers[l][0], expected.layers[l][0])
+    relu = fastbp.Trainer(sizes, activation="relu", seed=5)
+    for l, expected in enumerate([he, he, he, glorot]):
+        np.testing.assert_array_equal(relu.layers[l][0], expected.layers[l][0])
+    W = relu.layers[0][0]  # He: U(-sqrt(6 / fan_in), sqrt(6 / fan_in)), whose std is sqrt(2 / fan_in)
+    assert np.abs(W).max() <= np.sqrt(6 / 30) and abs(W.std() / np.sqrt(2 / 30) - 1) < 0.05
 
 
 def test_fit_continues_from_current_parameters():

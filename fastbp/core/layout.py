@@ -55,20 +55,25 @@ class Layout:
             out.append((W, b))
         return out
 
-    def initialize(self, flat, init, activation, rng):
-        """Fill `flat` with a seeded initialization; biases start at zero."""
+    def initialize(self, flat, init, hidden_activations, rng):
+        """Fill `flat` with a seeded initialization; biases start at zero. "auto" gives each layer He's
+        initialization when the activation after it is in the ReLU family and Glorot's otherwise (the output
+        layer, followed by the loss's identity, sigmoid or softmax, always Glorot's)."""
         if init not in INITS:
             raise InputError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
-        if init == "auto":
-            from .activations import RELU_FAMILY
-            init = "he_uniform" if activation in RELU_FAMILY else "glorot_uniform"
-        for W, b in self.views(flat):
+        from .activations import RELU_FAMILY
+
+        for l, (W, b) in enumerate(self.views(flat)):
+            layer_init = init
+            if init == "auto":
+                after = hidden_activations[l] if l < len(hidden_activations) else "output"
+                layer_init = "he_uniform" if after in RELU_FAMILY else "glorot_uniform"
             fan_in, fan_out = W.shape
-            if init.startswith("he"):
+            if layer_init.startswith("he"):
                 std = math.sqrt(2.0 / fan_in)
             else:
                 std = math.sqrt(2.0 / (fan_in + fan_out))
-            if init.endswith("uniform"):
+            if layer_init.endswith("uniform"):
                 bound = math.sqrt(3.0) * std  # U(-bound, bound) has this std
                 W[...] = rng.uniform(-bound, bound, size=W.shape)
             else:
