@@ -171,7 +171,11 @@ class EncodedRows:
     def close(self):
         self.arrays = None
         if self.map is not None:
-            self.map.close()
+            try:
+                self.map.close()
+            except BufferError:  # an exception's traceback still holds a view (Ctrl-C inside gather): the map
+                pass             # closes when the last view goes
+            self.map = None
         self.file.close()
 
 
