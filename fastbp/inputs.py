@@ -63,9 +63,7 @@ def check_X(X, dtype, n_features=None, fitted=True):
             f"build the Trainer with layer_sizes[0] = {arr.shape[1]} for this X"
         raise InputError(f"X has {arr.shape[1]} features but the model expects {n_features} "
                          f"(layer_sizes[0] = {n_features}); {fix}")
-    out = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
-    _check_finite(out, "X")
-    return out
+    return _finite_as(arr, dtype, "X")
 
 
 # ---------------------------------------------------------------------------- tables
@@ -108,11 +106,20 @@ def table_array(X, columns, dtype):
             "fastbp.sklearn's estimators in a scikit-learn Pipeline with a ColumnTransformer (e.g. OneHotEncoder), "
             "or train from a file (fastbp train, or fastbp.files.preprocess.Preprocessor), which one-hot "
             "encodes text columns")
-    if library == "pandas":
-        return X[columns].to_numpy(dtype=dtype, na_value=np.nan)
-    if library == "polars":
-        return X.select(columns).to_numpy().astype(dtype, copy=False)
-    return np.column_stack([X.column(c).to_numpy().astype(dtype, copy=False) for c in columns])
+    with np.errstate(over="ignore"):
+        if library == "pandas":
+            out = X[columns].to_numpy(dtype=dtype, na_value=np.nan)
+        elif library == "polars":
+            out = X.select(columns).to_numpy().astype(dtype, copy=False)
+        else:
+            out = np.column_stack([X.column(c).to_numpy().astype(dtype, copy=False) for c in columns])
+    if np.isinf(out).any():  # infinite after the cast: an overflow where the table's value is finite
+        r, j = (int(i) for i in np.argwhere(np.isinf(out))[0])
+        column = X.column(columns[j]) if library == "pyarrow" else X[columns[j]]
+        value = column.iloc[r] if library == "pandas" else column[r].as_py() if library == "pyarrow" else column[r]
+        if np.isfinite(value):
+            raise _overflow(f"X's column {columns[j]!r}", value, f"row {r}", np.dtype(dtype).name)
+    return out
 
 
 # ---------------------------------------------------------------------------- class labels
@@ -220,6 +227,26 @@ def _check_finite(arr, what):
                          "impute or drop those entries first")
 
 
+def _finite_as(arr, dtype, what):
+    """`arr` as a C-contiguous array of `dtype`, checked finite; a finite number that the cast makes infinite
+    (1e300 in float32) is named as an overflow, not as infinity in the data."""
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
+    finite = np.isfinite(out)
+    if not finite.all():
+        bad = tuple(np.argwhere(~finite)[0])
+        if np.isfinite(arr[bad]):
+            raise _overflow(what, arr[bad], f"row {bad[0]}" + (f", column {bad[1]}" if arr.ndim > 1 else ""), dtype)
+    _check_finite(out, what)
+    return out
+
+
+def _overflow(what, value, where, dtype):
+    return InputError(f"{what} has the value {value:g} at {where}, beyond {dtype}'s range "
+                      f"(±{np.finfo(DTYPES[dtype]).max:.3g}): it would overflow to infinity. Rescale it, "
+                      "or use dtype='float64'")
+
+
 def check_targets(y, loss, n_out, n_samples, dtype):
     """Targets as a C-contiguous (n_samples, k) array of `dtype` for the compiled loss.
 
@@ -253,8 +280,7 @@ def check_targets(y, loss, n_out, n_samples, dtype):
     if arr.ndim != 2 or arr.shape[1] != n_out:
         raise InputError(f"{loss} needs y of shape ({n_samples},{' ' + str(n_out) if n_out > 1 else ''}) "
                          f"to match the model's {n_out} output(s), got shape {np.shape(y)}")
-    out = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
-    _check_finite(out, "y")
+    out = _finite_as(arr, dtype, "y")
     if loss == "binary_cross_entropy" and (out.min() < 0 or out.max() > 1):
         raise InputError(f"binary_cross_entropy targets must lie in [0, 1], but y ranges over "
                          f"{out.min():g}..{out.max():g}; use 0/1 labels or probabilities")

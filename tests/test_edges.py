@@ -166,3 +166,44 @@ def test_booleans_are_booleans(setting):
 def test_numpy_booleans_are_booleans():
     tr = fastbp.Trainer([2, 2], optimizer="adam", amsgrad=np.bool_(True), shuffle=np.bool_(False))
     assert tr.shuffle is False and tr.optimizer_settings.amsgrad is True
+
+
+def test_overflow_is_named_as_overflow(tmp_path, capsys):
+    """A finite number that overflows (cast to float32, or standardized) is refused as an overflow, naming the
+    column and the range, never as "NaN or infinity" in data that has none."""
+    import pandas as pd
+    from fastbp import cli as fastbp_cli
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 2))
+    y = (X[:, 0] > 0).astype(int)
+    X[5, 1] = 1e300
+    for data in (X, pd.DataFrame(X, columns=["a", "b"], index=np.arange(100) + 7),
+                 pa.table({"a": X[:, 0], "b": X[:, 1]})):
+        with pytest.raises(InputError, match=r"value 1e\+300 at row 5.*beyond float32's range"):
+            fastbp.Trainer([2, 4, 2], epochs=1).fit(data, y)
+    assert fastbp.Trainer([2, 4, 2], epochs=1, dtype="float64").fit(X, y).predict(X).shape == (100,)
+    X[5, 1] = np.inf  # a real infinity is still called one
+    with pytest.raises(InputError, match="contains NaN or infinity"):
+        fastbp.Trainer([2, 4, 2], epochs=1).fit(X, y)
+
+    def table(b):
+        return pa.table({"a": X[:, 0], "b": b, "label": y})
+    wide, normal = tmp_path / "wide.csv", tmp_path / "normal.csv"
+    b = rng.normal(size=100)
+    b[3] = 1.7e308
+    pcsv.write_csv(table(b), wide)
+    pcsv.write_csv(table(rng.normal(size=100)), normal)
+    model = tmp_path / "m.fbp"
+    run = ["--target", "label", "--hidden", "4", "--epochs", "1", "--val-split", "0", "--quiet", "--out", str(model)]
+    assert fastbp_cli.main(["train", str(wide), *run]) == 2
+    err = capsys.readouterr().err
+    assert "column 'b' cannot be standardized: its variance overflows float64" in err and "1.7e+308" in err
+    assert "malformed" not in err and not os.path.exists(model)
+    assert fastbp_cli.main(["train", str(normal), *run]) == 0
+    b[3] = 1e300  # far outside the training range: standardized, it passes float32's
+    pcsv.write_csv(table(b), wide)
+    assert fastbp_cli.main(["predict", str(model), str(wide), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "column 'b' has the value 1e+300 at row 3, which overflows float32 when standardized" in err
+    assert "NaN or infinity" not in err and "warning" not in err

@@ -144,12 +144,12 @@ class Preprocessor:
         numbers = self._numeric
         for g in range(0, len(numbers), NUMBER_GROUP):  # numeric columns a block at a time
             X[:, self._numeric_at[g:g + NUMBER_GROUP]] = self._numbers(numbers[g:g + NUMBER_GROUP], chunk, start,
-                                                                        slice(g, g + NUMBER_GROUP))
+                                                                        slice(g, g + NUMBER_GROUP), dtype)
         for c, cats, at in self._categorical:
             self._one_hot(c, chunk[c], start, cats, X[:, at:at + len(cats)])
         return X, (self.encode_target(chunk[self.target], start, dtype) if with_target else None)
 
-    def _numbers(self, columns, chunk, start, part):
+    def _numbers(self, columns, chunk, start, part, dtype):
         """Standardized values of these numeric columns (missing ones filled), rows x columns."""
         block = number_block(columns, chunk, start)
         nan = np.isnan(block)
@@ -164,7 +164,7 @@ class Preprocessor:
             r, j = np.argwhere(inf)[0]
             raise InputError(f"column {columns[j]!r} has the value {block[r, j]} at {where(start, r)}; "
                              "replace infinite values (or drop those rows) first")
-        return (block - self._mean[part]) / self._scale[part]
+        return _standardized(block, self._mean[part], self._scale[part], columns, start, dtype)
 
     def _one_hot(self, column, values, start, cats, out):
         index, text = codes(column, values, cats, start)
@@ -191,7 +191,8 @@ class Preprocessor:
             if bad.size:
                 raise InputError(f"target column {self.target!r} has the value {y[bad[0]]} at {where(start, bad[0])}"
                                  "; regression needs a finite number in every row")
-            return ((y - self.state["target_mean"]) / self.state["target_scale"]).astype(dtype)
+            return _standardized(y, self.state["target_mean"], self.state["target_scale"], [self.target], start,
+                                 dtype).astype(dtype)
         if self._numeric_classes is not None:
             y = to_numbers(self.target, values, start)
             known = self._numeric_classes
@@ -218,6 +219,25 @@ class Preprocessor:
     def target_values(self, outputs):
         """Regression outputs on the target's original scale (float64)."""
         return np.asarray(outputs, dtype=np.float64) * self.state["target_scale"] + self.state["target_mean"]
+
+
+def _standardized(values, mean, scale, columns, start, dtype):
+    """(values - mean) / scale, refused where it overflows the model's dtype (a value far outside the range
+    the statistics came from) with a message naming the column, the row and the range."""
+    with np.errstate(over="ignore"):
+        z = (values - mean) / scale
+    limit = np.finfo(dtype).max
+    far = ~(np.abs(z) <= limit)
+    if far.any():
+        at = np.argwhere(far)[0]  # (row,) or (row, column)
+        j = int(at[1]) if len(at) > 1 else 0
+        column, value = columns[j], values[tuple(at)]
+        center, spread = np.ravel(mean)[j], np.ravel(scale)[j]
+        raise InputError(f"column {column!r} has the value {value:g} at {where(start, at[0])}, which overflows "
+                         f"{np.dtype(dtype).name} when standardized (mean {center:g}, standard deviation {spread:g} "
+                         f"in training: beyond ±{limit:.3g} standard deviations); rescale the column or drop "
+                         "those rows")
+    return z
 
 
 def _label_type_of(classes):

@@ -107,17 +107,30 @@ class ColumnScan:
             raise InputError(f"column {self.name!r} has the value {v[bad[0]]} at {where(0, rows[bad[0]])}; "
                              "replace infinite values (or drop those rows) first")
         if ok.size:
-            mean = float(ok.mean())
-            self.merge_moments(ok.size, mean, float(((ok - mean) ** 2).sum()))
+            with np.errstate(over="ignore"):
+                mean = float(ok.mean())
+                m2 = float(((ok - mean) ** 2).sum())
+            if not np.isfinite(m2):
+                r = int(np.argmax(np.abs(v) * ~nan)) if nan.any() else int(np.argmax(np.abs(v)))
+                self._too_wide(f"values such as {v[r]:g} (at {where(0, rows[r])})")
+            self.merge_moments(ok.size, mean, m2)
             if self.sample is not None:
                 self.offer(ok, rng)
 
     def merge_moments(self, n, mean, m2):
         total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
+        with np.errstate(over="ignore"):
+            delta = mean - self.mean
+            self.mean += delta * n / total
+            self.m2 += m2 + delta * delta * self.count * n / total
         self.count = total
+        if not np.isfinite(self.m2):
+            self._too_wide("its values")
+
+    def _too_wide(self, which):
+        raise InputError(f"column {self.name!r} cannot be standardized: its variance overflows float64 ({which} "
+                         "lie so far from the mean that their squares pass 1.8e308); rescale the column (divide "
+                         "it by a power of ten) or drop those rows")
 
     def _remember(self, text):
         if self.distinct is None:
