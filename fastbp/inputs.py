@@ -9,7 +9,7 @@ import collections
 import numpy as np
 
 from .core.checks import DTYPES
-from .core.errors import InputError, InputTypeError
+from .core.errors import InputError, InputTypeError, warn
 
 
 def _numeric_array(a, what):
@@ -68,13 +68,27 @@ def check_X(X, dtype, n_features=None, fitted=True):
 
 # ---------------------------------------------------------------------------- tables
 def table_columns(X):
-    """The column names of a pandas or polars DataFrame or a pyarrow Table; None for anything else."""
+    """The column names of a pandas or polars DataFrame or a pyarrow Table; None for anything else, and (as
+    scikit-learn has it) when no name is a string: the columns then go by position, with a warning unless they
+    are pandas' default 0..n-1. Names of mixed types are refused."""
     library = type(X).__module__.split(".")[0]
     if library in ("pandas", "polars") and hasattr(X, "columns") and hasattr(X, "shape") and len(X.shape) == 2:
         names = list(X.columns)
     elif library == "pyarrow" and hasattr(X, "column_names"):
         names = list(X.column_names)
     else:
+        return None
+    strings = [isinstance(c, str) for c in names]
+    if not all(strings):
+        if any(strings):
+            kinds = sorted({type(c).__name__ for c in names})
+            raise InputTypeError(f"X's column names mix types ({', '.join(kinds)}): names are used only when all "
+                                 "are strings. Convert them, e.g. X.columns = X.columns.astype(str), or drop them "
+                                 "(pass X.to_numpy()) to go by position")
+        if names != list(range(len(names))):
+            shown = ", ".join(map(repr, names[:4])) + (", ..." if len(names) > 4 else "")
+            warn(f"X's column names are not strings ({shown}): they are ignored and the columns go by position, "
+                 "as in scikit-learn; X.columns = X.columns.astype(str) keeps them")
         return None
     twice = [c for c, n in collections.Counter(names).items() if n > 1]
     if twice:
@@ -145,11 +159,12 @@ def learn_classes(y, loss, n_out):
     if arr.dtype.kind in "iuf":
         values = arr.astype(np.float64)
         _check_finite(values, "y")
-        if loss == "binary_cross_entropy" and values.size and values.min() >= 0 and values.max() <= 1:
-            return by_index  # 0/1 labels or probabilities, used as given
-        if values.size and np.array_equal(values, np.round(values)) and values.min() >= 0 and \
-                values.max() < n_classes:
-            return by_index
+        whole = values.size and np.array_equal(values, np.round(values))
+        if loss == "binary_cross_entropy" and values.size and values.min() >= 0 and values.max() <= 1 \
+                and not whole:
+            return by_index  # probabilities, used as given
+        if whole and values.min() >= 0 and values.max() < n_classes:
+            return by_index.astype(arr.dtype)  # a label is its output's index, in y's own type (0.0, 1.0, ...)
     try:
         classes = np.unique(arr)
     except TypeError:
@@ -165,7 +180,7 @@ def encode_labels(y, classes):
     """y with each label replaced by its index in `classes` (from learn_classes); numbers pass through
     unchanged where the classes are 0..K-1 (check_targets checks them). Unknown labels are refused."""
     flat = label_column(y)
-    if classes is None or (classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(len(classes)))
+    if classes is None or (classes.dtype.kind in "iuf" and np.array_equal(classes, np.arange(len(classes)))
                            and flat.dtype.kind in "iuf"):
         return y
     if flat.ndim != 1:

@@ -1,12 +1,11 @@
 """Trainer: the public face. It validates user input, builds the model and its training state,
 and runs the engine (fastbp.engine) over in-memory rows, files or MPI data."""
 import functools
-import warnings
 
 import numpy as np
 
 from .core.checks import DTYPES, check_bool, check_dtype, check_int, check_number
-from .core.errors import InputError, NotFittedError
+from .core.errors import InputError, NotFittedError, warn
 from .core.layout import INITS, check_layer_sizes
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization
@@ -222,9 +221,9 @@ class Trainer:
                     wv = targets.weights(np.asarray(validation[1]))
                 validation = (Xv, Yv, wv)
             if not spill and prep.looks_sorted and self.shuffle:
-                warnings.warn(f"{prep.looks_sorted}; with spill=False (--no-spill) rows are shuffled only within "
-                              "the buffer, so the model will fit the end of each epoch best: train with the spill, "
-                              "or shuffle the file first", stacklevel=2)
+                warn(f"{prep.looks_sorted}; with spill=False (--no-spill) rows are shuffled only within the "
+                     "buffer, so the model will fit the end of each epoch best: train with the spill, or shuffle the "
+                     "file first")
             stats = stats if stats is not None else streaming.StreamStats()
             chunks, n_rows = None, train_rows
             if file_shards.shard_mode(shard, source, self._comm.size) == "chunks":
@@ -503,9 +502,9 @@ class Trainer:
             return
         n_out, n_present = self.layout.n_out, np.unique(Y[:, 0]).size
         if n_out >= 2 * n_present and n_out - n_present >= 2:
-            warnings.warn(f"the model has {n_out} outputs (layer_sizes[-1]) but y has {n_present} classes: "
-                          f"{n_out - n_present} outputs are never the right answer; use layer_sizes[-1] = "
-                          f"{n_present} unless later data brings the other classes", UserWarning, stacklevel=4)
+            warn(f"the model has {n_out} outputs (layer_sizes[-1]) but y has {n_present} classes: "
+                 f"{n_out - n_present} outputs are never the right answer; use layer_sizes[-1] = "
+                 f"{n_present} unless later data brings the other classes")
 
     def _require_fitted(self, what):
         if not self._fitted:

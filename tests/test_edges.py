@@ -207,3 +207,40 @@ def test_overflow_is_named_as_overflow(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "column 'b' has the value 1e+300 at row 3, which overflows float32 when standardized" in err
     assert "NaN or infinity" not in err and "warning" not in err
+
+
+def test_column_names_that_are_not_strings_go_as_in_scikit_learn():
+    import warnings
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 2))
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.raises(InputTypeError, match=r"column names mix types \(int, str\)"):
+        fastbp.Trainer([2, 4, 2], epochs=1).fit(pd.DataFrame(X, columns=["a", 1]), y)
+    for columns in ([3, 7], pd.MultiIndex.from_tuples([("g", "a"), ("g", "b")])):
+        frame = pd.DataFrame(X, columns=columns)
+        with pytest.warns(UserWarning, match="column names are not strings.*go by position") as caught:
+            tr = fastbp.Trainer([2, 4, 2], epochs=1).fit(frame, y)
+        assert caught[0].filename == __file__  # the user's line, not fastbp's
+        assert tr.feature_names_in_ is None
+        np.testing.assert_array_equal(tr.predict(X), fastbp.Trainer([2, 4, 2], epochs=1).fit(X, y).predict(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pandas' default names 0..n-1 say nothing: no warning
+        assert fastbp.Trainer([2, 4, 2], epochs=1).fit(pd.DataFrame(X), y).feature_names_in_ is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("loss,n_out", [("cross_entropy", 2), ("binary_cross_entropy", 1)])
+def test_float_labels_come_back_as_floats(tmp_path, dtype, loss, n_out):
+    X = np.random.default_rng(0).normal(size=(80, 2))
+    y = (X[:, 0] > 0).astype(dtype)
+    tr = fastbp.Trainer([2, 4, n_out], loss=loss, epochs=2).fit(X, y)
+    assert tr.classes_.dtype.kind == "f" and tr.classes_.tolist() == [0.0, 1.0]
+    assert tr.predict(X).dtype.kind == "f" and set(tr.predict(X).tolist()) <= {0.0, 1.0}
+    tr.save(tmp_path / "m.fbp")
+    assert fastbp.load(tmp_path / "m.fbp").predict(X).dtype.kind == "f"
+    ints = fastbp.Trainer([2, 4, n_out], loss=loss, epochs=2).fit(X, y.astype(int))
+    assert ints.predict(X).dtype.kind == "i"
+    np.testing.assert_array_equal(ints.params, tr.params)  # the same model either way

@@ -28,10 +28,8 @@ Thread policy (docs/threads.md has the measurements):
 import contextlib
 import ctypes
 import os
-import sys
 import threading
 import time
-import warnings
 
 try:
     import resource  # not on Windows: there ThreadChooser keeps every thread
@@ -49,6 +47,7 @@ if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
 
 import numba  # noqa: E402
 from numba.core import event as numba_events  # noqa: E402
+from .errors import warn  # noqa: E402
 # Numba's np.dot calls the BLAS that SciPy bundles. Load it now, so threadpoolctl
 # sees it and can limit its threads; loaded lazily it would escape the limit and
 # spin extra threads inside every parallel kernel.
@@ -107,7 +106,7 @@ class _CompileWatch(numba_events.Listener):
             self.started = time.perf_counter()
             later = ("later processes load them from Numba's cache; `fastbp compile` compiles them ahead, e.g. when "
                      "building an image") if CACHE else "Numba's cache is off (FASTBP_CACHE=0): every process compiles"
-            _notice(f"compiling fastbp's {self.what} kernels, once for this environment ({later})")
+            warn(f"compiling fastbp's {self.what} kernels, once for this environment ({later})", CompileNotice)
 
     def on_end(self, event):
         pass
@@ -122,16 +121,7 @@ def announced_compiles(what):
     with numba_events.install_listener("numba:compile", watch):
         yield
     if watch.started is not None:
-        _notice(f"compiled fastbp's {what} kernels in {time.perf_counter() - watch.started:.1f} s")
-
-
-def _notice(message):
-    """A CompileNotice attributed to the user's line that called into fastbp, not to fastbp's or Numba's internals."""
-    frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(("fastbp.", "numba.",
-                                                                                         "contextlib")):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, CompileNotice, stacklevel=level)
+        warn(f"compiled fastbp's {what} kernels in {time.perf_counter() - watch.started:.1f} s", CompileNotice)
 
 
 def _env_number(name, default):

@@ -10,7 +10,6 @@ validation, callbacks. Nothing crosses back into Python per batch.
 import math
 import threading
 import time
-import warnings
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from ..core import kernels
 from ..core.bundles import make_batch
 from ..core.config import ThreadChooser, announced_compiles, resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
-from ..core.errors import InputError, InputTypeError
+from ..core.errors import InputError, InputTypeError, warn
 from ..core.optim import update_all
 from . import full_data, metrics
 from .callbacks import Callback, EpochLogger, ProgressBar
@@ -192,7 +191,7 @@ class Engine:
                                    f"learning rate (lr={lr:g}), clip_grad_norm, standardized features, or float64.")
                         if on_divergence == "raise":
                             raise TrainingDiverged(message)
-                        warnings.warn(message, RuntimeWarning, stacklevel=4)
+                        warn(message, RuntimeWarning)
                         break
                     logs = {"epoch": epoch + 1, "loss": float(loss), "lr": lr, "seconds": seconds,
                             "samples_per_s": n / seconds if seconds > 0 else float("inf")}

@@ -24,10 +24,10 @@ import mmap
 import os
 import re
 import tempfile
-import warnings
 
 import numpy as np
 
+from ..core.errors import warn
 from .columns import BOOLEAN_SPELLINGS, NUMBER, arrow_kind, stored_numbers, take
 from .datasets import (COMPRESSIONS, CSV_EXTENSIONS, PARQUET_EXTENSIONS, Partitions, SourceError, data_extension,
                        dataset_parts, is_dataset)
@@ -412,8 +412,8 @@ class CsvSource:
         self.file_columns = self._header(self.parts[0])
         cut = next((part for part in self.parts if _ends_mid_line(part)), None)  # the first one is enough to say
         if cut is not None:
-            warnings.warn(f"{cut!r} does not end with a line break: if it was cut short (an interrupted copy or "
-                          "download), its last row is incomplete and is read as it stands", stacklevel=2)
+            warn(f"{cut!r} does not end with a line break: if it was cut short (an interrupted copy or "
+                 "download), its last row is incomplete and is read as it stands")
         self.partitions = partitions or Partitions()
         self.columns = _with_partitions(self, self.file_columns, self.partitions)
         self.index_columns = [c for c in self.columns if _INDEX_NAME.match(c)]
