@@ -244,3 +244,41 @@ def test_float_labels_come_back_as_floats(tmp_path, dtype, loss, n_out):
     ints = fastbp.Trainer([2, 4, n_out], loss=loss, epochs=2).fit(X, y.astype(int))
     assert ints.predict(X).dtype.kind == "i"
     np.testing.assert_array_equal(ints.params, tr.params)  # the same model either way
+
+
+def test_parquet_parts_whose_numeric_types_differ_read_as_one_float64_column(tmp_path, capsys):
+    import pyarrow.parquet as pq
+    from fastbp import cli as fastbp_cli
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=200), rng.integers(0, 50, 200)
+    y = (a + b / 25 > 2).astype(np.int64)
+    color = rng.choice(["red", "blue"], 200)
+    mixed, plain = tmp_path / "mixed", tmp_path / "plain"
+    mixed.mkdir(), plain.mkdir()
+    a32 = a.astype(np.float32).astype(np.float64)  # the values float32 can hold, so both datasets are equal
+    for i, rows in enumerate((slice(0, 100), slice(100, 200))):
+        text = pa.array(color[rows]).dictionary_encode() if i else pa.array(color[rows], pa.string())
+        pq.write_table(pa.table({"a": a32[rows].astype(np.float32) if i == 0 else a32[rows],
+                                 "b": b[rows].astype(np.int32 if i == 0 else np.int64), "color": text,
+                                 "y": y[rows].astype(np.float64 if i == 0 else np.int64)}), mixed / f"part-{i}.parquet")
+        pq.write_table(pa.table({"a": a32[rows], "b": b[rows].astype(np.float64), "color": color[rows],
+                                 "y": y[rows].astype(np.float64)}), plain / f"part-{i}.parquet")
+    run = ["--target", "y", "--hidden", "4", "--epochs", "2", "--threads", "1", "--quiet"]
+    for folder in (mixed, plain):
+        assert fastbp_cli.main(["train", str(folder), *run, "--out", str(tmp_path / f"{folder.name}.fbp")]) == 0, \
+            capsys.readouterr().err
+    np.testing.assert_array_equal(fastbp.load(tmp_path / "mixed.fbp").params,
+                                  fastbp.load(tmp_path / "plain.fbp").params)
+    assert fastbp_cli.main(["evaluate", str(tmp_path / "mixed.fbp"), str(mixed)]) == 0
+    pq.write_table(pa.table({"a": a[:10], "b": b[:10].astype(str), "color": color[:10], "y": y[:10]}),
+                   mixed / "part-2.parquet")  # numbers in one part, text in another: still refused
+    assert fastbp_cli.main(["train", str(mixed), *run, "--out", str(tmp_path / "x.fbp")]) == 2
+    assert "column 'b' holds string in" in capsys.readouterr().err
+
+
+def test_pieces_of_a_column_concatenate_whether_spilled_or_read():
+    from fastbp.files.columns import concat, to_numbers
+
+    pieces = [np.array([1, 2], np.float32), pa.array([3, None], pa.int64()), np.array([np.nan, 5.0])]
+    np.testing.assert_array_equal(to_numbers("c", concat(pieces)), [1, 2, 3, np.nan, np.nan, 5])

@@ -55,11 +55,16 @@ def take(values, index):
 
 
 def concat(pieces):
-    """One column from consecutive pieces of the same column."""
-    if pieces and is_arrow(pieces[0]):
-        pa, _ = _pa()
-        return pa.concat_arrays([p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p for p in pieces])
-    return np.concatenate(pieces)
+    """One column from consecutive pieces of the same column (numpy where a row group was spilled, arrow
+    otherwise: mixed, the numpy pieces become arrow arrays)."""
+    if not any(is_arrow(p) for p in pieces):
+        return np.concatenate(pieces)
+    pa, _ = _pa()
+    arrays = [pa.array(p) if not is_arrow(p) else p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p
+              for p in pieces]
+    if len({a.type for a in arrays}) > 1:  # float32 spilled beside float64 read: the numbers as float64
+        arrays = [a.cast(pa.float64()) for a in arrays]
+    return pa.concat_arrays(arrays)
 
 
 def to_numbers(column, values, start=0):

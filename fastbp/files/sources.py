@@ -207,6 +207,19 @@ def _check_same_columns(source, part, schema):
                               f"{source.types[name]} in the first part; the parts must agree")
 
 
+def _unified_types(source, schemas):
+    """{column: type} for the columns whose type differs between parts, all read as one: numbers as float64
+    (int64 in one part and float32 in another, as pyarrow's dataset unification promotes them), text as
+    large_string (string, large_string or dictionary-encoded)."""
+    import pyarrow as pa
+
+    unified = {}
+    for name in source.file_columns:
+        if len({schema.field(name).type for schema in schemas}) > 1:
+            unified[name] = pa.float64() if arrow_kind(name, source.types[name]) == NUMBER else pa.large_string()
+    return unified
+
+
 def _with_partitions(source, file_columns, partitions):
     """The columns of a dataset: its files' and, after them, its Hive partition columns (folder names)."""
     twice = sorted(c for c, n in collections.Counter(file_columns).items() if n > 1)
@@ -256,6 +269,8 @@ class ParquetSource:
         self.types = {name: schema.field(name).type for name in self.file_columns}
         for part, file in zip(self.parts[1:], self.files[1:]):
             _check_same_columns(self, part, file.schema_arrow)
+        self.casts = _unified_types(self, [file.schema_arrow for file in self.files])
+        self.types.update(self.casts)
         pandas = schema.pandas_metadata or {}
         # pandas stores its index as columns and names them here (a RangeIndex is stored as a dict, not a column)
         self.index_columns = [c for c in pandas.get("index_columns", []) if isinstance(c, str) and c in self.columns]
@@ -321,10 +336,15 @@ class ParquetSource:
             file = self.files[self.part_of[k]]
             for batch in file.iter_batches(batch_size=rows, row_groups=[int(self.group_of[k])],
                                            columns=list(columns), use_threads=False):
-                yield start, {c: batch.column(i) for i, c in enumerate(columns)}
+                yield start, {c: self._unified(c, batch.column(i)) for i, c in enumerate(columns)}
                 start += batch.num_rows
         except _arrow_errors() as exc:
             raise SourceError(f"{self._where(k)!r}: row group {self.group_of[k]} cannot be read ({exc})") from None
+
+    def _unified(self, column, values):
+        """A column's values in the type every part's are read as (see _unified_types)."""
+        cast = self.casts.get(column)
+        return values if cast is None or values.type == cast else values.cast(cast)
 
     def _spilled(self, k, columns, index, rows):
         """A row group too wide to read in slices (see read_memory): copied once, SPILL_GROUP_BYTES of columns at a
@@ -345,7 +365,7 @@ class ParquetSource:
             for group in groups:
                 table = file.read_row_group(group_index, columns=group, use_threads=False)
                 for c in group:
-                    values = table.column(c).combine_chunks()
+                    values = self._unified(c, table.column(c).combine_chunks())
                     if arrow_kind(c, values.type) != NUMBER:
                         text[c] = values
                         continue
