@@ -75,11 +75,14 @@ class _ContainerGraph:
 def _logits(g, operator, activation_names):
     """The estimator's forward pass on the operator's input, in the input's precision."""
     model = operator.raw_operator
-    double = operator.inputs[0].type.__class__.__name__ == "DoubleTensorType"
-    dtype = np.float64 if double else np.float32
+    kind = operator.inputs[0].type.__class__.__name__
+    dtype = np.float64 if kind == "DoubleTensorType" else np.float32
+    x = operator.inputs[0].full_name
+    if kind not in ("DoubleTensorType", "FloatTensorType"):  # integers and booleans: MatMul takes floats only
+        x = g.node("Cast", [x], to=g.onnx.TensorProto.FLOAT)
     layers = [(np.asarray(W, dtype=dtype), np.asarray(b, dtype=dtype)) for W, b in zip(model.coefs_, model.intercepts_)]
     activation = activation_names[model.activation]
-    return onnx_export.forward(g, operator.inputs[0].full_name, layers, [activation] * (len(layers) - 1)), dtype
+    return onnx_export.forward(g, x, layers, [activation] * (len(layers) - 1)), dtype
 
 
 def _convert_classifier(scope, operator, container, activation_names):
@@ -101,6 +104,8 @@ def _convert_classifier(scope, operator, container, activation_names):
         g.node("Concat", [g.node("Sub", [g.const(np.array(1, dtype)), p]), p], outputs=[proba_out], axis=1)
         index = g.node("Cast", [g.node("Greater", [p, g.const(np.array(0.5, dtype))])], to=g.onnx.TensorProto.INT64)
         index = g.node("Reshape", [index, g.const(np.array([-1], dtype=np.int64))])
+        if len(model.classes_) == 1:  # trained on one class: it is every prediction, as in predict
+            index = g.node("Mul", [index, g.const(np.array(0, dtype=np.int64))])
     g.node("Gather", [g.const(_onnx_labels(model.classes_), "classes"), index], outputs=[label_out])
 
 

@@ -386,23 +386,34 @@ class Trainer:
             raise ModelFileError(f"{path!r} does not describe a valid fastbp model: {exc}") from None
         return trainer
 
-    def to_onnx(self, path=None):
+    def to_onnx(self, path=None, input_dtype=None):
         """The model as an ONNX ModelProto, written atomically to `path` when given (needs fastbp[onnx]).
 
         Outputs as predict and predict_proba give them: "label" (classes_, strings as strings; 0/1 per
         output for multilabel) and "probabilities" for classification losses, "variable" (n, n_out)
-        otherwise (poisson: rates). Input "X" (n, n_in) of the model's dtype; a model trained from a
-        file (`fastbp train`) instead takes one (n, 1) input per feature column, numbers as double and
-        categories as strings, applies the stored preprocessing and gives labels and values as
-        `fastbp predict` does.
+        otherwise (poisson: rates), and "is_valid" (n,): false for a row predict refuses (NaN or infinity,
+        or a value the model's dtype cannot hold), where the probabilities or values are NaN and the label
+        means nothing. Input "X" (n, n_in) of the model's dtype, or of `input_dtype` ("float32", "float64",
+        "int64", "int32" or "bool", cast to the model's dtype first). A model trained from a file (`fastbp
+        train`) instead takes one (n, 1) input per feature column, numbers as double and categories as
+        strings (an empty string is a missing value), applies the stored preprocessing and gives labels and
+        values as `fastbp predict` does.
         """
         from .files import onnx_export
         from .files.preprocess import Preprocessor
+        if input_dtype is not None:
+            if self.preprocessing:
+                raise InputError("input_dtype is for models trained on arrays: a model trained from a file takes "
+                                 "its columns as they were (numbers as double, categories as strings)")
+            if str(np.dtype(input_dtype) if isinstance(input_dtype, type) else input_dtype) \
+                    not in onnx_export.INPUT_DTYPES:
+                raise InputError(f"input_dtype must be one of {', '.join(onnx_export.INPUT_DTYPES)}, "
+                                 f"got {input_dtype!r}")
         n_hidden = len(self.layer_sizes) - 2
         hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)
         prep = Preprocessor(self.preprocessing) if self.preprocessing else None
         model = onnx_export.trainer_model([(W.copy(), b.copy()) for W, b in self.layers], hidden, self.loss,
-                                          self.params.dtype, prep, self.classes_, _version())
+                                          self.params.dtype, prep, self.classes_, _version(), input_dtype)
         if path is not None:
             onnx_export.save(model, path)
         return model

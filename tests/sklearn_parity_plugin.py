@@ -16,7 +16,7 @@ sklearn.neural_network.MLPRegressor = fastbp.sklearn.MLPRegressor
 
 def pytest_configure(config):
     # a first compile in a fresh cache is announced with a warning; scikit-learn's tests may forbid warnings
-    config.addinivalue_line("filterwarnings", "ignore:fastbp compiled its:UserWarning")
+    config.addinivalue_line("filterwarnings", "ignore::fastbp.CompileNotice")
 
 
 @pytest.fixture

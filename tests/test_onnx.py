@@ -105,6 +105,75 @@ def test_trainer_export_gives_the_labels_predict_gives(labels):
     np.testing.assert_array_equal(out["label"], tr.predict(X))
 
 
+@pytest.mark.parametrize("input_dtype", ["int64", "int32", "bool", "float64", "float32"])
+@pytest.mark.parametrize("model_dtype", ["float32", "float64"])
+def test_trainer_export_takes_integer_boolean_and_double_inputs(input_dtype, model_dtype):
+    X = np.random.default_rng(0).integers(0, 2 if input_dtype == "bool" else 5, size=(60, 3)).astype(input_dtype)
+    tr = fastbp.Trainer([3, 6, 3], dtype=model_dtype, epochs=2).fit(X.astype(float), np.arange(60) % 3)
+    out = run(tr.to_onnx(input_dtype=input_dtype), {"X": X})
+    np.testing.assert_array_equal(out["label"], tr.predict(X.astype(float)))
+    np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X.astype(float)), rtol=1e-5, atol=1e-7)
+    assert out["is_valid"].all()
+    with pytest.raises(fastbp.InputError, match="input_dtype must be one of"):
+        tr.to_onnx(input_dtype="uint8")
+
+
+def test_trainer_export_marks_the_rows_predict_refuses():
+    """NaN, infinity, or a finite number the model's dtype cannot hold: predict refuses the row; the graph says
+    so in "is_valid" and gives NaN probabilities there, and the same answers as predict elsewhere."""
+    X, y = make_problem("cross_entropy", 100, 3, 3, seed=0)
+    tr = fastbp.Trainer([3, 6, 3], epochs=2).fit(X.astype(np.float32), y)
+    bad = X[:6].astype(np.float64)
+    bad[1, 0], bad[2, 1], bad[4, 2] = np.nan, -np.inf, 1e300  # 1e300 overflows float32
+    out = run(tr.to_onnx(input_dtype="float64"), {"X": bad})
+    assert out["is_valid"].tolist() == [True, False, False, True, False, True]
+    for i in range(6):
+        if out["is_valid"][i]:
+            np.testing.assert_allclose(out["probabilities"][i], tr.predict_proba(bad[i:i + 1])[0], rtol=1e-5)
+        else:
+            assert np.isnan(out["probabilities"][i]).all()
+            with pytest.raises(fastbp.InputError):
+                tr.predict(bad[i:i + 1])
+
+
+@pytest.mark.parametrize("impute", [False, True])
+def test_cli_model_export_refuses_and_keeps_rows_as_fastbp_predict_does(tmp_path, impute):
+    """A file-trained model's graph against `fastbp predict`, row by row: without --impute both refuse a missing
+    number, infinity, a value that overflows float32 when standardized and an empty text cell in a column that had
+    no missing values; with it, a missing number is filled and an empty cell is the missing category, in both."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(0)
+    n = 300
+    a, c, d = rng.normal(size=n), rng.choice(["x", "y", "z"], n).astype(object), rng.choice(["u", "v"], n)
+    d = d.astype(object)
+    if impute:
+        d[::7] = None  # missing in training: an empty cell is its missing category
+    label = np.where(a + (c == "x") > 0.5, "yes", "no")
+    pcsv.write_csv(pa.table({"a": a, "c": c, "d": pa.array(d, pa.string()), "label": label}), tmp_path / "d.csv")
+    model = tmp_path / "m.fbp"
+    proc = subprocess.run([sys.executable, "-m", "fastbp", "train", tmp_path / "d.csv", "--target", "label",
+                           "--hidden", "6", "--epochs", "2", "--quiet", "--out", model,
+                           *(["--impute", "mean"] if impute else [])], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    tr = fastbp.load(model)
+    rows = {"a": np.array([0.1, np.nan, np.inf, 1e300, 0.2, 0.3]),
+            "c": np.array(["x", "y", "z", "x", "", "y"], dtype=object),
+            "d": np.array(["u", "v", "u", "v", "u", ""], dtype=object)}
+    out = run(tr.to_onnx(), {k: v.reshape(-1, 1) for k, v in rows.items()})
+    expected = [True, impute, False, False, False, impute]
+    assert out["is_valid"].tolist() == expected
+    assert np.isnan(out["probabilities"][~out["is_valid"]]).all()
+    for i in range(6):  # each row alone through fastbp predict, from Parquet ("" stored as "", not null)
+        pq.write_table(pa.table({k: v[i:i + 1] for k, v in rows.items()}), tmp_path / "row.parquet")
+        proc = subprocess.run([sys.executable, "-m", "fastbp", "predict", model, tmp_path / "row.parquet",
+                               "--out", tmp_path / "p.npy", "--proba", "--quiet"], capture_output=True, text=True)
+        assert (proc.returncode == 0) == expected[i], (i, proc.stderr)
+        if proc.returncode == 0:
+            np.testing.assert_allclose(out["probabilities"][i], np.load(tmp_path / "p.npy")[0], rtol=1e-5)
+
+
 def test_without_onnx_the_error_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
     tr = fastbp.Trainer([2, 2])
@@ -165,6 +234,46 @@ def test_skl2onnx_pipeline_with_zipmap():
     for row, expected in zip(out[1], proba):  # ZipMap: one {label: probability} per row
         assert sorted(row) == ["a", "b", "c"]
         np.testing.assert_allclose([row[c] for c in ["a", "b", "c"]], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("input_type", ["Int64TensorType", "Int32TensorType", "BooleanTensorType",
+                                        "DoubleTensorType"])
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_skl2onnx_integer_boolean_and_double_inputs(cls, input_type):
+    from skl2onnx.common import data_types
+
+    dtype = {"Int64TensorType": np.int64, "Int32TensorType": np.int32, "BooleanTensorType": bool,
+             "DoubleTensorType": np.float64}[input_type]
+    X = np.random.default_rng(0).integers(0, 2 if dtype is bool else 6, size=(80, 3)).astype(dtype)
+    y = (X[:, 0].astype(int) + X[:, 1] > (1 if dtype is bool else 4)).astype(int) if cls is MLPClassifier \
+        else X.astype(float) @ [1, 2, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = cls(hidden_layer_sizes=(5,), max_iter=20, random_state=0).fit(X, y)
+    options = {"zipmap": False} if cls is MLPClassifier else None
+    types = [("X", getattr(data_types, input_type)([None, 3]))]
+    if input_type == "Int32TensorType":  # skl2onnx refuses it for scikit-learn's own MLPs too
+        from skl2onnx.common.utils import InvalidInputTypeException
+        with pytest.raises(InvalidInputTypeException, match="Int32TensorType"):
+            skl2onnx.convert_sklearn(model, initial_types=types, options=options)
+        return
+    onx = skl2onnx.convert_sklearn(model, initial_types=types, options=options)
+    out = list(run(onx, {"X": X}).values())
+    if cls is MLPClassifier:
+        np.testing.assert_array_equal(out[0], model.predict(X))
+        np.testing.assert_allclose(out[1], model.predict_proba(X), rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out[0][:, 0], model.predict(X), rtol=1e-5, atol=1e-4)
+
+
+def test_skl2onnx_classifier_trained_on_one_class():
+    X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit(X, np.full(50, 7))
+    out = list(run(skl2onnx.to_onnx(model, X[:1], options={"zipmap": False}), {"X": X * 50}).values())
+    np.testing.assert_array_equal(out[0], model.predict(X * 50))
+    assert (out[0] == 7).all()
 
 
 def test_skl2onnx_double_input_keeps_double_precision():

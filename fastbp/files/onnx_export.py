@@ -9,6 +9,7 @@ import numpy as np
 
 from .columns import category_keys
 from .modelfile import atomic_write
+from .scan import MISSING
 from .streaming import FileTargets
 
 OPSET = 17     # ai.onnx: every op used here (Erf, Softplus, Elu, LeakyRelu, IsNaN, Where) exists there
@@ -81,12 +82,14 @@ def activate(g, name, z, dtype):
 
 def preprocess(g, prep, dtype):
     """Graph inputs (one per feature column, shape (N, 1): double for numeric columns, string for
-    categorical ones) and the name of the model's input matrix, as fastbp.files.preprocess builds it:
+    categorical ones), the name of the model's input matrix, as fastbp.files.preprocess builds it:
     numeric columns standardized (missing values filled when trained with --impute), categorical ones
-    one-hot over the training categories (an unseen category is all zeros). prep: a Preprocessor."""
+    one-hot over the training categories (an unseen category is all zeros), and the names of (N, 1) booleans
+    that mark rows `fastbp predict` refuses for a reason the matrix does not show: an empty text cell is a
+    missing value (as in a CSV), and a column that had none in training cannot take one. prep: a Preprocessor."""
     onnx = g.onnx
     state = prep.state
-    inputs, parts = [], []
+    inputs, parts, refused = [], [], []
     for i, (column, cats) in enumerate(zip(state["features"], state["categories"])):
         if cats is None:
             inputs.append(onnx.helper.make_tensor_value_info(column, onnx.TensorProto.DOUBLE, [None, 1]))
@@ -99,30 +102,62 @@ def preprocess(g, prep, dtype):
         else:
             inputs.append(onnx.helper.make_tensor_value_info(column, onnx.TensorProto.STRING, [None, 1]))
             keys = category_keys(cats)
+            if "" not in cats:  # an empty cell is missing: its own category, or a refused row
+                if MISSING in cats:
+                    keys.append(("", cats.index(MISSING)))
+                else:
+                    empty = g.node("LabelEncoder", [column], domain="ai.onnx.ml", keys_strings=[""],
+                                   values_int64s=[1], default_int64=0)  # Equal takes strings from opset 19
+                    refused.append(g.node("Cast", [empty], to=onnx.TensorProto.BOOL))
             index = g.node("LabelEncoder", [column], domain="ai.onnx.ml", keys_strings=[k for k, _ in keys],
                            values_int64s=[i for _, i in keys], default_int64=-1)
             hot = g.node("Equal", [index, g.const(np.arange(len(cats), dtype=np.int64).reshape(1, -1))])
             parts.append(g.node("Cast", [hot], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
     # in the order of the model's inputs: features in order, each category expanded in place
-    return inputs, g.node("Concat", parts, axis=1) if len(parts) > 1 else parts[0]
+    return inputs, g.node("Concat", parts, axis=1) if len(parts) > 1 else parts[0], refused
 
 
-def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, producer_version=""):
+def valid_rows(g, x, refused, dtype):
+    """(N,) booleans: the rows `fastbp predict` accepts. A row is refused when its model input holds NaN or
+    infinity (a missing number without --impute, an infinite one, or one that overflows the model's dtype when
+    standardized: 0 * x is NaN there and only there) or when one of `refused` ((N, 1) booleans) is true."""
+    zero, nan = g.const(np.zeros((1, 1), dtype)), g.const(np.full((1, 1), np.nan, dtype))
+    columns = [g.node("Mul", [x, zero])] + [g.node("Where", [flag, nan, zero]) for flag in refused]
+    check = g.node("ReduceSum", [g.node("Concat", columns, axis=1) if len(columns) > 1 else columns[0],
+                                 g.const(np.array([1], dtype=np.int64))], keepdims=0)
+    return g.node("Not", [g.node("IsNaN", [check])])
+
+
+INPUT_DTYPES = ("float32", "float64", "int64", "int32", "bool")
+
+
+def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, producer_version="", input_dtype=None):
     """The ONNX model of a Trainer: outputs as Trainer.predict / predict_proba give them ("label" and
     "probabilities" for classification losses, "variable" otherwise); a file-trained model
     (`prep`: the Preprocessor of its stored state) takes its columns and gives labels, probabilities
     (one column per class) and values on the target's own scale, as `fastbp predict` does; one that
     learned its classes one-hot with mse, mae or huber gives "label" and "scores". classes: the Trainer's
-    classes_ (labels by output)."""
+    classes_ (labels by output). input_dtype: the type of input "X" (the model's dtype by default; other
+    numbers and booleans are cast to it first). Every model also gives "is_valid": false for a row that
+    predict refuses (see valid_rows), whose probabilities, scores or values are NaN and whose label means
+    nothing."""
     onnx = require_onnx()
     g = Graph()
     dtype = np.dtype(dtype)
     elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
     n_in, n_out = layers[0][0].shape[0], layers[-1][0].shape[1]
     if prep is None:
-        inputs, x = [onnx.helper.make_tensor_value_info("X", elem, [None, n_in])], "X"
+        given = dtype if input_dtype is None else np.dtype(input_dtype)
+        inputs = [onnx.helper.make_tensor_value_info("X", onnx.helper.np_dtype_to_tensor_dtype(given), [None, n_in])]
+        x, refused = "X" if given == dtype else g.node("Cast", ["X"], to=elem), []
     else:
-        inputs, x = preprocess(g, prep, dtype)
+        inputs, x, refused = preprocess(g, prep, dtype)
+    valid = valid_rows(g, x, refused, dtype)
+    valid_column = g.node("Unsqueeze", [valid, g.const(np.array([1], dtype=np.int64))])
+
+    def finish(value, name, value_dtype=dtype):  # NaN in the rows predict refuses
+        g.node("Where", [valid_column, value, g.const(np.full((1, 1), np.nan, value_dtype))], outputs=[name])
+
     logits = forward(g, x, layers, activations)
     # a file-trained classifier with one output per class and another loss learned the classes one-hot
     one_hot = prep is not None and prep.task == "classify" and FileTargets(loss, n_out).one_hot
@@ -130,19 +165,17 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
         label = g.node("ArgMax", [logits], axis=1, keepdims=0)
         name = {"cross_entropy": "probabilities", "binary_cross_entropy": "probabilities"}.get(loss, "scores")
         if loss == "cross_entropy":
-            g.node("Softmax", [logits], outputs=[name], axis=1)
+            finish(g.node("Softmax", [logits], axis=1), name)
         else:  # one-vs-rest probabilities, or mse/mae/huber's raw scores
-            g.node("Sigmoid" if loss == "binary_cross_entropy" else "Identity", [logits], outputs=[name])
+            finish(g.node("Sigmoid", [logits]) if loss == "binary_cross_entropy" else logits, name)
         outputs = [_labels(g, label, prep, classes, [None]),
                    onnx.helper.make_tensor_value_info(name, elem, [None, n_out])]
     elif loss == "binary_cross_entropy":
         p = g.node("Sigmoid", [logits])
         per_class = prep is not None and n_out == 1  # as `fastbp predict --proba`: one column per class
         if per_class:
-            g.node("Concat", [g.node("Sub", [g.const(np.ones((1, 1), dtype)), p]), p], outputs=["probabilities"],
-                   axis=1)
-        else:
-            g.node("Identity", [p], outputs=["probabilities"])
+            p = g.node("Concat", [g.node("Sub", [g.const(np.ones((1, 1), dtype)), p]), p], axis=1)
+        finish(p, "probabilities")
         label = g.node("Cast", [g.node("GreaterOrEqual", [logits, g.const(np.array(0, dtype))])],
                        to=onnx.TensorProto.INT64)
         if n_out == 1:  # predict gives (n,) for one output
@@ -151,14 +184,16 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
                            [None] if n_out == 1 else [None, n_out]),
                    onnx.helper.make_tensor_value_info("probabilities", elem, [None, 2 if per_class else n_out])]
     else:
-        value = g.node("Exp", [logits]) if loss == "poisson" else logits
+        value, value_dtype = g.node("Exp", [logits]) if loss == "poisson" else logits, dtype
         if prep is not None:  # back to the target's own scale, in float64 as fastbp predict does
             value = g.node("Add", [g.node("Mul", [g.node("Cast", [value], to=onnx.TensorProto.DOUBLE),
                                                   g.const(np.array(prep.state["target_scale"]))]),
                                    g.const(np.array(prep.state["target_mean"]))])
-            elem = onnx.TensorProto.DOUBLE
-        g.node("Identity", [value], outputs=["variable"])
+            elem, value_dtype = onnx.TensorProto.DOUBLE, np.float64
+        finish(value, "variable", value_dtype)
         outputs = [onnx.helper.make_tensor_value_info("variable", elem, [None, n_out])]
+    g.node("Identity", [valid], outputs=["is_valid"])
+    outputs.append(onnx.helper.make_tensor_value_info("is_valid", onnx.TensorProto.BOOL, [None]))
     graph = onnx.helper.make_graph(g.nodes, "fastbp_mlp", inputs, outputs, g.initializers)
     model = onnx.helper.make_model(graph, producer_name="fastbp", producer_version=producer_version,
                                    opset_imports=[onnx.helper.make_opsetid("", OPSET),

@@ -169,6 +169,9 @@ class Preprocessor:
     def _one_hot(self, column, values, start, cats, out):
         index, text = codes(column, values, cats, start)
         nulls = text.is_null().to_numpy(zero_copy_only=False)
+        if "" not in cats:  # an empty cell is missing, whether the file stores it as null (CSV) or as "" (Parquet)
+            import pyarrow.compute as pc
+            nulls |= pc.fill_null(pc.equal(text, ""), False).to_numpy(zero_copy_only=False)
         if nulls.any():
             if MISSING not in cats:
                 raise InputError(f"column {column!r} has a missing value at {where(start, np.flatnonzero(nulls)[0])}; "
