@@ -1,5 +1,6 @@
 """Trainer: the public face. It validates user input, builds the model and its training state,
 and runs the engine (fastbp.engine) over in-memory rows, files or MPI data."""
+import copy
 import functools
 
 import numpy as np
@@ -12,7 +13,7 @@ from .core.bundles import make_optimizer, make_regularization
 from .core.config import resolve_n_threads
 from .core.optim import OptimizerSettings
 from .engine import metrics
-from .engine.engine import Engine, RunGuard, TrainingDiverged
+from .engine.engine import Engine, ModelLock, TrainingDiverged
 from .engine.full_data import to_probabilities
 from .engine.model import build_net
 from .engine.schedules import make_schedule, schedule_from_spec, schedule_spec
@@ -109,7 +110,7 @@ class Trainer:
         self._fitted = False
         self.preprocessing = None  # a file's column handling (fastbp.files.preprocess), saved with the model
         self.metadata = {}         # free-form JSON saved with the model (the CLI records its options here)
-        self._guard = RunGuard()
+        self._lock = ModelLock()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -170,7 +171,7 @@ class Trainer:
         (e.g. its slice of a memory-mapped file) and validation data, step s averages the gradients
         of every rank's s-th batch of ceil(batch_size / ranks) rows (not equal to one process).
         """
-        with self._guard:
+        with self._lock.training():
             X, Y = self._check_data(X, y, learn=True)
             weights = self._weights(Y, sample_weight, class_weight)
             X, Y, weights, validation = self._validation(X, Y, weights, validation_data, validation_split)
@@ -203,7 +204,7 @@ class Trainer:
         binary_cross_entropy one-vs-rest) learns the classes one-hot (streaming.FileTargets); validation
         targets are given as prep.transform gives them."""
         from .files import streaming
-        with self._guard:
+        with self._lock.training():
             engine = self.engine()
             if train_rows < 1:
                 raise InputError("no training rows were read from the data")
@@ -250,17 +251,20 @@ class Trainer:
         if self._comm.size > 1:
             after_epoch = functools.partial(distributed.check_ranks_agree, self._comm, self.params)
         engine.run(run_epoch, self.epochs, self, validation, callbacks, self.verbose if verbose is None else verbose,
-                   self.on_divergence, validation_is_local, after_epoch)
+                   self.on_divergence, validation_is_local, after_epoch, self._lock.between_epochs)
 
     @property
     def is_fitted(self):
-        """True once fit or fit_source has run (or the model was loaded from a file)."""
-        return self._fitted
+        """True once fit or fit_source has run, or has finished an epoch (a model read from another thread
+        during its first fit), or the model was loaded from a file."""
+        return self._fitted or bool(self.state.history)
 
     def decision_function(self, X):
         """Raw outputs of the last layer (logits for classification losses, log-rates for poisson), shape
         (n, n_out), at the current parameters: also before any fit (the seeded initial weights)."""
-        return self.engine().logits(self._features(X))
+        X = self._features(X)
+        with self._lock.reading():
+            return self.engine().logits(X)
 
     def predict_proba(self, X):
         """Class probabilities: softmax rows for cross_entropy (columns in the order of classes_),
@@ -295,7 +299,8 @@ class Trainer:
         w = check_sample_weight(sample_weight, X.shape[0])
         if w is not None and not w.sum() > 0:
             raise InputError("sample_weight entries sum to zero; nothing to evaluate")
-        return self.engine().metric_part(X, Y, w)
+        with self._lock.reading():
+            return self.engine().metric_part(X, Y, w)
 
     def loss_and_grad(self, X, y, sample_weight=None):
         """(mean loss, flat gradient in the params layout) at the current parameters; nothing is updated.
@@ -306,7 +311,8 @@ class Trainer:
         X, Y = self._check_data(X, y)
         weights = self._weights(Y, sample_weight, None)
         grad = np.empty_like(self.params)
-        loss = FullGradient(self.net, X, Y, weights, self.n_threads, self.params.dtype)(self.params, grad)
+        with self._lock.reading():
+            loss = FullGradient(self.net, X, Y, weights, self.n_threads, self.params.dtype)(self.params, grad)
         return float(loss), grad
 
     def save(self, path):
@@ -316,14 +322,16 @@ class Trainer:
         """
         if self._comm.rank != 0:
             return
-        config = {"fastbp_version": _version(), "init_args": self._init_args(), "history": self.history,
-                  "shuffle_rng_state": self.state.shuffle_rng.bit_generator.state,
-                  "lr_schedule": schedule_spec(self.lr_schedule), "preprocessing": self.preprocessing,
-                  "metadata": self.metadata, "fitted": self._fitted,
-                  "classes": None if self.classes_ is None else self.classes_.tolist(),
-                  "feature_names": None if self.feature_names_in_ is None else list(self.feature_names_in_)}
-        arrays = {"params": self.params, "opt_step": self.state.optimizer.step,
-                  **{f"opt_{name}": v for name, v in self.state.state_arrays().items()}}
+        with self._lock.reading():  # copies of one epoch's end; the file is written after, while fit goes on
+            config = copy.deepcopy({
+                "fastbp_version": _version(), "init_args": self._init_args(), "history": self.history,
+                "shuffle_rng_state": self.state.shuffle_rng.bit_generator.state,
+                "lr_schedule": schedule_spec(self.lr_schedule), "preprocessing": self.preprocessing,
+                "metadata": self.metadata, "fitted": self.is_fitted,
+                "classes": None if self.classes_ is None else self.classes_.tolist(),
+                "feature_names": None if self.feature_names_in_ is None else list(self.feature_names_in_)})
+            arrays = {"params": self.params.copy(), "opt_step": self.state.optimizer.step.copy(),
+                      **{f"opt_{name}": v.copy() for name, v in self.state.state_arrays().items()}}
         write_model(path, config, arrays)
 
     @classmethod
@@ -412,8 +420,10 @@ class Trainer:
         n_hidden = len(self.layer_sizes) - 2
         hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)
         prep = Preprocessor(self.preprocessing) if self.preprocessing else None
-        model = onnx_export.trainer_model([(W.copy(), b.copy()) for W, b in self.layers], hidden, self.loss,
-                                          self.params.dtype, prep, self.classes_, _version(), input_dtype)
+        with self._lock.reading():  # one epoch's end, while fit may run in another thread
+            layers = [(W.copy(), b.copy()) for W, b in self.layers]
+        model = onnx_export.trainer_model(layers, hidden, self.loss, self.params.dtype, prep, self.classes_,
+                                          _version(), input_dtype)
         if path is not None:
             onnx_export.save(model, path)
         return model
@@ -422,36 +432,38 @@ class Trainer:
         """A readable description: layers and parameter counts, loss, optimizer, dtype, threads, and what
         training learned (classes, feature names, epochs)."""
         from .core.config import default_threads
-        n_hidden = len(self.layer_sizes) - 2
-        hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)
-        output = {"cross_entropy": "softmax in the loss", "binary_cross_entropy": "sigmoid in the loss",
-                  "poisson": "exp in the loss"}.get(self.loss, "linear")
-        rows = [("layer", "shape", "activation", "parameters")]
-        for i, ((W, b), act) in enumerate(zip(self.layers, hidden + [output])):
-            rows.append((str(i + 1), f"{W.shape[0]} -> {W.shape[1]}", act, f"{W.size + b.size:,}"))
-        widths = [max(len(r[k]) for r in rows) for k in range(4)]
-        lines = [f"Trainer: MLP {self.layer_sizes}, {self.layout.n_params:,} parameters, {self.dtype}"]
-        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        settings = self.optimizer_settings.described()
-        lines.append(f"loss {self.loss}; optimizer {self.optimizer} "
-                     f"({', '.join(f'{k} {v}' for k, v in settings.items())}); batch {self.batch_size}, "
-                     f"{self.epochs} epoch(s) per fit; threads "
-                     f"{self.n_threads if self.n_threads is not None else f'{default_threads()} (default)'}")
-        if self.classes_ is not None:
-            lines.append(f"classes {self.classes_.tolist()}")
-        if self.feature_names_in_ is not None:
-            lines.append(f"features {list(self.feature_names_in_)}")
-        last = self.history[-1] if self.history else None
-        lines.append(f"trained {len(self.history)} epoch(s)" + (f", last loss {last['loss']:.4g}" if last else "")
-                     if self._fitted else "not trained yet (predict needs fit)")
-        return "\n".join(lines)
+        with self._lock.reading():  # one epoch's end, while fit may run in another thread
+            n_hidden = len(self.layer_sizes) - 2
+            hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)
+            output = {"cross_entropy": "softmax in the loss", "binary_cross_entropy": "sigmoid in the loss",
+                      "poisson": "exp in the loss"}.get(self.loss, "linear")
+            rows = [("layer", "shape", "activation", "parameters")]
+            for i, ((W, b), act) in enumerate(zip(self.layers, hidden + [output])):
+                rows.append((str(i + 1), f"{W.shape[0]} -> {W.shape[1]}", act, f"{W.size + b.size:,}"))
+            widths = [max(len(r[k]) for r in rows) for k in range(4)]
+            lines = [f"Trainer: MLP {self.layer_sizes}, {self.layout.n_params:,} parameters, {self.dtype}"]
+            lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+            settings = self.optimizer_settings.described()
+            lines.append(f"loss {self.loss}; optimizer {self.optimizer} "
+                         f"({', '.join(f'{k} {v}' for k, v in settings.items())}); batch {self.batch_size}, "
+                         f"{self.epochs} epoch(s) per fit; threads "
+                         f"{self.n_threads if self.n_threads is not None else f'{default_threads()} (default)'}")
+            if self.classes_ is not None:
+                lines.append(f"classes {self.classes_.tolist()}")
+            if self.feature_names_in_ is not None:
+                lines.append(f"features {list(self.feature_names_in_)}")
+            last = self.history[-1] if self.history else None
+            lines.append(f"trained {len(self.history)} epoch(s)" + (f", last loss {last['loss']:.4g}" if last else "")
+                         if self.is_fitted else "not trained yet (predict needs fit)")
+            return "\n".join(lines)
 
     def __getstate__(self):
-        # a communicator belongs to its processes: an unpickled Trainer runs as one process
-        # (as Trainer.load(path) without comm does)
-        state = dict(self.__dict__)
-        state["comm"] = None
-        del state["_comm"]
+        # a copy of one epoch's end (pickle reads the arrays after this returns, while fit may go on); a
+        # communicator belongs to its processes: an unpickled Trainer runs as one process (as Trainer.load(path)
+        # without comm does)
+        with self._lock.reading():
+            state = copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in ("comm", "_comm", "_lock")})
+        state["comm"], state["_lock"] = None, ModelLock()
         return state
 
     def __setstate__(self, state):
@@ -475,7 +487,7 @@ class Trainer:
     def _check_data(self, X, y, learn=False):
         """(X, Y) for the kernels. learn (fit): an untrained model takes its feature names and classes
         from this data."""
-        learn = learn and not self._fitted
+        learn = learn and not self.is_fitted
         X = self._features(X, learn)
         classes = self.classes_
         if self.is_classifier and (classes is None or learn):
@@ -503,7 +515,7 @@ class Trainer:
                 X = table_array(X, known, DTYPES[self.dtype])
             else:
                 X = table_array(X, names, DTYPES[self.dtype])
-        X = check_X(X, self.dtype, self.layout.n_in, fitted=self._fitted)
+        X = check_X(X, self.dtype, self.layout.n_in, fitted=self.is_fitted)
         if learn and names is not None and all(isinstance(c, str) for c in names):
             self.feature_names_in_ = np.array(names, dtype=object)
         return X
@@ -518,7 +530,7 @@ class Trainer:
                  f"{n_present} unless later data brings the other classes")
 
     def _require_fitted(self, what):
-        if not self._fitted:
+        if not self.is_fitted:
             raise NotFittedError(f"{what} needs a trained model: call fit (or fit_source) first, or load a saved "
                                  "model. (decision_function gives the outputs of the current parameters at any "
                                  "time.)")

@@ -282,3 +282,62 @@ def test_pieces_of_a_column_concatenate_whether_spilled_or_read():
 
     pieces = [np.array([1, 2], np.float32), pa.array([3, None], pa.int64()), np.array([np.nan, 5.0])]
     np.testing.assert_array_equal(to_numbers("c", concat(pieces)), [1, 2, 3, np.nan, np.nan, 5])
+
+
+def test_saves_pickles_and_predictions_during_a_fit_see_whole_epochs(tmp_path):
+    """A thread saves, pickles, deep-copies, summarizes and predicts in a loop while fit runs in another: every
+    file loads, and every copy is the model at the end of an epoch: continued to the end, it gives the bits of
+    the run nobody interrupted."""
+    import copy
+    import pickle
+    import threading
+    import time
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 8)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
+    settings = dict(optimizer="adam", epochs=12, batch_size=32, seed=3, n_threads=1)
+    reference = fastbp.Trainer([8, 32, 2], **settings).fit(X, y)
+    tr = fastbp.Trainer([8, 32, 2], **settings)
+    taken, errors, done = [], [], threading.Event()
+
+    def reader():
+        i = 0
+        try:
+            while not done.is_set():
+                path = tmp_path / f"s{i}.fbp"
+                tr.save(path)
+                taken.append(("file", path))
+                taken.append(("pickle", pickle.dumps(tr)))
+                taken.append(("copy", copy.deepcopy(tr)))
+                tr.summary()
+                if tr.history:
+                    assert tr.predict(X[:5]).shape == (5,)
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    class Slow(fastbp.Callback):  # epochs long enough for the reader to come in between them, on any machine
+        def on_epoch_end(self, trainer, epoch, logs):
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        tr.fit(X, y, callbacks=[Slow()])
+    finally:
+        done.set()
+        thread.join()
+    assert not errors, errors
+    np.testing.assert_array_equal(tr.params, reference.params)  # the readers changed nothing
+    copies = {"file": 0, "pickle": 0, "copy": 0}
+    for kind, item in taken:
+        model = fastbp.load(item, n_threads=1) if kind == "file" else pickle.loads(item) if kind == "pickle" else item
+        epochs = len(model.history)
+        if 0 < epochs < settings["epochs"]:
+            copies[kind] += 1
+        model.epochs = settings["epochs"] - epochs
+        if model.epochs:
+            model.fit(X, y)
+        np.testing.assert_array_equal(model.params, reference.params, err_msg=f"{kind} after {epochs} epochs")
+    assert all(n > 0 for n in copies.values()), copies  # some were taken in the middle of the run

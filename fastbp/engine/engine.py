@@ -7,6 +7,7 @@ sources - in-memory rows here, file rows (fastbp.files.streaming), MPI data
 through the engine's public step methods; `run` drives them: schedule, divergence,
 validation, callbacks. Nothing crosses back into Python per batch.
 """
+import contextlib
 import math
 import threading
 import time
@@ -157,10 +158,11 @@ class Engine:
 
     # ------------------------------------------------------------------ the epoch loop
     def run(self, run_epoch, epochs, owner, validation=None, callbacks=(), verbose=0, on_divergence="raise",
-            validation_is_local=False, after_epoch=None):
+            validation_is_local=False, after_epoch=None, between_epochs=None):
         """`epochs` epochs of run_epoch(hyper) -> (mean loss, rows): schedule, divergence, validation,
         callbacks (called with `owner`, which they may stop by setting owner.stop_training).
-        after_epoch(epoch) runs after each finished epoch (e.g. the MPI agreement check)."""
+        after_epoch(epoch) runs after each finished epoch (e.g. the MPI agreement check); between_epochs() after its
+        callbacks, where the state is whole (ModelLock.between_epochs)."""
         state = self.state
         callbacks = _with_display(callbacks, verbose if self.comm.rank == 0 else 0)
         log_keys = ["epoch", "loss", "lr", "seconds", "samples_per_s"]
@@ -211,6 +213,8 @@ class Engine:
                     raise
                 for cb in callbacks:
                     cb.on_epoch_end(owner, epoch + 1, logs)
+                if between_epochs is not None:
+                    between_epochs()
                 if owner.stop_training:
                     break
         finally:
@@ -228,27 +232,54 @@ class Engine:
         return run_epoch
 
 
-class RunGuard:
-    """Refuses a second concurrent fit on the same model (the state would interleave silently)."""
+class ModelLock:
+    """One model read from any thread while it trains in one: fit holds the lock for its whole run and hands it
+    to the readers waiting (save, pickle, predict, summary...) only between epochs, so they see the state at the
+    end of the last whole epoch, never parameters from the middle of one with the history of another. A second
+    concurrent fit is refused (the state would interleave silently)."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.Condition(threading.RLock())  # reentrant: fit's callbacks may save or predict
+        self._counts = threading.Lock()
+        self._fitting = False
+        self._arrived = self._served = 0  # readers that asked, and those let in
 
-    def __enter__(self):
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError("fit is already running on this model in another thread; a model trains in one "
-                               "thread at a time (use one Trainer per thread)")
-        return self
+    @contextlib.contextmanager
+    def training(self):
+        with self._counts:
+            if self._fitting:
+                raise RuntimeError("fit is already running on this model; a model trains in one thread at a time "
+                                   "(use one Trainer per thread)")
+            self._fitting = True
+        try:
+            with self._lock:
+                yield
+        finally:
+            self._fitting = False
 
-    def __exit__(self, *exc):
-        self._lock.release()
+    @contextlib.contextmanager
+    def reading(self):
+        with self._counts:
+            self._arrived += 1
+        with self._lock:  # waits for the end of the epoch when fit runs in another thread
+            with self._counts:
+                self._served += 1
+            self._lock.notify_all()
+            yield
+
+    def between_epochs(self):
+        """Called by the training thread where the state is whole: the readers that arrived until now go first
+        (later ones wait for the next epoch's end, so readers in a loop cannot hold training up)."""
+        with self._counts:
+            arrived = self._arrived
+        self._lock.wait_for(lambda: self._served >= arrived)
 
     # a copied or unpickled model gets a lock of its own, free: no fit runs on it yet
     def __getstate__(self):
         return {}
 
     def __setstate__(self, state):
-        self._lock = threading.Lock()
+        self.__init__()
 
 
 def _with_display(callbacks, verbose):
