@@ -11,6 +11,7 @@ from .core.layout import INITS, check_layer_sizes
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization
 from .core.config import resolve_n_threads
+from .attributes import Fixed, OptimizerSetting, RunSetting
 from .core.optim import OptimizerSettings
 from .engine import metrics
 from .engine.engine import Engine, ModelLock, TrainingDiverged
@@ -39,6 +40,39 @@ class Trainer:
     n_threads is a run setting, not part of the model: a saved model loads under any thread count.
     """
 
+    # defined at construction (fastbp.attributes): assigning one later is refused
+    layer_sizes = Fixed()
+    activation = Fixed()
+    loss = Fixed()
+    huber_delta = Fixed()
+    dtype = Fixed()
+    init = Fixed()
+    seed = Fixed()
+    comm = Fixed()
+    # validated whenever set, used by the next fit
+    epochs = RunSetting(lambda tr, v: check_int("epochs", v, 0))
+    batch_size = RunSetting(lambda tr, v: check_int("batch_size", v, 1))
+    shuffle = RunSetting(lambda tr, v: check_bool("shuffle", v))
+    n_threads = RunSetting(lambda tr, v: None if v is None else resolve_n_threads(v))
+    clip_grad_norm = RunSetting(lambda tr, v: None if v is None else check_number("clip_grad_norm", v, low=0.0,
+                                                                                   low_open=True))
+    dropout = RunSetting(lambda tr, v: _checked_dropout(v, tr.layout.n_layers - 1))
+    on_divergence = RunSetting(lambda tr, v: _checked_on_divergence(v))
+    verbose = RunSetting(lambda tr, v: _checked_verbose(v))
+    sync_every = RunSetting(lambda tr, v: check_int("sync_every", v, 1))
+    # the optimizer's arguments, as given (None: torch's default for the optimizer), read back as in use
+    optimizer = OptimizerSetting("name")
+    lr = OptimizerSetting()
+    momentum = OptimizerSetting()
+    nesterov = OptimizerSetting()
+    weight_decay = OptimizerSetting()
+    betas = OptimizerSetting()
+    eps = OptimizerSetting()
+    amsgrad = OptimizerSetting()
+    alpha = OptimizerSetting()
+    centered = OptimizerSetting()
+    l1 = OptimizerSetting()
+
     def __init__(self, layer_sizes, activation="relu", loss="cross_entropy", optimizer="sgd", lr=None,
                  momentum=0.0, nesterov=False, weight_decay=None, batch_size=256, epochs=10, shuffle=True,
                  seed=0, dtype="float32", n_threads=None, init="auto", betas=(0.9, 0.999), eps=1e-8,
@@ -57,37 +91,25 @@ class Trainer:
         if loss == "cross_entropy" and self.layout.n_out < 2:
             raise InputError("cross_entropy needs at least 2 outputs (layer_sizes[-1] >= 2); "
                              "for one output use binary_cross_entropy")
-        self.optimizer_settings = OptimizerSettings(optimizer, lr, momentum, nesterov, weight_decay, betas, eps,
-                                                    amsgrad, alpha, centered, l1)
-        self.optimizer = optimizer
-        self.clip_grad_norm = None if clip_grad_norm is None else check_number(
-            "clip_grad_norm", clip_grad_norm, low=0.0, low_open=True)
-        drops = [dropout] * n_hidden if not hasattr(dropout, "__len__") else list(dropout)
-        if len(drops) != n_hidden:
-            raise InputError(f"dropout lists one rate per hidden layer: expected {n_hidden}, got {len(drops)}")
-        for p in drops + ([] if hasattr(dropout, "__len__") else [dropout]):
-            if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) \
-                    or not 0 <= p < 1:
-                raise InputError(f"dropout rates must lie in [0, 1), got {dropout!r}")
-        drops = [float(p) for p in drops]
-        self.dropout = drops if hasattr(dropout, "__len__") else float(dropout)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.epochs = check_int("epochs", epochs, 0)
-        self.shuffle = check_bool("shuffle", shuffle)
+        self._optimizer_args = dict(name=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
+                                    weight_decay=weight_decay, betas=betas, eps=eps, amsgrad=amsgrad, alpha=alpha,
+                                    centered=centered, l1=l1)
+        self._optimizer_settings = OptimizerSettings(**self._optimizer_args)
+        self.clip_grad_norm = clip_grad_norm
+        self.dropout = dropout
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.shuffle = shuffle
         self.dtype = check_dtype(dtype)
-        self.n_threads = None if n_threads is None else resolve_n_threads(n_threads)
+        self.n_threads = n_threads
         if init not in INITS:
             raise InputError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
         self.init = init
-        if on_divergence not in ("raise", "warn"):
-            raise InputError(f"on_divergence must be 'raise' or 'warn', got {on_divergence!r}")
         self.on_divergence = on_divergence
-        if verbose not in (0, 1, 2):
-            raise InputError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (a line per epoch), got {verbose!r}")
         self.verbose = verbose
         self.comm = comm
         self._comm = make_comm(comm)
-        self.sync_every = check_int("sync_every", sync_every, 1)
+        self.sync_every = sync_every
         # the seed actually used: drawn once when None (shared by every MPI rank) and saved with the model,
         # so dropout masks and validation splits continue the same after loading
         self.seed = check_int("seed", seed, 0) if seed is not None else int(
@@ -99,11 +121,9 @@ class Trainer:
         self.layout.initialize(params, init, hidden, np.random.default_rng(init_seq))
         self._comm.bcast(params)  # rank 0's initial parameters everywhere
         schedule = make_schedule(lr_schedule)
-        settings = self.optimizer_settings
         self.state = TrainingState(
-            params, make_optimizer(settings.code, self.layout.n_params, np_dtype, settings.state_names()),
-            np.random.default_rng(shuffle_seq), schedule, dropout_seq.generate_state(1, np.uint32)[0],
-            split_seq.generate_state(1, np.uint32)[0])
+            params, self._fresh_optimizer_state(), np.random.default_rng(shuffle_seq), schedule,
+            dropout_seq.generate_state(1, np.uint32)[0], split_seq.generate_state(1, np.uint32)[0])
         self.stop_training = False
         self.classes_ = None           # classification: the labels, in output order (learned by the first fit)
         self.feature_names_in_ = None  # the column names of a DataFrame/Table X at the first fit
@@ -113,6 +133,37 @@ class Trainer:
         self._lock = ModelLock()
 
     # ------------------------------------------------------------------ public API
+    @property
+    def optimizer_settings(self):
+        """The optimizer's validated settings (immutable: change them with configure_optimizer or by setting
+        tr.lr, tr.amsgrad, ...)."""
+        return self._optimizer_settings
+
+    def configure_optimizer(self, **changes):
+        """Change optimizer arguments (optimizer= for the optimizer itself, lr, momentum, nesterov, weight_decay,
+        betas, eps, amsgrad, alpha, centered, l1), all validated together before any is applied; used from the
+        next fit. Arguments left at None (lr, weight_decay) keep following the optimizer's default. A new
+        optimizer starts with fresh state (moments, momentum buffer, step count), as a new torch.optim optimizer
+        over the same parameters does; other changes keep the state."""
+        args = dict(self._optimizer_args)
+        for key, value in changes.items():
+            key = "name" if key == "optimizer" else key
+            if key not in args:
+                raise InputError(f"{key!r} is not an optimizer argument; they are: optimizer, "
+                                 f"{', '.join(k for k in args if k != 'name')}")
+            args[key] = value
+        settings = OptimizerSettings(**args)
+        with self._lock.reading():  # not in the middle of a fit's epoch
+            new_optimizer = settings.name != self._optimizer_settings.name
+            self._optimizer_args, self._optimizer_settings = args, settings
+            if new_optimizer:
+                self.state.optimizer = self._fresh_optimizer_state()
+        return self
+
+    def _fresh_optimizer_state(self):
+        settings = self._optimizer_settings
+        return make_optimizer(settings.code, self.layout.n_params, DTYPES[self.dtype], settings.state_names())
+
     @property
     def params(self):
         """The live flat parameter array."""
@@ -135,10 +186,6 @@ class Trainer:
         self.state.schedule = make_schedule(spec)
 
     @property
-    def lr(self):
-        return self.optimizer_settings.lr
-
-    @property
     def layers(self):
         """[(W, b)] live views into params; W has shape (n_in, n_out)."""
         return self.layout.views(self.params)
@@ -153,6 +200,7 @@ class Trainer:
         drops = list(self.dropout) if hasattr(self.dropout, "__len__") else [self.dropout] * n_hidden
         regularization = make_regularization(drops + [0.0], self.params.dtype, self.state.dropout_seed, 0.0,
                                              self.clip_grad_norm or 0.0)
+        self.state.ensure_state(self.optimizer_settings.state_names())  # settings changed since construction
         return Engine(self.state, self.net, regularization, self.optimizer_settings, self.batch_size,
                       self.shuffle, self.n_threads, self._comm,
                       functools.partial(distributed.DistributedRows, sync_every=self.sync_every))
@@ -595,3 +643,30 @@ def load(path, comm=None, n_threads=None):
 def _version():
     from . import __version__
     return __version__
+
+
+def _checked_dropout(dropout, n_hidden):
+    """One rate for every hidden layer, or a list with one per hidden layer, each in [0, 1)."""
+    rates = list(dropout) if hasattr(dropout, "__len__") else [dropout]
+    if hasattr(dropout, "__len__") and len(rates) != n_hidden:
+        raise InputError(f"dropout lists one rate per hidden layer: expected {n_hidden}, got {len(rates)}")
+    for p in rates:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) \
+                or not 0 <= p < 1:
+            raise InputError(f"dropout rates must lie in [0, 1), got {dropout!r}")
+    return [float(p) for p in rates] if hasattr(dropout, "__len__") else float(dropout)
+
+
+def _checked_on_divergence(value):
+    if value not in ("raise", "warn"):
+        raise InputError(f"on_divergence must be 'raise' or 'warn', got {value!r}")
+    return value
+
+
+def _checked_verbose(value):
+    """0, 1 or 2 (numpy integers too); True and False as scikit-learn users pass them, for 1 and 0."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if not isinstance(value, (int, np.integer)) or value not in (0, 1, 2):
+        raise InputError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (a line per epoch), got {value!r}")
+    return int(value)

@@ -341,3 +341,51 @@ def test_saves_pickles_and_predictions_during_a_fit_see_whole_epochs(tmp_path):
             model.fit(X, y)
         np.testing.assert_array_equal(model.params, reference.params, err_msg=f"{kind} after {epochs} epochs")
     assert all(n > 0 for n in copies.values()), copies  # some were taken in the middle of the run
+
+
+def test_settings_changed_after_construction_are_honoured_or_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (X[:, 0] - X[:, 1] > 0).astype(int)
+
+    def trained(changes=None, **settings):
+        tr = fastbp.Trainer([4, 8, 2], **{"epochs": 3, "batch_size": 32, "n_threads": 1, **settings})
+        for name, value in (changes or {}).items():
+            setattr(tr, name, value)
+        return tr.fit(X, y)
+
+    for kept in ("layer_sizes", "activation", "loss", "dtype", "init", "seed", "huber_delta", "comm"):
+        tr = fastbp.Trainer([4, 8, 2])
+        with pytest.raises(AttributeError, match=f"{kept} is fixed when a Trainer is built"):
+            setattr(tr, kept, getattr(tr, kept))
+    tr = fastbp.Trainer([4, 8, 2], optimizer="adam")
+    with pytest.raises(AttributeError, match="optimizer settings are immutable: set trainer.amsgrad"):
+        tr.optimizer_settings.amsgrad = True
+    # each change trains exactly as the constructor argument would (the kernels get the state they need)
+    for settings, changes in (({"optimizer": "adam"}, {"amsgrad": True}),
+                              ({"optimizer": "rmsprop"}, {"centered": True, "momentum": 0.5}),
+                              ({}, {"optimizer": "adam"}), ({"optimizer": "adam", "lr": 0.01}, {"optimizer": "sgd"}),
+                              ({}, {"dropout": 0.3, "batch_size": 16, "lr": 0.1, "clip_grad_norm": 0.5})):
+        changed = trained(changes, **settings)
+        expected = trained(**{**settings, **changes})
+        np.testing.assert_array_equal(changed.params, expected.params, err_msg=str(changes))
+        changed.save(tmp_path / "m.fbp")  # and the file says what trained
+        loaded = fastbp.load(tmp_path / "m.fbp")
+        assert loaded.optimizer == expected.optimizer and loaded.optimizer_settings.settings() == \
+            expected.optimizer_settings.settings()
+    # a refused change leaves everything as it was
+    tr = fastbp.Trainer([4, 8, 2], optimizer="sgd")
+    for name, value, message in (("nesterov", True, "needs optimizer='sgd' and momentum > 0"),
+                                 ("optimizer", "lbfgs", "unknown optimizer"), ("amsgrad", "yes", "True or False"),
+                                 ("epochs", -1, "epochs must be >= 0"), ("dropout", 1.0, r"\[0, 1\)"),
+                                 ("verbose", 3, "verbose must be 0"), ("on_divergence", "ignore", "'raise' or")):
+        before = (tr.optimizer_settings, getattr(tr, name))
+        with pytest.raises(InputError, match=message):
+            setattr(tr, name, value)
+        assert (tr.optimizer_settings, getattr(tr, name)) == before
+    # switching the optimizer mid-training starts its state afresh, as a new torch.optim optimizer does
+    tr = trained(optimizer="sgd", momentum=0.9)
+    with pytest.raises(InputError, match="adam has no momentum parameter"):  # validated together
+        tr.optimizer = "adam"
+    tr.configure_optimizer(optimizer="adam", momentum=0.0)
+    assert tr.state.optimizer.momentum_buffer.size == 0 and tr.state.step == 0 and tr.lr == 1e-3

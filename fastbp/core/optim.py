@@ -41,7 +41,8 @@ def state_names(code, momentum, amsgrad=False, centered=False):
 
 
 class OptimizerSettings:
-    """Validated optimizer settings: `code`, the hyper-parameters by name, and the state they need."""
+    """Validated optimizer settings: `code`, the hyper-parameters by name, and the state they need. Immutable:
+    the kernels' state is allocated from them (Trainer.configure_optimizer builds new ones)."""
 
     def __init__(self, name, lr=None, momentum=0.0, nesterov=False, weight_decay=None, betas=(0.9, 0.999),
                  eps=1e-8, amsgrad=False, alpha=0.99, centered=False, l1=0.0):
@@ -69,6 +70,14 @@ class OptimizerSettings:
             raise InputError("nesterov=True needs optimizer='sgd' and momentum > 0 (as in torch.optim.SGD)")
         if self.momentum > 0 and self.code in (ADAM, ADAMW):
             raise InputError(f"{name} has no momentum parameter; set betas=(beta1, beta2) instead")
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"optimizer settings are immutable: set trainer.{name} = {value!r} (or call "
+                                 f"trainer.configure_optimizer({name}={value!r})), validated and used from the "
+                                 "next fit")
+        object.__setattr__(self, name, value)
 
     def settings(self):
         """The constructor arguments, JSON-serializable (saved with models)."""
