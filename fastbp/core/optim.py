@@ -1,11 +1,14 @@
 """Optimizers on the flat layout: named state vectors, the update is one fused loop.
 
-An optimizer is an init (`OptimizerSettings`: validated hyper-parameters, and which
-state vectors a run needs; `fastbp.core.bundles.make_optimizer` allocates them) plus
-a compiled update of a range of parameters (`update_range`), which the kernels call
-on each thread's slice of the gradient as soon as it is computed. Definitions and
-defaults follow torch.optim (SGD, Adam, AdamW, RMSprop).
+Each optimizer has one entry in OPTIMIZERS (its code, defaults, the arguments it reads and
+the state vectors it keeps); `OptimizerSettings` validates a run's hyper-parameters and
+names the state it needs (`fastbp.core.bundles.make_optimizer` allocates it), and a compiled
+update of a range of parameters (`update_range`, dispatching on the code) runs on each
+thread's slice of the gradient as soon as it is computed. Definitions and defaults follow
+torch.optim (SGD, Adam, AdamW, RMSprop).
 """
+from typing import Callable, NamedTuple
+
 import numpy as np
 from numba import prange
 
@@ -16,28 +19,50 @@ from .errors import InputError
 from .fpmode import flush_denormals, restore_fp_mode
 
 SGD, ADAM, ADAMW, RMSPROP, SKLEARN_SGD, SKLEARN_ADAM = range(6)
-OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "adamw": ADAMW, "rmsprop": RMSPROP}
+
+
+class OptimizerKind(NamedTuple):
+    """One optimizer in one place: the code update_range dispatches on, torch.optim's defaults, the arguments
+    it reads (summaries) and the state vectors it keeps, states(momentum, amsgrad, centered) -> their names in
+    the order older model files stored them."""
+    code: int
+    lr: float
+    weight_decay: float
+    reads: tuple
+    states: Callable
+
+
+def _sgd_states(momentum, amsgrad, centered):
+    return ("momentum_buffer",) * bool(momentum)
+
+
+def _adam_states(momentum, amsgrad, centered):
+    return ("exp_avg", "exp_avg_sq") + ("max_exp_avg_sq",) * bool(amsgrad)
+
+
+def _rmsprop_states(momentum, amsgrad, centered):
+    return ("exp_avg_sq",) + ("momentum_buffer",) * bool(momentum) + ("grad_avg",) * bool(centered)
+
+
+_ADAM_READS = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+OPTIMIZERS = {
+    "sgd": OptimizerKind(SGD, 0.01, 0.0, ("lr", "momentum", "nesterov", "weight_decay"), _sgd_states),
+    "adam": OptimizerKind(ADAM, 1e-3, 0.0, _ADAM_READS, _adam_states),
+    "adamw": OptimizerKind(ADAMW, 1e-3, 1e-2, _ADAM_READS, _adam_states),
+    "rmsprop": OptimizerKind(RMSPROP, 1e-2, 0.0, ("lr", "alpha", "eps", "momentum", "centered", "weight_decay"),
+                             _rmsprop_states),
+}
 # scikit-learn's own forms (fastbp.sklearn): SGD keeps a velocity v = momentum*v - lr*g
 # (not torch's lr-free buffer, which differs once the lr changes), and Adam puts eps
 # outside the bias correction. Neither applies weight decay: the penalty is in the gradient.
-DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-2}
-DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 1e-2, "rmsprop": 0.0}
+SKLEARN_OPTIMIZERS = {"sgd": (SKLEARN_SGD, _sgd_states(True, False, False)),
+                      "adam": (SKLEARN_ADAM, _adam_states(False, False, False))}
 
 
-def optimizer_code(name):
+def _kind(name):
     if not isinstance(name, str) or name not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name]
-
-
-def state_names(code, momentum, amsgrad=False, centered=False):
-    """The state vectors an optimizer keeps; `momentum` is True when any epoch may use momentum
-    (a schedule that cycles it counts), so the buffer exists before the first step that reads it."""
-    if code in (SGD, SKLEARN_SGD):
-        return {"momentum_buffer"} if momentum else set()
-    if code == RMSPROP:
-        return {"exp_avg_sq"} | ({"momentum_buffer"} if momentum else set()) | ({"grad_avg"} if centered else set())
-    return {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if amsgrad else set())
 
 
 class OptimizerSettings:
@@ -46,10 +71,10 @@ class OptimizerSettings:
 
     def __init__(self, name, lr=None, momentum=0.0, nesterov=False, weight_decay=None, betas=(0.9, 0.999),
                  eps=1e-8, amsgrad=False, alpha=0.99, centered=False, l1=0.0):
-        self.name = name
-        self.code = optimizer_code(name)
-        lr = DEFAULT_LR[name] if lr is None else lr
-        weight_decay = DEFAULT_WEIGHT_DECAY[name] if weight_decay is None else weight_decay
+        kind = _kind(name)
+        self.name, self.code = name, kind.code
+        lr = kind.lr if lr is None else lr
+        weight_decay = kind.weight_decay if weight_decay is None else weight_decay
         self.lr = check_number("lr", lr, low=0.0, low_open=True)
         self.momentum = check_number("momentum", momentum, low=0.0)
         self.nesterov = check_bool("nesterov", nesterov)
@@ -87,12 +112,8 @@ class OptimizerSettings:
 
     def described(self):
         """The settings this optimizer uses, by name (l1 only when set), for summaries."""
-        used = {"sgd": ("lr", "momentum", "nesterov", "weight_decay"),
-                "adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
-                "adamw": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
-                "rmsprop": ("lr", "alpha", "eps", "momentum", "centered", "weight_decay")}[self.name]
         settings = self.settings()
-        return {k: settings[k] for k in used + (("l1",) if self.l1 else ())}
+        return {k: settings[k] for k in OPTIMIZERS[self.name].reads + (("l1",) if self.l1 else ())}
 
     @property
     def cycles_beta1(self):
@@ -102,15 +123,13 @@ class OptimizerSettings:
     def state_names(self, schedule_momentum=False):
         """State vectors the run needs; schedule_momentum: a schedule sets momentum for some epochs."""
         momentum = self.momentum > 0 or (schedule_momentum and not self.cycles_beta1)
-        return state_names(self.code, momentum, self.amsgrad, self.centered)
+        return set(OPTIMIZERS[self.name].states(momentum, self.amsgrad, self.centered))
 
     def legacy_state_order(self):
-        """The names of the rows of the unnamed (n_state, n_params) state array of older model files."""
-        if self.code == SGD:
-            return ["momentum_buffer"]
-        if self.code == RMSPROP:
-            return ["exp_avg_sq"] + ["momentum_buffer"] * (self.momentum > 0) + ["grad_avg"] * self.centered
-        return ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+        """The names of the rows of the unnamed (n_state, n_params) state array of older model files: every
+        vector the optimizer can keep, but only the optional ones RMSprop used."""
+        rmsprop = self.code == RMSPROP
+        return list(OPTIMIZERS[self.name].states(self.momentum > 0 or not rmsprop, True, self.centered or not rmsprop))
 
     def hyper(self, lr=None, momentum=None):
         """This epoch's hyper-parameters; a schedule may override lr and momentum (beta1 for Adam)."""

@@ -7,7 +7,7 @@ from ..core.bundles import make_hyper, make_net, make_optimizer, make_regulariza
 from ..core.layout import Layout
 from ..core.losses import (SKLEARN_BINARY_LOG_LOSS, SKLEARN_LOG_LOSS, SKLEARN_POISSON, SKLEARN_SQUARED,
                            elements_per_row, loss_code)
-from ..core.optim import SKLEARN_ADAM, SKLEARN_SGD, state_names
+from ..core.optim import SKLEARN_OPTIMIZERS
 
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 # scikit-learn's own loss definitions (fastbp.sklearn only; see fastbp.core.losses)
@@ -32,8 +32,8 @@ def no_regularization(net, dtype, weight_penalty=0.0):
 
 def sklearn_optimizer(solver, n_params, dtype):
     """scikit-learn's SGD (velocity form) or Adam as an optimizer bundle, state zeroed, at step 0."""
-    code = SKLEARN_SGD if solver == "sgd" else SKLEARN_ADAM
-    return make_optimizer(code, n_params, dtype, state_names(code, True))
+    code, states = SKLEARN_OPTIMIZERS[solver]
+    return make_optimizer(code, n_params, dtype, states)
 
 
 def sklearn_hyper(learning_rate, momentum, nesterov, beta_1, beta_2, epsilon):
