@@ -1,7 +1,7 @@
 """fastbp: multilayer perceptrons on tabular data, trained by backpropagation in Numba-compiled code."""
 __version__ = "0.1.0"
 
-from .core.config import CompileNotice
+from .core.compile import CompileNotice
 from .core.errors import InputError, NotFittedError
 from .engine.callbacks import Callback, EarlyStopping, ModelCheckpoint, TerminateOnNaN
 from .engine.engine import TrainingDiverged

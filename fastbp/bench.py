@@ -356,7 +356,7 @@ def blas_in_use():
     """One line per BLAS library loaded (threadpoolctl): library, version, kernel, file."""
     from threadpoolctl import threadpool_info
 
-    import fastbp.core.config  # noqa: F401  (loads SciPy's BLAS, the one fastbp's kernels call)
+    import fastbp.core.threads  # noqa: F401  (loads SciPy's BLAS, the one fastbp's kernels call)
     return [f"{i['internal_api']} {i.get('version') or ''} {i.get('architecture') or ''} ({i['filepath']})"
             for i in threadpool_info() if i["user_api"] == "blas"]
 
@@ -472,7 +472,7 @@ def main(argv=None):
                         help="also time one fastbp epoch per optimizer (sgd, adam, adamw, rmsprop)")
     parser.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
     args = parser.parse_args(argv)
-    from fastbp.core.config import max_threads
+    from fastbp.core.threads import max_threads
 
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS]

@@ -879,7 +879,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     progress bar (tqdm.write), not inside its line."""
     from tqdm.auto import tqdm
 
-    from .core.config import CompileNotice
+    from .core.compile import CompileNotice
     kind = "note" if issubclass(category, CompileNotice) else "warning"
     tqdm.write(f"fastbp: {kind}: {message}", file=file or sys.stderr)
 

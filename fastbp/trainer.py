@@ -10,7 +10,7 @@ from .core.errors import InputError, NotFittedError, warn
 from .core.layout import INITS, check_layer_sizes
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization
-from .core.config import resolve_n_threads
+from .core.threads import resolve_n_threads
 from .attributes import Fixed, OptimizerSetting, RunSetting
 from .core.optim import OptimizerSettings
 from .engine import metrics
@@ -479,7 +479,7 @@ class Trainer:
     def summary(self):
         """A readable description: layers and parameter counts, loss, optimizer, dtype, threads, and what
         training learned (classes, feature names, epochs)."""
-        from .core.config import default_threads
+        from .core.threads import default_threads
         with self._lock.reading():  # one epoch's end, while fit may run in another thread
             n_hidden = len(self.layer_sizes) - 2
             hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)

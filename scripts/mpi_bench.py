@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 import fastbp
-import fastbp.core.config
+import fastbp.core.threads
 from fastbp.bench import WORKLOADS, layer_sizes, make_data
 from fastbp.parallel.comm import MPIComm, SingleProcess
 
@@ -50,7 +50,7 @@ def main():
         if seconds < best:
             best, share = seconds, comm.seconds / seconds
     if comm.rank == 0:
-        threads = fastbp.core.config.max_threads()
+        threads = fastbp.core.threads.max_threads()
         what = f"{comm.size} ranks x 1 thread" if distributed else f"1 process x {threads} threads"
         print(f"tabular, {what}: {len(X) / best:,.0f} samples/s; Allreduce {100 * share:.1f} % of the epoch")
 

@@ -28,7 +28,7 @@ from scipy.linalg import blas
 from threadpoolctl import threadpool_limits
 
 from fastbp.bench import WORKLOADS, layer_sizes, make_data, time_fastbp
-from fastbp.core.config import thread_limits
+from fastbp.core.threads import thread_limits
 from fastbp.core.layout import flops_per_row
 
 THREADS = (1, 2, 4, 8, 16, 32, 64)

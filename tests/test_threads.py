@@ -1,4 +1,4 @@
-"""The thread policy (fastbp.core.config): OpenMP limits obeyed, threads sized to the work, spin default."""
+"""The thread policy (fastbp.core.threads): OpenMP limits obeyed, threads sized to the work, spin default."""
 import os
 import subprocess
 import sys
@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 
 from fastbp import Trainer
-from fastbp.core import config
+import fastbp.core
+from fastbp.core import threads
 from fastbp.core.layout import flops_per_row
 
 
 def test_threads_for_sizes_the_work(monkeypatch):
-    monkeypatch.setattr(config, "MIN_FLOPS_PER_THREAD", 1000)
-    assert config.threads_for(4, 0) == 1
-    assert config.threads_for(4, 1999) == 1
-    assert config.threads_for(4, 2000) == 2
-    assert config.threads_for(4, 10 ** 9) == 4
-    monkeypatch.setattr(config, "MIN_FLOPS_PER_THREAD", 0)
-    assert config.threads_for(3, 0) == 3
+    monkeypatch.setattr(threads, "MIN_FLOPS_PER_THREAD", 1000)
+    assert threads.threads_for(4, 0) == 1
+    assert threads.threads_for(4, 1999) == 1
+    assert threads.threads_for(4, 2000) == 2
+    assert threads.threads_for(4, 10 ** 9) == 4
+    monkeypatch.setattr(threads, "MIN_FLOPS_PER_THREAD", 0)
+    assert threads.threads_for(3, 0) == 3
 
 
 def test_flops_per_row_counts_forward_and_backward_products():
@@ -38,13 +39,13 @@ def _run(code, **env):
 
 def test_spin_count_default_is_set_unless_the_user_chose():
     code = "import os, fastbp; print(os.environ.get('GOMP_SPINCOUNT'))"
-    assert _run(code) == [config.SPIN_COUNT]
+    assert _run(code) == [fastbp.core.SPIN_COUNT]
     assert _run(code, GOMP_SPINCOUNT="77") == ["77"]
     assert _run(code, OMP_WAIT_POLICY="passive") == ["None"]
 
 
 def test_default_threads_obey_openmp_limits():
-    code = ("import numba, fastbp\nfrom fastbp.core.config import default_threads\n"
+    code = ("import numba, fastbp\nfrom fastbp.core.threads import default_threads\n"
             "from threadpoolctl import threadpool_limits\n"
             "print(numba.config.NUMBA_NUM_THREADS, default_threads())\n"
             "with threadpool_limits(1):\n    print(default_threads())\n"
@@ -53,7 +54,7 @@ def test_default_threads_obey_openmp_limits():
     assert (cores, default, after) == (2, 2, 2)
     if limited != 1:
         pytest.skip("Numba does not run on libgomp here: threadpoolctl cannot limit it")
-    assert _run("from fastbp.core.config import default_threads; print(default_threads())",
+    assert _run("from fastbp.core.threads import default_threads; print(default_threads())",
                 NUMBA_NUM_THREADS="2", OMP_NUM_THREADS="1") == ["1"]
 
 
@@ -62,7 +63,7 @@ def test_small_work_gives_the_one_thread_result(monkeypatch):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(64, 4))
     y = rng.integers(0, 3, size=64)
-    monkeypatch.setattr(config, "MIN_FLOPS_PER_THREAD", 10 ** 9)
+    monkeypatch.setattr(threads, "MIN_FLOPS_PER_THREAD", 10 ** 9)
     two = Trainer([4, 8, 3], epochs=3, batch_size=32, dtype="float64", n_threads=2).fit(X, y).params
     one = Trainer([4, 8, 3], epochs=3, batch_size=32, dtype="float64", n_threads=1).fit(X, y).params
     assert np.array_equal(one, two)
@@ -92,7 +93,7 @@ def test_the_first_compile_in_a_fresh_cache_is_announced_once(tmp_path):
     assert again.returncode == 0 and "CompileNotice" not in again.stderr  # loaded from the cache
 
 
-class _Alternating(config.ThreadChooser):
+class _Alternating(threads.ThreadChooser):
     """Segments of 3 batches on 2 threads, then 1, then 2, ... (what a busy machine may make of a run)."""
     used = []
 
@@ -106,7 +107,7 @@ class _Alternating(config.ThreadChooser):
         numba.set_num_threads(groups)
 
 
-@pytest.mark.skipif(config.max_threads() < 2, reason="needs 2 Numba threads")
+@pytest.mark.skipif(threads.max_threads() < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("sizes, batch_size", [
     ([6, 16, 3], 64), ([6, 64, 64, 3], 8),  # slabs, weight slices
@@ -122,16 +123,16 @@ def test_results_do_not_depend_on_the_threads_that_run_the_row_groups(monkeypatc
     X = rng.normal(size=(203, sizes[0]))
     y = rng.integers(0, 3, size=203)
     w = rng.uniform(0.5, 2.0, size=203)
-    monkeypatch.setattr(config, "MIN_FLOPS_PER_THREAD", 0)
+    monkeypatch.setattr(threads, "MIN_FLOPS_PER_THREAD", 0)
 
     def fit():
         tr = Trainer(sizes, optimizer="adam", lr=0.01, batch_size=batch_size, epochs=2, dtype=dtype, n_threads=2,
                      dropout=0.2, clip_grad_norm=1.0, seed=5)
         return tr.fit(X, y, sample_weight=w)
 
-    monkeypatch.setattr(config, "ADAPT_THREADS", False)
+    monkeypatch.setattr(threads, "ADAPT_THREADS", False)
     whole = fit()
-    monkeypatch.setattr(config, "ADAPT_THREADS", True)
+    monkeypatch.setattr(threads, "ADAPT_THREADS", True)
     monkeypatch.setattr(engine_module, "ThreadChooser", _Alternating)
     _Alternating.used.clear()
     segmented = fit()
@@ -141,7 +142,7 @@ def test_results_do_not_depend_on_the_threads_that_run_the_row_groups(monkeypatc
 
 
 def _scripted_usage(monkeypatch):
-    """config._usage returns running totals of (wall, cpu, preemptions) steps, one step per segment."""
+    """threads._usage returns running totals of (wall, cpu, preemptions) steps, one step per segment."""
     totals = [np.zeros(3)]
 
     def usage():
@@ -151,8 +152,8 @@ def _scripted_usage(monkeypatch):
         totals[0] = totals[0] + np.array(step[:3], dtype=float)
         if len(step) > 3:
             time.sleep(step[3])  # real time passes: the chooser's retry clock is perf_counter
-    monkeypatch.setattr(config, "_usage", usage)
-    monkeypatch.setattr(config.numba, "set_num_threads", lambda n: None)  # the logic alone, even for 16 threads
+    monkeypatch.setattr(threads, "_usage", usage)
+    monkeypatch.setattr(threads.numba, "set_num_threads", lambda n: None)  # the logic alone, even for 16 threads
     return advance
 
 
@@ -165,32 +166,32 @@ def _threads_of_segments(chooser, groups, steps, advance):
     return used
 
 
-@pytest.mark.skipif(config.resource is None, reason="no getrusage here: the chooser keeps every thread")
+@pytest.mark.skipif(threads.resource is None, reason="no getrusage here: the chooser keeps every thread")
 def test_thread_chooser_gives_way_only_when_the_threads_are_preempted(monkeypatch):
-    monkeypatch.setattr(config, "ADAPT_THREADS", True)
-    monkeypatch.setattr(config.ThreadChooser, "SEGMENT_SECONDS", 0.01)  # one batch per segment below
-    monkeypatch.setattr(config.ThreadChooser, "FIRST_SEGMENT", 1)
+    monkeypatch.setattr(threads, "ADAPT_THREADS", True)
+    monkeypatch.setattr(threads.ThreadChooser, "SEGMENT_SECONDS", 0.01)  # one batch per segment below
+    monkeypatch.setattr(threads.ThreadChooser, "FIRST_SEGMENT", 1)
     advance = _scripted_usage(monkeypatch)
     quiet, busy, idle_waits = (0.01, 0.019, 0), (0.01, 0.010, 20), (0.01, 0.012, 0)
     # busy: 2 threads got one core's worth and were preempted 2,000 times a second
-    chooser = config.ThreadChooser()
+    chooser = threads.ThreadChooser()
     assert _threads_of_segments(chooser, 2, [quiet, quiet, busy, busy, busy], advance) == [2, 2, 2, 1, 1]
     # a low CPU share without preemptions is our own threads waiting at barriers: keep them
-    chooser = config.ThreadChooser()
+    chooser = threads.ThreadChooser()
     assert _threads_of_segments(chooser, 2, [quiet, idle_waits, idle_waits, quiet], advance) == [2, 2, 2, 2]
     # after RETRY_SECONDS every thread is tried again, and kept when the cores are free
-    monkeypatch.setattr(config.ThreadChooser, "RETRY_SECONDS", 0.2)
-    chooser = config.ThreadChooser()
+    monkeypatch.setattr(threads.ThreadChooser, "RETRY_SECONDS", 0.2)
+    chooser = threads.ThreadChooser()
     steps = [quiet, busy, quiet + (0.3,), quiet, quiet]
     assert _threads_of_segments(chooser, 2, steps, advance) == [2, 2, 1, 2, 2]
     # ... and given up again while the neighbour is still there
-    chooser = config.ThreadChooser()
+    chooser = threads.ThreadChooser()
     steps = [quiet, busy, quiet + (0.3,), busy, quiet]
     assert _threads_of_segments(chooser, 2, steps, advance) == [2, 2, 1, 2, 1]
     # 16 groups with 10 cores free: 8 threads take two groups each (as fast as 10 would, less contended)
-    monkeypatch.setattr(config.ThreadChooser, "RETRY_SECONDS", 60.0)
-    chooser = config.ThreadChooser()
+    monkeypatch.setattr(threads.ThreadChooser, "RETRY_SECONDS", 60.0)
+    chooser = threads.ThreadChooser()
     ten_cores = (0.01, 0.1, 200)
     assert _threads_of_segments(chooser, 16, [quiet, ten_cores, ten_cores], advance) == [16, 16, 8]
     # one group: one call, nothing measured
-    assert list(config.ThreadChooser().segments(50, 1)) == [(0, 50, 1)]
+    assert list(threads.ThreadChooser().segments(50, 1)) == [(0, 50, 1)]

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from .config import jit
+from .compile import jit
 from .errors import InputError
 
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, ELU, SOFTPLUS, GELU = range(8)

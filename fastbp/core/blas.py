@@ -15,7 +15,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .config import jit
+from .compile import jit
 
 _char = ir.IntType(8)
 

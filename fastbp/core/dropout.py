@@ -9,7 +9,7 @@ of storing it.
 """
 import numpy as np
 
-from .config import jit
+from .compile import jit
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

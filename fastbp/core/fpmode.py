@@ -17,9 +17,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .config import _env_flag
+from .compile import env_flag
 
-_ENABLED = _env_flag("FASTBP_FLUSH_DENORMALS", True) and platform.machine().lower() in ("x86_64", "amd64", "i686")
+_ENABLED = env_flag("FASTBP_FLUSH_DENORMALS", True) and platform.machine().lower() in ("x86_64", "amd64", "i686")
 _FTZ_DAZ = 0x8040  # MXCSR bit 15 (flush to zero) | bit 6 (denormals are zero)
 
 

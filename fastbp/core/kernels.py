@@ -19,7 +19,7 @@ Either way each thread writes only memory no other thread touches (two threads
 writing interleaved column blocks of the same rows measured no faster than one),
 the summation order is fixed for a given thread count, and results are
 deterministic. The parts (n_parts) are row groups, not threads: with fewer Numba threads
-than parts, a thread runs several parts and the results are the same bits (config.ThreadChooser
+than parts, a thread runs several parts and the results are the same bits (threads.ThreadChooser
 relies on this beside busy processes). It still runs them part by part: one full-height product
 would be faster (small_batch 0.96 of a one-part run instead of 0.82), but OpenBLAS's float32 GEMM
 gives a row different bits in products of different heights (measured; its float64 GEMM does not).
@@ -46,7 +46,7 @@ from numba import prange
 from .activations import GELU, bias_activate, gelu_bias_activate, scale_by_derivative
 from .blas import gemm
 from .bundles import Batch
-from .config import jit
+from .compile import jit
 from .dropout import apply_mask, mask_delta, row_key
 from .fpmode import flush_denormals, restore_fp_mode
 from .losses import row_loss_and_delta

@@ -8,7 +8,7 @@ rows, the others over all elements. The delta written is d(mean loss)/d(logits).
 import numpy as np
 
 from .activations import sigmoid
-from .config import jit
+from .compile import jit
 from .errors import InputError
 
 (MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY, MAE, HUBER, POISSON,

@@ -14,7 +14,7 @@ from numba import prange
 
 from .bundles import make_hyper
 from .checks import check_bool, check_number
-from .config import jit
+from .compile import jit
 from .errors import InputError
 from .fpmode import flush_denormals, restore_fp_mode
 

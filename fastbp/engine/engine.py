@@ -16,7 +16,8 @@ import numpy as np
 
 from ..core import kernels
 from ..core.bundles import make_batch
-from ..core.config import ThreadChooser, announced_compiles, resolve_n_threads, thread_limits, threads_for
+from ..core.compile import announced_compiles
+from ..core.threads import ThreadChooser, resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
 from ..core.errors import InputError, InputTypeError, warn
 from ..core.optim import update_all

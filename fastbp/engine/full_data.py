@@ -10,7 +10,8 @@ from scipy.special import expit
 from ..core import kernels
 from ..core.activations import GELU
 from ..core.bundles import make_hyper, make_optimizer, make_regularization, make_workspace
-from ..core.config import announced_compiles, resolve_n_threads, thread_limits, threads_for
+from ..core.compile import announced_compiles
+from ..core.threads import resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
 from ..core.optim import SGD
 

@@ -1,12 +1,10 @@
-"""The one place that owns Numba compile settings and the thread policy.
+"""The thread policy: how many threads a call uses, and BLAS kept single-threaded inside them.
 
 Environment variables override the defaults:
-  FASTBP_FASTMATH=0   compile without fast-math (strict IEEE ordering)
-  FASTBP_CACHE=0      do not write compiled kernels to Numba's on-disk cache
   FASTBP_MIN_FLOPS_PER_THREAD  work a call needs per thread it uses (MIN_FLOPS_PER_THREAD)
   FASTBP_ADAPT_THREADS=0  training keeps all its threads when other processes take the cores (ThreadChooser)
-  GOMP_SPINCOUNT      how long idle OpenMP workers spin before sleeping (fastbp's
-                      default below unless this or OMP_WAIT_POLICY is set)
+  GOMP_SPINCOUNT      how long idle OpenMP workers spin before sleeping (fastbp.core's
+                      SPIN_COUNT unless this or OMP_WAIT_POLICY is set)
 
 Thread policy (docs/threads.md has the measurements):
 - Idle workers spin for tens of microseconds, not milliseconds. libgomp's default
@@ -14,7 +12,7 @@ Thread policy (docs/threads.md has the measurements):
   every parallel region, which Python code, SciPy's L-BFGS or another process needed;
   a spin far shorter than the gap between a batch's regions puts the worker to sleep
   every region, and waking it (a futex, 15-20 us between the cores of a VM) then
-  costs up to half the two-thread speed. SPIN_COUNT is set before Numba starts libgomp.
+  costs up to half the two-thread speed. fastbp.core sets SPIN_COUNT before Numba starts libgomp.
 - n_threads=None means every core Numba was started with, capped by the OpenMP
   limit of the calling thread: OMP_NUM_THREADS, threadpoolctl's
   threadpool_limits(...) and joblib's workers (which set NUMBA_NUM_THREADS and
@@ -36,92 +34,14 @@ try:
 except ImportError:
     resource = None
 
-# Set before Numba loads libgomp, which reads it once. Measured on 2 vCPUs (docs/threads.md, ~27 ns
-# a spin there, so ~80 us): long enough to bridge the serial gap between a batch's two regions, so
-# the worker is not put to sleep and woken twice a batch (with 200 spins, 2 threads often ran
-# small_batch and narrow no faster than one: 0.8-0.9x, with 5-9x the context switches); short enough
-# that, with ThreadChooser, beside a busy process 2 threads keep 0.8-1.0x of one (30,000: 0.76-0.91x).
-SPIN_COUNT = "3000"
-if "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
-
-import numba  # noqa: E402
-from numba.core import event as numba_events  # noqa: E402
-from .errors import warn  # noqa: E402
+import numba
 # Numba's np.dot calls the BLAS that SciPy bundles. Load it now, so threadpoolctl
 # sees it and can limit its threads; loaded lazily it would escape the limit and
 # spin extra threads inside every parallel kernel.
-import scipy.linalg.cython_blas  # noqa: E402,F401
+import scipy.linalg.cython_blas  # noqa: F401
 
-# No 'nnan'/'ninf': the epoch loop must still see NaN/inf to report divergence.
-# No 'afn': approximate exp/log would move float64 results away from PyTorch's.
-# No 'reassoc': with it, a fresh compile and the cached kernel round differently,
-# so the same seed would not give bit-identical parameters across processes.
-_FASTMATH_FLAGS = {"nsz", "arcp", "contract"}
-
-
-def _env_flag(name, default):
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() not in ("0", "false", "no", "off", "")
-
-
-FASTMATH = _FASTMATH_FLAGS if _env_flag("FASTBP_FASTMATH", True) else False
-CACHE = _env_flag("FASTBP_CACHE", True)
-
-
-def _prange_only():
-    """Numba's parallel options with only the explicit prange loops parallel. With all of them on,
-    every np.zeros, slice fill and array expression in a parallel kernel also became a parallel
-    region of its own (a few values each, so only a fork/join more), and each such region costs
-    a gufunc build when compiling (~1-2 s). A fresh dict each time: Numba consumes it."""
-    return {"prange": True, "comprehension": False, "reduction": False, "inplace_binop": False, "setitem": False,
-            "numpy": False, "stencil": False, "fusion": False}
-
-
-def jit(fn=None, *, parallel=False):
-    """numba.njit with the project's settings; every kernel is compiled through here."""
-    def wrap(f):
-        # error_model="numpy": float division by zero gives inf/nan instead of a
-        # Python exception, whose check would stop every loop with a division
-        # (Adam, RMSprop) from vectorizing.
-        return numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=_prange_only() if parallel else False,
-                          nogil=True, error_model="numpy")(f)
-    return wrap(fn) if fn is not None else wrap
-
-
-class CompileNotice(UserWarning):
-    """Kernels were compiled (not loaded from Numba's cache) in this process: once per environment."""
-
-
-class _CompileWatch(numba_events.Listener):
-    """Says, before the pause, that Numba started compiling (a cache miss; loading from the cache fires nothing)."""
-
-    def __init__(self, what):
-        self.what, self.started = what, None
-
-    def on_start(self, event):
-        if self.started is None:
-            self.started = time.perf_counter()
-            later = ("later processes load them from Numba's cache; `fastbp compile` compiles them ahead, e.g. when "
-                     "building an image") if CACHE else "Numba's cache is off (FASTBP_CACHE=0): every process compiles"
-            warn(f"compiling fastbp's {self.what} kernels, once for this environment ({later})", CompileNotice)
-
-    def on_end(self, event):
-        pass
-
-
-@contextlib.contextmanager
-def announced_compiles(what):
-    """Around a kernel call: a CompileNotice when Numba starts compiling, and one with the time it took.
-    what: the kernels' purpose, e.g. "training". Silence them with warnings.filterwarnings("ignore",
-    category=fastbp.CompileNotice), or fill the cache ahead with `fastbp compile`."""
-    watch = _CompileWatch(what)
-    with numba_events.install_listener("numba:compile", watch):
-        yield
-    if watch.started is not None:
-        warn(f"compiled fastbp's {what} kernels in {time.perf_counter() - watch.started:.1f} s", CompileNotice)
+from .blas import warm_up
+from .compile import env_flag
 
 
 def _env_number(name, default):
@@ -135,7 +55,7 @@ def _env_number(name, default):
 # Below this many floating-point operations per thread, a second thread costs more in
 # wake-ups and barriers than it saves (measured in docs/threads.md).
 MIN_FLOPS_PER_THREAD = _env_number("FASTBP_MIN_FLOPS_PER_THREAD", 1_000_000)
-ADAPT_THREADS = _env_flag("FASTBP_ADAPT_THREADS", True)
+ADAPT_THREADS = env_flag("FASTBP_ADAPT_THREADS", True)
 
 
 def max_threads():
@@ -302,7 +222,6 @@ def thread_limits(numba_threads):
     their BLAS (blas.warm_up).
     """
     global _blas_users
-    from .blas import warm_up  # blas compiles through this module's jit
 
     previous = numba.get_num_threads()
     with _blas_lock:
