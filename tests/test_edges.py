@@ -389,3 +389,20 @@ def test_settings_changed_after_construction_are_honoured_or_refused(tmp_path):
         tr.optimizer = "adam"
     tr.configure_optimizer(optimizer="adam", momentum=0.0)
     assert tr.state.optimizer.momentum_buffer.size == 0 and tr.state.step == 0 and tr.lr == 1e-3
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig", "latin-1"])
+def test_a_cut_short_warning_reads_the_last_character_in_the_files_encoding(tmp_path, encoding):
+    import warnings
+
+    from fastbp.files.sources import CsvSource
+
+    text = "a,b\n" + "".join(f"{i},{i % 3}\n" for i in range(20))
+    whole, cut = tmp_path / "whole.csv", tmp_path / "cut.csv"
+    whole.write_bytes(text.encode(encoding))
+    cut.write_bytes(text[:-1].encode(encoding))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CsvSource(str(whole), 1000, encoding=encoding)
+    with pytest.warns(UserWarning, match="does not end with a line break"):
+        CsvSource(str(cut), 1000, encoding=encoding)

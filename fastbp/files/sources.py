@@ -395,15 +395,24 @@ class ParquetSource:
                 yield start + a, chunk
 
 
-def _ends_mid_line(path):
-    """True for an uncompressed, non-empty file whose last byte is not a line break (a CSV cut short)."""
+def _ends_mid_line(path, encoding="utf-8"):
+    """True for an uncompressed, non-empty file whose last character is not a line break (a CSV cut short);
+    encoding: a codecs name (UTF-16 and UTF-32 without an order say it with their byte-order mark)."""
     if os.path.splitext(os.fspath(path))[1].lower() in COMPRESSIONS:
         return False  # a compressed stream cut short fails to decompress instead
     with open(path, "rb") as file:
-        if file.seek(0, os.SEEK_END) == 0:
+        size = file.seek(0, os.SEEK_END)
+        if size == 0:
             return False
-        file.seek(-1, os.SEEK_END)
-        return file.read(1) not in (b"\n", b"\r")
+        file.seek(0)
+        head = file.read(4)
+        file.seek(max(0, size - 4))
+        tail = file.read(4)
+    name = {"utf-8-sig": "utf-8"}.get(encoding, encoding)
+    if name in ("utf-16", "utf-32"):  # the byte-order mark says which; without one, little-endian as Python reads
+        big = head.startswith(codecs.BOM_UTF16_BE if name == "utf-16" else codecs.BOM_UTF32_BE)
+        name += "-be" if big else "-le"
+    return not any(tail.endswith(c.encode(name)) for c in "\n\r")
 
 
 class CsvSource:
@@ -430,7 +439,8 @@ class CsvSource:
         self._read = pcsv.ReadOptions(block_size=max(1 << 20, int(chunk_rows) * 64), encoding=encoding or "utf8")
         self._parse = pcsv.ParseOptions(delimiter=delimiter)
         self.file_columns = self._header(self.parts[0])
-        cut = next((part for part in self.parts if _ends_mid_line(part)), None)  # the first one is enough to say
+        # the first part cut short is enough to say
+        cut = next((part for part in self.parts if _ends_mid_line(part, encoding or "utf-8")), None)
         if cut is not None:
             warn(f"{cut!r} does not end with a line break: if it was cut short (an interrupted copy or "
                  "download), its last row is incomplete and is read as it stands")
