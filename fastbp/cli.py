@@ -117,10 +117,10 @@ def _checkpoint_path(args):
 RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
-                  "class_weight", "no_spill")
+                  "class_weight", "no_spill", "val_max_rows")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
-                 "class_weight": None, "no_spill": True}
+                 "class_weight": None, "no_spill": True, "val_max_rows": 200_000}
 
 
 def _result_options(args, ranks, shard):
@@ -270,6 +270,15 @@ def train(args):
         if not trainer.preprocessing or not prep.matches(trainer.preprocessing):
             raise UsageError(f"{checkpoint!r} was trained on differently prepared data; resume with the same data "
                              "and options, or start without --resume")
+        # the same rows in the same order (another format of them is fine): as many training rows, and the
+        # target changing value between consecutive rows as often
+        rows = trainer.metadata.get("training_rows")
+        if rows is not None and rows != prep.rows_signature:
+            raise UsageError(f"{checkpoint!r} was trained on {rows.get('training_rows')} rows whose target changes "
+                             f"value {rows.get('target_changes')} times in file order; this data has "
+                             f"{prep.rows_signature['training_rows']} and {prep.rows_signature['target_changes']}: "
+                             "not the same rows in the same order. Resume with the data it was trained on, or start "
+                             "without --resume")
         counts, looks_sorted = prep.class_counts, prep.looks_sorted  # this pass's: a model file has neither
         prep = Preprocessor(trainer.preprocessing)  # transform exactly as the checkpoint was trained
         prep.class_counts, prep.looks_sorted = counts, looks_sorted
@@ -283,6 +292,7 @@ def train(args):
                           n_threads=args.threads, dtype=args.dtype, comm=comm, sync_every=args.sync_every)
         trainer.preprocessing = prep.state
         trainer.metadata["cli_options"] = options
+        trainer.metadata["training_rows"] = prep.rows_signature
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
     _say(args, "features: " + _column_list(prep))

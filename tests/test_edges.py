@@ -406,3 +406,25 @@ def test_a_cut_short_warning_reads_the_last_character_in_the_files_encoding(tmp_
         CsvSource(str(whole), 1000, encoding=encoding)
     with pytest.warns(UserWarning, match="does not end with a line break"):
         CsvSource(str(cut), 1000, encoding=encoding)
+
+
+def test_resume_takes_the_same_rows_in_another_format_and_refuses_others(tmp_path, capsys):
+    import pyarrow.parquet as pq
+    from fastbp import cli as fastbp_cli
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 2))
+    table = pa.table({"a": x[:, 0], "b": x[:, 1], "label": np.where(x[:, 0] > 0, "yes", "no")})
+    pcsv.write_csv(table, tmp_path / "d.csv")
+    pq.write_table(table, tmp_path / "d.parquet")
+    pq.write_table(table.take(rng.permutation(300)), tmp_path / "shuffled.parquet")
+    run = ["--target", "label", "--hidden", "4", "--threads", "1", "--val-split", "0", "--quiet", "--checkpoint-dir",
+           str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.fbp")]
+    assert fastbp_cli.main(["train", str(tmp_path / "d.csv"), *run, "--epochs", "2"]) == 0
+    assert fastbp_cli.main(["train", str(tmp_path / "shuffled.parquet"), *run, "--epochs", "3", "--resume"]) == 2
+    assert "not the same rows in the same order" in capsys.readouterr().err
+    assert fastbp_cli.main(["train", str(tmp_path / "d.parquet"), *run, "--epochs", "3", "--resume",
+                            "--val-max-rows", "10"]) == 2
+    assert "--val-max-rows 200000 -> 10" in capsys.readouterr().err
+    assert fastbp_cli.main(["train", str(tmp_path / "d.parquet"), *run, "--epochs", "3", "--resume"]) == 0
+    assert len(fastbp.load(tmp_path / "m.fbp").history) == 3

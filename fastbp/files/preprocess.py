@@ -34,6 +34,8 @@ class Preprocessor:
         self.on_unknown = on_unknown
         self.class_counts = None  # training rows per class, known after fit (not stored in model files)
         self.looks_sorted = None  # after fit: a sentence when the target's order says the file is sorted
+        # after fit: what says which rows trained, in which order (the CLI's --resume compares it)
+        self.rows_signature = None
         self.unknown = {}  # column -> rows whose category was not seen in training (transform counts them)
         # where each feature goes in X: numeric columns one input each, categorical ones an input per category
         self._numeric, numeric_at, self._categorical, at = [], [], [], 0
@@ -84,6 +86,7 @@ class Preprocessor:
         if prep.task == "classify":
             prep.class_counts = part.target.class_counts(prep.classes())
         prep.looks_sorted = part.target.looks_sorted(part.n_rows, prep.classes() if prep.task == "classify" else [])
+        prep.rows_signature = {"training_rows": int(part.n_rows), "target_changes": int(part.target.changes)}
         return prep, part.held_columns(holdout, val_max_rows), part.n_rows
 
     @staticmethod
