@@ -13,6 +13,12 @@ alpha penalty on the weights, and scikit-learn's update rule, fused), lbfgs is
 driven by the compiled loss and gradient, and prediction uses the compiled
 forward pass. coefs_ and intercepts_ are views into one flat parameter array.
 
+Where the behaviour differs from scikit-learn 1.9 on purpose (the README lists them): a second fit
+with warm_start=True and early_stopping=True starts from the best weights the first fit restored
+and keeps its own copy of the best ones (scikit-learn's coefs_ are the same arrays as its saved best
+weights then, so its second fit mutates that record); warm_start after a change of
+hidden_layer_sizes starts afresh; partial_fit is absent with lbfgs on the regressor too.
+
 Written against scikit-learn 1.9; importing this module requires scikit-learn,
 importing fastbp does not.
 """

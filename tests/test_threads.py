@@ -160,8 +160,8 @@ def _scripted_usage(monkeypatch):
 def _threads_of_segments(chooser, groups, steps, advance):
     """Run chooser.segments over len(steps) one-batch segments; step k is what segment k measured."""
     used = []
-    for (_, count, threads), step in zip(chooser.segments(len(steps), groups), steps):
-        used.append(threads)
+    for (_, count, n_threads), step in zip(chooser.segments(len(steps), groups), steps):
+        used.append(n_threads)
         advance(step)
     return used
 
