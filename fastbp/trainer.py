@@ -327,11 +327,13 @@ class Trainer:
         multilabel); values otherwise (for poisson the predicted rate, exp of the log-rate)."""
         self._require_fitted("predict")
         logits = self.decision_function(X)
-        if self.net.loss_code == CROSS_ENTROPY:
-            return self.classes_[logits.argmax(axis=1)]
+        if self.net.loss_code == CROSS_ENTROPY:  # outputs beyond the classes (more outputs than labels) name none
+            return self.classes_[logits[:, :len(self.classes_)].argmax(axis=1)]
         if self.net.loss_code == BINARY_CROSS_ENTROPY:
             labels = (logits >= 0).astype(np.int64)  # sigmoid(z) >= 0.5
-            return self.classes_[labels[:, 0]] if labels.shape[1] == 1 else labels
+            if labels.shape[1] > 1:
+                return labels
+            return self.classes_[np.minimum(labels[:, 0], len(self.classes_) - 1)]  # one class seen: always it
         if self.net.loss_code == POISSON:
             logits = np.exp(logits)
         return logits[:, 0] if logits.shape[1] == 1 else logits

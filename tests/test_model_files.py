@@ -149,6 +149,59 @@ def test_every_preprocessing_field_of_another_type_is_a_model_file_error(tmp_pat
             Preprocessor(loaded.preprocessing)  # what predict does with it: no other error may come later
 
 
+def _json_paths(node, path=()):
+    """Every path into a JSON tree (dict keys and list positions), containers and leaves alike."""
+    yield path
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _json_paths(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node[:3]):
+            yield from _json_paths(value, (*path, i))
+
+
+def test_every_json_field_of_another_type_loads_or_is_a_model_file_error(tmp_path):
+    """Every field of a model file's JSON (format, settings, history, RNG state, classes, features, schedule,
+    preprocessing, array specs) replaced by values of other types: the file loads, and the model then predicts,
+    summarizes and exports its preprocessing, or load raises ModelFileError; nothing else, ever."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    from fastbp.files.preprocess import Preprocessor
+    from fastbp.files.sources import open_source
+
+    rng = np.random.default_rng(0)
+    pq.write_table(pa.table({"x": rng.normal(size=60), "color": rng.choice(["red", "blue"], 60),
+                             "label": rng.choice(["yes", "no"], 60)}), tmp_path / "d.parquet")
+    prep, _, _ = Preprocessor.fit(open_source(tmp_path / "d.parquet"), "label")
+    X = rng.normal(size=(5, prep.n_inputs)).astype(np.float32)
+    tr = fastbp.Trainer([prep.n_inputs, 3, 2], optimizer="adam", epochs=1, lr_schedule="cosine").fit(
+        X, np.array(["no", "yes", "no", "yes", "no"]))
+    tr.preprocessing = prep.state
+    tr.feature_names_in_ = None
+    tr.save(tmp_path / "m.fbp")
+    blob = (tmp_path / "m.fbp").read_bytes()
+    meta = json.loads(_members(blob)["fastbp.json"])
+    paths = [p for p in _json_paths(meta) if p]
+    assert len(paths) > 60
+    for path in paths:
+        for value in ([], {}, None, "x", 1.5, True, -1, 10 ** 30, [[]], ["x"]):
+            def edit(meta):
+                node = meta
+                for key in path[:-1]:
+                    node = node[key]
+                node[path[-1]] = value
+            target = tmp_path / "edited.fbp"
+            target.write_bytes(_meta_edit(blob, edit))
+            try:
+                loaded = fastbp.load(target)
+            except fastbp.ModelFileError:
+                continue
+            loaded.summary()
+            loaded.predict(X)
+            if loaded.preprocessing:
+                Preprocessor(loaded.preprocessing)
+
+
 def test_zip_bombs_are_refused_before_decompressing(model_bytes, tmp_path):
     blob, _ = model_bytes
     members = _members(blob)

@@ -286,3 +286,18 @@ def test_skl2onnx_double_input_keeps_double_precision():
     out = list(run(skl2onnx.to_onnx(model, X[:1], options={"zipmap": False}), {"X": X}).values())
     np.testing.assert_array_equal(out[0], model.predict(X))
     np.testing.assert_allclose(out[1], model.predict_proba(X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_out,loss,labels", [(5, "cross_entropy", ["a", "b", "c"]),
+                                               (1, "binary_cross_entropy", ["yes"])])
+def test_fewer_labels_than_outputs_predict_only_labels(n_out, loss, labels):
+    """Outputs beyond the classes (more outputs than labels, or one class on a binary output) name no class:
+    predict and the ONNX graph never pick them."""
+    X = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    y = np.array(labels)[np.arange(60) % len(labels)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tr = fastbp.Trainer([3, 4, n_out], loss=loss, epochs=0).fit(X * 30, y)
+    got = tr.predict(X * 30)
+    assert set(got.tolist()) <= set(labels)
+    np.testing.assert_array_equal(run(tr.to_onnx(), {"X": X * 30})["label"], got)

@@ -162,7 +162,11 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     # a file-trained classifier with one output per class and another loss learned the classes one-hot
     one_hot = prep is not None and prep.task == "classify" and FileTargets(loss, n_out).one_hot
     if loss == "cross_entropy" or one_hot:
-        label = g.node("ArgMax", [logits], axis=1, keepdims=0)
+        named = logits
+        if prep is None and classes is not None and len(classes) < n_out:  # outputs beyond the classes name none
+            named = g.node("Slice", [logits, g.const(np.array([0])), g.const(np.array([len(classes)])),
+                                     g.const(np.array([1]))])
+        label = g.node("ArgMax", [named], axis=1, keepdims=0)
         name = {"cross_entropy": "probabilities", "binary_cross_entropy": "probabilities"}.get(loss, "scores")
         if loss == "cross_entropy":
             finish(g.node("Softmax", [logits], axis=1), name)
@@ -180,6 +184,8 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
                        to=onnx.TensorProto.INT64)
         if n_out == 1:  # predict gives (n,) for one output
             label = g.node("Squeeze", [label, g.const(np.array([1], dtype=np.int64))])
+            if prep is None and classes is not None and len(classes) == 1:  # one class seen: always it
+                label = g.node("Mul", [label, g.const(np.array(0, dtype=np.int64))])
         outputs = [_labels(g, label, prep, classes if n_out == 1 else None,
                            [None] if n_out == 1 else [None, n_out]),
                    onnx.helper.make_tensor_value_info("probabilities", elem, [None, 2 if per_class else n_out])]
