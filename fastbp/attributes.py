@@ -12,8 +12,8 @@
 """
 
 
-class Fixed:
-    """A setting fixed at construction."""
+class _Stored:
+    """A setting kept in the instance's __dict__ under its own name (pickles and copies as plain state)."""
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -25,6 +25,10 @@ class Fixed:
             return obj.__dict__[self.name]
         except KeyError:
             raise AttributeError(self.name) from None
+
+
+class Fixed(_Stored):
+    """A setting fixed at construction."""
 
     def __set__(self, obj, value):
         if self.name in obj.__dict__:
@@ -33,22 +37,11 @@ class Fixed:
         obj.__dict__[self.name] = value
 
 
-class RunSetting:
+class RunSetting(_Stored):
     """A setting validated when set, by check(trainer, value), and read by the next fit."""
 
     def __init__(self, check):
         self.check = check
-
-    def __set_name__(self, owner, name):
-        self.name = name
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
 
     def __set__(self, obj, value):
         obj.__dict__[self.name] = self.check(obj, value)

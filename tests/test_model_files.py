@@ -122,33 +122,6 @@ def test_fuzzed_model_files_load_identically_or_raise_model_file_error(model_byt
             np.testing.assert_array_equal(loaded.params, params)
 
 
-def test_every_preprocessing_field_of_another_type_is_a_model_file_error(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-    from fastbp.files.preprocess import Preprocessor
-    from fastbp.files.sources import open_source
-
-    rng = np.random.default_rng(0)
-    pq.write_table(pa.table({"x": rng.normal(size=60), "color": rng.choice(["red", "blue"], 60),
-                             "label": rng.choice(["yes", "no"], 60)}), tmp_path / "d.parquet")
-    prep, _, _ = Preprocessor.fit(open_source(tmp_path / "d.parquet"), "label")
-    tr = fastbp.Trainer([prep.n_inputs, 2], epochs=0)
-    tr.preprocessing = prep.state
-    tr.save(tmp_path / "m.fbp")
-    blob = (tmp_path / "m.fbp").read_bytes()
-    for field in prep.state:
-        for value in ([], {}, None, "x", 1.5, True, [[]], ["x"]):
-            def edit(meta):
-                meta["config"]["preprocessing"][field] = value
-            path = tmp_path / "edited.fbp"
-            path.write_bytes(_meta_edit(blob, edit))
-            try:
-                loaded = fastbp.load(path)
-            except fastbp.ModelFileError:
-                continue
-            Preprocessor(loaded.preprocessing)  # what predict does with it: no other error may come later
-
-
 def _json_paths(node, path=()):
     """Every path into a JSON tree (dict keys and list positions), containers and leaves alike."""
     yield path
