@@ -117,10 +117,10 @@ def _checkpoint_path(args):
 RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
-                  "class_weight", "no_spill", "val_max_rows")
+                  "class_weight", "no_spill", "val_max_rows", "monitor")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
-                 "class_weight": None, "no_spill": True, "val_max_rows": 200_000}
+                 "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss"}
 
 
 def _result_options(args, ranks, shard):
@@ -210,8 +210,12 @@ def _check_training_options(args):
         raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if args.patience < 1:
         raise UsageError(f"--patience must be >= 1, got {args.patience}")
+    from .engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+    monitors = [f"val_{m}" for m in dict.fromkeys(CLASSIFICATION_METRICS + REGRESSION_METRICS)]
+    if args.monitor not in monitors:
+        raise UsageError(f"--monitor {args.monitor!r} is not a validation metric; choose one of {', '.join(monitors)}")
     if args.early_stopping and not args.val_split > 0:
-        raise UsageError("--early-stopping watches the validation loss: give --val-split > 0")
+        raise UsageError(f"--early-stopping watches {args.monitor} on the held-out rows: give --val-split > 0")
 
 
 def train(args):
@@ -303,7 +307,7 @@ def train(args):
     if held is not None:
         Xv, yv = prep.transform(held, 0, dtype=trainer.params.dtype)
         validation = (Xv, yv, None)
-    callbacks = [EarlyStopping(patience=args.patience)] if args.early_stopping else []
+    callbacks = [EarlyStopping(args.monitor, patience=args.patience)] if args.early_stopping else []
     checkpoints = _Checkpoints(checkpoint, args.checkpoint_every) if checkpoint and rank == 0 else None
     if checkpoints:
         callbacks.append(checkpoints)
@@ -333,8 +337,8 @@ def train(args):
     if checkpoints:
         checkpoints.save(trainer, len(trainer.history))
     last = trainer.history[-1] if trainer.history else {}
-    _say(args, "done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("loss", "val_loss",
-                                                                                      "val_accuracy", "val_r2"))
+    shown = ("loss", "val_loss", "val_accuracy", "val_r2") + ((args.monitor,) if args.early_stopping else ())
+    _say(args, "done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in shown)
          + f"; model saved to {saved}")
     if args.plot:
         _plot(trainer.history, args.plot)
@@ -639,24 +643,27 @@ def evaluate(args):
     trainer, prep, source = _load_with_prep(args)
     targets = _targets(trainer)
     one_hot = targets.one_hot
-    part, n, squared, absolute, correct = None, 0, 0.0, 0.0, 0
+    available = ("loss", "accuracy") if one_hot else metrics.names(trainer.net.loss_code, trainer.layout.n_out)
+    wanted = [m.strip() for m in args.metric.split(",")] if args.metric else list(available)
+    unknown = [m for m in wanted if m not in available]
+    if unknown or not wanted:
+        raise UsageError(f"--metric {args.metric!r}: this model gives {', '.join(available)}")
+    part, n, correct = None, 0, 0
     for start, chunk in source.chunks(prep.features + [prep.target], prep.kinds()):
         X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
         part = metrics.combine([part, trainer.metric_part(X, targets.rows(y))])  # exact over the file, not chunk means
-        if prep.task == "regress":  # errors on the target's own scale, not the standardized one
-            error = prep.target_values(trainer.predict(X)) - prep.target_values(y)
-            squared += float(error @ error)
-            absolute += float(np.abs(error).sum())
-        elif one_hot:
+        if one_hot:
             correct += int((_predicted_classes(trainer, X) == y).sum())
         n += len(X)
     if n == 0:
         raise UsageError(f"{args.data!r} has no rows")
     result = metrics.finish(part)
-    if prep.task == "regress":
-        result["rmse"], result["mae"] = float(np.sqrt(squared / n)), absolute / n
+    if prep.task == "regress":  # errors on the target's own scale, not the standardized one it trained on
+        result["rmse"] *= prep.state["target_scale"]
+        result["mae"] *= prep.state["target_scale"]
     elif one_hot:  # accuracy of the predicted classes, not a fit to the one-hot columns
         result = {"loss": result["loss"], "accuracy": correct / n}
+    result = {m: result[m] for m in wanted}
     result["rows"] = n
     _report_unknown(prep)
     print(json.dumps(result))
@@ -784,9 +791,13 @@ def _parser():
     p.add_argument("--batch-size", type=int, default=256, help="rows per gradient step")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training rows (the total, with --resume)")
     p.add_argument("--early-stopping", action="store_true",
-                   help="stop when the validation loss has not improved for --patience epochs and keep the best "
+                   help="stop when the --monitor metric has not improved for --patience epochs and keep the best "
                         "epoch's weights (needs --val-split > 0)")
     p.add_argument("--patience", type=int, default=10, help="epochs without improvement before --early-stopping stops")
+    p.add_argument("--monitor", default="val_loss",
+                   help="what --early-stopping watches: val_loss, val_accuracy, val_log_loss, val_f1, val_roc_auc "
+                        "(classification), val_r2, val_rmse, val_mae (regression); larger is better for accuracy, "
+                        "f1, roc_auc and r2")
     p.add_argument("--class-weight", metavar="balanced|LABEL=W,...",
                    help="weigh each class's rows in the loss: 'balanced' (n_rows / (n_classes * rows of the class), "
                         "as scikit-learn) or weights per label, e.g. yes=3,no=1 (others 1)")
@@ -826,10 +837,11 @@ def _parser():
     _reading_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
-    p = command("evaluate", "loss and accuracy, or R2, RMSE and MAE on the target's own scale, of a model on a "
-                            "labelled file (JSON)", evaluate)
+    p = command("evaluate", "a model's metrics on a labelled file (JSON): loss, accuracy, log_loss, f1 and roc_auc "
+                            "for classes; loss, r2, rmse and mae (on the target's own scale) for values", evaluate)
     p.add_argument("model", help="a .fbp model file")
     p.add_argument("data", help="a file with the training columns and the target")
+    p.add_argument("--metric", help="the metrics to give, comma-separated (default: all of the model's)")
     _reading_options(p)
 
     p = command("info", "describe a model file (JSON)", info)

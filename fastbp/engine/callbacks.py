@@ -2,7 +2,7 @@
 
 A callback may set `trainer.stop_training = True` in on_epoch_end to end fit
 after that epoch. `logs` holds the epoch's history entry (loss, lr, val_loss,
-val_accuracy / val_r2 when validating, seconds, samples_per_s).
+val_* metrics (fastbp.engine.metrics) when validating, seconds, samples_per_s).
 """
 import math
 import os
@@ -10,6 +10,7 @@ import string
 import sys
 
 from ..core.errors import InputError
+from .metrics import HIGHER_IS_BETTER
 
 
 class Callback:
@@ -30,7 +31,7 @@ def _monitor_mode(monitor, mode):
     if mode not in ("auto", "min", "max"):
         raise InputError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode == "auto":
-        return "max" if monitor.endswith(("accuracy", "r2")) else "min"
+        return "max" if monitor.endswith(HIGHER_IS_BETTER) else "min"
     return mode
 
 

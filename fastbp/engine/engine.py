@@ -168,8 +168,7 @@ class Engine:
         callbacks = _with_display(callbacks, verbose if self.comm.rank == 0 else 0)
         log_keys = ["epoch", "loss", "lr", "seconds", "samples_per_s"]
         if validation is not None:
-            log_keys += ["val_loss", "val_accuracy" if self.net.loss_code in metrics.CLASSIFICATION_CODES
-                         else "val_r2"]
+            log_keys += [f"val_{name}" for name in metrics.names(self.net.loss_code, int(self.net.sizes[-1]))]
         for cb in callbacks:
             cb.check_logs(log_keys)
         state.schedule.start(epochs)
