@@ -30,7 +30,7 @@ import scipy.optimize
 import sklearn
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.optimize import _check_optimize_result
@@ -56,6 +56,7 @@ _NON_FINITE = ("Solver produced non-finite parameter weights. The input data may
 _EXTRA_CONSTRAINTS = {
     "activation": [StrOptions(set(_ACTIVATION_NAMES))],
     "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
+    "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}), None],
 }
 
 
@@ -107,6 +108,13 @@ class _FastbpMixin:
         if sample_weight is None:
             return np.empty(0, dtype=dtype)
         return np.ascontiguousarray(sample_weight, dtype=dtype)
+
+    def _validate_input(self, X, y, incremental, reset):
+        """scikit-learn's checks, then X in `dtype` when one is set (a Pipeline's float64 trains in float32)."""
+        X, y = super()._validate_input(X, y, incremental, reset)
+        if self.dtype is not None:
+            X = X.astype(self.dtype, copy=False)
+        return X, y
 
     def _fit(self, X, y, sample_weight=None, incremental=False):
         # warm_start continues from coefs_ only while they fit the asked hidden layers: after a change of
@@ -289,7 +297,8 @@ class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
 
     Beyond scikit-learn: more activations (leaky_relu, elu, softplus, gelu), `class_weight`
     ({label: weight} or "balanced", multiplied into sample_weight), and `n_threads`
-    (None: every core). Float32 input stays float32 throughout.
+    (None: every core). Float32 input stays float32 throughout; `dtype` ("float32" or "float64"; None: the
+    input's) sets the precision whatever the input, e.g. after a Pipeline's float64 transformers.
     """
 
     _parameter_constraints = {**_SkMLPClassifier._parameter_constraints, **_EXTRA_CONSTRAINTS,
@@ -300,7 +309,7 @@ class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
                  shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
                  beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, class_weight=None,
-                 n_threads=None):
+                 n_threads=None, dtype=None):
         super().__init__(hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver, alpha=alpha,
                          batch_size=batch_size, learning_rate=learning_rate, learning_rate_init=learning_rate_init,
                          power_t=power_t, max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
@@ -310,6 +319,7 @@ class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
                          n_iter_no_change=n_iter_no_change, max_fun=max_fun)
         self.class_weight = class_weight
         self.n_threads = n_threads
+        self.dtype = dtype
 
     def _with_class_weight(self, y, sample_weight):
         if self.class_weight is None:
@@ -334,7 +344,7 @@ class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
     """scikit-learn's MLPRegressor (same parameters, defaults and attributes), trained by fastbp.
 
     loss: 'squared_error' or 'poisson' (half the Poisson deviance, exp output), as scikit-learn's.
-    Extra: more activations and `n_threads`.
+    Extra: more activations, `n_threads` and `dtype` (as the classifier's).
     """
 
     _parameter_constraints = {**_SkMLPRegressor._parameter_constraints, **_EXTRA_CONSTRAINTS}
@@ -343,7 +353,7 @@ class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
                  alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, n_threads=None):
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, n_threads=None, dtype=None):
         super().__init__(loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
                          alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
                          learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter, shuffle=shuffle,
@@ -352,6 +362,7 @@ class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
                          validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
                          n_iter_no_change=n_iter_no_change, max_fun=max_fun)
         self.n_threads = n_threads
+        self.dtype = dtype
 
     # scikit-learn 1.9's regressor means to hide partial_fit for lbfgs but tests the method, not its result
     @available_if(lambda est: est._check_solver())

@@ -233,3 +233,26 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
+
+
+@pytest.mark.parametrize("dtype", ["float32", np.float32])
+def test_dtype_trains_a_pipelines_float64_in_float32(dtype):
+    """A Pipeline's scaler hands float64 on: dtype="float32" trains in float32, exactly as the same rows cast
+    first would, and predicts from float64 rows too."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5)) * 10 + 3
+    y = (X[:, 0] > 3).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0,
+                                                             dtype=dtype)).fit(X, y)
+        scaled = StandardScaler().fit_transform(X)
+        direct = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(scaled.astype(np.float32), y)
+        regressor = MLPRegressor(hidden_layer_sizes=(8,), max_iter=3, dtype="float32").fit(scaled, X[:, 1])
+    assert pipe[-1].coefs_[0].dtype == np.float32 and regressor.coefs_[0].dtype == np.float32
+    np.testing.assert_array_equal(pipe[-1].coefs_[0], direct.coefs_[0])
+    np.testing.assert_array_equal(pipe.predict_proba(X), direct.predict_proba(scaled.astype(np.float32)))
+    assert MLPClassifier().get_params()["dtype"] is None  # default: the input's, as before
