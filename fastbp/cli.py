@@ -139,6 +139,15 @@ def _check_resume_options(checkpoint, saved, now):
                          "Resume with the checkpoint's options, or start without --resume")
 
 
+def _same_rows(saved, now):
+    """The same training rows in the same order, as far as two first passes tell: as many rows, and (where both
+    read them in file order in one process) the target changing value between consecutive rows as often."""
+    if saved.get("training_rows") != now["training_rows"]:
+        return False
+    changes = saved.get("target_changes"), now["target_changes"]
+    return None in changes or changes[0] == changes[1]
+
+
 def _check_loss_fits_task(loss, task):
     """Classes train with any loss but poisson (cross_entropy on class indices; binary_cross_entropy on two
     classes with one output; mse, mae, huber and binary_cross_entropy on more with one-hot targets);
@@ -277,7 +286,7 @@ def train(args):
         # the same rows in the same order (another format of them is fine): as many training rows, and the
         # target changing value between consecutive rows as often
         rows = trainer.metadata.get("training_rows")
-        if rows is not None and rows != prep.rows_signature:
+        if rows is not None and not _same_rows(rows, prep.rows_signature):
             raise UsageError(f"{checkpoint!r} was trained on {rows.get('training_rows')} rows whose target changes "
                              f"value {rows.get('target_changes')} times in file order; this data has "
                              f"{prep.rows_signature['training_rows']} and {prep.rows_signature['target_changes']}: "

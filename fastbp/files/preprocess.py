@@ -86,7 +86,10 @@ class Preprocessor:
         if prep.task == "classify":
             prep.class_counts = part.target.class_counts(prep.classes())
         prep.looks_sorted = part.target.looks_sorted(part.n_rows, prep.classes() if prep.task == "classify" else [])
-        prep.rows_signature = {"training_rows": int(part.n_rows), "target_changes": int(part.target.changes)}
+        # target changes between consecutive rows: only where one process read the rows in file order (ranks
+        # scanning every size-th chunk count within their own chunks, so the count would depend on the rank count)
+        prep.rows_signature = {"training_rows": int(part.n_rows),
+                               "target_changes": None if sharded else int(part.target.changes)}
         return prep, part.held_columns(holdout, val_max_rows), part.n_rows
 
     @staticmethod
