@@ -657,16 +657,16 @@ def evaluate(args):
     unknown = [m for m in wanted if m not in available]
     if unknown or not wanted:
         raise UsageError(f"--metric {args.metric!r}: this model gives {', '.join(available)}")
-    part, n, correct = None, 0, 0
+    parts, n, correct = [], 0, 0
     for start, chunk in source.chunks(prep.features + [prep.target], prep.kinds()):
         X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
-        part = metrics.combine([part, trainer.metric_part(X, targets.rows(y))])  # exact over the file, not chunk means
+        parts.append(trainer.metric_part(X, targets.rows(y)))  # combined exactly over the file, not chunk means
         if one_hot:
             correct += int((_predicted_classes(trainer, X) == y).sum())
         n += len(X)
     if n == 0:
         raise UsageError(f"{args.data!r} has no rows")
-    result = metrics.finish(part)
+    result = metrics.finish(metrics.combine(parts))
     if prep.task == "regress":  # errors on the target's own scale, not the standardized one it trained on
         result["rmse"] *= prep.state["target_scale"]
         result["mae"] *= prep.state["target_scale"]

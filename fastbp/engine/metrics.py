@@ -107,13 +107,13 @@ def combine(parts):
         for key in ("tp", "fp", "fn"):
             if key in out:
                 merged[key] = out[key] + p[key]
-        if "ranking" in out:
-            merged["ranking"] = tuple(np.concatenate([x, y]) for x, y in zip(out["ranking"], p["ranking"]))
         if "mean" in out:
             delta = p["mean"] - out["mean"]
             merged["mean"] = out["mean"] + delta * (b / n)
             merged["m2"] = out["m2"] + p["m2"] + delta ** 2 * (a * b / n)
         out = merged
+    if "ranking" in out:  # one concatenation of all the parts' rows
+        out["ranking"] = tuple(np.concatenate(pieces) for pieces in zip(*(p["ranking"] for p in parts)))
     return out
 
 
