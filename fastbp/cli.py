@@ -5,8 +5,11 @@ Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no tracebac
 130 interrupted (after saving a checkpoint).
 """
 import argparse
+import contextlib
+import difflib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -63,10 +66,14 @@ def demo(args):
 
 # ---------------------------------------------------------------------------- train
 def _sizes(text):
+    """--hidden: comma-separated sizes, or "none" for no hidden layer (an empty size is a typo, not a layer)."""
+    if text.strip().lower() == "none":
+        return []
     try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
+        sizes = [int(s) for s in text.split(",")]
     except ValueError:
-        raise UsageError(f"--hidden takes comma-separated layer sizes like 256,256, got {text!r}") from None
+        raise UsageError(f"--hidden takes comma-separated layer sizes like 256,256 (or none for no hidden layer), "
+                         f"got {text!r}") from None
     if any(s < 1 for s in sizes):
         raise UsageError(f"--hidden sizes must be >= 1, got {text!r}")
     return sizes
@@ -217,6 +224,7 @@ def _check_training_options(args):
         raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.weight_decay is not None and not args.weight_decay >= 0:
         raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    _sizes(args.hidden)  # a typo in the sizes stops the run before the first pass, not after it
     if args.patience < 1:
         raise UsageError(f"--patience must be >= 1, got {args.patience}")
     from .engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
@@ -347,8 +355,8 @@ def train(args):
         checkpoints.save(trainer, len(trainer.history))
     last = trainer.history[-1] if trainer.history else {}
     shown = ("loss", "val_loss", "val_accuracy", "val_r2") + ((args.monitor,) if args.early_stopping else ())
-    _say(args, "done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in shown)
-         + f"; model saved to {saved}")
+    print("done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in shown)  # the result: also --quiet
+          + f"; model saved to {saved}", flush=True)
     if args.plot:
         _plot(trainer.history, args.plot)
     if checkpoints and checkpoints.failed:
@@ -571,7 +579,9 @@ def predict(args):
         if n == 0:
             writer.write(_no_predictions(trainer, prep, len(names), args.proba))
     _report_unknown(prep)
-    _say(args, f"wrote {n} predictions to {args.out}")
+    # the result line, also with --quiet; on standard error when the predictions go to standard output
+    print(f"wrote {n} predictions to {'standard output' if writer.to_stdout else args.out}",
+          file=sys.stderr if writer.to_stdout else sys.stdout, flush=True)
     return EXIT_OK
 
 
@@ -588,17 +598,22 @@ class _TableWriter:
     """Predictions written chunk by chunk to .csv, .parquet or .npy, under a temporary name until complete."""
 
     def __init__(self, path, names, reads):
+        self.to_stdout = path in (None, "-")  # CSV on standard output
         self.path, self.names, self.reads = path, names, reads
-        self.ext = os.path.splitext(path)[1].lower()
+        self.ext = ".csv" if self.to_stdout else os.path.splitext(path)[1].lower()
         if self.ext not in (".csv", ".parquet", ".npy"):
-            raise UsageError(f"--out must end in .csv, .parquet or .npy, got {path!r}")
+            raise UsageError(f"--out must end in .csv, .parquet or .npy (or be - for CSV on standard output), "
+                             f"got {path!r}")
 
     def __enter__(self):
         from .files.modelfile import atomic_file
 
-        _check_writable(self.path, "--out", self.reads)
-        self.file = atomic_file(self.path, "predictions file")
-        self.fh = self.file.__enter__()
+        if self.to_stdout:
+            self.file, self.fh = contextlib.nullcontext(), sys.stdout.buffer
+        else:
+            _check_writable(self.path, "--out", self.reads)
+            self.file = atomic_file(self.path, "predictions file")
+            self.fh = self.file.__enter__()
         self.writer, self.rows, self.dtype, self.width = None, 0, None, ()
         if self.ext == ".npy":  # the header needs the row count: rows wait in an unnamed file beside the output
             self.raw = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(self.path)))
@@ -650,6 +665,9 @@ def evaluate(args):
     from .engine import metrics
 
     trainer, prep, source = _load_with_prep(args)
+    if args.target is not None and args.target != prep.target:
+        raise UsageError(f"--target {args.target!r}: {args.model!r} was trained to predict {prep.target!r} (evaluate "
+                         "needs no --target: it reads the model's)")
     targets = _targets(trainer)
     one_hot = targets.one_hot
     available = ("loss", "accuracy") if one_hot else metrics.names(trainer.net.loss_code, trainer.layout.n_out)
@@ -771,10 +789,13 @@ def _parser():
                "`fastbp COMMAND --help` lists each command's options.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    parser.commands = {}  # by name, for errors in their own usage
+
     def command(name, help, run):
         p = commands.add_parser(name, help=help, description=help, epilog=_EXAMPLES.get(name),
                                 formatter_class=_HelpFormatter)
         p.set_defaults(run=run)
+        parser.commands[name] = p
         return p
 
     p = command("train", "train a model from a .csv, .parquet, .npy or .npz file", train)
@@ -785,7 +806,7 @@ def _parser():
     p.add_argument("--exclude", help="comma-separated columns to leave out of the features")
     p.add_argument("--encoding", help="text encoding of a CSV file, e.g. latin-1 (default: UTF-8)")
     p.add_argument("--task", choices=["classify", "regress"], help="default: guessed from the target column")
-    p.add_argument("--hidden", default="256,256", help="hidden layer sizes, comma-separated")
+    p.add_argument("--hidden", default="256,256", help="hidden layer sizes, comma-separated; none for no hidden layer")
     p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS), help="of every hidden layer")
     p.add_argument("--loss", choices=[name for name in LOSSES if name != "poisson"],
                    help="default: cross_entropy to classify (binary_cross_entropy: two classes, one output), mse "
@@ -841,7 +862,7 @@ def _parser():
     p = command("predict", "predict with a model trained by `fastbp train`", predict)
     p.add_argument("model", help="a .fbp model file")
     p.add_argument("data", help="the rows to predict (the training columns, by name; the target is not needed)")
-    p.add_argument("--out", required=True, help="preds.csv, preds.parquet or preds.npy")
+    p.add_argument("--out", help="preds.csv, preds.parquet or preds.npy; - or none: CSV on standard output")
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
     _reading_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
@@ -851,6 +872,7 @@ def _parser():
     p.add_argument("model", help="a .fbp model file")
     p.add_argument("data", help="a file with the training columns and the target")
     p.add_argument("--metric", help="the metrics to give, comma-separated (default: all of the model's)")
+    p.add_argument("--target", help="not needed (the model knows its target); when given, checked against it")
     _reading_options(p)
 
     p = command("info", "describe a model file (JSON)", info)
@@ -862,7 +884,7 @@ def _parser():
 
     p = command("demo", "train on a built-in synthetic dataset and report", demo)
     p.add_argument("--rows", type=int, default=50_000, help="rows of synthetic data")
-    p.add_argument("--hidden", default="128,128", help="hidden layer sizes, comma-separated")
+    p.add_argument("--hidden", default="128,128", help="hidden layer sizes, comma-separated; none for no hidden layer")
     p.add_argument("--epochs", type=int, default=10, help="passes over the data")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: every core allowed)")
     p.add_argument("--seed", type=int, default=0, help="data and initial weights")
@@ -915,6 +937,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     tqdm.write(f"fastbp: {kind}: {message}", file=file or sys.stderr)
 
 
+# what other tools (PyTorch scripts, Keras, scikit-learn) call some options
+_OTHER_NAMES = {"--learning-rate": "--lr", "--learningrate": "--lr", "--batch": "--batch-size", "--epoch": "--epochs",
+                "--n-epochs": "--epochs", "--max-iter": "--epochs", "--layers": "--hidden",
+                "--hidden-layers": "--hidden", "--hidden-layer-sizes": "--hidden", "--label": "--target",
+                "--y": "--target", "--output": "--out", "--model": "--out", "--n-threads": "--threads",
+                "--n-jobs": "--threads", "--jobs": "--threads", "--silent": "--quiet",
+                "--validation-split": "--val-split", "--random-state": "--seed", "--probabilities": "--proba", "--predict-proba": "--proba"}
+
+
+def _parse(argv):
+    """The parsed command line; an unknown option is reported with the command's usage and the closest option."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = parser.commands[args.command]
+        options = re.findall(r"--[a-z][a-z0-9-]*", command.format_help())
+        given = extra[0].split("=")[0].replace("_", "-")
+        close = [_OTHER_NAMES[given]] if _OTHER_NAMES.get(given) in options else \
+            difflib.get_close_matches(given, options, n=1, cutoff=0.6)
+        command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return args
+
+
 def main(argv=None):
     from .files.datasets import data_extension
 
@@ -924,7 +969,7 @@ def main(argv=None):
         return bench_main(argv[1:])
     debug = "--debug" in argv or os.environ.get("FASTBP_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    args = _parser().parse_args(argv)  # exits with 2 on bad usage
+    args = _parse(argv)  # exits with 2 on bad usage
     warnings.showwarning = _show_warning
     from .engine.engine import TrainingDiverged
     if args.command in ("train", "predict", "evaluate") and (data_extension(args.data) in ARROW_FORMATS or

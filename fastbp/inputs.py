@@ -156,6 +156,11 @@ def learn_classes(y, loss, n_out):
     if arr.ndim != 1:
         return by_index  # check_targets explains the shape
     n_classes = len(by_index)
+    if arr.dtype.kind in "fO":  # None or NaN among labels (pandas' missing values) is missing, not another type
+        missing = np.isnan(arr) if arr.dtype.kind == "f" else (arr != arr) | np.equal(arr, None)
+        if missing.any():
+            raise InputError(f"y has a missing label ({arr[missing.argmax()]}) at row {missing.argmax()}; drop "
+                             "those rows or give them a label")
     if arr.dtype.kind in "iuf":
         values = arr.astype(np.float64)
         _check_finite(values, "y")

@@ -27,7 +27,7 @@ FIT_CASES = [
     ("nan in X", lambda: (with_nan(X_OK), Y_OK), ValueError, "NaN or infinity"),
     ("inf in X", lambda: (with_nan(X_OK, value=np.inf), Y_OK), ValueError, "NaN or infinity"),
     ("-inf in X", lambda: (with_nan(X_OK, (3, 2), -np.inf), Y_OK), ValueError, "row 3, column 2"),
-    ("nan in y", lambda: (X_OK, with_nan(Y_OK, 0)), ValueError, "NaN or infinity"),
+    ("nan in y", lambda: (X_OK, with_nan(Y_OK, 0)), ValueError, "missing label"),
     ("empty X", lambda: (np.empty((0, 3)), np.empty(0)), ValueError, "0 samples"),
     ("zero features", lambda: (np.empty((10, 0)), Y_OK), ValueError, "0 features"),
     ("1-D X", lambda: (X_OK[:, 0], Y_OK), ValueError, "reshape"),

@@ -1,0 +1,80 @@
+"""The command line as newcomers type it: predictions on standard output, results kept under --quiet, evaluate
+with --target, --hidden typos refused before any work, unknown options answered with the command's usage and the
+closest option, and missing labels named as missing."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.csv as pcsv  # noqa: E402
+
+
+def cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("habits")
+    x = np.random.default_rng(0).normal(size=(200, 2))
+    pcsv.write_csv(pa.table({"a": x[:, 0], "b": x[:, 1], "label": np.where(x[:, 0] > 0, "yes", "no")}),
+                   folder / "d.csv")
+    code, out, err = cli("train", folder / "d.csv", "--target", "label", "--hidden", "4", "--epochs", "2",
+                         "--quiet", "--out", folder / "m.fbp")
+    assert code == 0, err
+    assert out.startswith("done: loss") and "model saved to" in out  # the result line stays under --quiet
+    return folder
+
+
+def test_predict_writes_csv_to_standard_output_without_out_or_with_a_dash(trained):
+    code, expected, err = cli("predict", trained / "m.fbp", trained / "d.csv", "--out", trained / "p.csv")
+    assert code == 0 and expected.startswith("wrote 200 predictions to")
+    for out in ([], ["--out", "-"]):
+        code, stdout, stderr = cli("predict", trained / "m.fbp", trained / "d.csv", *out, "--quiet")
+        assert code == 0, stderr
+        assert stdout == (trained / "p.csv").read_text()
+        assert "wrote 200 predictions to standard output" in stderr
+
+
+def test_evaluate_takes_the_models_target_and_refuses_another(trained):
+    code, out, err = cli("evaluate", trained / "m.fbp", trained / "d.csv", "--target", "label", "--metric",
+                         "accuracy")
+    assert code == 0 and '"accuracy"' in out, err
+    code, _, err = cli("evaluate", trained / "m.fbp", trained / "d.csv", "--target", "a")
+    assert code == 2 and "was trained to predict 'label'" in err
+
+
+@pytest.mark.parametrize("hidden,message", [("64,,32", "comma-separated layer sizes"), ("", "comma-separated"),
+                                            ("0", "must be >= 1")])
+def test_empty_or_bad_hidden_sizes_are_refused_before_the_first_pass(trained, hidden, message):
+    code, out, err = cli("train", trained / "d.csv", "--target", "label", "--hidden", hidden, "--out",
+                         trained / "x.fbp")
+    assert code == 2 and message in err and "reading" not in err + out
+
+
+def test_hidden_none_is_no_hidden_layer(trained):
+    code, _, err = cli("train", trained / "d.csv", "--target", "label", "--hidden", "none", "--epochs", "1",
+                       "--quiet", "--out", trained / "linear.fbp")
+    assert code == 0, err
+    assert fastbp.load(trained / "linear.fbp").layer_sizes == [2, 2]
+
+
+@pytest.mark.parametrize("given,suggested", [("--learning-rate", "--lr"), ("--hiden", "--hidden"),
+                                             ("--n_jobs", "--threads")])
+def test_an_unknown_option_gets_the_commands_usage_and_the_closest_option(trained, given, suggested):
+    code, _, err = cli("train", trained / "d.csv", "--target", "label", given, "3")
+    assert code == 2
+    assert "usage: fastbp train" in err and f"(did you mean {suggested}?)" in err
+
+
+@pytest.mark.parametrize("labels", [np.array(["a", None, "b", "a"], dtype=object), np.array([1.0, 0.0, np.nan, 1.0])])
+def test_a_missing_label_is_named_as_missing(labels):
+    X = np.zeros((4, 2), np.float32)
+    with pytest.raises(fastbp.InputError, match=r"y has a missing label \((None|nan)\) at row [12]"):
+        fastbp.Trainer([2, 2], epochs=1).fit(X, labels)
