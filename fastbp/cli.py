@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from .core.errors import InputError
-from .engine.callbacks import Callback
+from .engine.callbacks import Callback, on_terminal
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 ARROW_FORMATS = (".csv", ".tsv", ".txt", ".parquet", ".pq")  # the files pyarrow reads
@@ -482,10 +482,11 @@ def _launched_by_mpi():
 
 
 def _rows_progress(what, total, quiet):
-    if quiet:
+    """A bar of rows read, on a terminal only, erased when it closes (a pass that fails leaves nothing)."""
+    if quiet or not on_terminal(sys.stderr):
         return lambda n: None
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, unit="rows", desc=what, file=sys.stderr, unit_scale=True)
+    bar = tqdm(total=total, unit="rows", desc=what, file=sys.stderr, unit_scale=True, leave=False)
 
     def update(n):
         if n is None:

@@ -78,3 +78,15 @@ def test_a_missing_label_is_named_as_missing(labels):
     X = np.zeros((4, 2), np.float32)
     with pytest.raises(fastbp.InputError, match=r"y has a missing label \((None|nan)\) at row [12]"):
         fastbp.Trainer([2, 2], epochs=1).fit(X, labels)
+
+
+def test_without_a_terminal_progress_is_a_line_per_epoch_and_a_failed_pass_leaves_nothing(trained):
+    code, out, err = cli("train", trained / "d.csv", "--target", "label", "--hidden", "4", "--epochs", "3",
+                         "--out", trained / "lines.fbp")  # stderr is a pipe here
+    assert code == 0, err
+    assert [line.split(" - ")[0] for line in err.splitlines() if line.startswith("epoch ")] == \
+        ["epoch 1", "epoch 2", "epoch 3"]
+    assert "\r" not in err and "reading" not in err and "it/s" not in err
+    code, _, err = cli("train", trained / "d.csv", "--target", "label", "--exclude", "a,b", "--out",
+                       trained / "x.fbp")
+    assert code == 2 and err.strip() == "fastbp: error: no feature columns: the data has only the target column"

@@ -142,10 +142,22 @@ class ProgressBar(Callback):
 
 
 class EpochLogger(Callback):
-    """One line per epoch on stdout (verbose=2)."""
+    """One line per epoch on stdout (verbose=2), or on `file` (verbose=1 where standard error is no terminal, so a
+    log gets a line per epoch, not a bar's every refresh)."""
+
+    def __init__(self, file=None):
+        self.file = file
 
     def on_epoch_end(self, trainer, epoch, logs):
         parts = [f"epoch {epoch}"] + [f"{k} {logs[k]:.4g}" for k in ("loss", "val_loss", "val_accuracy", "val_r2", "lr")
                                       if k in logs]
         parts.append(f"{logs['samples_per_s']:,.0f} samples/s")
-        print(" - ".join(parts), flush=True)
+        print(" - ".join(parts), file=self.file or sys.stdout, flush=True)
+
+
+def on_terminal(stream):
+    """True when `stream` is a terminal (progress bars there; plain lines in logs and pipes)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

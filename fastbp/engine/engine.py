@@ -9,6 +9,7 @@ validation, callbacks. Nothing crosses back into Python per batch.
 """
 import contextlib
 import math
+import sys
 import threading
 import time
 
@@ -22,7 +23,7 @@ from ..core.layout import flops_per_row
 from ..core.errors import InputError, InputTypeError, warn
 from ..core.optim import update_all
 from . import full_data, metrics
-from .callbacks import Callback, EpochLogger, ProgressBar
+from .callbacks import Callback, EpochLogger, ProgressBar, on_terminal
 
 
 class TrainingDiverged(FloatingPointError):
@@ -288,7 +289,7 @@ def _with_display(callbacks, verbose):
         if not isinstance(cb, Callback):
             raise InputTypeError(f"callbacks must be fastbp.Callback instances, got {cb!r}")
     if verbose == 1:
-        callbacks.append(ProgressBar())
+        callbacks.append(ProgressBar() if on_terminal(sys.stderr) else EpochLogger(file=sys.stderr))
     elif verbose == 2:
         callbacks.append(EpochLogger())
     return callbacks
