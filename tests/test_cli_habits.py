@@ -90,3 +90,33 @@ def test_without_a_terminal_progress_is_a_line_per_epoch_and_a_failed_pass_leave
     code, _, err = cli("train", trained / "d.csv", "--target", "label", "--exclude", "a,b", "--out",
                        trained / "x.fbp")
     assert code == 2 and err.strip() == "fastbp: error: no feature columns: the data has only the target column"
+
+
+def test_a_compressed_or_other_format_file_named_csv_is_named_not_printed(trained, tmp_path):
+    import gzip
+
+    data = (trained / "d.csv").read_bytes()
+    (tmp_path / "gz.csv").write_bytes(gzip.compress(data))
+    (tmp_path / "numbers.csv").write_bytes(b"\x93NUMPY\x01\x00" + bytes(64))
+    for name, message in (("gz.csv", "is gzip-compressed data, not CSV text: name it .csv.gz"),
+                          ("numbers.csv", "is a NumPy .npy file, not CSV text: name it .npy")):
+        code, _, err = cli("evaluate", trained / "m.fbp", tmp_path / name)
+        assert code == 2 and message in err and "\\x" not in err
+    (tmp_path / "d.csv.gz").write_bytes(gzip.compress(data))  # named as what it is, it is read
+    code, out, err = cli("evaluate", trained / "m.fbp", tmp_path / "d.csv.gz", "--metric", "accuracy")
+    assert code == 0, err
+
+
+def test_a_pipe_is_refused_saying_why(trained, tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes((trained / "d.csv").read_bytes()), daemon=True)
+    writer.start()
+    code, _, err = cli("evaluate", trained / "m.fbp", fifo)
+    assert code == 2 and "is a pipe or device" in err and "save it to a file first" in err
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # let the writer finish
+    writer.join(timeout=10)
+    os.close(reader)

@@ -60,6 +60,9 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
         parts = dataset_parts(path)
         partitions = Partitions(path, parts)
         ext = data_extension(parts[0])
+    elif os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise SourceError(f"{path!r} is a pipe or device (a FIFO, or a shell's <(...)), not a file: fastbp reads its "
+                          "data more than once (the first pass, then the rows), so save it to a file first")
     elif not os.path.isfile(path):
         raise FileNotFoundError(f"no data file at {path!r}")
     else:
@@ -395,6 +398,26 @@ class ParquetSource:
                 yield start + a, chunk
 
 
+# the first bytes of formats a misnamed "CSV" may hold, and what to do about each
+_MAGIC = ((b"\x1f\x8b", "gzip-compressed data", "name it .csv.gz"),
+          (b"BZh", "bzip2-compressed data", "name it .csv.bz2"),
+          (b"\x28\xb5\x2f\xfd", "zstd-compressed data", "name it .csv.zst"),
+          (b"\x04\x22\x4d\x18", "lz4-compressed data", "name it .csv.lz4"),
+          (b"PAR1", "a Parquet file", "name it .parquet"), (b"PK\x03\x04", "a zip archive", "unzip it first"),
+          (b"\x93NUMPY", "a NumPy .npy file", "name it .npy"))
+
+
+def _refuse_binary(part):
+    """A file named as plain CSV whose first bytes say it is compressed or another format: named, not printed."""
+    if os.path.splitext(os.fspath(part))[1].lower() in COMPRESSIONS or not os.path.isfile(part):
+        return
+    with open(part, "rb") as file:
+        head = file.read(8)
+    for magic, what, fix in _MAGIC:
+        if head.startswith(magic):
+            raise SourceError(f"{part!r} is {what}, not CSV text: {fix}")
+
+
 def _ends_mid_line(path, encoding="utf-8"):
     """True for an uncompressed, non-empty file whose last character is not a line break (a CSV cut short);
     encoding: a codecs name (UTF-16 and UTF-32 without an order say it with their byte-order mark)."""
@@ -454,6 +477,7 @@ class CsvSource:
         return {c: None for c in columns}
 
     def _header(self, part):
+        _refuse_binary(part)
         try:
             with self._open(part, None, None) as reader:
                 names = list(reader.schema.names)
