@@ -303,7 +303,7 @@ def test_a_file_with_another_separator_or_a_repeated_column_name_is_refused_with
     (tmp_path / "binary.csv").write_bytes(b"PK\x03\x04\xad|x|\n1,2\n")  # not text: no advice on separators
     with pytest.raises(SourceError) as refused:
         open_source(tmp_path / "binary.csv")
-    assert "not a readable CSV file" in str(refused.value) and "separate columns" not in str(refused.value)
+    assert "is a zip archive, not CSV text" in str(refused.value) and "separate columns" not in str(refused.value)
     (tmp_path / "fine.csv").write_text("a,b\n1,x;y\n")  # a ';' inside a cell is data
     assert open_source(tmp_path / "fine.csv").columns == ["a", "b"]
 
