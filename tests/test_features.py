@@ -148,11 +148,17 @@ def test_divergence_can_warn_and_keep_last_finite_parameters():
     assert np.isfinite(tr.params).all() and len(tr.history) < 50
 
 
-def test_verbose_modes(capsys):
+def test_verbose_modes(capsys, monkeypatch):
+    from fastbp.engine import engine
+
     X, y = make_problem("cross_entropy", 60, 3, 2, seed=0)
     fastbp.Trainer([3, 4, 2], epochs=2, verbose=2).fit(X, y)
     out = capsys.readouterr().out
     assert out.count("epoch") == 2 and "samples/s" in out
+    fastbp.Trainer([3, 4, 2], epochs=2, verbose=1).fit(X, y, validation_split=0.2)
+    err = capsys.readouterr().err  # standard error is no terminal here: a line per epoch, no bar
+    assert err.count("epoch ") == 2 and "val_loss" in err and "\r" not in err
+    monkeypatch.setattr(engine, "on_terminal", lambda stream: True)
     fastbp.Trainer([3, 4, 2], epochs=2, verbose=1).fit(X, y, validation_split=0.2)
     assert "2/2" in capsys.readouterr().err
 
