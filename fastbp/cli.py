@@ -800,7 +800,7 @@ def _parser():
         return p
 
     p = command("train", "train a model from a .csv, .parquet, .npy or .npz file", train)
-    p.add_argument("data", help="the training file")
+    p.add_argument("data", help="the training file (- : CSV from standard input)")
     p.add_argument("--target", required=True, help="target column name (column index for .npy/.npz)")
     p.add_argument("--features", help="comma-separated feature columns (default: all but the target and a pandas "
                                       "index)")
@@ -862,7 +862,8 @@ def _parser():
 
     p = command("predict", "predict with a model trained by `fastbp train`", predict)
     p.add_argument("model", help="a .fbp model file")
-    p.add_argument("data", help="the rows to predict (the training columns, by name; the target is not needed)")
+    p.add_argument("data", help="the rows to predict (the training columns, by name; the target is not needed; "
+                                "- : CSV from standard input)")
     p.add_argument("--out", help="preds.csv, preds.parquet or preds.npy; - or none: CSV on standard output")
     p.add_argument("--proba", action="store_true", help="class probabilities instead of labels")
     _reading_options(p)
@@ -871,7 +872,7 @@ def _parser():
     p = command("evaluate", "a model's metrics on a labelled file (JSON): loss, accuracy, log_loss, f1 and roc_auc "
                             "for classes; loss, r2, rmse and mae (on the target's own scale) for values", evaluate)
     p.add_argument("model", help="a .fbp model file")
-    p.add_argument("data", help="a file with the training columns and the target")
+    p.add_argument("data", help="a file with the training columns and the target (- : CSV from standard input)")
     p.add_argument("--metric", help="the metrics to give, comma-separated (default: all of the model's)")
     p.add_argument("--target", help="not needed (the model knows its target); when given, checked against it")
     _reading_options(p)
@@ -944,7 +945,21 @@ _OTHER_NAMES = {"--learning-rate": "--lr", "--learningrate": "--lr", "--batch": 
                 "--hidden-layers": "--hidden", "--hidden-layer-sizes": "--hidden", "--label": "--target",
                 "--y": "--target", "--output": "--out", "--model": "--out", "--n-threads": "--threads",
                 "--n-jobs": "--threads", "--jobs": "--threads", "--silent": "--quiet",
-                "--validation-split": "--val-split", "--random-state": "--seed", "--probabilities": "--proba", "--predict-proba": "--proba"}
+                "--validation-split": "--val-split", "--random-state": "--seed", "--probabilities": "--proba",
+                "--predict-proba": "--proba"}
+
+
+@contextlib.contextmanager
+def _stdin_as_file(args):
+    """Data "-": standard input copied once into an unnamed-after-use CSV in TMPDIR, which every pass then reads."""
+    if getattr(args, "data", None) != "-":
+        yield
+        return
+    with tempfile.NamedTemporaryFile(prefix="fastbp-stdin-", suffix=".csv") as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+        spool.flush()
+        args.data = spool.name
+        yield
 
 
 def _parse(argv):
@@ -977,7 +992,8 @@ def main(argv=None):
                                                              not os.path.isfile(args.data)):  # a dataset folder
         _arrow_memory_pool()
     try:
-        return args.run(args)
+        with _stdin_as_file(args):
+            return args.run(args)
     except (InputError, TrainingDiverged, FileNotFoundError, PermissionError, IsADirectoryError,
             NotADirectoryError) as exc:
         print(f"fastbp: error: {exc}", file=sys.stderr)

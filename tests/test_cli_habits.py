@@ -120,3 +120,18 @@ def test_a_pipe_is_refused_saying_why(trained, tmp_path):
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # let the writer finish
     writer.join(timeout=10)
     os.close(reader)
+
+
+def test_data_dash_reads_csv_from_standard_input(trained, tmp_path):
+    def piped(*args):
+        proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], capture_output=True, text=True,
+                              input=(trained / "d.csv").read_text(), timeout=300)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    code, out, err = piped("predict", trained / "m.fbp", "-")
+    assert code == 0, err
+    cli("predict", trained / "m.fbp", trained / "d.csv", "--out", tmp_path / "p.csv")
+    assert out == (tmp_path / "p.csv").read_text()
+    code, out, err = piped("train", "-", "--target", "label", "--hidden", "4", "--epochs", "1", "--quiet", "--out",
+                           tmp_path / "m.fbp")
+    assert code == 0 and "model saved to" in out, err

@@ -62,7 +62,8 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
         ext = data_extension(parts[0])
     elif os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
         raise SourceError(f"{path!r} is a pipe or device (a FIFO, or a shell's <(...)), not a file: fastbp reads its "
-                          "data more than once (the first pass, then the rows), so save it to a file first")
+                          "data more than once (the first pass, then the rows), so save it to a file first, or give - and "
+                          "send it to standard input (it is then copied once to TMPDIR)")
     elif not os.path.isfile(path):
         raise FileNotFoundError(f"no data file at {path!r}")
     else:
