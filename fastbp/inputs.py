@@ -253,12 +253,12 @@ def _finite_as(arr, dtype, what):
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=DTYPES[dtype])
     finite = np.isfinite(out)
-    if not finite.all():
-        bad = tuple(np.argwhere(~finite)[0])
-        if np.isfinite(arr[bad]):
-            raise _overflow(what, arr[bad], f"row {bad[0]}" + (f", column {bad[1]}" if arr.ndim > 1 else ""), dtype)
-    _check_finite(out, what)
-    return out
+    if finite.all():
+        return out
+    bad = tuple(np.argwhere(~finite)[0])
+    if np.isfinite(arr[bad]):
+        raise _overflow(what, arr[bad], f"row {bad[0]}" + (f", column {bad[1]}" if arr.ndim > 1 else ""), dtype)
+    _check_finite(out, what)  # NaN or infinity in the data itself: its own message
 
 
 def _overflow(what, value, where, dtype):
