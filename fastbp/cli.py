@@ -548,13 +548,6 @@ def _targets(trainer):
     return FileTargets(trainer.loss, trainer.layer_sizes[-1])
 
 
-def _predicted_classes(trainer, X):
-    """The class indices a CLI classifier predicts; a one-hot model's are its largest outputs."""
-    if _targets(trainer).one_hot:
-        return trainer.decision_function(X).argmax(axis=1)
-    return trainer.predict(X)
-
-
 def predict(args):
     trainer, prep, source = _load_with_prep(args)
     if args.proba and prep.task != "classify":
@@ -568,13 +561,11 @@ def predict(args):
         for start, chunk in source.chunks(prep.features, prep.kinds(with_target=False)):
             X, _ = prep.transform(chunk, start, with_target=False, dtype=trainer.params.dtype)
             if args.proba:
-                values = trainer.predict_proba(X)
+                values = trainer.predict_proba(X, encoded=True)
                 if values.shape[1] == 1:  # binary_cross_entropy: one output, the second class's probability
                     values = np.column_stack([1 - values[:, 0], values[:, 0]])
-            elif prep.task == "classify":
-                values = prep.labels(_predicted_classes(trainer, X))
-            else:
-                values = prep.target_values(trainer.predict(X))
+            else:  # labels in the target's own type, values on its own scale
+                values = trainer.predict(X, encoded=True)
             writer.write(values)
             n += len(X)
         if n == 0:
@@ -679,17 +670,15 @@ def evaluate(args):
     parts, n, correct = [], 0, 0
     for start, chunk in source.chunks(prep.features + [prep.target], prep.kinds()):
         X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
-        parts.append(trainer.metric_part(X, targets.rows(y)))  # combined exactly over the file, not chunk means
-        if one_hot:
-            correct += int((_predicted_classes(trainer, X) == y).sum())
+        # the target as the file holds it (the model encodes it); combined exactly over the file, not chunk means
+        parts.append(trainer.metric_part(X, chunk[prep.target], encoded=True))
+        if one_hot:  # the largest output is the predicted class
+            correct += int((trainer.decision_function(X, encoded=True).argmax(axis=1) == y).sum())
         n += len(X)
     if n == 0:
         raise UsageError(f"{args.data!r} has no rows")
-    result = metrics.finish(metrics.combine(parts))
-    if prep.task == "regress":  # errors on the target's own scale, not the standardized one it trained on
-        result["rmse"] *= prep.state["target_scale"]
-        result["mae"] *= prep.state["target_scale"]
-    elif one_hot:  # accuracy of the predicted classes, not a fit to the one-hot columns
+    result = trainer.finish_metrics(parts)  # a regression's errors on the target's own scale
+    if one_hot:  # accuracy of the predicted classes, not a fit to the one-hot columns
         result = {"loss": result["loss"], "accuracy": correct / n}
     result = {m: result[m] for m in wanted}
     result["rows"] = n

@@ -68,14 +68,16 @@ def check_X(X, dtype, n_features=None, fitted=True):
 
 # ---------------------------------------------------------------------------- tables
 def table_columns(X):
-    """The column names of a pandas or polars DataFrame or a pyarrow Table; None for anything else, and (as
-    scikit-learn has it) when no name is a string: the columns then go by position, with a warning unless they
-    are pandas' default 0..n-1. Names of mixed types are refused."""
+    """The column names of a pandas or polars DataFrame, a pyarrow Table or a dict of columns; None for anything
+    else, and (as scikit-learn has it) when no name is a string: the columns then go by position, with a warning
+    unless they are pandas' default 0..n-1. Names of mixed types are refused."""
     library = type(X).__module__.split(".")[0]
     if library in ("pandas", "polars") and hasattr(X, "columns") and hasattr(X, "shape") and len(X.shape) == 2:
         names = list(X.columns)
     elif library == "pyarrow" and hasattr(X, "column_names"):
         names = list(X.column_names)
+    elif isinstance(X, dict):
+        names = list(X)
     else:
         return None
     strings = [isinstance(c, str) for c in names]

@@ -60,6 +60,9 @@ class Trainer:
     on_divergence = RunSetting(lambda tr, v: _checked_on_divergence(v))
     verbose = RunSetting(lambda tr, v: _checked_verbose(v))
     sync_every = RunSetting(lambda tr, v: check_int("sync_every", v, 1))
+    # how the first fit on a table learns its schema (fastbp.files.preprocess): missing values, categories
+    impute = RunSetting(lambda tr, v: _checked_impute(v))
+    max_categories = RunSetting(lambda tr, v: check_int("max_categories", v, 1))
     # the optimizer's arguments, as given (None: torch's default for the optimizer), read back as in use
     optimizer = OptimizerSetting("name")
     lr = OptimizerSetting()
@@ -77,7 +80,8 @@ class Trainer:
                  momentum=0.0, nesterov=False, weight_decay=None, batch_size=256, epochs=10, shuffle=True,
                  seed=0, dtype="float32", n_threads=None, init="auto", betas=(0.9, 0.999), eps=1e-8,
                  amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
-                 huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1):
+                 huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1,
+                 impute=None, max_categories=1000):
         layer_sizes = check_layer_sizes(layer_sizes)
         n_hidden = len(layer_sizes) - 2
         hidden = [activation] * n_hidden if isinstance(activation, str) else list(activation)
@@ -110,6 +114,8 @@ class Trainer:
         self.comm = comm
         self._comm = make_comm(comm)
         self.sync_every = sync_every
+        self.impute = impute
+        self.max_categories = max_categories
         # the seed actually used: drawn once when None (shared by every MPI rank) and saved with the model,
         # so dropout masks and validation splits continue the same after loading
         self.seed = check_int("seed", seed, 0) if seed is not None else int(
@@ -128,7 +134,7 @@ class Trainer:
         self.classes_ = None           # classification: the labels, in output order (learned by the first fit)
         self.feature_names_in_ = None  # the column names of a DataFrame/Table X at the first fit
         self._fitted = False
-        self.preprocessing = None  # a file's column handling (fastbp.files.preprocess), saved with the model
+        self._schema = None  # the column handling of a table or file (fastbp.files.preprocess), saved with the model
         self.metadata = {}         # free-form JSON saved with the model (the CLI records its options here)
         self._lock = ModelLock()
 
@@ -193,6 +199,18 @@ class Trainer:
     @property
     def is_classifier(self):
         return self.loss in CLASSIFICATION_LOSSES
+
+    @property
+    def preprocessing(self):
+        """The schema (JSON state of fastbp.files.preprocess.Preprocessor) learned by the first fit on a table
+        or by `fastbp train`; None for a model trained on arrays. With one, tables (DataFrames, pyarrow Tables,
+        dicts of columns) are read by column name through it, and arrays are taken as its encoded inputs."""
+        return None if self._schema is None else self._schema.state
+
+    @preprocessing.setter
+    def preprocessing(self, state):
+        from .files.preprocess import Preprocessor
+        self._schema = None if not state else Preprocessor(state)  # checked now: a model file is untrusted
 
     def engine(self):
         """An Engine for a run of this model with its current settings (fastbp.engine)."""
@@ -264,7 +282,9 @@ class Trainer:
                                  f"{what}: give a classifier one output per class (or cross_entropy), a regressor "
                                  "one output")
             if validation is not None:
-                Xv, Yv = self._check_data(validation[0], targets.rows(np.asarray(validation[1])))
+                Xv = check_X(validation[0], self.dtype, self.layout.n_in)  # encoded, as prep.transform gives them
+                Yv = check_targets(targets.rows(np.asarray(validation[1])), self.loss, self.layout.n_out, len(Xv),
+                                   self.dtype)
                 wv = check_sample_weight(validation[2] if len(validation) > 2 else None, len(Xv))
                 if wv is None and class_table is not None:
                     wv = targets.weights(np.asarray(validation[1]))
@@ -286,8 +306,11 @@ class Trainer:
                                                                  self.sync_every)
                 else:
                     run_epoch = streaming.buffered_epochs(engine, rows, train_rows, buffer_rows, stats)
-                if self.classes_ is None and self.is_classifier:  # the Preprocessor gives class indices
-                    self.classes_ = index_classes(self.loss, self.layout.n_out)
+                if not self.is_fitted:  # the model keeps the schema: predict reads tables through it
+                    self._check_schema_fits(prep)
+                    self._schema = prep
+                    self.classes_ = self._schema_classes()
+                    self.feature_names_in_ = np.array(prep.features, dtype=object)
                 self._run(engine, run_epoch, validation, callbacks, verbose)
             finally:
                 rows.close()
@@ -307,26 +330,31 @@ class Trainer:
         during its first fit), or the model was loaded from a file."""
         return self._fitted or bool(self.state.history)
 
-    def decision_function(self, X):
+    def decision_function(self, X, *, encoded=False):
         """Raw outputs of the last layer (logits for classification losses, log-rates for poisson), shape
         (n, n_out), at the current parameters: also before any fit (the seeded initial weights)."""
-        X = self._features(X)
+        X = self._features(X, encoded=encoded)
         with self._lock.reading():
             return self.engine().logits(X)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, *, encoded=False):
         """Class probabilities: softmax rows for cross_entropy (columns in the order of classes_),
         per-output sigmoid for binary_cross_entropy."""
         if not self.is_classifier:
             raise InputError(f"predict_proba needs a classification loss; this model uses {self.loss!r}")
         self._require_fitted("predict_proba")
-        return to_probabilities(self.decision_function(X), softmax=self.net.loss_code == CROSS_ENTROPY)
+        return to_probabilities(self.decision_function(X, encoded=encoded), softmax=self.net.loss_code == CROSS_ENTROPY)
 
-    def predict(self, X):
+    def predict(self, X, *, encoded=False):
         """Class labels for classification losses, in the type y had (shape (n,), or (n, n_out) 0/1 for
         multilabel); values otherwise (for poisson the predicted rate, exp of the log-rate)."""
         self._require_fitted("predict")
-        logits = self.decision_function(X)
+        logits = self.decision_function(X, encoded=encoded)
+        prep = self._schema
+        if prep is not None and prep.task == "classify" and self.classes_ is None:  # classes learned one-hot
+            return prep.labels(logits[:, :len(prep.classes())].argmax(axis=1))
+        if prep is not None and prep.task == "regress":  # on the target's own scale
+            return prep.target_values((np.exp(logits) if self.net.loss_code == POISSON else logits)[:, 0])
         if self.net.loss_code == CROSS_ENTROPY:  # outputs beyond the classes (more outputs than labels) name none
             return self.classes_[logits[:, :len(self.classes_)].argmax(axis=1)]
         if self.net.loss_code == BINARY_CROSS_ENTROPY:
@@ -338,14 +366,25 @@ class Trainer:
             logits = np.exp(logits)
         return logits[:, 0] if logits.shape[1] == 1 else logits
 
-    def evaluate(self, X, y, sample_weight=None):
-        """{"loss": (weighted) mean loss, "accuracy": ...} for classification; {"loss", "r2"} for regression."""
-        return metrics.finish(self.metric_part(X, y, sample_weight))
+    def evaluate(self, X, y, sample_weight=None, *, encoded=False):
+        """{"loss", "accuracy", "log_loss", "f1", "roc_auc"} for classification; {"loss", "r2", "rmse", "mae"} for
+        regression. encoded (a model with a schema): X is Preprocessor.transform's output, y the labels or values
+        as the data holds them."""
+        return self.finish_metrics([self.metric_part(X, y, sample_weight, encoded=encoded)])
 
-    def metric_part(self, X, y, sample_weight=None):
+    def finish_metrics(self, parts):
+        """evaluate()'s result from the metric_part summaries of several pieces of data (a file's chunks). A
+        regression target the schema standardized has its errors (rmse, mae) on its own scale."""
+        result = metrics.finish(metrics.combine(parts))
+        if self._schema is not None and self._schema.task == "regress":
+            for name in ("rmse", "mae"):
+                result[name] *= self._schema.state["target_scale"]
+        return result
+
+    def metric_part(self, X, y, sample_weight=None, *, encoded=False):
         """evaluate()'s combinable summary of these rows (fastbp.engine.metrics.combine merges parts exactly)."""
         self._require_fitted("evaluate")
-        X, Y = self._check_data(X, y)
+        X, Y = self._check_data(X, y, encoded=encoded)
         w = check_sample_weight(sample_weight, X.shape[0])
         if w is not None and not w.sum() > 0:
             raise InputError("sample_weight entries sum to zero; nothing to evaluate")
@@ -425,20 +464,24 @@ class Trainer:
             trainer.history = config["history"]
             if config.get("lr_schedule"):
                 trainer.lr_schedule = schedule_from_spec(config["lr_schedule"])
-            trainer.preprocessing = config.get("preprocessing")
-            if trainer.preprocessing:  # untrusted: every field checked now, not when predict first uses it
-                from .files.preprocess import Preprocessor
-                Preprocessor(trainer.preprocessing)
+            trainer.preprocessing = config.get("preprocessing")  # untrusted: every field checked now
             trainer.metadata = dict(config.get("metadata") or {})
             trainer._fitted = bool(config.get("fitted", True))  # files from before the flag: saved after fitting
             trainer.classes_ = classes_from_list(config.get("classes"), trainer.layout.n_out, trainer.loss)
             if trainer.classes_ is None and trainer._fitted and trainer.is_classifier:  # files from before classes
                 trainer.classes_ = index_classes(trainer.loss, trainer.layout.n_out)
             names = config.get("feature_names")
+            if trainer._schema is not None:  # the schema's labels (files from before stored class indices)
+                trainer._check_schema_fits(trainer._schema)
+                trainer.classes_ = trainer._schema_classes()
+                if names is not None and names != trainer._schema.features:
+                    raise InputError("its feature_names are not the columns of its preprocessing")
+                names = trainer._schema.features
             if names is not None:
-                if not isinstance(names, list) or len(names) != trainer.layout.n_in or \
+                width = len(trainer._schema.features) if trainer._schema is not None else trainer.layout.n_in
+                if not isinstance(names, list) or len(names) != width or \
                         not all(isinstance(c, str) for c in names) or len(set(names)) != len(names):
-                    raise InputError("its feature_names are not one distinct name per input")
+                    raise InputError("its feature_names are not one distinct name per input column")
                 trainer.feature_names_in_ = np.array(names, dtype=object)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
             raise ModelFileError(f"{path!r} does not describe a valid fastbp model: {exc}") from None
@@ -530,14 +573,24 @@ class Trainer:
                 "optimizer": self.optimizer, "batch_size": self.batch_size, "epochs": self.epochs,
                 "shuffle": self.shuffle, "seed": self.seed, "dtype": self.dtype, "init": self.init,
                 "clip_grad_norm": self.clip_grad_norm, "dropout": self.dropout, "huber_delta": self.huber_delta,
-                "on_divergence": self.on_divergence, "verbose": self.verbose, "sync_every": self.sync_every}
+                "on_divergence": self.on_divergence, "verbose": self.verbose, "sync_every": self.sync_every,
+                "impute": self.impute, "max_categories": self.max_categories}
         args.update(self.optimizer_settings.settings())
         return args
 
-    def _check_data(self, X, y, learn=False):
+    def _check_data(self, X, y, learn=False, local=False, encoded=False):
         """(X, Y) for the kernels. learn (fit): an untrained model takes its feature names and classes
-        from this data."""
+        from this data, and from a table with named columns its schema (local: each MPI rank has its own rows)."""
         learn = learn and not self.is_fitted
+        if learn and table_columns(X) is not None:
+            self._learn_schema(X, y, local)
+        if self._schema is not None:
+            X, Y = self._schema_inputs(X, encoded), self._schema_targets(X, y)
+            if len(Y) != len(X):
+                raise InputError(f"X has {len(X)} rows but y has {len(Y)}; give one label or value per row")
+            if learn:
+                self._warn_unused_outputs(Y)
+            return X, Y
         X = self._features(X, learn)
         classes = self.classes_
         if self.is_classifier and (classes is None or learn):
@@ -551,8 +604,10 @@ class Trainer:
             self._warn_unused_outputs(Y)
         return X, Y
 
-    def _features(self, X, learn=False):
+    def _features(self, X, learn=False, encoded=False):
         """X as a C-contiguous array; a DataFrame or Table by column name (its names kept when learning)."""
+        if self._schema is not None:
+            return self._schema_inputs(X, encoded)
         names = table_columns(X)
         if names is not None:
             if self.feature_names_in_ is not None:
@@ -569,6 +624,96 @@ class Trainer:
         if learn and names is not None and all(isinstance(c, str) for c in names):
             self.feature_names_in_ = np.array(names, dtype=object)
         return X
+
+    # ------------------------------------------------------------------ tables, through the schema
+    def _learn_schema(self, X, y, local):
+        """The first fit on a table: its schema, as `fastbp train` learns one from a file (column kinds,
+        categories, statistics, missing values; the target's classes, or its mean and scale)."""
+        from .files.preprocess import Preprocessor
+        from .files.tables import TableSource
+        if y is None:
+            raise InputError("fit needs y: the labels or values, or the name of X's target column")
+        source = TableSource(X, y)
+        distributed = self._comm.size > 1 and local
+        prep, _, _ = Preprocessor.fit(source, source.target, task="classify" if self.is_classifier else "regress",
+                                      impute=self.impute, max_categories=self.max_categories,
+                                      comm=self._comm if distributed else None, local=distributed,
+                                      scale_target=self.loss != "poisson")
+        self._check_schema_fits(prep)
+        self._schema = prep
+        self.classes_ = self._schema_classes()
+        self.feature_names_in_ = np.array(prep.features, dtype=object)
+
+    def _check_schema_fits(self, prep):
+        """The network's inputs and outputs are those the schema gives: its encoded width, and one output per
+        class (cross_entropy: at least; binary_cross_entropy: one for two classes) or one for a value."""
+        n_in, n_out = self.layout.n_in, self.layout.n_out
+        if prep.n_inputs != n_in:
+            raise InputError(f"X's {len(prep.features)} columns encode to {prep.n_inputs} inputs "
+                             f"({_encoded_columns(prep)}) but layer_sizes[0] = {n_in}; build the Trainer with "
+                             f"layer_sizes[0] = {prep.n_inputs}")
+        if prep.task == "classify":
+            n_classes = len(prep.classes())
+            fits = n_classes <= n_out if self.loss == "cross_entropy" else \
+                n_classes == 2 if n_out == 1 else n_classes == n_out
+            if not fits:
+                fix = f"layer_sizes[-1] = {n_classes}" + (" or loss='cross_entropy'" if n_out == 1 else "")
+                raise InputError(f"y has {n_classes} classes ({', '.join(map(str, prep.classes()[:10]))}) but the "
+                                 f"model has {n_out} output(s) with loss {self.loss!r}; use {fix}")
+        elif n_out != 1:
+            raise InputError(f"y is one column of values but the model has {n_out} outputs; use layer_sizes[-1] = 1 "
+                             "(for several targets pass arrays)")
+        if prep.task == "regress" and self.is_classifier:
+            raise InputError(f"y holds values to regress, but loss {self.loss!r} classifies; use mse, mae or huber")
+
+    def _schema_classes(self):
+        """classes_ of a model with a schema: the target's labels by output (None where the classes are learned
+        one-hot, with several outputs and another loss than cross_entropy)."""
+        from .files.streaming import FileTargets
+        prep = self._schema
+        if not self.is_classifier or prep.task != "classify" or FileTargets(self.loss, self.layout.n_out).one_hot:
+            return None
+        return prep.labels(np.arange(len(prep.classes())))
+
+    def _schema_inputs(self, X, encoded=False):
+        """The inputs the network reads, through the schema: from a table by column name, from a 2-D array by
+        position (one column per feature, as in training; as scikit-learn reads an array after a DataFrame);
+        encoded: X is already what Preprocessor.transform gives."""
+        from .files.tables import arrow_column, table_column
+        if encoded:
+            return check_X(X, self.dtype, self.layout.n_in, fitted=self.is_fitted)
+        prep = self._schema
+        names = table_columns(X)
+        if names is None:
+            X = np.asarray(X)
+            if X.ndim != 2 or X.shape[1] != len(prep.features):
+                raise InputError(f"X has shape {X.shape}, but the model reads {len(prep.features)} columns "
+                                 f"({', '.join(prep.features[:10])}{', ...' if len(prep.features) > 10 else ''}): "
+                                 "pass a table with those columns, or an array with one column per feature in "
+                                 "that order")
+            X = {c: X[:, j] for j, c in enumerate(prep.features)}
+            names = prep.features
+        present = set(names)
+        chunk = {c: arrow_column(c, table_column(X, c)) for c in prep.features if c in present}
+        prep.unknown = {}
+        X, _ = prep.transform(chunk, with_target=False, dtype=DTYPES[self.dtype])
+        for column, rows in prep.unknown.items():
+            warn(f"column {column!r}: {rows} row(s) hold categories not seen in training; they are encoded as "
+                 "all zeros")
+        if not len(X):
+            raise InputError("X is empty: it has 0 rows; pass at least one row")
+        return X
+
+    def _schema_targets(self, X, y):
+        """y (labels or values, or the name of X's target column) as the network learns it: class indices or
+        the one-hot classes, or the standardized value."""
+        from .files.streaming import FileTargets
+        from .files.tables import arrow_column, table_column
+        if isinstance(y, str) and table_columns(X) is not None:
+            y = table_column(X, y)
+        values = arrow_column("y", y)
+        y = self._schema.encode_target(values, 0, DTYPES[self.dtype])
+        return FileTargets(self.loss, self.layout.n_out).rows(y)
 
     def _warn_unused_outputs(self, Y):
         if self.net.loss_code != CROSS_ENTROPY:
@@ -657,6 +802,19 @@ def _checked_dropout(dropout, n_hidden):
                 or not 0 <= p < 1:
             raise InputError(f"dropout rates must lie in [0, 1), got {dropout!r}")
     return [float(p) for p in rates] if hasattr(dropout, "__len__") else float(dropout)
+
+
+def _checked_impute(value):
+    if value not in (None, "mean", "median"):
+        raise InputError(f"impute must be None (a missing value is an error), 'mean' or 'median', got {value!r}")
+    return value
+
+
+def _encoded_columns(prep):
+    """Which columns take more than one input (one per category), for messages."""
+    wide = [f"{c!r} one per category: {len(cats)}" for c, cats in zip(prep.features, prep.state["categories"])
+            if cats is not None]
+    return "; ".join(wide[:5]) + ("; ..." if len(wide) > 5 else "") if wide else "one per column"
 
 
 def _checked_on_divergence(value):

@@ -196,7 +196,10 @@ def test_predictions_match_the_python_api(files, tmp_path):
         trainer = fastbp.load(model)
         prep = Preprocessor(trainer.preprocessing)
         X, _ = prep.transform({c: v for c, v in _columns(files / "d.parquet").items()}, with_target=False)
-        expected = trainer.predict_proba(X) if args else np.array(prep.classes())[trainer.predict(X)]
+        # the encoded inputs (as the CLI passes each chunk); labels are the classes themselves
+        expected = trainer.predict_proba(X, encoded=True) if args else trainer.predict(X, encoded=True)
+        table = pq.read_table(files / "d.parquet")  # the same through the schema, by column name
+        np.testing.assert_array_equal(trainer.predict_proba(table) if args else trainer.predict(table), expected)
         got = np.load(tmp_path / "p.npy")
         if args:
             np.testing.assert_allclose(got, expected, rtol=1e-6)
@@ -268,8 +271,8 @@ def test_evaluate_computes_r2_over_the_whole_file_not_per_chunk(files, tmp_path)
     from fastbp.files.preprocess import Preprocessor
     trainer = fastbp.load(model)
     data = np.load(files / "d.npy")
-    X, y = Preprocessor(trainer.preprocessing).transform({str(i): data[:, i] for i in range(3)})
-    expected = trainer.evaluate(X, y)
+    X, _ = Preprocessor(trainer.preprocessing).transform({str(i): data[:, i] for i in range(3)})
+    expected = trainer.evaluate(X, data[:, 0], encoded=True)  # the target as the file holds it
     scores = json.loads(out)
     assert scores["r2"] == pytest.approx(expected["r2"], rel=1e-5)
     assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-5)

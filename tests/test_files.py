@@ -598,7 +598,8 @@ def test_cli_classes_learned_one_hot_predict_evaluate_and_export_as_their_larges
     table = pq.read_table(tmp_path / "d.parquet")
     X, _ = prep.transform(dict(zip(table.column_names, table.columns)), with_target=False)
     assert trainer.layer_sizes[-1] == 3
-    np.testing.assert_array_equal(predicted, np.array(["a", "b", "c"])[trainer.decision_function(X).argmax(1)])
+    largest = trainer.decision_function(X, encoded=True).argmax(1)
+    np.testing.assert_array_equal(predicted, np.array(["a", "b", "c"])[largest])
     result = evaluate(tmp_path / "m.fbp", tmp_path / "d.parquet")
     assert set(result) == {"loss", "accuracy", "rows"}
     assert result["accuracy"] == pytest.approx((predicted == label).mean()) and result["accuracy"] > 0.8
@@ -607,7 +608,7 @@ def test_cli_classes_learned_one_hot_predict_evaluate_and_export_as_their_larges
         assert code == 2 and "gives scores, not probabilities" in err
     else:  # one sigmoid per class (one-vs-rest)
         assert code == 0, err
-        np.testing.assert_allclose(np.load(tmp_path / "q.npy"), trainer.predict_proba(X), rtol=1e-6)
+        np.testing.assert_allclose(np.load(tmp_path / "q.npy"), trainer.predict_proba(X, encoded=True), rtol=1e-6)
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     code, out, err = cli("export", tmp_path / "m.fbp", tmp_path / "m.onnx")
@@ -618,5 +619,5 @@ def test_cli_classes_learned_one_hot_predict_evaluate_and_export_as_their_larges
     np.testing.assert_array_equal(got["label"], predicted)
     scores = "scores" if loss == "mse" else "probabilities"
     assert f"outputs label, {scores}" in out
-    expected = trainer.decision_function(X) if loss == "mse" else trainer.predict_proba(X)
+    expected = (trainer.decision_function if loss == "mse" else trainer.predict_proba)(X, encoded=True)
     np.testing.assert_allclose(got[scores], expected, rtol=1e-5, atol=1e-6)

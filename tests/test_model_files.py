@@ -170,7 +170,7 @@ def test_every_json_field_of_another_type_loads_or_is_a_model_file_error(tmp_pat
             except fastbp.ModelFileError:
                 continue
             loaded.summary()
-            loaded.predict(X)
+            loaded.predict(X, encoded=True)
             if loaded.preprocessing:
                 Preprocessor(loaded.preprocessing)
 

@@ -87,12 +87,12 @@ def test_cli_models_export_their_preprocessing(tmp_path):
         assert prep.state["categories"][-1] == ["false", "true"]
         X, _ = prep.transform(new, with_target=False)
         if target == "label":
-            np.testing.assert_array_equal(out["label"], prep.labels(tr.predict(X)))
+            np.testing.assert_array_equal(out["label"], tr.predict(X, encoded=True))
             # one probability per class, as `fastbp predict --proba` writes them (binary_cross_entropy too)
             cli("predict", model, tmp_path / "new.csv", "--out", tmp_path / "p.npy", "--proba", "--quiet")
             np.testing.assert_allclose(out["probabilities"], np.load(tmp_path / "p.npy"), rtol=1e-5, atol=1e-6)
         else:
-            np.testing.assert_allclose(out["variable"][:, 0], prep.target_values(tr.predict(X)), rtol=1e-5)
+            np.testing.assert_allclose(out["variable"][:, 0], tr.predict(X, encoded=True), rtol=1e-5)
 
 
 @pytest.mark.parametrize("labels", [np.array(["no", "yes"]), np.array([10, 20, 30]), np.array([False, True])])

@@ -61,7 +61,7 @@ def log_loss_on(tr, prep, X, y):
     if prep.features != list(columns):
         columns = {str(i): X[:, i] for i in range(X.shape[1])}
     Xt, _ = prep.transform({**columns, prep.target: y}, dtype=np.float32)
-    return tr.evaluate(Xt, y)
+    return tr.evaluate(Xt, y, encoded=True)
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".npy"])

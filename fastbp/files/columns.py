@@ -39,7 +39,8 @@ def arrow_kind(column, dtype):
             or pa.types.is_large_binary(dtype):
         return TEXT
     raise InputError(f"column {column!r} has type {dtype}, which fastbp cannot use as a feature: convert it to "
-                     "numbers or text first (e.g. a timestamp to seconds), or leave it out with --exclude")
+                     "numbers or text first (e.g. a timestamp to seconds), or leave it out (--exclude, or drop it "
+                     "from the DataFrame)")
 
 
 def is_arrow(values):

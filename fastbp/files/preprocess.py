@@ -57,15 +57,18 @@ class Preprocessor:
     # ------------------------------------------------------------------ learning
     @classmethod
     def fit(cls, source, target, features=None, task=None, impute=None, max_categories=1000, val_split=0.0,
-            val_max_rows=200_000, seed=0, progress=None, comm=None, exclude=()):
+            val_max_rows=200_000, seed=0, progress=None, comm=None, exclude=(), local=False,
+            scale_target=True):
         """One pass over `source`: the schema of the training rows and a sample of validation rows.
         Returns (Preprocessor, validation columns or None, training rows); a classifier's Preprocessor
         also holds `class_counts`, the training rows of each class.
 
+        scale_target: a regression target is standardized (False keeps its own scale: a Poisson target).
         features: the feature columns (default: all but the target, the pandas index columns the
         source names and `exclude`). With an MPI communicator (size > 1) and a source in chunks
         (.npy, Parquet), each rank scans only every size-th chunk and the parts are merged, identically
-        on every rank.
+        on every rank; with local=True each rank scans all of its own source (its own rows) and the parts
+        are merged likewise.
         """
         features = cls.feature_columns(source, target, features, exclude)
         if impute not in (None, "mean", "median"):
@@ -74,15 +77,15 @@ class Preprocessor:
             raise InputError(f"task must be 'classify' or 'regress', got {task!r}")
         # the validation sample is bounded in cells, so a wide file keeps fewer rows
         val_max_rows = max(1, min(int(val_max_rows), VAL_MAX_CELLS // (len(features) + 1)))
-        sharded = comm is not None and comm.size > 1 and getattr(source, "chunk_starts", None) is not None
-        chunks = range(comm.rank, source.n_chunks, comm.size) if sharded else None
+        sharded = comm is not None and comm.size > 1 and (local or getattr(source, "chunk_starts", None) is not None)
+        chunks = range(comm.rank, source.n_chunks, comm.size) if sharded and not local else None
 
         holdout = Holdout(seed, val_split)
         part = first_pass(source, target, features, impute, max_categories, holdout,
                           max(1, val_max_rows // comm.size) if sharded else val_max_rows, seed, progress, chunks)
         if sharded:
             part = FirstPass.combine(comm.allgather(part), np.random.default_rng(seed))
-        prep = cls(_schema(part, task, impute))
+        prep = cls(_schema(part, task, impute, scale_target))
         if prep.task == "classify":
             prep.class_counts = part.target.class_counts(prep.classes())
         prep.looks_sorted = part.target.looks_sorted(part.n_rows, prep.classes() if prep.task == "classify" else [])
@@ -163,7 +166,7 @@ class Preprocessor:
             if self.state["impute"] is None:
                 r, j = np.argwhere(nan)[0]
                 raise InputError(f"column {columns[j]!r} has a missing value at {where(start, r)}; "
-                                 "the model was trained without --impute")
+                                 "the model was trained without impute (--impute)")
             block = np.where(nan, self._fill[part], block)
         inf = np.isinf(block)
         if inf.any():
@@ -258,7 +261,7 @@ def _label_type_of(classes):
     return "int" if all(isinstance(c, int) or float(c).is_integer() for c in classes) else "float"
 
 
-def _schema(part, task, impute):
+def _schema(part, task, impute, scale_target=True):
     """The Preprocessor state from a (merged) first pass."""
     if part.n_rows == 0:
         raise InputError("the data has no training rows")
@@ -268,7 +271,8 @@ def _schema(part, task, impute):
         small = kind == NUMBER and integral and 0 < len(labels) <= 50
         task = "classify" if kind == TEXT or small else "regress"
     if task == "regress" and kind == TEXT:
-        raise InputError(f"target column {target.name!r} holds text; regression needs numbers (use --task classify)")
+        raise InputError(f"target column {target.name!r} holds text; regression needs numbers (classify it: "
+                         "--task classify, or a classification loss)")
     if task == "classify" and not labels:
         raise InputError(f"target column {target.name!r} has over 10000 distinct values; is it a regression target?")
     if task == "classify" and len(labels) < 2:
@@ -289,7 +293,8 @@ def _schema(part, task, impute):
         state["classes"], state["label_type"] = labels, label_type
     else:
         std = target.std()
-        state["target_mean"], state["target_scale"] = target.mean, std if std > 1e-12 else 1.0
+        state["target_mean"], state["target_scale"] = (target.mean, std if std > 1e-12 else 1.0) if scale_target \
+            else (0.0, 1.0)
     return state
 
 

@@ -203,7 +203,7 @@ class ColumnScan:
             mixed = f" (numbers, and text: {self._first_text()})" if self.count + self.seen_numeric_text else ""
             raise InputError(f"column {self.name!r} has more than {self.max_categories} distinct values{mixed}; as "
                              "text it looks like an identifier: leave it out (--exclude), clean it, or raise "
-                             "--max-categories")
+                             "max_categories (--max-categories)")
         return sorted(self.distinct) + ([MISSING] if self.missing else [])
 
     def std(self):
@@ -459,8 +459,9 @@ def _scan_numbers(scans, chunk, rows, impute, rng):
                          "replace infinite values (or drop those rows) first")
     if impute is None and nan.any():
         r, j = np.argwhere(nan)[0]
-        raise InputError(f"column {scans[j].name!r} has a missing value at {where(0, rows[r])}; pass --impute "
-                         "mean|median (text columns get their own 'missing' category) or clean the data")
+        raise InputError(f"column {scans[j].name!r} has a missing value at {where(0, rows[r])}; impute "
+                         "mean|median (--impute, or the Trainer's impute=; text columns get their own 'missing' "
+                         "category) or clean the data")
     counts = (~nan).sum(axis=0)
     # sums along axis 0 are not pairwise: centre first (on the running mean, else the first row), so a
     # column 1e9 + N(0, 1) keeps its digits
@@ -470,7 +471,11 @@ def _scan_numbers(scans, chunk, rows, impute, rng):
     centred = np.where(nan, 0.0, block - shift)
     offset = centred.sum(axis=0) / np.maximum(counts, 1)
     means = shift + offset
-    m2 = (np.where(nan, 0.0, centred - offset) ** 2).sum(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        m2 = (np.where(nan, 0.0, centred - offset) ** 2).sum(axis=0)
+    for j in np.flatnonzero(~np.isfinite(m2)):  # the value farthest out named, as ColumnScan does
+        r = int(np.argmax(np.where(nan[:, j], 0.0, np.abs(block[:, j]))))
+        scans[j]._too_wide(f"values such as {block[r, j]:g} (at {where(0, rows[r])})")
     for j, scan in enumerate(scans):
         scan.missing += int(len(rows) - counts[j])
         if counts[j]:
@@ -483,7 +488,8 @@ def _scan_cells(scan, values, rows, impute, rng):
     scan.update(values, rows, rng)
     if scan.missing and impute is None:
         raise InputError(f"column {scan.name!r} has a missing value at {where(0, _first_missing(values, rows))}; "
-                         "pass --impute mean|median (text columns get their own 'missing' category) or clean the data")
+                         "impute mean|median (--impute, or the Trainer's impute=; text columns get their own "
+                         "'missing' category) or clean the data")
 
 
 def _first_missing(values, rows):

@@ -1,0 +1,132 @@
+"""A DataFrame through Trainer.fit takes the path a file takes through `fastbp train`: the same first pass and
+schema (kinds, categories, statistics, missing values, the target's classes or scale), stored in the model and
+applied by predict, evaluate, save/load, `fastbp predict` and ONNX."""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import cli
+from fastbp.files.preprocess import Preprocessor
+from fastbp.files.sources import open_source
+
+pd = pytest.importorskip("pandas")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def mixed(n=600, seed=0):
+    """Numbers, text, a pandas category, bools and a nullable integer with missing values."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "x": rng.normal(size=n),
+        "color": rng.choice(["red", "green", "blue"], n),
+        "size": pd.Categorical(rng.choice(["S", "M", "L"], n)),
+        "member": rng.random(n) > 0.5,
+        "visits": pd.array(rng.integers(0, 9, n), dtype="Int64"),
+    })
+    df.loc[rng.choice(n, 20, replace=False), "visits"] = pd.NA
+    late = np.where(df.x + (df.color == "red") - 0.5 * df.member > 0.3, "late", "on time")
+    return df, late
+
+
+def test_a_dataframe_learns_the_schema_a_file_gives(tmp_path):
+    df, y = mixed()
+    tr = fastbp.Trainer([9, 16, 2], optimizer="adam", lr=0.01, epochs=15, impute="median", seed=0).fit(df, y)
+    pq.write_table(pa.Table.from_pandas(df.assign(late=y), preserve_index=False), tmp_path / "d.parquet")
+    prep, _, _ = Preprocessor.fit(open_source(tmp_path / "d.parquet"), "late", impute="median")
+    state = dict(tr.preprocessing, target="late")  # y came without a name: stored as "target"
+    assert tr.preprocessing["target"] == "target" and prep.matches(state)
+    assert list(tr.feature_names_in_) == ["x", "color", "size", "member", "visits"]
+    np.testing.assert_array_equal(tr.classes_, ["late", "on time"])
+    predicted = tr.predict(df)
+    assert predicted.dtype.kind in "OU" and np.mean(predicted == y) > 0.9
+    # the command line reads the model's schema from the file: the same predictions
+    tr.save(tmp_path / "m.fbp")
+    assert cli.main(["predict", str(tmp_path / "m.fbp"), str(tmp_path / "d.parquet"), "--out",
+                     str(tmp_path / "p.npy"), "--quiet"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy", allow_pickle=True), predicted)
+    loaded = fastbp.load(tmp_path / "m.fbp")
+    np.testing.assert_array_equal(loaded.predict_proba(df), tr.predict_proba(df))
+    np.testing.assert_array_equal(loaded.classes_, tr.classes_)
+    # columns by name, whatever their order, with others beside them
+    np.testing.assert_array_equal(tr.predict(df[df.columns[::-1]].assign(extra=1)), predicted)
+
+
+def test_missing_values_follow_impute():
+    df, y = mixed(n=200)
+    with pytest.raises(fastbp.InputError, match=r"column 'visits' has a missing value at row \d+; impute mean\|median"):
+        fastbp.Trainer([9, 2], epochs=1).fit(df, y)
+    tr = fastbp.Trainer([9, 2], epochs=1, impute="mean").fit(df, y)
+    fill = tr.preprocessing["fill"][4]
+    assert fill == pytest.approx(df.visits.astype(float).mean())
+    text = df.assign(color=df.color.where(df.index % 7 != 0, None))  # a missing text cell: its own category
+    tr = fastbp.Trainer([10, 2], epochs=1, impute="mean").fit(text, y)
+    assert "(missing)" in tr.preprocessing["categories"][1][-1] or len(tr.preprocessing["categories"][1]) == 4
+
+
+def test_unknown_categories_and_widths_are_explained():
+    df, y = mixed(n=200)
+    with pytest.raises(fastbp.InputError, match=r"5 columns encode to 9 inputs \('color' one per category: 3; "
+                                                r"'size' one per category: 3\).*layer_sizes\[0\] = 9"):
+        fastbp.Trainer([5, 2], impute="mean").fit(df, y)
+    tr = fastbp.Trainer([9, 2], epochs=1, impute="mean").fit(df, y)
+    new = df.head(4).assign(color=["red", "purple", "red", "teal"])
+    with pytest.warns(UserWarning, match=r"column 'color': 2 row\(s\) hold categories not seen in training"):
+        tr.predict(new)
+    with pytest.raises(fastbp.InputError, match=r"y has 3 classes .* 2 output\(s\).*layer_sizes\[-1\] = 3"):
+        fastbp.Trainer([9, 2], impute="mean").fit(df, np.array(["a", "b", "c"])[np.arange(200) % 3])
+
+
+def test_a_regression_target_is_standardized_and_predicted_on_its_scale(tmp_path):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"carat": rng.uniform(0.2, 3, 800), "cut": rng.choice(["Fair", "Good", "Ideal"], 800)})
+    df["price"] = 4000 * df.carat + 800 * (df.cut == "Ideal") + rng.normal(0, 100, 800)
+    tr = fastbp.Trainer([4, 32, 1], loss="mse", optimizer="adam", lr=0.01, epochs=40, seed=0).fit(df, "price")
+    assert tr.preprocessing["target"] == "price" and tr.preprocessing["target_scale"] > 1000
+    predicted = tr.predict(df)
+    result = tr.evaluate(df, "price")
+    assert result["rmse"] == pytest.approx(np.sqrt(sklearn_metrics.mean_squared_error(df.price, predicted)), rel=1e-4)
+    assert result["mae"] == pytest.approx(sklearn_metrics.mean_absolute_error(df.price, predicted), rel=1e-4)
+    assert result["r2"] == pytest.approx(sklearn_metrics.r2_score(df.price, predicted), rel=1e-4)
+    assert result["r2"] > 0.95
+    np.testing.assert_array_equal(tr.evaluate(df.drop(columns="price"), df.price)["rmse"], result["rmse"])
+
+
+def test_numeric_arrays_are_read_by_position_after_a_table():
+    df, y = mixed(n=200)
+    numeric = df[["x"]].assign(v=df.visits.fillna(0).astype(float))
+    tr = fastbp.Trainer([2, 8, 2], epochs=2).fit(numeric, y)
+    np.testing.assert_array_equal(tr.predict_proba(numeric.to_numpy()), tr.predict_proba(numeric))
+    with pytest.raises(fastbp.InputError, match=r"X has shape \(200, 3\), but the model reads 2 columns \(x, v\)"):
+        tr.predict(numeric.assign(z=1.0).to_numpy())
+
+
+def test_polars_and_arrow_tables_give_what_pandas_gives():
+    pl = pytest.importorskip("polars")
+    df, y = mixed(n=300)
+    df = df.astype({"size": str})
+    reference = fastbp.Trainer([9, 8, 2], epochs=3, impute="mean", seed=2).fit(df, y)
+    for table in (pl.from_pandas(df), pa.Table.from_pandas(df, preserve_index=False)):
+        tr = fastbp.Trainer([9, 8, 2], epochs=3, impute="mean", seed=2).fit(table, y)
+        assert Preprocessor(tr.preprocessing).matches(reference.preprocessing)
+        np.testing.assert_array_equal(tr.params, reference.params)
+        np.testing.assert_array_equal(tr.predict(table), reference.predict(df))
+
+
+def test_a_dataframe_model_exports_its_columns_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    df, y = mixed(n=300)
+    df = df.astype({"size": str, "visits": float}).fillna({"visits": 0.0})
+    tr = fastbp.Trainer([9, 8, 2], epochs=3, seed=0).fit(df, y)
+    session = ort.InferenceSession(tr.to_onnx().SerializeToString())
+    feeds = {}
+    for c, kinds in zip(tr.preprocessing["features"], tr.preprocessing["categories"]):
+        values = df[c].to_numpy()
+        # categories as strings; numbers (bools too: 1/0) as double
+        feeds[c] = (values.astype(str).astype(object) if kinds is not None
+                    else values.astype(np.float64)).reshape(-1, 1)
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    np.testing.assert_array_equal(got["label"], tr.predict(df))
+    np.testing.assert_allclose(got["probabilities"], tr.predict_proba(df), rtol=1e-5, atol=1e-6)
