@@ -6,7 +6,7 @@ import functools
 import numpy as np
 
 from .core.checks import DTYPES, check_bool, check_dtype, check_int, check_number
-from .core.errors import InputError, NotFittedError, warn
+from .core.errors import InputError, InputTypeError, NotFittedError, warn
 from .core.layout import INITS, check_layer_sizes
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization
@@ -21,8 +21,8 @@ from .engine.schedules import make_schedule, schedule_from_spec, schedule_spec
 from .engine.state import TrainingState
 from .files.modelfile import ModelFileError, read_model, write_model
 from .inputs import (check_sample_weight, check_targets, check_X, class_index, class_weight_table,
-                     class_weights_per_sample, classes_from_list, encode_labels, index_classes, learn_classes,
-                     row_weights, table_array, table_columns, validation_indices)
+                     class_weights_per_sample, classes_from_list, encode_labels, index_classes, label_column,
+                     learn_classes, row_weights, table_array, table_columns, validation_indices)
 from .parallel import distributed, file_shards
 from .parallel.comm import make_comm
 
@@ -56,7 +56,7 @@ class Trainer:
     n_threads = RunSetting(lambda tr, v: None if v is None else resolve_n_threads(v))
     clip_grad_norm = RunSetting(lambda tr, v: None if v is None else check_number("clip_grad_norm", v, low=0.0,
                                                                                    low_open=True))
-    dropout = RunSetting(lambda tr, v: _checked_dropout(v, tr.layout.n_layers - 1))
+    dropout = RunSetting(lambda tr, v: _checked_dropout(v, tr._n_hidden))
     on_divergence = RunSetting(lambda tr, v: _checked_on_divergence(v))
     verbose = RunSetting(lambda tr, v: _checked_verbose(v))
     sync_every = RunSetting(lambda tr, v: check_int("sync_every", v, 1))
@@ -76,25 +76,30 @@ class Trainer:
     centered = OptimizerSetting()
     l1 = OptimizerSetting()
 
-    def __init__(self, layer_sizes, activation="relu", loss="cross_entropy", optimizer="sgd", lr=None,
+    def __init__(self, layer_sizes=None, activation="relu", loss="cross_entropy", optimizer="sgd", lr=None,
                  momentum=0.0, nesterov=False, weight_decay=None, batch_size=256, epochs=10, shuffle=True,
                  seed=0, dtype="float32", n_threads=None, init="auto", betas=(0.9, 0.999), eps=1e-8,
                  amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
                  huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1,
-                 impute=None, max_categories=1000):
-        layer_sizes = check_layer_sizes(layer_sizes)
-        n_hidden = len(layer_sizes) - 2
-        hidden = [activation] * n_hidden if isinstance(activation, str) else list(activation)
-        if len(hidden) != n_hidden:
-            raise InputError(f"activation lists one name per hidden layer: expected {n_hidden}, got {len(hidden)}")
+                 impute=None, max_categories=1000, hidden=None):
+        if (layer_sizes is None) == (hidden is None):
+            raise InputError("give layer_sizes=[n_in, hidden..., n_out], or hidden=(widths...) to take n_in and n_out "
+                             "from the first fit's data" + ("" if layer_sizes is None else ", not both"))
+        if hidden is not None:
+            if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+                raise InputTypeError(f"hidden must be a list of widths, e.g. (256, 256), got {hidden!r}")
+            hidden = [check_int(f"every hidden width (in {hidden!r})", h, 1) for h in hidden]
+        n_hidden = len(layer_sizes) - 2 if layer_sizes is not None else len(hidden)
+        activations = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+        if len(activations) != n_hidden:
+            raise InputError(f"activation lists one name per hidden layer: expected {n_hidden}, "
+                             f"got {len(activations)}")
+        self.hidden = hidden  # the hidden widths when the others come from the data (None with layer_sizes)
+        self._n_hidden = n_hidden
         self.huber_delta = check_number("huber_delta", huber_delta, low=0.0, low_open=True)
-        self.layout, self.net = build_net(layer_sizes, hidden, loss, self.huber_delta)
-        self.layer_sizes = [int(s) for s in self.layout.sizes]
+        build_net([1] * (n_hidden + 2), activations, loss, self.huber_delta)  # names checked now, not at fit
         self.activation = activation if isinstance(activation, str) else list(activation)
         self.loss = loss
-        if loss == "cross_entropy" and self.layout.n_out < 2:
-            raise InputError("cross_entropy needs at least 2 outputs (layer_sizes[-1] >= 2); "
-                             "for one output use binary_cross_entropy")
         self._optimizer_args = dict(name=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
                                     weight_decay=weight_decay, betas=betas, eps=eps, amsgrad=amsgrad, alpha=alpha,
                                     centered=centered, l1=l1)
@@ -121,15 +126,8 @@ class Trainer:
         self.seed = check_int("seed", seed, 0) if seed is not None else int(
             self._comm.allgather(int(np.random.SeedSequence().entropy % 2 ** 63))[0])
 
-        np_dtype = DTYPES[self.dtype]
-        init_seq, shuffle_seq, dropout_seq, split_seq = np.random.SeedSequence(self.seed).spawn(4)
-        params = np.zeros(self.layout.n_params, dtype=np_dtype)
-        self.layout.initialize(params, init, hidden, np.random.default_rng(init_seq))
-        self._comm.bcast(params)  # rank 0's initial parameters everywhere
-        schedule = make_schedule(lr_schedule)
-        self.state = TrainingState(
-            params, self._fresh_optimizer_state(), np.random.default_rng(shuffle_seq), schedule,
-            dropout_seq.generate_state(1, np.uint32)[0], split_seq.generate_state(1, np.uint32)[0])
+        self._schedule = make_schedule(lr_schedule)
+        self.state = None  # parameters and training state: built with the layer sizes (_build)
         self.stop_training = False
         self.classes_ = None           # classification: the labels, in output order (learned by the first fit)
         self.feature_names_in_ = None  # the column names of a DataFrame/Table X at the first fit
@@ -137,6 +135,31 @@ class Trainer:
         self._schema = None  # the column handling of a table or file (fastbp.files.preprocess), saved with the model
         self.metadata = {}         # free-form JSON saved with the model (the CLI records its options here)
         self._lock = ModelLock()
+        if layer_sizes is not None:
+            self._build(layer_sizes)
+
+    def _build(self, layer_sizes):
+        """The network, its seeded initial parameters and the training state, once the layer sizes are known."""
+        layer_sizes = check_layer_sizes(layer_sizes)
+        activations = [self.activation] * self._n_hidden if isinstance(self.activation, str) else self.activation
+        layout, net = build_net(layer_sizes, activations, self.loss, self.huber_delta)
+        if self.loss == "cross_entropy" and layout.n_out < 2:
+            raise InputError("cross_entropy needs at least 2 outputs (layer_sizes[-1] >= 2); "
+                             "for one output use binary_cross_entropy")
+        self.layout, self.net = layout, net
+        self.layer_sizes = [int(s) for s in layout.sizes]
+        init_seq, shuffle_seq, dropout_seq, split_seq = np.random.SeedSequence(self.seed).spawn(4)
+        params = np.zeros(layout.n_params, dtype=DTYPES[self.dtype])
+        layout.initialize(params, self.init, activations, np.random.default_rng(init_seq))
+        self._comm.bcast(params)  # rank 0's initial parameters everywhere
+        self.state = TrainingState(
+            params, self._fresh_optimizer_state(), np.random.default_rng(shuffle_seq), self._schedule,
+            dropout_seq.generate_state(1, np.uint32)[0], split_seq.generate_state(1, np.uint32)[0])
+
+    def _require_built(self, what):
+        if self.state is None:
+            raise NotFittedError(f"{what} needs the layer sizes, which come from the first fit's data (hidden=): "
+                                 "call fit first, or build the Trainer with layer_sizes")
 
     # ------------------------------------------------------------------ public API
     @property
@@ -162,7 +185,7 @@ class Trainer:
         with self._lock.reading():  # not in the middle of a fit's epoch
             new_optimizer = settings.name != self._optimizer_settings.name
             self._optimizer_args, self._optimizer_settings = args, settings
-            if new_optimizer:
+            if new_optimizer and self.state is not None:
                 self.state.optimizer = self._fresh_optimizer_state()
         return self
 
@@ -173,23 +196,27 @@ class Trainer:
     @property
     def params(self):
         """The live flat parameter array."""
+        self._require_built("params")
         return self.state.params
 
     @property
     def history(self):
-        return self.state.history
+        return self.state.history if self.state is not None else []
 
     @history.setter
     def history(self, value):
+        self._require_built("history")
         self.state.history[:] = list(value)
 
     @property
     def lr_schedule(self):
-        return self.state.schedule
+        return self._schedule
 
     @lr_schedule.setter
     def lr_schedule(self, spec):
-        self.state.schedule = make_schedule(spec)
+        self._schedule = make_schedule(spec)
+        if self.state is not None:
+            self.state.schedule = self._schedule
 
     @property
     def layers(self):
@@ -271,6 +298,8 @@ class Trainer:
         targets are given as prep.transform gives them."""
         from .files import streaming
         with self._lock.training():
+            if self.state is None:
+                self._build([prep.n_inputs, *self.hidden, _schema_outputs(prep, self.loss)])
             engine = self.engine()
             if train_rows < 1:
                 raise InputError("no training rows were read from the data")
@@ -328,11 +357,12 @@ class Trainer:
     def is_fitted(self):
         """True once fit or fit_source has run, or has finished an epoch (a model read from another thread
         during its first fit), or the model was loaded from a file."""
-        return self._fitted or bool(self.state.history)
+        return self._fitted or bool(self.history)
 
     def decision_function(self, X, *, encoded=False):
         """Raw outputs of the last layer (logits for classification losses, log-rates for poisson), shape
         (n, n_out), at the current parameters: also before any fit (the seeded initial weights)."""
+        self._require_built("decision_function")
         X = self._features(X, encoded=encoded)
         with self._lock.reading():
             return self.engine().logits(X)
@@ -525,6 +555,9 @@ class Trainer:
         """A readable description: layers and parameter counts, loss, optimizer, dtype, threads, and what
         training learned (classes, feature names, epochs)."""
         from .core.threads import default_threads
+        if self.state is None:
+            return (f"Trainer: MLP with hidden layers {list(self.hidden)}, {self.dtype}; the input and output widths "
+                    "come from the first fit's data\nnot trained yet (predict needs fit)")
         with self._lock.reading():  # one epoch's end, while fit may run in another thread
             n_hidden = len(self.layer_sizes) - 2
             hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)
@@ -564,7 +597,8 @@ class Trainer:
         self._comm = make_comm(None)
 
     def __repr__(self):
-        return (f"Trainer(layer_sizes={self.layer_sizes}, activation={self.activation!r}, loss={self.loss!r}, "
+        sizes = f"layer_sizes={self.layer_sizes}" if self.state is not None else f"hidden={tuple(self.hidden)}"
+        return (f"Trainer({sizes}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"optimizer={self.optimizer!r}, lr={self.lr!r}, batch_size={self.batch_size}, dtype={self.dtype!r})")
 
     # ------------------------------------------------------------------ internals
@@ -584,6 +618,8 @@ class Trainer:
         learn = learn and not self.is_fitted
         if learn and table_columns(X) is not None:
             self._learn_schema(X, y, local)
+        elif self.state is None:
+            self._require_built("this call") if not learn else self._build_for(X, y, local)
         if self._schema is not None:
             X, Y = self._schema_inputs(X, encoded), self._schema_targets(X, y)
             if len(Y) != len(X):
@@ -639,10 +675,29 @@ class Trainer:
                                       impute=self.impute, max_categories=self.max_categories,
                                       comm=self._comm if distributed else None, local=distributed,
                                       scale_target=self.loss != "poisson")
+        if self.state is None:
+            self._build([prep.n_inputs, *self.hidden, _schema_outputs(prep, self.loss)])
         self._check_schema_fits(prep)
         self._schema = prep
         self.classes_ = self._schema_classes()
         self.feature_names_in_ = np.array(prep.features, dtype=object)
+
+    def _build_for(self, X, y, local):
+        """The layer sizes of a Trainer built with hidden=, from the first fit's arrays: an input per column;
+        an output per class (cross_entropy), one for two classes (binary_cross_entropy) or per multilabel column,
+        one per target column otherwise."""
+        width = check_X(X, self.dtype).shape[1]
+        labels = label_column(y)
+        if self._comm.size > 1 and local:  # every rank counts the labels of all ranks' rows alike
+            labels = distributed.labels_of_all_ranks(self._comm, y)
+        if self.loss == "cross_entropy" and labels.ndim == 1:
+            try:
+                n_out = max(2, len(np.unique(labels)))
+            except TypeError:  # labels of mixed types: learn_classes explains
+                n_out = 2
+        else:
+            n_out = 1 if labels.ndim == 1 else labels.shape[1]
+        self._build([width, *self.hidden, n_out])
 
     def _check_schema_fits(self, prep):
         """The network's inputs and outputs are those the schema gives: its encoded width, and one output per
@@ -802,6 +857,14 @@ def _checked_dropout(dropout, n_hidden):
                 or not 0 <= p < 1:
             raise InputError(f"dropout rates must lie in [0, 1), got {dropout!r}")
     return [float(p) for p in rates] if hasattr(dropout, "__len__") else float(dropout)
+
+
+def _schema_outputs(prep, loss):
+    """The outputs a schema's target needs: one per class (binary_cross_entropy: one for two), one for a value."""
+    if prep.task != "classify":
+        return 1
+    n_classes = len(prep.classes())
+    return 1 if loss == "binary_cross_entropy" and n_classes == 2 else n_classes
 
 
 def _checked_impute(value):

@@ -130,3 +130,37 @@ def test_a_dataframe_model_exports_its_columns_to_onnx(tmp_path):
     got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     np.testing.assert_array_equal(got["label"], tr.predict(df))
     np.testing.assert_allclose(got["probabilities"], tr.predict_proba(df), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss,target", [("cross_entropy", "labels"), ("binary_cross_entropy", "two"),
+                                         ("binary_cross_entropy", "multilabel"), ("mse", "values")])
+def test_hidden_takes_the_widths_from_the_first_fit(loss, target, tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 5))
+    y = {"labels": np.array(["a", "b", "c"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)],
+         "two": X[:, 0] > 0, "multilabel": (X[:, :3] > 0).astype(int), "values": X[:, :2] @ [[1.0, 2], [3, 4]]}[target]
+    n_out = {"labels": 3, "two": 1, "multilabel": 3, "values": 2}[target]
+    deferred = fastbp.Trainer(hidden=(16, 8), loss=loss, optimizer="adam", lr=0.01, epochs=3, seed=4)
+    with pytest.raises(fastbp.NotFittedError, match="layer sizes, which come from the first fit's data"):
+        deferred.decision_function(X)
+    assert "hidden layers [16, 8]" in deferred.summary() and "hidden=(16, 8)" in repr(deferred)
+    deferred.fit(X, y)
+    explicit = fastbp.Trainer([5, 16, 8, n_out], loss=loss, optimizer="adam", lr=0.01, epochs=3, seed=4).fit(X, y)
+    assert deferred.layer_sizes == [5, 16, 8, n_out]
+    np.testing.assert_array_equal(deferred.params, explicit.params)  # the same seeded start, the same steps
+    deferred.save(tmp_path / "m.fbp")
+    np.testing.assert_array_equal(fastbp.load(tmp_path / "m.fbp").predict(X), explicit.predict(X))
+
+
+def test_hidden_takes_the_widths_from_a_table():
+    df, y = mixed(n=200)
+    tr = fastbp.Trainer(hidden=(8,), epochs=1, impute="mean").fit(df, y)
+    assert tr.layer_sizes == [9, 8, 2]
+    reg = fastbp.Trainer(hidden=(), loss="mse", epochs=1, impute="mean").fit(df.assign(v=df.x * 3), "v")
+    assert reg.layer_sizes == [9, 1]
+    for bad, message in [(dict(), "give layer_sizes"), (dict(layer_sizes=[9, 2], hidden=(3,)), "not both"),
+                         (dict(hidden=(0,)), r"every hidden width \(in \(0,\)\) must be >= 1"),
+                         (dict(hidden="64"), "hidden must be a list of widths"),
+                         (dict(hidden=(4,), activation=["relu", "tanh"]), "expected 1, got 2")]:
+        with pytest.raises(fastbp.InputError, match=message):
+            fastbp.Trainer(**bad)
