@@ -146,15 +146,6 @@ def _check_resume_options(checkpoint, saved, now):
                          "Resume with the checkpoint's options, or start without --resume")
 
 
-def _same_rows(saved, now):
-    """The same training rows in the same order, as far as two first passes tell: as many rows, and (where both
-    read them in file order in one process) the target changing value between consecutive rows as often."""
-    if saved.get("training_rows") != now["training_rows"]:
-        return False
-    changes = saved.get("target_changes"), now["target_changes"]
-    return None in changes or changes[0] == changes[1]
-
-
 def _check_loss_fits_task(loss, task):
     """Classes train with any loss but poisson (cross_entropy on class indices; binary_cross_entropy on two
     classes with one output; mse, mae, huber and binary_cross_entropy on more with one-hot targets);
@@ -164,13 +155,6 @@ def _check_loss_fits_task(loss, task):
     if task == "regress" and loss in CLASSIFICATION_LOSSES:
         raise UsageError(f"--loss {loss} is a classification loss, but the target is regressed: use --loss mse, mae "
                          "or huber, or --task classify")
-
-
-def _outputs(loss, task, classes):
-    """Outputs of a new CLI model: one per class, or one (regression; binary_cross_entropy on two classes)."""
-    if task == "regress" or (loss == "binary_cross_entropy" and len(classes) == 2):
-        return 1
-    return len(classes)
 
 
 def _class_weight_option(text):
@@ -237,8 +221,7 @@ def _check_training_options(args):
 
 def train(args):
     from .engine.callbacks import EarlyStopping
-    from .files.preprocess import Preprocessor
-    from .files.sources import open_source
+    from .files.file_data import FileData
     from .files.streaming import FileTargets, StreamStats, spill_bytes
     from .parallel.file_shards import shard_mode
     from .trainer import Trainer, load
@@ -254,76 +237,56 @@ def train(args):
     if args.task is not None and args.loss is not None:
         _check_loss_fits_task(args.loss, args.task)
     _check_training_options(args)
-    source = open_source(args.data, args.chunk_rows, args.encoding)
+    data = FileData(args.data, args.chunk_rows, args.encoding)
     # checked before the first pass, which can take long on a big file
-    shard = shard_mode(args.shard, source, comm.size if comm else 1)
+    shard = shard_mode(args.shard, data.source, comm.size if comm else 1)
     checkpoint = _checkpoint_path(args)
     if args.resume and not checkpoint:
         raise UsageError("--resume needs --checkpoint-dir (where the checkpoint was written)")
     if rank == 0:
         _check_outputs(args)
     exclude = _names(args.exclude)
-    features = Preprocessor.feature_columns(source, args.target, _names(args.features), exclude)
-    skipped = [c for c in getattr(source, "index_columns", ()) if c not in features and not args.features]
+    features = data.feature_columns(args.target, _names(args.features), exclude)
+    skipped = [c for c in getattr(data.source, "index_columns", ()) if c not in features and not args.features]
     if skipped:
         named = ", ".join(repr(c) if c else "the unnamed first column" for c in skipped)
         _say(args, f"note: {named} look(s) like a pandas index and is not used as a feature (name it in --features "
                    "to use it)")
-    if getattr(source, "spills", lambda columns: False)(features + [args.target]):
+    if getattr(data.source, "spills", lambda columns: False)(features + [args.target]):
         _say(args, f"note: {args.data!r} has row groups too wide to read in slices; each is copied to an unnamed "
                    "temporary file (TMPDIR, the row group's size) and read back from there")
-    progress = _rows_progress("reading (first pass)", source.n_rows, args.quiet)
+    progress = _rows_progress("reading (first pass)", data.source.n_rows, args.quiet)
     try:
-        prep, held, n_rows = Preprocessor.fit(
-            source, args.target, features, args.task, args.impute, args.max_categories, args.val_split,
-            val_max_rows=args.val_max_rows, seed=args.seed, progress=progress, comm=comm)
+        data.scan(args.target, features, task=args.task, impute=args.impute, max_categories=args.max_categories,
+                  val_split=args.val_split, val_max_rows=args.val_max_rows, seed=args.seed, progress=progress,
+                  comm=comm)
     finally:
         progress(None)
+    prep, n_rows = data.prep, data.n_rows
     loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
     _check_loss_fits_task(loss, prep.task)
     _check_class_weight(args.class_weight, loss, prep.task)
     class_weight = _class_weight_for(_class_weight_option(args.class_weight), prep)
-    n_out = _outputs(loss, prep.task, prep.classes())
     options = _result_options(args, comm.size if comm else 1, shard)
     if args.resume and os.path.exists(checkpoint):
         trainer = load(checkpoint, comm=comm, n_threads=args.threads)
         _check_resume_options(checkpoint, trainer.metadata.get("cli_options", {}), options)
-        if not trainer.preprocessing or not prep.matches(trainer.preprocessing):
-            raise UsageError(f"{checkpoint!r} was trained on differently prepared data; resume with the same data "
-                             "and options, or start without --resume")
-        # the same rows in the same order (another format of them is fine): as many training rows, and the
-        # target changing value between consecutive rows as often
-        rows = trainer.metadata.get("training_rows")
-        if rows is not None and not _same_rows(rows, prep.rows_signature):
-            raise UsageError(f"{checkpoint!r} was trained on {rows.get('training_rows')} rows whose target changes "
-                             f"value {rows.get('target_changes')} times in file order; this data has "
-                             f"{prep.rows_signature['training_rows']} and {prep.rows_signature['target_changes']}: "
-                             "not the same rows in the same order. Resume with the data it was trained on, or start "
-                             "without --resume")
-        counts, looks_sorted = prep.class_counts, prep.looks_sorted  # this pass's: a model file has neither
-        prep = Preprocessor(trainer.preprocessing)  # transform exactly as the checkpoint was trained
-        prep.class_counts, prep.looks_sorted = counts, looks_sorted
         done = len(trainer.history)
         trainer.epochs = max(0, args.epochs - done)
         _say(args, f"resuming from {checkpoint} after epoch {done}; {trainer.epochs} epoch(s) to go")
     else:
-        trainer = Trainer([prep.n_inputs, *_sizes(args.hidden), n_out], activation=args.activation, loss=loss,
-                          optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        trainer = Trainer([prep.n_inputs, *_sizes(args.hidden), prep.outputs(loss)], activation=args.activation,
+                          loss=loss, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                           dropout=args.dropout, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                          n_threads=args.threads, dtype=args.dtype, comm=comm, sync_every=args.sync_every)
-        trainer.preprocessing = prep.state
+                          n_threads=args.threads, dtype=args.dtype, comm=comm, sync_every=args.sync_every,
+                          impute=args.impute, max_categories=args.max_categories)
         trainer.metadata["cli_options"] = options
-        trainer.metadata["training_rows"] = prep.rows_signature
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
     _say(args, "features: " + _column_list(prep))
     if prep.task == "regress":
         _say(args, f"target {prep.target!r} is standardized for training (mean {prep.state['target_mean']:.6g}, "
                    f"scale {prep.state['target_scale']:.6g}); predictions are on its own scale")
-    validation = None
-    if held is not None:
-        Xv, yv = prep.transform(held, 0, dtype=trainer.params.dtype)
-        validation = (Xv, yv, None)
     callbacks = [EarlyStopping(args.monitor, patience=args.patience)] if args.early_stopping else []
     checkpoints = _Checkpoints(checkpoint, args.checkpoint_every) if checkpoint and rank == 0 else None
     if checkpoints:
@@ -332,15 +295,15 @@ def train(args):
         callbacks.append(_JsonLog(args.log_file))
     stats = StreamStats()
     if not args.no_spill and trainer.epochs:
-        size = spill_bytes(n_rows, prep.n_inputs, FileTargets(trainer.loss, n_out).width, class_weight is not None,
-                           trainer.params.dtype)
+        size = spill_bytes(n_rows, prep.n_inputs, FileTargets(trainer.loss, trainer.layer_sizes[-1]).width,
+                           class_weight is not None, trainer.params.dtype)
         _say(args, f"shuffling across the whole file: the training rows are encoded once into an unnamed temporary "
                    f"file ({size / 2 ** 20:,.1f} MiB in {tempfile.gettempdir()}; --no-spill to skip)")
     try:
         with _sigint_as_keyboard_interrupt():
-            trainer.fit_source(source, prep, n_rows, args.buffer_rows, args.val_split, args.seed, validation,
-                               callbacks, 0 if args.quiet else 1, stats, shard=args.shard, class_weight=class_weight,
-                               spill=not args.no_spill)
+            trainer.fit_file(data, resume=args.resume, buffer_rows=args.buffer_rows, callbacks=callbacks,
+                             verbose=0 if args.quiet else 1, stats=stats, shard=args.shard, class_weight=class_weight,
+                             spill=not args.no_spill)
     except KeyboardInterrupt:
         target = checkpoint or args.out + ".interrupted.fbp"
         target = _save_model(trainer, target)

@@ -299,7 +299,7 @@ class Trainer:
         from .files import streaming
         with self._lock.training():
             if self.state is None:
-                self._build([prep.n_inputs, *self.hidden, _schema_outputs(prep, self.loss)])
+                self._build([prep.n_inputs, *self.hidden, prep.outputs(self.loss)])
             engine = self.engine()
             if train_rows < 1:
                 raise InputError("no training rows were read from the data")
@@ -345,6 +345,59 @@ class Trainer:
                 rows.close()
             self._fitted = True
         return self
+
+    def fit_file(self, data, target=None, *, features=None, exclude=(), task=None, val_split=0.0,
+                 val_max_rows=200_000, chunk_rows=None, encoding=None, resume=False, **options):
+        """Train for `epochs` epochs on a data file as `fastbp train` does: the first pass learns the schema
+        (kinds, categories, statistics, the target's classes or scale; impute and max_categories as set on
+        this Trainer), `val_split` of the rows is held out and validated on (up to val_max_rows), and the
+        training rows stream in bounded memory (fit_source; `options` are its buffer_rows, callbacks, verbose,
+        stats, shard, class_weight, spill, spill_dir). Returns self.
+
+        data: a path (.csv, also compressed, .parquet, .npy, .npz, a folder or glob of parts; target: the column
+        to predict, features/exclude: the columns to use or leave out, task: "classify" or "regress", else
+        inferred) or a fastbp.files.file_data.FileData already scanned (the first pass's options were its
+        scan's). A model that is already trained keeps its schema: the file must prepare the same way.
+        resume: continue an interrupted fit of this same file (checks it holds the same training rows in the
+        same order, as far as the first pass tells: their count, and how often the target changes value).
+        """
+        from .files.file_data import FileData
+        from .files.preprocess import Preprocessor
+        from .files.sources import DEFAULT_CHUNK_ROWS
+        if not isinstance(data, FileData):
+            if target is None:
+                raise InputError("fit_file needs target=, the name of the column to predict")
+            data = FileData(data, chunk_rows or DEFAULT_CHUNK_ROWS, encoding).scan(
+                target, features, exclude, task, self.impute, self.max_categories, val_split, val_max_rows,
+                self.seed, comm=self._comm if self._comm.size > 1 else None, scale_target=self.loss != "poisson")
+        elif data.prep is None:
+            raise InputError("fit_file takes a FileData after its scan() (the first pass)")
+        prep = data.prep
+        if self.is_fitted and self._schema is None:
+            raise InputError("this model was trained on arrays, not on a table's or file's columns: fit_file continues "
+                             "a model trained from a table or file, or trains a new one")
+        if self.is_fitted:  # continued training: the model's own schema
+            if not prep.matches(self.preprocessing):
+                raise InputError(f"this model was trained on differently prepared data than {data.path!r} gives "
+                                 "(other columns, categories, classes or statistics); continue it with the same "
+                                 "data and first-pass options, or train a new model")
+            rows = self.metadata.get("training_rows")
+            if resume and rows is not None and not _same_rows(rows, prep.rows_signature):
+                raise InputError(f"the model was trained on {rows.get('training_rows')} rows whose target changes "
+                                 f"value {rows.get('target_changes')} times in file order; {data.path!r} has "
+                                 f"{prep.rows_signature['training_rows']} and {prep.rows_signature['target_changes']}"
+                                 ": not the same rows in the same order. Resume with the data it was trained on")
+            counts, looks_sorted = prep.class_counts, prep.looks_sorted  # this pass's: a model file has neither
+            prep = Preprocessor(self.preprocessing)  # transform exactly as the model was trained
+            prep.class_counts, prep.looks_sorted = counts, looks_sorted
+        else:
+            self.metadata["training_rows"] = prep.rows_signature
+        validation = None
+        if data.held is not None:
+            Xv, yv = prep.transform(data.held, 0, dtype=DTYPES[self.dtype])
+            validation = (Xv, yv, None)
+        return self.fit_source(data.source, prep, data.n_rows, val_split=data.val_split, seed=data.seed,
+                               validation=validation, **options)
 
     def _run(self, engine, run_epoch, validation, callbacks, verbose, validation_is_local=False):
         after_epoch = None
@@ -676,7 +729,7 @@ class Trainer:
                                       comm=self._comm if distributed else None, local=distributed,
                                       scale_target=self.loss != "poisson")
         if self.state is None:
-            self._build([prep.n_inputs, *self.hidden, _schema_outputs(prep, self.loss)])
+            self._build([prep.n_inputs, *self.hidden, prep.outputs(self.loss)])
         self._check_schema_fits(prep)
         self._schema = prep
         self.classes_ = self._schema_classes()
@@ -859,12 +912,13 @@ def _checked_dropout(dropout, n_hidden):
     return [float(p) for p in rates] if hasattr(dropout, "__len__") else float(dropout)
 
 
-def _schema_outputs(prep, loss):
-    """The outputs a schema's target needs: one per class (binary_cross_entropy: one for two), one for a value."""
-    if prep.task != "classify":
-        return 1
-    n_classes = len(prep.classes())
-    return 1 if loss == "binary_cross_entropy" and n_classes == 2 else n_classes
+def _same_rows(saved, now):
+    """The same training rows in the same order, as far as two first passes tell: as many rows, and (where both
+    read them in file order in one process) the target changing value between consecutive rows as often."""
+    if saved.get("training_rows") != now["training_rows"]:
+        return False
+    changes = saved.get("target_changes"), now["target_changes"]
+    return None in changes or changes[0] == changes[1]
 
 
 def _checked_impute(value):

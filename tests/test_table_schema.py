@@ -164,3 +164,27 @@ def test_hidden_takes_the_widths_from_a_table():
                          (dict(hidden=(4,), activation=["relu", "tanh"]), "expected 1, got 2")]:
         with pytest.raises(fastbp.InputError, match=message):
             fastbp.Trainer(**bad)
+
+
+def test_fit_file_is_what_fastbp_train_runs(tmp_path):
+    df, y = mixed(n=900)
+    path = tmp_path / "d.csv"
+    import pyarrow.csv as pcsv
+    pcsv.write_csv(pa.Table.from_pandas(df.assign(late=y), preserve_index=False), path)
+    assert cli.main(["train", str(path), "--target", "late", "--hidden", "12", "--epochs", "3", "--impute", "mean",
+                     "--val-split", "0.2", "--quiet", "--out", str(tmp_path / "cli.fbp")]) == 0
+    from_cli = fastbp.load(tmp_path / "cli.fbp")
+    tr = fastbp.Trainer(hidden=(12,), optimizer="adam", epochs=3, impute="mean", seed=0)
+    tr.fit_file(path, "late", val_split=0.2)
+    assert tr.layer_sizes == from_cli.layer_sizes and Preprocessor(tr.preprocessing).matches(from_cli.preprocessing)
+    np.testing.assert_array_equal(tr.params, from_cli.params)  # the same first pass, holdout, spill and steps
+    assert [h["val_loss"] for h in tr.history] == [h["val_loss"] for h in from_cli.history]
+    np.testing.assert_array_equal(tr.predict(df), from_cli.predict(df))  # and the DataFrame through its schema
+    # continued training keeps the schema; a file that prepares otherwise is refused
+    tr.fit_file(path, "late", val_split=0.2)
+    assert len(tr.history) == 6
+    pcsv.write_csv(pa.Table.from_pandas(df.assign(late=y, color="red"), preserve_index=False), tmp_path / "o.csv")
+    with pytest.raises(fastbp.InputError, match="differently prepared data"):
+        tr.fit_file(tmp_path / "o.csv", "late")
+    with pytest.raises(fastbp.InputError, match="fit_file needs target="):
+        fastbp.Trainer(hidden=(4,)).fit_file(path)

@@ -224,6 +224,14 @@ class Preprocessor:
     def classes(self):
         return self.state.get("classes")
 
+    def outputs(self, loss):
+        """The outputs a model of this target has: one per class (binary_cross_entropy: one for two classes), one
+        for a value."""
+        if self.task != "classify":
+            return 1
+        n_classes = len(self.classes())
+        return 1 if loss == "binary_cross_entropy" and n_classes == 2 else n_classes
+
     def labels(self, index):
         """The class labels, in the target's own type (int, float, bool or str), of class indices."""
         return self._label_array[index]
