@@ -222,7 +222,8 @@ def _check_training_options(args):
 def train(args):
     from .engine.callbacks import EarlyStopping
     from .files.file_data import FileData
-    from .files.streaming import FileTargets, StreamStats, spill_bytes
+    from .engine.buffered import StreamStats
+    from .files.streaming import FileTargets, spill_bytes
     from .parallel.file_shards import shard_mode
     from .trainer import Trainer, load
 

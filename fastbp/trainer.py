@@ -13,7 +13,7 @@ from .core.bundles import make_optimizer, make_regularization
 from .core.threads import resolve_n_threads
 from .attributes import Fixed, OptimizerSetting, RunSetting
 from .core.optim import OptimizerSettings
-from .engine import metrics
+from .engine import buffered, metrics
 from .engine.engine import Engine, ModelLock, TrainingDiverged
 from .engine.full_data import to_probabilities
 from .engine.model import build_net
@@ -322,7 +322,7 @@ class Trainer:
                 warn(f"{prep.looks_sorted}; with spill=False (--no-spill) rows are shuffled only within the "
                      "buffer, so the model will fit the end of each epoch best: train with the spill, or shuffle the "
                      "file first")
-            stats = stats if stats is not None else streaming.StreamStats()
+            stats = stats if stats is not None else buffered.StreamStats()
             chunks, n_rows = None, train_rows
             if file_shards.shard_mode(shard, source, self._comm.size) == "chunks":
                 chunks = file_shards.own_chunks(source, self._comm)
@@ -334,7 +334,7 @@ class Trainer:
                     run_epoch = file_shards.chunk_sharded_epochs(engine, rows, train_rows, buffer_rows, stats,
                                                                  self.sync_every)
                 else:
-                    run_epoch = streaming.buffered_epochs(engine, rows, train_rows, buffer_rows, stats)
+                    run_epoch = buffered.buffered_epochs(engine, rows, train_rows, buffer_rows, stats)
                 if not self.is_fitted:  # the model keeps the schema: predict reads tables through it
                     self._check_schema_fits(prep)
                     self._schema = prep

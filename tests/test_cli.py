@@ -171,7 +171,7 @@ def test_resume_with_other_options_exits_2_naming_each(files, tmp_path):
 def test_loader_buffers_stay_within_their_configured_size(files):
     from fastbp.files.preprocess import Preprocessor
     from fastbp.files.sources import open_source
-    from fastbp.files.streaming import StreamStats
+    from fastbp.engine.buffered import StreamStats
 
     source = open_source(files / "d.npy", chunk_rows=300)
     prep, held, n = Preprocessor.fit(source, "2", val_split=0.1, val_max_rows=100, seed=0)

@@ -219,7 +219,7 @@ SHARDED_SCRIPT = """
 import json, sys, numpy as np, fastbp
 from fastbp.files.preprocess import Preprocessor
 from fastbp.files.sources import open_source
-from fastbp.files.streaming import StreamStats
+from fastbp.engine.buffered import StreamStats
 source = open_source(sys.argv[1])
 prep, _, n = Preprocessor.fit(source, "label")
 settings = json.loads(sys.argv[3])

@@ -16,7 +16,8 @@ Without the spill (`spill=False`), each epoch reads the source's chunks (row gro
 a shuffled order; CSV blocks in file order) and shuffles rows within the buffer only: no disk, but a
 sorted file then trains on one region of it per buffer (`Preprocessor.fit` notes a file that looks
 sorted). Either way memory is the buffer, one chunk and the validation sample, never the file.
-Validation rows (chosen by a stateless hash of the row number) are never training rows.
+Validation rows (chosen by a stateless hash of the row number) are never training rows. The epochs
+themselves (buffers filled from these rows, trained) are fastbp.engine.buffered's.
 """
 import mmap
 import os
@@ -27,24 +28,6 @@ import numpy as np
 from ..core.errors import InputError
 from .scan import holdout_mask
 from .sources import chunk_readers
-
-
-class StreamStats:
-    """What the loader held at most, for tests and reports."""
-
-    def __init__(self):
-        self.max_buffer_rows = 0
-        self.max_chunk_rows = 0
-        self.rows_per_epoch = 0
-        self.chunks_read = []  # this rank's chunk numbers in the last epoch
-
-
-BUFFER_BYTES = 32 << 20  # the default buffer: 262,144 rows, fewer when rows are wide
-
-
-def default_buffer_rows(n_inputs, dtype):
-    """Rows shuffled together by default: as many as fit in BUFFER_BYTES, at most 262,144."""
-    return int(max(1, min(262_144, BUFFER_BYTES // (max(1, n_inputs) * np.dtype(dtype).itemsize))))
 
 
 def _rows_or_all(rows, n):
@@ -230,7 +213,8 @@ def block_rows(n_rows):
 class TrainingRows:
     """Where an epoch's rows come from (one process or one MPI rank): the encoded rows in random blocks
     (`spill`), or the file's chunks (`chunks`: the chunk numbers to read; None: all). pieces(rng) gives an
-    epoch's pieces of rows, each with n and copy_into(X, Y, W, at, start, count)."""
+    epoch's pieces of rows, each with n and copy_into(X, Y, W, at, start, count): the rows protocol of
+    fastbp.engine.buffered."""
 
     def __init__(self, source, prep, targets, dtype, val_split, seed, stats, n_rows, spill=True, folder=None,
                  chunks=None):
@@ -238,6 +222,14 @@ class TrainingRows:
         self.val_split, self.seed, self.stats, self.n_rows = val_split, seed, stats, n_rows
         self.chunks = chunks
         self.encoded = EncodedRows(n_rows, prep.n_inputs, targets, dtype, folder) if spill and n_rows else None
+
+    @property
+    def n_inputs(self):
+        return self.prep.n_inputs
+
+    def buffers(self, n, dtype):
+        """Empty (targets, weights) buffers for n rows (fastbp.engine.buffered fills them)."""
+        return self.targets.buffers(n, dtype)
 
     def _transformed(self, order):
         columns = self.prep.features + [self.prep.target]
@@ -280,63 +272,3 @@ class TrainingRows:
             self.encoded.close()
 
 
-def fill_buffers(pieces, X, Y, W, sizes):
-    """Copies the pieces' rows into the buffers X, Y, W (W empty: no weights), `sizes[i]` rows the i-th
-    time, and yields each size once its rows are in. The pieces must give exactly sum(sizes) rows."""
-    total, rows = sum(sizes), 0
-    pieces = iter(pieces)
-    piece, pos = None, 0
-    for size in sizes:
-        filled = 0
-        while filled < size:
-            if piece is None or pos == piece.n:
-                piece, pos = next(pieces, None), 0
-                if piece is None:
-                    raise InputError(f"read {rows + filled} training rows, but the first pass counted {total}; "
-                                     "was the file changed during training?")
-                continue
-            take = min(size - filled, piece.n - pos)
-            piece.copy_into(X, Y, W, filled, pos, take)
-            filled, pos = filled + take, pos + take
-        yield size
-        rows += size
-    if (piece is not None and pos < piece.n) or any(p.n for p in pieces):
-        raise InputError("the data has more training rows than its first pass counted; "
-                         "was the file changed during training?")
-
-
-def buffer_size(buffer_rows, batch, n_inputs, dtype):
-    """The rows of a buffer: buffer_rows (default_buffer_rows when None) in whole batches."""
-    if buffer_rows is None:
-        buffer_rows = default_buffer_rows(n_inputs, dtype)
-    return max(batch, int(buffer_rows) // batch * batch)
-
-
-def buffered_epochs(engine, rows, train_rows, buffer_rows, stats):
-    """The epoch source of a file: one process, or shard="rows" under MPI (every rank fills the same
-    buffers and trains its slice of each global batch: equal to one process). rows: TrainingRows."""
-    dtype = engine.params.dtype
-    buffer_rows = buffer_size(buffer_rows, engine.batch_size, rows.prep.n_inputs, dtype)
-    Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), rows.prep.n_inputs), dtype=dtype)
-    Ybuf, Wbuf = rows.targets.buffers(len(Xbuf), dtype)
-    rng = engine.state.shuffle_rng
-    sizes = [len(Xbuf)] * (train_rows // len(Xbuf)) + ([train_rows % len(Xbuf)] if train_rows % len(Xbuf) else [])
-
-    def run_epoch(hyper):
-        total, total_mass, done = 0.0, 0.0, 0
-        pieces = rows.pieces(rng, engine.shuffle, len(Xbuf))
-        for size in fill_buffers(pieces, Xbuf, Ybuf, Wbuf, sizes):
-            stats.max_buffer_rows = max(stats.max_buffer_rows, size)
-            perm = rng.permutation(size) if engine.shuffle else np.arange(size)
-            weights = Wbuf[:size]
-            loss = engine.train_rows(Xbuf[:size], Ybuf[:size], weights, perm, hyper)
-            if not np.isfinite(loss):
-                return float("nan"), done
-            mass = weights.sum(dtype=np.float64) if weights.size else size
-            total += loss * mass
-            total_mass += mass
-            done += size
-        stats.rows_per_epoch = done
-        return total / total_mass if total_mass > 0 else 0.0, done
-
-    return run_epoch

@@ -1,7 +1,7 @@
 """Sharing a file between MPI ranks (`shard`), wrapping the readers of fastbp.files.
 
 - "rows": every rank reads every chunk into its own copy of the encoded rows, fills the same
-  buffers as one process would (fastbp.files.streaming.buffered_epochs) and computes only its
+  buffers as one process would (fastbp.engine.buffered.buffered_epochs) and computes only its
   slice of each global batch (the engine's DistributedRows); the parameters equal one process's.
 - "chunks": the chunks are dealt out round-robin once (rank r owns chunks r, r + ranks, ...), so
   each rank reads only its own chunks (.npy slices, Parquet row groups) into its own buffer
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..files.scan import holdout_mask
-from ..files.streaming import buffer_size, fill_buffers
+from ..engine.buffered import buffer_size, fill_buffers
 from .distributed import rank_steps
 
 SHARD_MODES = ("auto", "rows", "chunks")
@@ -70,9 +70,9 @@ def chunk_sharded_epochs(engine, rows, train_rows, buffer_rows, stats, sync_ever
     step_rows = np.diff(np.arange(n_steps + 1, dtype=np.int64) * mine // n_steps)
     dtype = engine.params.dtype
     local_batch = int(step_rows.max(initial=1))
-    buffer_rows = buffer_size(buffer_rows, local_batch, rows.prep.n_inputs, dtype)
-    Xbuf = np.empty((max(1, min(buffer_rows, mine)), rows.prep.n_inputs), dtype=dtype)
-    Ybuf, Wbuf = rows.targets.buffers(len(Xbuf), dtype)
+    buffer_rows = buffer_size(buffer_rows, local_batch, rows.n_inputs, dtype)
+    Xbuf = np.empty((max(1, min(buffer_rows, mine)), rows.n_inputs), dtype=dtype)
+    Ybuf, Wbuf = rows.buffers(len(Xbuf), dtype)
     # whole steps per buffer
     buffers = []  # (first step, steps) per buffer
     first, held = 0, 0
