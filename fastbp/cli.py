@@ -124,10 +124,11 @@ def _checkpoint_path(args):
 RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
-                  "class_weight", "no_spill", "val_max_rows", "monitor")
+                  "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
-                 "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss"}
+                 "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss",
+                 "numeric": "standard", "numeric_bins": 16}
 
 
 def _result_options(args, ranks, shard):
@@ -260,7 +261,7 @@ def train(args):
     try:
         data.scan(args.target, features, task=args.task, impute=args.impute, max_categories=args.max_categories,
                   val_split=args.val_split, val_max_rows=args.val_max_rows, seed=args.seed, progress=progress,
-                  comm=comm)
+                  comm=comm, numeric=args.numeric, bins=args.numeric_bins)
     finally:
         progress(None)
     prep, n_rows = data.prep, data.n_rows
@@ -280,7 +281,8 @@ def train(args):
                           loss=loss, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                           dropout=args.dropout, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                           n_threads=args.threads, dtype=args.dtype, comm=comm, sync_every=args.sync_every,
-                          impute=args.impute, max_categories=args.max_categories)
+                          impute=args.impute, max_categories=args.max_categories, numeric=args.numeric,
+                          numeric_bins=args.numeric_bins)
         trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
@@ -792,6 +794,10 @@ def _parser():
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="of parameters and compute")
     p.add_argument("--impute", choices=["mean", "median"], help="fill missing values (default: they are errors)")
     p.add_argument("--max-categories", type=int, default=1000, help="categories kept per text column")
+    p.add_argument("--numeric", choices=["standard", "quantile", "ple"], default="standard",
+                   help="numeric columns as inputs: standardized; quantile (their rank in the training sample, "
+                        "unit variance); ple (piecewise-linear over --numeric-bins quantile bins, an input per bin)")
+    p.add_argument("--numeric-bins", type=int, default=16, help="bins per numeric column for --numeric ple")
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
     p.add_argument("--buffer-rows", type=int, default=None,
                    help="rows shuffled together in memory (default: 262144, fewer for wide data: 32 MB at most)")

@@ -63,6 +63,8 @@ class Trainer:
     # how the first fit on a table learns its schema (fastbp.files.preprocess): missing values, categories
     impute = RunSetting(lambda tr, v: _checked_impute(v))
     max_categories = RunSetting(lambda tr, v: check_int("max_categories", v, 1))
+    numeric = RunSetting(lambda tr, v: _checked_numeric(v))
+    numeric_bins = RunSetting(lambda tr, v: _checked_bins(v))
     # the optimizer's arguments, as given (None: torch's default for the optimizer), read back as in use
     optimizer = OptimizerSetting("name")
     lr = OptimizerSetting()
@@ -81,7 +83,7 @@ class Trainer:
                  seed=0, dtype="float32", n_threads=None, init="auto", betas=(0.9, 0.999), eps=1e-8,
                  amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
                  huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1,
-                 impute=None, max_categories=1000, hidden=None):
+                 impute=None, max_categories=1000, numeric="standard", numeric_bins=16, hidden=None):
         if (layer_sizes is None) == (hidden is None):
             raise InputError("give layer_sizes=[n_in, hidden..., n_out], or hidden=(widths...) to take n_in and n_out "
                              "from the first fit's data" + ("" if layer_sizes is None else ", not both"))
@@ -121,6 +123,8 @@ class Trainer:
         self.sync_every = sync_every
         self.impute = impute
         self.max_categories = max_categories
+        self.numeric = numeric
+        self.numeric_bins = numeric_bins
         # the seed actually used: drawn once when None (shared by every MPI rank) and saved with the model,
         # so dropout masks and validation splits continue the same after loading
         self.seed = check_int("seed", seed, 0) if seed is not None else int(
@@ -369,7 +373,8 @@ class Trainer:
                 raise InputError("fit_file needs target=, the name of the column to predict")
             data = FileData(data, chunk_rows or DEFAULT_CHUNK_ROWS, encoding).scan(
                 target, features, exclude, task, self.impute, self.max_categories, val_split, val_max_rows,
-                self.seed, comm=self._comm if self._comm.size > 1 else None, scale_target=self.loss != "poisson")
+                self.seed, comm=self._comm if self._comm.size > 1 else None, scale_target=self.loss != "poisson",
+                numeric=self.numeric, bins=self.numeric_bins)
         elif data.prep is None:
             raise InputError("fit_file takes a FileData after its scan() (the first pass)")
         prep = data.prep
@@ -661,7 +666,8 @@ class Trainer:
                 "shuffle": self.shuffle, "seed": self.seed, "dtype": self.dtype, "init": self.init,
                 "clip_grad_norm": self.clip_grad_norm, "dropout": self.dropout, "huber_delta": self.huber_delta,
                 "on_divergence": self.on_divergence, "verbose": self.verbose, "sync_every": self.sync_every,
-                "impute": self.impute, "max_categories": self.max_categories}
+                "impute": self.impute, "max_categories": self.max_categories, "numeric": self.numeric,
+                "numeric_bins": self.numeric_bins}
         args.update(self.optimizer_settings.settings())
         return args
 
@@ -727,7 +733,8 @@ class Trainer:
         prep, _, _ = Preprocessor.fit(source, source.target, task="classify" if self.is_classifier else "regress",
                                       impute=self.impute, max_categories=self.max_categories,
                                       comm=self._comm if distributed else None, local=distributed,
-                                      scale_target=self.loss != "poisson")
+                                      scale_target=self.loss != "poisson", numeric=self.numeric,
+                                      bins=self.numeric_bins)
         if self.state is None:
             self._build([prep.n_inputs, *self.hidden, prep.outputs(self.loss)])
         self._check_schema_fits(prep)
@@ -919,6 +926,20 @@ def _same_rows(saved, now):
         return False
     changes = saved.get("target_changes"), now["target_changes"]
     return None in changes or changes[0] == changes[1]
+
+
+def _checked_numeric(value):
+    from .files.preprocess import NUMERIC_ENCODINGS
+    if value not in NUMERIC_ENCODINGS:
+        raise InputError(f"numeric must be one of {', '.join(map(repr, NUMERIC_ENCODINGS))}, got {value!r}")
+    return value
+
+
+def _checked_bins(value):
+    value = check_int("numeric_bins", value, 1)
+    if value > 1024:
+        raise InputError(f"numeric_bins must be at most 1024, got {value}")
+    return value
 
 
 def _checked_impute(value):

@@ -188,3 +188,47 @@ def test_fit_file_is_what_fastbp_train_runs(tmp_path):
         tr.fit_file(tmp_path / "o.csv", "late")
     with pytest.raises(fastbp.InputError, match="fit_file needs target="):
         fastbp.Trainer(hidden=(4,)).fit_file(path)
+
+
+@pytest.mark.parametrize("numeric", ["quantile", "ple"])
+def test_numeric_encodings_from_the_first_pass(numeric, tmp_path):
+    """Quantile bins from the first pass's sample: the quantile transform (unit variance over the training
+    rows) and piecewise-linear encoding (an input per bin), the same from a DataFrame, the CLI and ONNX."""
+    rng = np.random.default_rng(5)
+    df = pd.DataFrame({"x": rng.exponential(size=2000), "k": rng.integers(0, 3, 2000),
+                       "c": rng.choice(["a", "b"], 2000)})
+    y = np.sin(3 * df.x) + df.k
+    tr = fastbp.Trainer(hidden=(16,), loss="mse", optimizer="adam", lr=0.01, epochs=5, numeric=numeric,
+                        numeric_bins=8).fit(df, y)
+    edges = tr.preprocessing["edges"]
+    assert edges[2] is None and len(edges[1]) == 3  # k: 3 distinct values, categorical c: none
+    X, _ = Preprocessor(tr.preprocessing).transform({c: df[c].to_numpy() for c in df}, with_target=False)
+    if numeric == "ple":
+        assert len(edges[0]) == 9 and tr.layer_sizes[0] == 8 + 2 + 2
+        np.testing.assert_allclose(edges[0], np.quantile(df.x, np.linspace(0, 1, 9)))
+        ramps = X[:, :8]
+        assert ramps.min() == 0 and ramps.max() == 1
+        # the bins a value has passed are 1, the one it is in partial, the others 0
+        assert np.all(np.diff(ramps, axis=1) <= 0)
+    else:
+        assert tr.layer_sizes[0] == 4
+        assert X[:, 0].mean() == pytest.approx(0, abs=0.01) and X[:, 0].std() == pytest.approx(1, abs=0.01)
+        order = np.argsort(df.x.to_numpy())
+        assert np.all(np.diff(X[order, 0]) >= 0)  # monotone in the value
+    pq.write_table(pa.Table.from_pandas(df.assign(y=y), preserve_index=False), tmp_path / "d.parquet")
+    assert cli.main(["train", str(tmp_path / "d.parquet"), "--target", "y", "--hidden", "16", "--epochs", "1",
+                     "--numeric", numeric, "--numeric-bins", "8", "--val-split", "0", "--quiet", "--out",
+                     str(tmp_path / "m.fbp")]) == 0
+    from_cli = fastbp.load(tmp_path / "m.fbp")
+    assert from_cli.preprocessing["edges"] == Preprocessor.fit(open_source(tmp_path / "d.parquet"), "y",
+                                                                numeric=numeric, bins=8)[0].state["edges"]
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    session = ort.InferenceSession(tr.to_onnx().SerializeToString())
+    feeds = {"x": df.x.to_numpy().copy().reshape(-1, 1), "k": df.k.to_numpy(float).reshape(-1, 1),
+             "c": df.c.to_numpy(object).reshape(-1, 1)}
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    np.testing.assert_allclose(got["variable"][:, 0], tr.predict(df), rtol=1e-4, atol=1e-4)
+    assert got["is_valid"].all()
+    feeds["x"][0, 0] = np.inf
+    assert not session.run(["is_valid"], feeds)[0][0]

@@ -21,10 +21,12 @@ class FileData:
         return Preprocessor.feature_columns(self.source, target, features, exclude)
 
     def scan(self, target, features=None, exclude=(), task=None, impute=None, max_categories=1000, val_split=0.0,
-             val_max_rows=200_000, seed=0, progress=None, comm=None, scale_target=True):
+             val_max_rows=200_000, seed=0, progress=None, comm=None, scale_target=True, numeric="standard",
+             bins=16):
         """The first pass (Preprocessor.fit's arguments); returns self."""
         self.prep, self.held, self.n_rows = Preprocessor.fit(
             self.source, target, features, task, impute, max_categories, val_split, val_max_rows=val_max_rows,
-            seed=seed, progress=progress, comm=comm, exclude=exclude, scale_target=scale_target)
+            seed=seed, progress=progress, comm=comm, exclude=exclude, scale_target=scale_target, numeric=numeric,
+            bins=bins)
         self.val_split, self.seed = val_split, seed
         return self

@@ -83,10 +83,11 @@ def activate(g, name, z, dtype):
 def preprocess(g, prep, dtype):
     """Graph inputs (one per feature column, shape (N, 1): double for numeric columns, string for
     categorical ones), the name of the model's input matrix, as fastbp.files.preprocess builds it:
-    numeric columns standardized (missing values filled when trained with --impute), categorical ones
-    one-hot over the training categories (an unseen category is all zeros), and the names of (N, 1) booleans
-    that mark rows `fastbp predict` refuses for a reason the matrix does not show: an empty text cell is a
-    missing value (as in a CSV), and a column that had none in training cannot take one. prep: a Preprocessor."""
+    numeric columns standardized or quantile-encoded (missing values filled when trained with --impute),
+    categorical ones one-hot over the training categories (an unseen category is all zeros), and the names of
+    (N, 1) booleans that mark rows `fastbp predict` refuses for a reason the matrix does not show: an empty text
+    cell is a missing value (as in a CSV), a column that had none in training cannot take one, and an infinite
+    number is refused even where a quantile encoding would bound it. prep: a Preprocessor."""
     onnx = g.onnx
     state = prep.state
     inputs, parts, refused = [], [], []
@@ -96,8 +97,12 @@ def preprocess(g, prep, dtype):
             x = column
             if state["impute"] is not None:
                 x = g.node("Where", [g.node("IsNaN", [x]), g.const(np.array([state["fill"][i]])), x])
-            x = g.node("Div", [g.node("Sub", [x, g.const(np.array([state["mean"][i]]))]),
-                               g.const(np.array([state["scale"][i]]))])
+            if state["numeric"] == "standard":
+                x = g.node("Div", [g.node("Sub", [x, g.const(np.array([state["mean"][i]]))]),
+                                   g.const(np.array([state["scale"][i]]))])
+            else:
+                x = _quantile_encoding(g, x, state, i)
+                refused.append(g.node("IsInf", [column]))  # bounded here, refused by predict
             parts.append(g.node("Cast", [x], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
         else:
             inputs.append(onnx.helper.make_tensor_value_info(column, onnx.TensorProto.STRING, [None, 1]))
@@ -115,6 +120,22 @@ def preprocess(g, prep, dtype):
             parts.append(g.node("Cast", [hot], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
     # in the order of the model's inputs: features in order, each category expanded in place
     return inputs, g.node("Concat", parts, axis=1) if len(parts) > 1 else parts[0], refused
+
+
+def _quantile_encoding(g, x, state, i):
+    """Feature i's quantile encoding (fastbp.files.preprocess.piecewise_linear, quantile_score) of the (N, 1)
+    column x: a ramp per bin, clipped to [0, 1]; the quantile transform weighs them by the levels' steps."""
+    edges = np.array(state["edges"][i])
+    shifted = g.node("Sub", [x, g.const(edges[:-1].reshape(1, -1))])
+    ramps = g.node("Clip", [g.node("Div", [shifted, g.const(np.diff(edges).reshape(1, -1))]),
+                            g.const(np.array(0.0)), g.const(np.array(1.0))])
+    if state["numeric"] == "ple":
+        return ramps
+    levels = np.array(state["levels"][i])
+    level = g.node("Add", [g.node("MatMul", [ramps, g.const(np.diff(levels).reshape(-1, 1))]),
+                           g.const(np.array([[levels[0]]]))])
+    return g.node("Mul", [g.node("Sub", [g.node("Mul", [level, g.const(np.array(2.0))]), g.const(np.array(1.0))]),
+                          g.const(np.array(np.sqrt(3.0)))])
 
 
 def valid_rows(g, x, refused, dtype):

@@ -16,6 +16,11 @@ from .columns import NUMBER, TEXT, codes, to_numbers, where
 from .scan import MISSING, NUMBER_GROUP, FirstPass, Holdout, first_pass, number_block
 
 TASKS = ("classify", "regress")
+# how numeric columns become inputs: standardized (one input); their rank in the training sample, as a value of
+# unit variance (one input: a quantile transform); or piecewise-linear over quantile bins (one input per bin,
+# Gorishniy et al. 2022: 0 below the bin, 1 above it, linear within)
+NUMERIC_ENCODINGS = ("standard", "quantile", "ple")
+QUANTILE_LEVELS = 256  # the quantile transform's interpolation points per column
 LABEL_TYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": str}
 VAL_MAX_CELLS = 1 << 22  # validation sample: at most this many cells (32 MB as float64) whatever the width
 
@@ -28,7 +33,11 @@ class Preprocessor:
         self.features = self.state["features"]
         self.target = self.state["target"]
         self.task = self.state["task"]
-        self.n_inputs = int(sum(len(c) if c is not None else 1 for c in self.state["categories"]))
+        self.numeric = self.state["numeric"]
+        edges = self.state.get("edges") or [None] * len(self.features)
+        widths = [len(cats) if cats is not None else len(e) - 1 if self.numeric == "ple" else 1
+                  for cats, e in zip(self.state["categories"], edges)]
+        self.n_inputs = int(sum(widths))
         if on_unknown not in ("ignore", "error"):
             raise InputError(f"on_unknown must be 'ignore' or 'error', got {on_unknown!r}")
         self.on_unknown = on_unknown
@@ -39,16 +48,19 @@ class Preprocessor:
         self.unknown = {}  # column -> rows whose category was not seen in training (transform counts them)
         # where each feature goes in X: numeric columns one input each, categorical ones an input per category
         self._numeric, numeric_at, self._categorical, at = [], [], [], 0
-        for c, cats in zip(self.features, self.state["categories"]):
+        for c, cats, width in zip(self.features, self.state["categories"], widths):
             if cats is None:
                 self._numeric.append(c), numeric_at.append(at)
             else:
                 self._categorical.append((c, cats, at))
-            at += 1 if cats is None else len(cats)
+            at += width
         self._numeric_at = np.array(numeric_at, dtype=np.int64)
         numeric = np.array([cats is None for cats in self.state["categories"]])
         self._mean, self._scale, self._fill = (np.array(self.state[key], dtype=np.float64)[numeric]
                                                for key in ("mean", "scale", "fill"))
+        self._edges = [np.array(e) for e, n in zip(edges, numeric) if n] if self.numeric != "standard" else None
+        levels = self.state.get("levels") or [None] * len(self.features)
+        self._levels = [np.array(v) for v, n in zip(levels, numeric) if n] if self.numeric == "quantile" else None
         classes = self.state.get("classes") or []
         self.label_type = self.state.get("label_type") or _label_type_of(classes)
         self._label_array = np.array(classes, dtype=LABEL_TYPES[self.label_type]) if classes else None
@@ -58,12 +70,14 @@ class Preprocessor:
     @classmethod
     def fit(cls, source, target, features=None, task=None, impute=None, max_categories=1000, val_split=0.0,
             val_max_rows=200_000, seed=0, progress=None, comm=None, exclude=(), local=False,
-            scale_target=True):
+            scale_target=True, numeric="standard", bins=16):
         """One pass over `source`: the schema of the training rows and a sample of validation rows.
         Returns (Preprocessor, validation columns or None, training rows); a classifier's Preprocessor
         also holds `class_counts`, the training rows of each class.
 
         scale_target: a regression target is standardized (False keeps its own scale: a Poisson target).
+        numeric: how numeric columns become inputs (NUMERIC_ENCODINGS); bins: piecewise-linear bins per column
+        (at most: fewer where the column has fewer distinct quantiles).
         features: the feature columns (default: all but the target, the pandas index columns the
         source names and `exclude`). With an MPI communicator (size > 1) and a source in chunks
         (.npy, Parquet), each rank scans only every size-th chunk and the parts are merged, identically
@@ -75,6 +89,10 @@ class Preprocessor:
             raise InputError(f"impute must be 'mean' or 'median', got {impute!r}")
         if task not in (None, *TASKS):
             raise InputError(f"task must be 'classify' or 'regress', got {task!r}")
+        if numeric not in NUMERIC_ENCODINGS:
+            raise InputError(f"numeric must be one of {', '.join(NUMERIC_ENCODINGS)}, got {numeric!r}")
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= 1024:
+            raise InputError(f"bins must be an integer from 1 to 1024, got {bins!r}")
         # the validation sample is bounded in cells, so a wide file keeps fewer rows
         val_max_rows = max(1, min(int(val_max_rows), VAL_MAX_CELLS // (len(features) + 1)))
         sharded = comm is not None and comm.size > 1 and (local or getattr(source, "chunk_starts", None) is not None)
@@ -82,10 +100,11 @@ class Preprocessor:
 
         holdout = Holdout(seed, val_split)
         part = first_pass(source, target, features, impute, max_categories, holdout,
-                          max(1, val_max_rows // comm.size) if sharded else val_max_rows, seed, progress, chunks)
+                          max(1, val_max_rows // comm.size) if sharded else val_max_rows, seed, progress, chunks,
+                          quantiles=numeric != "standard")
         if sharded:
             part = FirstPass.combine(comm.allgather(part), np.random.default_rng(seed))
-        prep = cls(_schema(part, task, impute, scale_target))
+        prep = cls(_schema(part, task, impute, scale_target, numeric, int(bins)))
         if prep.task == "classify":
             prep.class_counts = part.target.class_counts(prep.classes())
         prep.looks_sorted = part.target.looks_sorted(part.n_rows, prep.classes() if prep.task == "classify" else [])
@@ -152,14 +171,25 @@ class Preprocessor:
         X = np.zeros((n, self.n_inputs), dtype=dtype)
         numbers = self._numeric
         for g in range(0, len(numbers), NUMBER_GROUP):  # numeric columns a block at a time
-            X[:, self._numeric_at[g:g + NUMBER_GROUP]] = self._numbers(numbers[g:g + NUMBER_GROUP], chunk, start,
-                                                                        slice(g, g + NUMBER_GROUP), dtype)
+            columns, part = numbers[g:g + NUMBER_GROUP], slice(g, g + NUMBER_GROUP)
+            block = self._numbers(columns, chunk, start, part)
+            if self.numeric == "standard":
+                X[:, self._numeric_at[part]] = _standardized(block, self._mean[part], self._scale[part], columns,
+                                                              start, dtype)
+                continue
+            for j in range(len(columns)):
+                k, at = g + j, self._numeric_at[g + j]
+                ramps = piecewise_linear(block[:, j], self._edges[k])
+                if self.numeric == "ple":
+                    X[:, at:at + ramps.shape[1]] = ramps
+                else:
+                    X[:, at] = quantile_score(ramps, self._levels[k])
         for c, cats, at in self._categorical:
             self._one_hot(c, chunk[c], start, cats, X[:, at:at + len(cats)])
         return X, (self.encode_target(chunk[self.target], start, dtype) if with_target else None)
 
-    def _numbers(self, columns, chunk, start, part, dtype):
-        """Standardized values of these numeric columns (missing ones filled), rows x columns."""
+    def _numbers(self, columns, chunk, start, part):
+        """The values of these numeric columns (missing ones filled), rows x columns; infinity refused."""
         block = number_block(columns, chunk, start)
         nan = np.isnan(block)
         if nan.any():
@@ -173,7 +203,7 @@ class Preprocessor:
             r, j = np.argwhere(inf)[0]
             raise InputError(f"column {columns[j]!r} has the value {block[r, j]} at {where(start, r)}; "
                              "replace infinite values (or drop those rows) first")
-        return _standardized(block, self._mean[part], self._scale[part], columns, start, dtype)
+        return block
 
     def _one_hot(self, column, values, start, cats, out):
         index, text = codes(column, values, cats, start)
@@ -241,6 +271,19 @@ class Preprocessor:
         return np.asarray(outputs, dtype=np.float64) * self.state["target_scale"] + self.state["target_mean"]
 
 
+def piecewise_linear(x, edges):
+    """(rows, bins): for bin t between edges[t] and edges[t + 1], 0 below it, 1 above it, linear within."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.clip((x[:, None] - edges[:-1]) / np.diff(edges), 0.0, 1.0)
+
+
+def quantile_score(ramps, levels):
+    """The quantile level of each value (interpolated between the training sample's quantiles, held at 0 and 1
+    beyond them) as a value of mean 0 and variance 1 over the training rows: uniform on [-sqrt 3, sqrt 3]."""
+    level = levels[0] + ramps @ np.diff(levels)
+    return (2 * level - 1) * np.sqrt(3.0)
+
+
 def _standardized(values, mean, scale, columns, start, dtype):
     """(values - mean) / scale, refused where it overflows the model's dtype (a value far outside the range
     the statistics came from) with a message naming the column, the row and the range."""
@@ -269,7 +312,7 @@ def _label_type_of(classes):
     return "int" if all(isinstance(c, int) or float(c).is_integer() for c in classes) else "float"
 
 
-def _schema(part, task, impute, scale_target=True):
+def _schema(part, task, impute, scale_target=True, numeric="standard", bins=16):
     """The Preprocessor state from a (merged) first pass."""
     if part.n_rows == 0:
         raise InputError("the data has no training rows")
@@ -286,12 +329,20 @@ def _schema(part, task, impute, scale_target=True):
     if task == "classify" and len(labels) < 2:
         raise InputError(f"target column {target.name!r} has {len(labels)} distinct value(s); classification needs 2+")
     state = {"features": list(part.columns), "target": target.name, "task": task, "impute": impute,
-             "categories": [], "mean": [], "scale": [], "fill": []}
+             "categories": [], "mean": [], "scale": [], "fill": [], "numeric": numeric}
+    if numeric != "standard":
+        state["edges"], state["levels"] = [], []
+    levels = np.linspace(0, 1, QUANTILE_LEVELS if numeric == "quantile" else bins + 1)
     for scan in part.columns.values():
         if scan.kind() == TEXT:
             state["categories"].append(scan.categories())
             state["mean"].append(0.0), state["scale"].append(1.0), state["fill"].append(0.0)
+            if numeric != "standard":
+                state["edges"].append(None), state["levels"].append(None)
             continue
+        if numeric != "standard":
+            edges, at = scan.quantiles(levels)
+            state["edges"].append(edges), state["levels"].append(at if numeric == "quantile" else None)
         std = scan.std()
         fill = scan.median() if impute == "median" else scan.mean
         state["categories"].append(None)
@@ -331,6 +382,11 @@ def _checked_state(state):
             fail(f"{key!r} must hold one finite number per feature")
     if any(s == 0 for s in state["scale"]):
         fail("a scale is zero")
+    state = {"numeric": "standard", **state}  # files from before numeric encodings
+    if state["numeric"] not in NUMERIC_ENCODINGS:
+        fail(f"'numeric' must be one of {', '.join(NUMERIC_ENCODINGS)}")
+    if state["numeric"] != "standard":
+        _check_quantiles(state, fail)
     if state["task"] == "classify":
         classes = state.get("classes")
         if not isinstance(classes, list) or len(classes) < 2 or not all(
@@ -344,6 +400,24 @@ def _checked_state(state):
         if not _finite(state["target_mean"]) or not _finite(state["target_scale"]) or state["target_scale"] == 0:
             fail("'target_mean' and 'target_scale' must be finite numbers, the scale not zero")
     return state
+
+
+def _check_quantiles(state, fail):
+    """edges (and for the quantile transform levels): per numeric feature, 2+ increasing finite numbers."""
+    for key in ("edges", "levels") if state["numeric"] == "quantile" else ("edges",):
+        values = state.get(key)
+        if not isinstance(values, list) or len(values) != len(state["features"]):
+            fail(f"{key!r} must hold an entry per feature")
+        for v, cats, edges in zip(values, state["categories"], state["edges"]):
+            if cats is not None:
+                if v is not None:
+                    fail(f"{key!r} must be null for a categorical feature")
+                continue
+            if not isinstance(v, list) or len(v) < 2 or len(v) > 4096 or not all(_finite(x) for x in v) or \
+                    not all(a < b for a, b in zip(v, v[1:])) or (key == "levels" and (
+                        len(v) != len(edges) or v[0] < 0 or v[-1] > 1)):
+                fail(f"{key!r} must hold, per numeric feature, 2 or more increasing finite numbers"
+                     + (" in [0, 1], one per edge" if key == "levels" else ""))
 
 
 def _finite(v):

@@ -14,7 +14,7 @@ from ..core.errors import InputError
 from .columns import NUMBER, NUMBER_PATTERN, TEXT, concat, is_arrow, take, to_numbers, to_text, where
 
 MISSING = "<missing>"
-MEDIAN_SAMPLE = 10_000  # numbers kept per column for --impute median (exact below that many)
+MEDIAN_SAMPLE = 10_000  # numbers kept per column for --impute median and quantile encodings (exact below that)
 MAX_LABELS = 10_000
 NUMBER_GROUP = 256  # numeric columns scanned together (bounds the block: rows x 256 float64)
 STRAY_TEXT = 99  # a column of numbers with fewer than 1 text cell in 100 has bad cells; more make it categorical
@@ -212,6 +212,16 @@ class ColumnScan:
     def median(self):
         return float(np.median(self.sample)) if self.sample is not None and self.sample.size else self.mean
 
+    def quantiles(self, levels):
+        """(distinct values, their levels): the sample's quantiles at `levels` (increasing, in [0, 1]); a value
+        that several levels share gets their mean level. At least two values (a constant column: v -+ 1)."""
+        sample = self.sample if self.sample is not None and self.sample.size else np.array([self.mean])
+        values, inverse = np.unique(np.quantile(sample, levels), return_inverse=True)
+        if values.size < 2:
+            return [float(values[0]) - 1, float(values[0]) + 1], [0.0, 1.0]
+        at = np.bincount(inverse, levels) / np.bincount(inverse)
+        return values.tolist(), at.tolist()
+
 
 class TargetScan(ColumnScan):
     """A column scan that also collects the distinct labels and their type."""
@@ -400,11 +410,13 @@ class FirstPass:
         return self.held[0][1]
 
 
-def first_pass(source, target, features, impute, max_categories, holdout, val_max_rows, seed, progress, chunks):
-    """One pass over the given chunks (all when None): a FirstPass. holdout: the validation rows (Holdout)."""
+def first_pass(source, target, features, impute, max_categories, holdout, val_max_rows, seed, progress, chunks,
+               quantiles=False):
+    """One pass over the given chunks (all when None): a FirstPass. holdout: the validation rows (Holdout).
+    quantiles: keep each numeric column's reservoir sample (for quantile encodings) even without median impute."""
     columns = features + [target]
     declared = source.kinds(columns)
-    part = FirstPass(features, target, declared, max_categories, keep_sample=impute == "median")
+    part = FirstPass(features, target, declared, max_categories, keep_sample=impute == "median" or quantiles)
     # validation rows are checked like training rows (bad cells reported at their row), their numbers not kept
     checks = {c: ColumnScan(c, declared[c], max_categories, keep_sample=False) for c in features}
     # columns the file declares numeric are scanned together, a block of columns at a time
