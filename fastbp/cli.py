@@ -715,7 +715,8 @@ _EXAMPLES = {
   fastbp train data.parquet --target churn --impute median --dropout 0.2 --early-stopping --patience 5
   fastbp train data.parquet --target fraud --class-weight balanced        # rare classes weigh more
   fastbp train data.parquet --target label --checkpoint-dir ckpt --resume     # continue after a stop
-  mpiexec -n 4 fastbp train big.parquet --target label                     # data-parallel over 4 ranks""",
+  fastbp train data.parquet --target price --numeric ple                   # piecewise-linear numeric inputs
+  mpiexec -n 4 python -m mpi4py -m fastbp train big.parquet --target label   # data-parallel over 4 ranks""",
     "predict": """examples:
   fastbp predict model.fbp new.csv --out preds.csv
   fastbp predict model.fbp new.parquet --out proba.parquet --proba""",

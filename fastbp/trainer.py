@@ -87,6 +87,8 @@ class Trainer:
         if (layer_sizes is None) == (hidden is None):
             raise InputError("give layer_sizes=[n_in, hidden..., n_out], or hidden=(widths...) to take n_in and n_out "
                              "from the first fit's data" + ("" if layer_sizes is None else ", not both"))
+        if layer_sizes is not None:
+            layer_sizes = check_layer_sizes(layer_sizes)
         if hidden is not None:
             if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
                 raise InputTypeError(f"hidden must be a list of widths, e.g. (256, 256), got {hidden!r}")
