@@ -38,6 +38,7 @@ def files(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,target", [("d.csv", "label"), ("d.parquet", "label"), ("d.npy", "2"),
                                          ("d.npz", "y"), ("d.parquet", "value")])
 def test_train_predict_evaluate_info(files, tmp_path, name, target):
@@ -60,6 +61,7 @@ def test_train_predict_evaluate_info(files, tmp_path, name, target):
     assert code == 0 and json.loads(out)["target"] == target
 
 
+@pytest.mark.slow
 def test_bad_input_exit_codes(files, tmp_path):
     rng = np.random.default_rng(1)
     (tmp_path / "ragged.csv").write_text("a,b,t\n1,2,0\n3,4\n5,6,1\n")

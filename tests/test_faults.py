@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 import fastbp
 
@@ -20,6 +21,7 @@ while True:
     tr.save(sys.argv[1])
 """
 
+pytestmark = pytest.mark.slow  # the quick subset (-m "not slow") leaves it to the full suite
 
 def test_sigkill_during_save_always_leaves_a_loadable_model(tmp_path):
     path = tmp_path / "model.fbp"

@@ -142,6 +142,7 @@ def test_regression_targets_are_standardized_and_predictions_come_back_on_their_
     assert scores["mae"] == pytest.approx(np.mean(np.abs(predicted - y)), rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labels", [np.array([10, 2, 3]), np.array(["no", "yes", "maybe-not"]),
                                     np.array([True, False, True]), np.array([0.5, 1.5, 2.5])])
 def test_predicted_labels_keep_the_targets_type_in_every_output_format(tmp_path, labels):
@@ -542,6 +543,7 @@ def test_class_weights_streamed_from_a_file_equal_fit_on_the_same_rows(tmp_path,
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_class_weight_raises_minority_recall_and_bad_values_are_refused(tmp_path):
     label = imbalanced_labels(tmp_path)
     recall = {}

@@ -14,7 +14,8 @@ import fastbp
 
 pytest.importorskip("mpi4py")
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
-pytestmark = pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to this Python (pip install mpich)")
+pytestmark = [pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to this Python (pip install mpich)"),
+              pytest.mark.slow]
 
 PROBLEM = """
 import numpy as np

@@ -49,6 +49,7 @@ def test_float64_trainer_export(activation, rtol):
     np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=rtol)
 
 
+@pytest.mark.slow
 def test_cli_models_export_their_preprocessing(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.csv as pcsv
@@ -136,6 +137,7 @@ def test_trainer_export_marks_the_rows_predict_refuses():
                 tr.predict(bad[i:i + 1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impute", [False, True])
 def test_cli_model_export_refuses_and_keeps_rows_as_fastbp_predict_does(tmp_path, impute):
     """A file-trained model's graph against `fastbp predict`, row by row: without --impute both refuse a missing

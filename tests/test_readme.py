@@ -16,6 +16,7 @@ ROOT = Path(__file__).parent.parent
 PAGES = ["README.md", "docs/api.md", "docs/cli.md", "docs/sklearn.md", "docs/onnx.md", "docs/distributed.md",
          "docs/settings.md", "docs/performance.md"]
 
+pytestmark = pytest.mark.slow  # the quick subset (-m "not slow") leaves it to the full suite
 
 def _data_files(folder):
     """The data files the README and docs name: data.parquet (a small classification table) and big.npy."""

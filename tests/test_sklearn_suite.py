@@ -12,6 +12,7 @@ sklearn = pytest.importorskip("sklearn")
 # of that release.
 SUITE_VERSION = "1.9.1"
 
+pytestmark = pytest.mark.slow  # the quick subset (-m "not slow") leaves it to the full suite
 
 @pytest.mark.skipif(sklearn.__version__ != SUITE_VERSION,
                     reason=f"parity is stated for scikit-learn {SUITE_VERSION}, found {sklearn.__version__}")

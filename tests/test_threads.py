@@ -75,6 +75,7 @@ def test_bench_reads_the_cpu_share_of_other_processes():
     assert share is None or 0.0 <= share <= 1.0
 
 
+@pytest.mark.slow
 def test_the_first_compile_in_a_fresh_cache_is_announced_once(tmp_path):
     code = ("import warnings, numpy as np, fastbp\n"
             "warnings.simplefilter('always')\n"
