@@ -271,7 +271,7 @@ class Trainer:
         of every rank's s-th batch of ceil(batch_size / ranks) rows (not equal to one process).
         """
         with self._lock.training():
-            X, Y = self._check_data(X, y, learn=True)
+            X, Y = self._check_data(X, y, learn=True, local=bool(local_data) and self._comm.size > 1)
             weights = self._weights(Y, sample_weight, class_weight)
             X, Y, weights, validation = self._validation(X, Y, weights, validation_data, validation_split)
             engine = self.engine()

@@ -424,3 +424,48 @@ def test_exact_mode_resumes_on_a_different_number_of_ranks(tmp_path):
     run(1, "--epochs", 4, "--out", tmp_path / "one.fbp")
     np.testing.assert_allclose(fastbp.load(tmp_path / "resumed.fbp").params, fastbp.load(tmp_path / "one.fbp").params,
                                rtol=1e-9, atol=1e-12)
+
+
+TABLE_SCRIPT = """
+import json, sys
+import numpy as np, pandas as pd, fastbp
+from mpi4py import MPI
+rank = MPI.COMM_WORLD.Get_rank()
+rng = np.random.default_rng(0)
+df = pd.DataFrame({"x": rng.normal(size=300), "color": rng.choice(["red", "green", "blue"], 300),
+                   "n": pd.array(rng.integers(0, 5, 300), dtype="Int64")})
+df.loc[::17, "n"] = pd.NA
+y = np.where(df.x + (df.color == "red") > 0.3, "late", "on time")
+local = json.loads(sys.argv[2])
+mine = slice(0, 140) if rank == 0 else slice(140, 300)
+tr = fastbp.Trainer(hidden=(8,), batch_size=32, dtype="float64", seed=1, n_threads=1, comm="mpi", impute="mean",
+                    epochs=10, optimizer="adam", lr=0.01)
+if local:  # each rank holds its own rows: the schema is learned from all of them
+    tr.fit(df[mine], y[mine], local_data=True)
+else:
+    tr.fit(df, y)
+tr.save(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_a_dataframe_schema_is_the_same_on_every_rank(tmp_path, local):
+    """A DataFrame's schema under MPI: the whole table's on every rank (each rank's rows merged with
+    local_data=True); without local_data the model equals one process's."""
+    pytest.importorskip("pandas")
+    script = tmp_path / "table.py"
+    script.write_text(TABLE_SCRIPT)
+    proc = launch(2, script, tmp_path / "m.fbp", json.dumps(local))
+    assert proc.returncode == 0, proc.stderr  # ranks check their parameters agree after every epoch
+    model = fastbp.load(tmp_path / "m.fbp")
+    namespace = {}
+    exec(TABLE_SCRIPT.split("local = ")[0].replace("from mpi4py import MPI\nrank = MPI.COMM_WORLD.Get_rank()\n", ""),
+         namespace)
+    df, y = namespace["df"], namespace["y"]
+    one = fastbp.Trainer(hidden=(8,), batch_size=32, dtype="float64", seed=1, n_threads=1, impute="mean",
+                         epochs=10, optimizer="adam", lr=0.01).fit(df, y)
+    from fastbp.files.preprocess import Preprocessor
+    assert Preprocessor(model.preprocessing).matches(one.preprocessing)  # statistics of all 300 rows
+    if not local:
+        np.testing.assert_allclose(model.params, one.params, rtol=1e-9, atol=1e-12)
+    assert model.evaluate(df, y)["accuracy"] > 0.8
