@@ -7,6 +7,7 @@ in the same run, at 1024^3 and at each workload's layer shapes.
 """
 import argparse
 import contextlib
+import os
 import platform
 import time
 import warnings
@@ -471,7 +472,14 @@ def main(argv=None):
     parser.add_argument("--optimizers", action="store_true",
                         help="also time one fastbp epoch per optimizer (sgd, adam, adamw, rmsprop)")
     parser.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
+    parser.add_argument("--quality", action="store_true",
+                        help="instead: held-out quality on real tables (fastbp.quality): fastbp's defaults against "
+                             "HistGradientBoosting, scikit-learn's MLP and pytabkit's RealMLP/TabM, each fit in its "
+                             "own process; --tables and --systems choose")
+    parser.add_argument("--tables", default=None, help="with --quality: comma-separated tables (default: all)")
     args = parser.parse_args(argv)
+    if args.quality:
+        return _quality(parser, args)
     from fastbp.core.threads import max_threads
 
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -557,6 +565,26 @@ def main(argv=None):
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _quality(parser, args):
+    from fastbp import quality
+    tables = [t.strip() for t in (args.tables or ",".join(quality.TABLES)).split(",") if t.strip()]
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if args.systems == parser.get_default("systems"):
+        systems = list(quality.SYSTEMS)
+    unknown = [t for t in tables if t not in quality.TABLES] + [s for s in systems if s not in quality.SYSTEMS]
+    if unknown:
+        parser.error(f"unknown table(s) or system(s) for --quality: {', '.join(unknown)}; tables: "
+                     f"{', '.join(quality.TABLES)}; systems: {', '.join(quality.SYSTEMS)}")
+    lines = quality.main(tables, systems)
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"Python {platform.python_version()}")
+    print(f"Machine: {machine}.")
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write("\n".join(lines + ["", f"Machine: {machine}."]) + "\n")
     return 0
 
 
