@@ -102,36 +102,35 @@ def _fit_fastbp(train, test, target, task, folder):
     return fit, time.perf_counter() - start, predicted, proba
 
 
-def _fit_sklearn(system, train, test, target, task):
+def _sklearn_model(system, X, Xt, classify):
+    """(model, X, Xt): HistGradientBoosting on categories, or scikit-learn's MLP after one-hot and scaling."""
     from sklearn import compose, ensemble, neural_network, pipeline, preprocessing
-    X, Xt = train.drop(columns=target), test.drop(columns=target)
-    classify = task == "classify"
     if system == "hgb":
         X, Xt = _categorical(X), _categorical(Xt, like=X)
         model = (ensemble.HistGradientBoostingClassifier if classify else ensemble.HistGradientBoostingRegressor)(
             categorical_features="from_dtype", random_state=SEED)
-    else:
-        text = [c for c in X if X[c].dtype == object or str(X[c].dtype) in ("category", "string", "str", "bool")]
-        encode = compose.ColumnTransformer([("text", preprocessing.OneHotEncoder(handle_unknown="ignore"), text)],
-                                           remainder=preprocessing.StandardScaler())
-        mlp = (neural_network.MLPClassifier if classify else neural_network.MLPRegressor)(random_state=SEED)
-        model = pipeline.make_pipeline(encode, mlp)
-    start = time.perf_counter()
-    model.fit(X, train[target])
-    fit = time.perf_counter() - start
-    start = time.perf_counter()
-    predicted = model.predict(Xt)
-    proba = model.predict_proba(Xt) if classify else None
-    return fit, time.perf_counter() - start, predicted, proba
+        return model, X, Xt
+    text = [c for c in X if X[c].dtype == object or str(X[c].dtype) in ("category", "string", "str", "bool")]
+    encode = compose.ColumnTransformer([("text", preprocessing.OneHotEncoder(handle_unknown="ignore"), text)],
+                                       remainder=preprocessing.StandardScaler())
+    mlp = (neural_network.MLPClassifier if classify else neural_network.MLPRegressor)(random_state=SEED)
+    return pipeline.make_pipeline(encode, mlp), X, Xt
 
 
-def _fit_pytabkit(system, train, test, target, task):
+def _pytabkit_model(system, X, Xt, classify):
+    """(model, X, Xt): pytabkit's RealMLP_TD or TabM_D with their defaults, text columns as categories."""
     import pytabkit
-    classify = task == "classify"
     kind = {("realmlp", True): "RealMLP_TD_Classifier", ("realmlp", False): "RealMLP_TD_Regressor",
             ("tabm", True): "TabM_D_Classifier", ("tabm", False): "TabM_D_Regressor"}[system, classify]
-    X, Xt = _categorical(train.drop(columns=target)), _categorical(test.drop(columns=target), like=train)
     model = getattr(pytabkit, kind)(random_state=SEED, n_threads=os.cpu_count(), device="cpu")
+    return model, _categorical(X), _categorical(Xt, like=X)
+
+
+def _fit_estimator(system, train, test, target, task):
+    """A scikit-learn-style estimator's fit and predict seconds, predictions and probabilities."""
+    classify = task == "classify"
+    build = _pytabkit_model if system in ("realmlp", "tabm") else _sklearn_model
+    model, X, Xt = build(system, train.drop(columns=target), test.drop(columns=target), classify)
     start = time.perf_counter()
     model.fit(X, train[target])
     fit = time.perf_counter() - start
@@ -147,10 +146,8 @@ def run_one(system, table, folder):
     train, test = split(df)
     if system == "fastbp":
         fit, predict, predicted, proba = _fit_fastbp(train, test, target, task, folder)
-    elif system in ("realmlp", "tabm"):
-        fit, predict, predicted, proba = _fit_pytabkit(system, train, test, target, task)
     else:
-        fit, predict, predicted, proba = _fit_sklearn(system, train, test, target, task)
+        fit, predict, predicted, proba = _fit_estimator(system, train, test, target, task)
     return {"system": system, "table": table, "task": task, "rows": [len(train), len(test)],
             "fit_s": fit, "predict_s": predict, **scores(task, test[target], predicted, proba)}
 
@@ -178,13 +175,22 @@ def table_available(name):
     return None
 
 
+def peak_mib():
+    """This process's peak RSS in MiB: the kernel's VmHWM, which starts afresh at exec (getrusage's ru_maxrss
+    keeps the parent's peak from before the fork)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def measure(system, table):
     """run_one in a fresh process: its result with that process's peak RSS (MiB), or {"error": ...}."""
     with tempfile.TemporaryDirectory() as folder:
-        code = ("import json, resource; from fastbp.quality import run_one\n"
+        code = ("import json; from fastbp.quality import peak_mib, run_one\n"
                 f"result = run_one({system!r}, {table!r}, {folder!r})\n"
-                "result['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-                "print(json.dumps(result))")
+                "print(json.dumps(dict(result, peak_mib=peak_mib())))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if proc.returncode != 0:
             return {"error": (proc.stderr.strip().splitlines() or [f"exited {proc.returncode}"])[-1]}
