@@ -237,7 +237,8 @@ class Trainer:
     def preprocessing(self):
         """The schema (JSON state of fastbp.files.preprocess.Preprocessor) learned by the first fit on a table
         or by `fastbp train`; None for a model trained on arrays. With one, tables (DataFrames, pyarrow Tables,
-        dicts of columns) are read by column name through it, and arrays are taken as its encoded inputs."""
+        dicts of columns) are read through it by column name, 2-D arrays by position (a column per feature), and
+        encoded=True takes what Preprocessor.transform gives."""
         return None if self._schema is None else self._schema.state
 
     @preprocessing.setter
