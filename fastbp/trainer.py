@@ -2,6 +2,7 @@
 and runs the engine (fastbp.engine) over in-memory rows, files or MPI data."""
 import copy
 import functools
+import inspect
 
 import numpy as np
 
@@ -534,6 +535,11 @@ class Trainer:
                     not isinstance(config.get("preprocessing") or {}, dict):
                 raise InputError("its metadata or preprocessing is not a mapping")
             init_args = dict(config["init_args"])
+            newer = sorted(set(init_args) - _INIT_PARAMETERS)
+            if newer:
+                raise InputError(f"it was written by fastbp {config.get('fastbp_version')!r} with settings this "
+                                 f"fastbp ({_version()}) does not know: {', '.join(map(str, newer))}; load it with "
+                                 "that version or a newer one")
             # the parameter count the arguments imply, checked against the array read (bounded) before
             # anything that size is allocated
             sizes = check_layer_sizes(init_args.get("layer_sizes"))
@@ -898,6 +904,9 @@ class Trainer:
 
 _CONFIG_KEYS = {"fastbp_version", "init_args", "history", "shuffle_rng_state", "lr_schedule", "preprocessing",
                 "metadata", "fitted", "classes", "feature_names"}
+
+
+_INIT_PARAMETERS = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
 
 
 def load(path, comm=None, n_threads=None):

@@ -239,3 +239,15 @@ def test_a_round_trip_still_reads_every_array(tmp_path):
     config, back = read_model(tmp_path / "x.fbp")
     assert config == {"a": 1} and back["opt_step"][0] == 3
     np.testing.assert_array_equal(back["params"], arrays["params"])
+
+
+def test_a_model_from_a_newer_fastbp_names_the_settings_this_one_lacks(tmp_path):
+    from fastbp.files.modelfile import read_model, write_model
+    fastbp.Trainer([3, 2], epochs=1).fit(np.eye(3), [0, 1, 0]).save(tmp_path / "m.fbp")
+    config, arrays = read_model(tmp_path / "m.fbp")
+    config["init_args"]["ensemble"] = 8
+    config["fastbp_version"] = "9.9"
+    write_model(tmp_path / "new.fbp", config, arrays)
+    with pytest.raises(fastbp.ModelFileError, match=r"written by fastbp '9.9' with settings this fastbp .* does "
+                                                    r"not know: ensemble; load it with that version or a newer"):
+        fastbp.load(tmp_path / "new.fbp")
