@@ -637,7 +637,7 @@ def evaluate(args):
     for start, chunk in source.chunks(prep.features + [prep.target], prep.kinds()):
         X, y = prep.transform(chunk, start, dtype=trainer.params.dtype)
         # the target as the file holds it (the model encodes it); combined exactly over the file, not chunk means
-        parts.append(trainer.metric_part(X, chunk[prep.target], encoded=True))
+        parts.append(trainer.metric_part(X, chunk[prep.target], encoded=True, roc_auc="roc_auc" in wanted))
         if one_hot:  # the largest output is the predicted class
             correct += int((trainer.decision_function(X, encoded=True).argmax(axis=1) == y).sum())
         n += len(X)

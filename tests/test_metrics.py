@@ -122,3 +122,18 @@ def test_cli_evaluate_gives_the_chosen_metrics_on_the_targets_scale(tmp_path):
     code, _, err = cli("train", tmp_path / "d.csv", "--target", "value", "--monitor", "val_auc", "--out",
                        tmp_path / "x.fbp")
     assert code == 2 and "not a validation metric" in err
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
+def test_without_roc_auc_a_part_keeps_no_rows(kind):
+    """metric_part(roc_auc=False), as fastbp evaluate --metric without roc_auc asks for it: the other metrics
+    are the same and nothing in the part grows with the rows."""
+    tr, y = problem(kind)
+    full = tr.evaluate(X, y, sample_weight=W)
+    parts = [tr.metric_part(X[i:i + 100], y[i:i + 100], W[i:i + 100], roc_auc=False) for i in range(0, 400, 100)]
+    assert all("ranking" not in part for part in parts)
+    assert all(np.size(value) <= 4 for part in parts for value in part.values())
+    lean = tr.finish_metrics(parts)
+    assert set(lean) == set(full) - {"roc_auc"}
+    for name, value in lean.items():
+        assert value == pytest.approx(full[name], rel=1e-9)

@@ -144,9 +144,9 @@ class Engine:
     def logits(self, X):
         return full_data.forward(self.params, self.net, X, self.n_threads)
 
-    def metric_part(self, X, Y, weights=None):
+    def metric_part(self, X, Y, weights=None, roc_auc=True):
         return metrics.metric_part(self.net.loss_code, self.params.dtype.type(self.net.huber_delta), self.logits(X),
-                                   Y, weights)
+                                   Y, weights, roc_auc)
 
     def validation_metrics(self, X, Y, weights=None, is_local=False):
         """Metrics of the validation data; under a communicator each rank evaluates a slice (or,

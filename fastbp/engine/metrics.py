@@ -37,8 +37,9 @@ def names(loss_code, n_out):
     return CLASSIFICATION_METRICS if loss_code in CLASSIFICATION_CODES else REGRESSION_METRICS
 
 
-def metric_part(loss_code, huber_delta, logits, Y, weights=None):
-    """The combinable summary of these rows (weights: None or one non-negative weight per row)."""
+def metric_part(loss_code, huber_delta, logits, Y, weights=None, roc_auc=True):
+    """The combinable summary of these rows (weights: None or one non-negative weight per row). roc_auc=False
+    keeps no per-row scores (finish() then gives no roc_auc): a part's size no longer grows with its rows."""
     w = np.ones(len(Y)) if weights is None else np.asarray(weights, dtype=np.float64)
     total = float(w.sum())
     if total <= 0:
@@ -46,7 +47,7 @@ def metric_part(loss_code, huber_delta, logits, Y, weights=None):
     losses = row_losses(loss_code, huber_delta, logits, Y) / elements_per_row(loss_code, logits.shape[1])
     part = {"weight": total, "loss": float(w @ losses) / total}
     if loss_code in CLASSIFICATION_CODES:
-        part.update(_classification(loss_code, logits, Y, w, total))
+        part.update(_classification(loss_code, logits, Y, w, total, roc_auc))
     else:
         Y64 = Y.astype(np.float64)
         predictions = np.exp(logits.astype(np.float64)) if loss_code == POISSON else logits  # rates, not log-rates
@@ -58,7 +59,7 @@ def metric_part(loss_code, huber_delta, logits, Y, weights=None):
     return part
 
 
-def _classification(loss_code, logits, Y, w, total):
+def _classification(loss_code, logits, Y, w, total, roc_auc=True):
     """Accuracy, the weighted confusion counts per class (or output), and the ranking rows for ROC AUC."""
     z = logits.astype(np.float64)
     if loss_code == CROSS_ENTROPY:
@@ -87,7 +88,8 @@ def _classification(loss_code, logits, Y, w, total):
     part["fn"] = w @ (~hit & truth)
     part["binary"] = loss_code == CROSS_ENTROPY and z.shape[1] == 2 or \
         loss_code == BINARY_CROSS_ENTROPY and z.shape[1] == 1
-    part["ranking"] = (scores, ranked, w)
+    if roc_auc:
+        part["ranking"] = (scores, ranked, w)
     return part
 
 
@@ -127,7 +129,8 @@ def finish(part):
         if "log_loss" in part:
             result["log_loss"] = part["log_loss"]
         result["f1"] = _f1(part["tp"], part["fp"], part["fn"], part["binary"])
-        result["roc_auc"] = _mean_auc(*part["ranking"])
+        if "ranking" in part:
+            result["roc_auc"] = _mean_auc(*part["ranking"])
     if "mean" in part:
         spread = part["m2"] / part["weight"]
         with np.errstate(divide="ignore", invalid="ignore"):
