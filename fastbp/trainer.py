@@ -256,7 +256,7 @@ class Trainer:
         self.state.ensure_state(self.optimizer_settings.state_names())  # settings changed since construction
         return Engine(self.state, self.net, regularization, self.optimizer_settings, self.batch_size,
                       self.shuffle, self.n_threads, self._comm,
-                      functools.partial(distributed.DistributedRows, sync_every=self.sync_every))
+                      functools.partial(distributed.DistributedRows, sync_every=self.sync_every), self._target_scale())
 
     def fit(self, X, y, sample_weight=None, class_weight=None, validation_data=None, validation_split=0.0,
             callbacks=None, verbose=None, local_data=False):
@@ -467,11 +467,12 @@ class Trainer:
     def finish_metrics(self, parts):
         """evaluate()'s result from the metric_part summaries of several pieces of data (a file's chunks). A
         regression target the schema standardized has its errors (rmse, mae) on its own scale."""
-        result = metrics.finish(metrics.combine(parts))
-        if self._schema is not None and self._schema.task == "regress":
-            for name in ("rmse", "mae"):
-                result[name] *= self._schema.state["target_scale"]
-        return result
+        return metrics.finish(metrics.combine(parts), self._target_scale())
+
+    def _target_scale(self):
+        """The scale of a regression target the schema standardized (1 otherwise)."""
+        prep = self._schema
+        return prep.state["target_scale"] if prep is not None and prep.task == "regress" else 1.0
 
     def metric_part(self, X, y, sample_weight=None, *, encoded=False, roc_auc=True):
         """evaluate()'s combinable summary of these rows (fastbp.engine.metrics.combine merges parts exactly).

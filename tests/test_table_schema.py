@@ -91,6 +91,12 @@ def test_a_regression_target_is_standardized_and_predicted_on_its_scale(tmp_path
     assert result["r2"] == pytest.approx(sklearn_metrics.r2_score(df.price, predicted), rel=1e-4)
     assert result["r2"] > 0.95
     np.testing.assert_array_equal(tr.evaluate(df.drop(columns="price"), df.price)["rmse"], result["rmse"])
+    # the history's validation errors are on the price's scale too (the model learns it standardized)
+    val = df.head(200)
+    tr.fit(df, "price", validation_data=(val, "price"))
+    last, now = tr.history[-1], tr.evaluate(val, "price")
+    for name in ("val_rmse", "val_mae", "val_r2"):
+        assert last[name] == pytest.approx(now[name[4:]], rel=1e-6)
 
 
 def test_numeric_arrays_are_read_by_position_after_a_table():

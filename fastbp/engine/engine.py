@@ -49,10 +49,11 @@ class SingleProcess:
 
 class Engine:
     """distributed: None, or a factory engine -> object with train_rows(X, Y, weights, order, hyper) that
-    takes the steps under a communicator (fastbp.parallel)."""
+    takes the steps under a communicator (fastbp.parallel). target_scale: the scale of a regression target the
+    model learns standardized, so validation errors (rmse, mae) are reported on the target's own scale."""
 
     def __init__(self, state, net, regularization, optimizer, batch_size, shuffle=True, n_threads=None, comm=None,
-                 distributed=None):
+                 distributed=None, target_scale=1.0):
         self.state, self.net, self.reg, self.optimizer = state, net, regularization, optimizer
         self.batch_size, self.shuffle = batch_size, shuffle
         self.n_threads = resolve_n_threads(n_threads)
@@ -60,6 +61,7 @@ class Engine:
         self._workspaces = {}
         self._thread_chooser = ThreadChooser()
         self._distributed = distributed(self) if distributed is not None and self.comm.size > 1 else None
+        self.target_scale = float(target_scale)
 
     @property
     def params(self):
@@ -153,10 +155,10 @@ class Engine:
         is_local, its own validation rows) and the parts combine."""
         comm = self.comm
         if comm.size == 1:
-            return metrics.finish(self.metric_part(X, Y, weights))
+            return metrics.finish(self.metric_part(X, Y, weights), self.target_scale)
         lo, hi = (0, len(X)) if is_local else (comm.rank * len(X) // comm.size, (comm.rank + 1) * len(X) // comm.size)
         part = self.metric_part(X[lo:hi], Y[lo:hi], None if weights is None else weights[lo:hi]) if hi > lo else None
-        return metrics.finish(metrics.combine(comm.allgather(part)))
+        return metrics.finish(metrics.combine(comm.allgather(part)), self.target_scale)
 
     # ------------------------------------------------------------------ the epoch loop
     def run(self, run_epoch, epochs, owner, validation=None, callbacks=(), verbose=0, on_divergence="raise",

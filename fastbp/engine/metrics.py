@@ -119,8 +119,9 @@ def combine(parts):
     return out
 
 
-def finish(part):
-    """{metric: value} of a part, the metrics of names()."""
+def finish(part, target_scale=1.0):
+    """{metric: value} of a part, the metrics of names(). target_scale: the errors (rmse, mae) of a target learned
+    standardized, on its own scale."""
     if part is None:
         raise InputError("no rows with a positive weight to evaluate")
     result = {"loss": part["loss"]}
@@ -136,8 +137,8 @@ def finish(part):
         with np.errstate(divide="ignore", invalid="ignore"):
             r2 = np.where(spread > 0, 1 - part["residual"] / spread, 0.0)
         result["r2"] = float(r2.mean())
-        result["rmse"] = float(np.mean(np.sqrt(part["residual"])))
-        result["mae"] = float(np.mean(part["absolute"]))
+        result["rmse"] = float(np.mean(np.sqrt(part["residual"]))) * target_scale
+        result["mae"] = float(np.mean(part["absolute"])) * target_scale
     return result
 
 
