@@ -224,7 +224,7 @@ def train(args):
     from .engine.callbacks import EarlyStopping
     from .files.file_data import FileData
     from .engine.buffered import StreamStats
-    from .files.streaming import FileTargets, spill_bytes
+    from .files.streaming import spill_bytes
     from .parallel.file_shards import shard_mode
     from .trainer import Trainer, load
 
@@ -298,8 +298,8 @@ def train(args):
         callbacks.append(_JsonLog(args.log_file))
     stats = StreamStats()
     if not args.no_spill and trainer.epochs:
-        size = spill_bytes(n_rows, prep.n_inputs, FileTargets(trainer.loss, trainer.layer_sizes[-1]).width,
-                           class_weight is not None, trainer.params.dtype)
+        size = spill_bytes(n_rows, prep.n_inputs, _targets(trainer).width, class_weight is not None,
+                           trainer.params.dtype)
         _say(args, f"shuffling across the whole file: the training rows are encoded once into an unnamed temporary "
                    f"file ({size / 2 ** 20:,.1f} MiB in {tempfile.gettempdir()}; --no-spill to skip)")
     try:

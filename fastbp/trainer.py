@@ -687,8 +687,13 @@ class Trainer:
         from this data, and from a table with named columns its schema (local: each MPI rank has its own rows)."""
         learn = learn and not self.is_fitted
         if learn and table_columns(X) is not None:
-            self._learn_schema(X, y, local)
-        elif self.state is None:
+            source = self._learn_schema(X, y, local)
+            # the columns the first pass read, encoded once (not read from the table again)
+            X, y = self._encode(source.whole(self._schema.features + [source.target]), with_target=True)
+            Y = self._target_rows(y)
+            self._warn_unused_outputs(Y)
+            return X, Y
+        if self.state is None:
             self._require_built("this call") if not learn else self._build_for(X, y, local)
         if self._schema is not None:
             X, Y = self._schema_inputs(X, encoded), self._schema_targets(X, y)
@@ -734,7 +739,8 @@ class Trainer:
     # ------------------------------------------------------------------ tables, through the schema
     def _learn_schema(self, X, y, local):
         """The first fit on a table: its schema, as `fastbp train` learns one from a file (column kinds,
-        categories, statistics, missing values; the target's classes, or its mean and scale)."""
+        categories, statistics, missing values; the target's classes, or its mean and scale). Returns the
+        table as the first pass read it (fastbp.files.tables.TableSource)."""
         from .files.preprocess import Preprocessor
         from .files.tables import TableSource
         if y is None:
@@ -752,12 +758,16 @@ class Trainer:
         self._schema = prep
         self.classes_ = self._schema_classes()
         self.feature_names_in_ = np.array(prep.features, dtype=object)
+        return source
 
     def _build_for(self, X, y, local):
         """The layer sizes of a Trainer built with hidden=, from the first fit's arrays: an input per column;
         an output per class (cross_entropy), one for two classes (binary_cross_entropy) or per multilabel column,
         one per target column otherwise."""
-        width = check_X(X, self.dtype).shape[1]
+        shape = getattr(X, "shape", None) or np.shape(X)
+        if len(shape) != 2 or 0 in shape:
+            check_X(X, self.dtype)  # says what is wrong with X
+        width = shape[1]  # X itself is checked once, by _features
         labels = label_column(y)
         if self._comm.size > 1 and local:  # every rank counts the labels of all ranks' rows alike
             labels = distributed.labels_of_all_ranks(self._comm, y)
@@ -820,25 +830,32 @@ class Trainer:
             X = {c: X[:, j] for j, c in enumerate(prep.features)}
             names = prep.features
         present = set(names)
-        chunk = {c: arrow_column(c, table_column(X, c)) for c in prep.features if c in present}
+        return self._encode({c: arrow_column(c, table_column(X, c)) for c in prep.features if c in present})[0]
+
+    def _encode(self, chunk, with_target=False):
+        """(X, y) of columns {name: pyarrow Array} through the schema (y None without the target); a category
+        not seen in training is all zeros, with a warning."""
+        prep = self._schema
         prep.unknown = {}
-        X, _ = prep.transform(chunk, with_target=False, dtype=DTYPES[self.dtype])
+        X, y = prep.transform(chunk, with_target=with_target, dtype=DTYPES[self.dtype])
         for column, rows in prep.unknown.items():
             warn(f"column {column!r}: {rows} row(s) hold categories not seen in training; they are encoded as "
                  "all zeros")
         if not len(X):
             raise InputError("X is empty: it has 0 rows; pass at least one row")
-        return X
+        return X, y
 
     def _schema_targets(self, X, y):
         """y (labels or values, or the name of X's target column) as the network learns it: class indices or
         the one-hot classes, or the standardized value."""
-        from .files.streaming import FileTargets
         from .files.tables import arrow_column, table_column
         if isinstance(y, str) and table_columns(X) is not None:
             y = table_column(X, y)
-        values = arrow_column("y", y)
-        y = self._schema.encode_target(values, 0, DTYPES[self.dtype])
+        return self._target_rows(self._schema.encode_target(arrow_column("y", y), 0, DTYPES[self.dtype]))
+
+    def _target_rows(self, y):
+        """Encoded targets (Preprocessor.encode_target) as the network's target rows."""
+        from .files.streaming import FileTargets
         return FileTargets(self.loss, self.layout.n_out).rows(y)
 
     def _warn_unused_outputs(self, Y):

@@ -63,7 +63,8 @@ def buffer_size(buffer_rows, batch, n_inputs, dtype):
 
 def buffered_epochs(engine, rows, train_rows, buffer_rows, stats):
     """The epoch source of a file: one process, or shard="rows" under MPI (every rank fills the same
-    buffers and trains its slice of each global batch: equal to one process). rows: TrainingRows."""
+    buffers and trains its slice of each global batch: equal to one process). rows: the rows protocol above
+    (fastbp.files.streaming.TrainingRows)."""
     dtype = engine.params.dtype
     buffer_rows = buffer_size(buffer_rows, engine.batch_size, rows.n_inputs, dtype)
     Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), rows.n_inputs), dtype=dtype)

@@ -14,16 +14,6 @@ from .sources import DEFAULT_CHUNK_ROWS
 TARGET = "target"  # the target's column name when y comes without one
 
 
-def is_table(X):
-    """True for the tables this module reads: a pandas or polars DataFrame, a pyarrow Table, a dict of columns."""
-    library = type(X).__module__.split(".")[0]
-    if library in ("pandas", "polars"):
-        return hasattr(X, "columns") and len(getattr(X, "shape", ())) == 2
-    if library == "pyarrow":
-        return hasattr(X, "column_names")
-    return isinstance(X, dict)
-
-
 def column_names(X):
     """The column names of a table, in order."""
     if isinstance(X, dict):
@@ -61,13 +51,9 @@ def arrow_column(name, values):
 
 class TableSource:
     """A table as fastbp.files.sources' readers give files: `columns`, `n_rows`, `kinds(columns)` and
-    `chunks(columns)` of {column: pyarrow Array}. `target`: the name of the target column, when one was
+    `chunks(columns)` of {column: pyarrow Array}, read by the first pass (no chunk_starts: under MPI each rank
+    scans its own table, merged by Preprocessor.fit's comm). `target`: the name of the target column, when one was
     added (y given apart from X is stored under y's name, or "target" when it has none or X uses it)."""
-
-    shuffleable = True
-    shard_by_chunks = False
-    index_columns = ()
-    chunk_starts = None  # not split between MPI ranks: each rank scans its own table (Preprocessor.fit's comm)
 
     def __init__(self, X, y=None, chunk_rows=DEFAULT_CHUNK_ROWS):
         names = column_names(X)
