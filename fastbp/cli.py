@@ -124,11 +124,13 @@ def _checkpoint_path(args):
 RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
-                  "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins")
+                  "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins", "categorical",
+                  "onehot_max", "embedding_dim")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
                  "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss",
-                 "numeric": "standard", "numeric_bins": 16}
+                 "numeric": "standard", "numeric_bins": 16, "categorical": "onehot", "onehot_max": 16,
+                 "embedding_dim": None}
 
 
 def _result_options(args, ranks, shard):
@@ -223,6 +225,7 @@ def _check_training_options(args):
 def train(args):
     from .engine.callbacks import EarlyStopping
     from .files.file_data import FileData
+    from .files.preprocess import categorical_encoding
     from .engine.buffered import StreamStats
     from .files.streaming import spill_bytes
     from .parallel.file_shards import shard_mode
@@ -239,6 +242,7 @@ def train(args):
     if args.task is not None and args.loss is not None:
         _check_loss_fits_task(args.loss, args.task)
     _check_training_options(args)
+    categorical = categorical_encoding(args.categorical, args.onehot_max, args.embedding_dim)
     data = FileData(args.data, args.chunk_rows, args.encoding)
     # checked before the first pass, which can take long on a big file
     shard = shard_mode(args.shard, data.source, comm.size if comm else 1)
@@ -261,7 +265,8 @@ def train(args):
     try:
         data.scan(args.target, features, task=args.task, impute=args.impute, max_categories=args.max_categories,
                   val_split=args.val_split, val_max_rows=args.val_max_rows, seed=args.seed, progress=progress,
-                  comm=comm, numeric=args.numeric, bins=args.numeric_bins)
+                  comm=comm, numeric=args.numeric, bins=args.numeric_bins,
+                  categorical=categorical)
     finally:
         progress(None)
     prep, n_rows = data.prep, data.n_rows
@@ -282,7 +287,8 @@ def train(args):
                           dropout=args.dropout, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                           n_threads=args.threads, dtype=args.dtype, comm=comm, sync_every=args.sync_every,
                           impute=args.impute, max_categories=args.max_categories, numeric=args.numeric,
-                          numeric_bins=args.numeric_bins)
+                          numeric_bins=args.numeric_bins, embeddings=prep.embeddings() or None,
+                          categorical=args.categorical, onehot_max=args.onehot_max, embedding_dim=args.embedding_dim)
         trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
@@ -298,7 +304,7 @@ def train(args):
         callbacks.append(_JsonLog(args.log_file))
     stats = StreamStats()
     if not args.no_spill and trainer.epochs:
-        size = spill_bytes(n_rows, prep.n_inputs, _targets(trainer).width, class_weight is not None,
+        size = spill_bytes(n_rows, prep.n_columns, _targets(trainer).width, class_weight is not None,
                            trainer.params.dtype)
         _say(args, f"shuffling across the whole file: the training rows are encoded once into an unnamed temporary "
                    f"file ({size / 2 ** 20:,.1f} MiB in {tempfile.gettempdir()}; --no-spill to skip)")
@@ -799,6 +805,12 @@ def _parser():
                    help="numeric columns as inputs: standardized; quantile (their rank in the training sample, "
                         "unit variance); ple (piecewise-linear over --numeric-bins quantile bins, an input per bin)")
     p.add_argument("--numeric-bins", type=int, default=16, help="bins per numeric column for --numeric ple")
+    p.add_argument("--categorical", choices=["auto", "onehot", "embed"], default="auto",
+                   help="text columns as inputs: one per category (onehot), a learned embedding (embed), or one-hot "
+                        "up to --onehot-max categories and an embedding above (auto)")
+    p.add_argument("--onehot-max", type=int, default=16, help="most categories one-hot encoded by --categorical auto")
+    p.add_argument("--embedding-dim", type=int, default=None,
+                   help="width of every embedding (default: by cardinality, 1.6 n^0.56 capped at 32)")
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
     p.add_argument("--buffer-rows", type=int, default=None,
                    help="rows shuffled together in memory (default: 262144, fewer for wide data: 32 MB at most)")

@@ -46,9 +46,10 @@ def _numeric_array(a, what):
     return arr
 
 
-def check_X(X, dtype, n_features=None, fitted=True):
+def check_X(X, dtype, n_features=None, fitted=True, n_tables=0):
     """2-D, non-empty, finite, numeric -> C-contiguous array of `dtype` (no copy when already so).
-    fitted: whether the model has been trained (it changes the advice for a wrong width)."""
+    fitted: whether the model has been trained (it changes the advice for a wrong width); n_tables: how many of
+    the n_features columns are category codes of embedding tables (for the message)."""
     arr = _numeric_array(X, "X")
     if arr.ndim != 2:
         hint = (" Reshape with X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample."
@@ -61,8 +62,9 @@ def check_X(X, dtype, n_features=None, fitted=True):
     if n_features is not None and arr.shape[1] != n_features:
         fix = "pass the same columns as at training" if fitted else \
             f"build the Trainer with layer_sizes[0] = {arr.shape[1]} for this X"
-        raise InputError(f"X has {arr.shape[1]} features but the model expects {n_features} "
-                         f"(layer_sizes[0] = {n_features}); {fix}")
+        layout = f"{n_features - n_tables} inputs and {n_tables} category code(s)" if n_tables else \
+            f"layer_sizes[0] = {n_features}"
+        raise InputError(f"X has {arr.shape[1]} features but the model expects {n_features} ({layout}); {fix}")
     return _finite_as(arr, dtype, "X")
 
 

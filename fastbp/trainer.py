@@ -8,7 +8,7 @@ import numpy as np
 
 from .core.checks import DTYPES, check_bool, check_dtype, check_int, check_number
 from .core.errors import InputError, InputTypeError, NotFittedError, warn
-from .core.layout import INITS, check_layer_sizes
+from .core.layout import INITS, check_embeddings, check_layer_sizes
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization
 from .core.threads import resolve_n_threads
@@ -43,6 +43,7 @@ class Trainer:
 
     # defined at construction (fastbp.attributes): assigning one later is refused
     layer_sizes = Fixed()
+    embeddings = Fixed()
     activation = Fixed()
     loss = Fixed()
     huber_delta = Fixed()
@@ -66,6 +67,9 @@ class Trainer:
     max_categories = RunSetting(lambda tr, v: check_int("max_categories", v, 1))
     numeric = RunSetting(lambda tr, v: _checked_numeric(v))
     numeric_bins = RunSetting(lambda tr, v: _checked_bins(v))
+    categorical = RunSetting(lambda tr, v: _checked_categorical(mode=v))
+    onehot_max = RunSetting(lambda tr, v: _checked_categorical(onehot_max=v))
+    embedding_dim = RunSetting(lambda tr, v: _checked_categorical(dim=v))
     # the optimizer's arguments, as given (None: torch's default for the optimizer), read back as in use
     optimizer = OptimizerSetting("name")
     lr = OptimizerSetting()
@@ -84,12 +88,16 @@ class Trainer:
                  seed=0, dtype="float32", n_threads=None, init="auto", betas=(0.9, 0.999), eps=1e-8,
                  amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
                  huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1,
-                 impute=None, max_categories=1000, numeric="standard", numeric_bins=16, hidden=None):
+                 impute=None, max_categories=1000, numeric="standard", numeric_bins=16, hidden=None,
+                 embeddings=None, categorical="auto", onehot_max=16, embedding_dim=None):
         if (layer_sizes is None) == (hidden is None):
             raise InputError("give layer_sizes=[n_in, hidden..., n_out], or hidden=(widths...) to take n_in and n_out "
                              "from the first fit's data" + ("" if layer_sizes is None else ", not both"))
         if layer_sizes is not None:
             layer_sizes = check_layer_sizes(layer_sizes)
+        # tables for an array's category codes (a table's categorical columns bring their own at the first fit)
+        self._given_embeddings = None if embeddings is None else check_embeddings(
+            embeddings, layer_sizes[0] if layer_sizes is not None else None)
         if hidden is not None:
             if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
                 raise InputTypeError(f"hidden must be a list of widths, e.g. (256, 256), got {hidden!r}")
@@ -128,6 +136,9 @@ class Trainer:
         self.max_categories = max_categories
         self.numeric = numeric
         self.numeric_bins = numeric_bins
+        self.categorical = categorical
+        self.onehot_max = onehot_max
+        self.embedding_dim = embedding_dim
         # the seed actually used: drawn once when None (shared by every MPI rank) and saved with the model,
         # so dropout masks and validation splits continue the same after loading
         self.seed = check_int("seed", seed, 0) if seed is not None else int(
@@ -145,11 +156,14 @@ class Trainer:
         if layer_sizes is not None:
             self._build(layer_sizes)
 
-    def _build(self, layer_sizes):
-        """The network, its seeded initial parameters and the training state, once the layer sizes are known."""
+    def _build(self, layer_sizes, embeddings=None):
+        """The network, its seeded initial parameters and the training state, once the layer sizes (and the
+        embedding tables of a table's categorical columns) are known."""
         layer_sizes = check_layer_sizes(layer_sizes)
         activations = [self.activation] * self._n_hidden if isinstance(self.activation, str) else self.activation
-        layout, net = build_net(layer_sizes, activations, self.loss, self.huber_delta)
+        embeddings = self._given_embeddings if embeddings is None else embeddings
+        layout, net = build_net(layer_sizes, activations, self.loss, self.huber_delta, embeddings=embeddings or ())
+        self.embeddings = [list(t) for t in layout.embeddings] if layout.embeddings else None
         if self.loss == "cross_entropy" and layout.n_out < 2:
             raise InputError("cross_entropy needs at least 2 outputs (layer_sizes[-1] >= 2); "
                              "for one output use binary_cross_entropy")
@@ -307,7 +321,7 @@ class Trainer:
         from .files import streaming
         with self._lock.training():
             if self.state is None:
-                self._build([prep.n_inputs, *self.hidden, prep.outputs(self.loss)])
+                self._build([prep.n_inputs, *self.hidden, prep.outputs(self.loss)], prep.embeddings())
             engine = self.engine()
             if train_rows < 1:
                 raise InputError("no training rows were read from the data")
@@ -319,7 +333,7 @@ class Trainer:
                                  f"{what}: give a classifier one output per class (or cross_entropy), a regressor "
                                  "one output")
             if validation is not None:
-                Xv = check_X(validation[0], self.dtype, self.layout.n_in)  # encoded, as prep.transform gives them
+                Xv = check_X(validation[0], self.dtype, self.layout.n_columns)  # encoded, as prep.transform gives
                 Yv = check_targets(targets.rows(np.asarray(validation[1])), self.loss, self.layout.n_out, len(Xv),
                                    self.dtype)
                 wv = check_sample_weight(validation[2] if len(validation) > 2 else None, len(Xv))
@@ -378,7 +392,7 @@ class Trainer:
             data = FileData(data, chunk_rows or DEFAULT_CHUNK_ROWS, encoding).scan(
                 target, features, exclude, task, self.impute, self.max_categories, val_split, val_max_rows,
                 self.seed, comm=self._comm if self._comm.size > 1 else None, scale_target=self.loss != "poisson",
-                numeric=self.numeric, bins=self.numeric_bins)
+                numeric=self.numeric, bins=self.numeric_bins, categorical=self.categorical_encoding())
         elif data.prep is None:
             raise InputError("fit_file takes a FileData after its scan() (the first pass)")
         prep = data.prep
@@ -545,10 +559,11 @@ class Trainer:
             # the parameter count the arguments imply, checked against the array read (bounded) before
             # anything that size is allocated
             sizes = check_layer_sizes(init_args.get("layer_sizes"))
-            n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))  # Python ints: no overflow
-            if arrays["params"].shape != (n_params,):
-                raise InputError(f"layer_sizes {init_args.get('layer_sizes')} need {n_params} parameters, "
-                                 f"the file holds {arrays['params'].shape}")
+            tables = check_embeddings(init_args.get("embeddings") or (), sizes[0])
+            n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])) + sum(r * d for r, d in tables)
+            if arrays["params"].shape != (n_params,):  # Python ints above: no overflow
+                raise InputError(f"layer_sizes {init_args.get('layer_sizes')} and embeddings {tables} need "
+                                 f"{n_params} parameters, the file holds {arrays['params'].shape}")
             init_args.pop("n_threads", None)  # files from before n_threads became a run setting
             trainer = cls(**init_args, comm=comm, n_threads=n_threads)
             state = {name[4:]: a for name, a in arrays.items() if name.startswith("opt_") and name != "opt_step"}
@@ -614,8 +629,9 @@ class Trainer:
         prep = Preprocessor(self.preprocessing) if self.preprocessing else None
         with self._lock.reading():  # one epoch's end, while fit may run in another thread
             layers = [(W.copy(), b.copy()) for W, b in self.layers]
+            tables = [t.copy() for t in self.layout.tables(self.params)]
         model = onnx_export.trainer_model(layers, hidden, self.loss, self.params.dtype, prep, self.classes_,
-                                          _version(), input_dtype)
+                                          _version(), input_dtype, tables)
         if path is not None:
             onnx_export.save(model, path)
         return model
@@ -678,9 +694,15 @@ class Trainer:
                 "clip_grad_norm": self.clip_grad_norm, "dropout": self.dropout, "huber_delta": self.huber_delta,
                 "on_divergence": self.on_divergence, "verbose": self.verbose, "sync_every": self.sync_every,
                 "impute": self.impute, "max_categories": self.max_categories, "numeric": self.numeric,
-                "numeric_bins": self.numeric_bins}
+                "numeric_bins": self.numeric_bins, "embeddings": self.embeddings, "categorical": self.categorical,
+                "onehot_max": self.onehot_max, "embedding_dim": self.embedding_dim}
         args.update(self.optimizer_settings.settings())
         return args
+
+    def categorical_encoding(self):
+        """How the first fit on a table encodes its categorical columns (fastbp.files.preprocess.Categorical)."""
+        from .files.preprocess import categorical_encoding
+        return categorical_encoding(self.categorical, self.onehot_max, self.embedding_dim)
 
     def _check_data(self, X, y, learn=False, local=False, encoded=False):
         """(X, Y) for the kernels. learn (fit): an untrained model takes its feature names and classes
@@ -731,7 +753,7 @@ class Trainer:
                 X = table_array(X, known, DTYPES[self.dtype])
             else:
                 X = table_array(X, names, DTYPES[self.dtype])
-        X = check_X(X, self.dtype, self.layout.n_in, fitted=self.is_fitted)
+        X = check_X(X, self.dtype, self.layout.n_columns, self.is_fitted, len(self.layout.embeddings))
         if learn and names is not None and all(isinstance(c, str) for c in names):
             self.feature_names_in_ = np.array(names, dtype=object)
         return X
@@ -751,9 +773,9 @@ class Trainer:
                                       impute=self.impute, max_categories=self.max_categories,
                                       comm=self._comm if distributed else None, local=distributed,
                                       scale_target=self.loss != "poisson", numeric=self.numeric,
-                                      bins=self.numeric_bins)
+                                      bins=self.numeric_bins, categorical=self.categorical_encoding())
         if self.state is None:
-            self._build([prep.n_inputs, *self.hidden, prep.outputs(self.loss)])
+            self._build([prep.n_inputs, *self.hidden, prep.outputs(self.loss)], prep.embeddings())
         self._check_schema_fits(prep)
         self._schema = prep
         self.classes_ = self._schema_classes()
@@ -767,7 +789,9 @@ class Trainer:
         shape = getattr(X, "shape", None) or np.shape(X)
         if len(shape) != 2 or 0 in shape:
             check_X(X, self.dtype)  # says what is wrong with X
-        width = shape[1]  # X itself is checked once, by _features
+        # X itself is checked once, by _features; an array's category codes (embeddings=) read their tables' rows
+        tables = self._given_embeddings or []
+        width = shape[1] - len(tables) + sum(d for _, d in tables)
         labels = label_column(y)
         if self._comm.size > 1 and local:  # every rank counts the labels of all ranks' rows alike
             labels = distributed.labels_of_all_ranks(self._comm, y)
@@ -788,6 +812,10 @@ class Trainer:
             raise InputError(f"X's {len(prep.features)} columns encode to {prep.n_inputs} inputs "
                              f"({_encoded_columns(prep)}) but layer_sizes[0] = {n_in}; build the Trainer with "
                              f"layer_sizes[0] = {prep.n_inputs}")
+        if [tuple(t) for t in prep.embeddings()] != self.layout.embeddings:
+            raise InputError(f"X's categorical columns take embedding tables {prep.embeddings()} (rows, dim), but "
+                             f"the model has {self.layout.embeddings}; build the Trainer with "
+                             f"embeddings={prep.embeddings()}, or with hidden= to take them from the data")
         if prep.task == "classify":
             n_classes = len(prep.classes())
             fits = n_classes <= n_out if self.loss == "cross_entropy" else \
@@ -817,7 +845,7 @@ class Trainer:
         encoded: X is already what Preprocessor.transform gives."""
         from .files.tables import arrow_column, table_column
         if encoded:
-            return check_X(X, self.dtype, self.layout.n_in, fitted=self.is_fitted)
+            return check_X(X, self.dtype, self.layout.n_columns, self.is_fitted, len(self.layout.embeddings))
         prep = self._schema
         names = table_columns(X)
         if names is None:
@@ -838,9 +866,10 @@ class Trainer:
         prep = self._schema
         prep.unknown = {}
         X, y = prep.transform(chunk, with_target=with_target, dtype=DTYPES[self.dtype])
+        embedded = {c for c, d in zip(prep.features, prep.state.get("embed") or []) if d is not None}
         for column, rows in prep.unknown.items():
             warn(f"column {column!r}: {rows} row(s) hold categories not seen in training; they are encoded as "
-                 "all zeros")
+                 + ("its embedding's unknown row" if column in embedded else "all zeros"))
         if not len(X):
             raise InputError("X is empty: it has 0 rows; pass at least one row")
         return X, y
@@ -971,6 +1000,13 @@ def _checked_bins(value):
     if value > 1024:
         raise InputError(f"numeric_bins must be at most 1024, got {value}")
     return value
+
+
+def _checked_categorical(**setting):
+    """One of the categorical settings (mode, onehot_max, dim), checked by fastbp.files.preprocess."""
+    from .files.preprocess import categorical_encoding
+    value = categorical_encoding(**setting)
+    return getattr(value, next(iter(setting)))
 
 
 def _checked_impute(value):

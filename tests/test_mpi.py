@@ -469,3 +469,30 @@ def test_a_dataframe_schema_is_the_same_on_every_rank(tmp_path, local):
     if not local:
         np.testing.assert_allclose(model.params, one.params, rtol=1e-9, atol=1e-12)
     assert model.evaluate(df, y)["accuracy"] > 0.8
+
+
+EMBEDDING_PROBLEM = PROBLEM + """
+codes = rng.integers(0, 40, size=len(y))  # 40 categories of a 41-row table: a batch looks up a few rows
+X = np.column_stack([X, codes]).astype(np.float64)
+y = (y + (codes % 3 == 0)) % 3
+"""
+
+
+@pytest.mark.parametrize("settings", ["adam", "sgd_clip"])
+def test_embedding_steps_on_ranks_equal_one_process(tmp_path, settings):
+    """A table's rows step only when some rank's batch looked them up, as in one process."""
+    script = tmp_path / "emb.py"
+    script.write_text(EMBEDDING_PROBLEM + textwrap.dedent(f"""
+        import sys, fastbp
+        tr = fastbp.Trainer([6 + 4, 16, 3], embeddings=[(41, 4)], batch_size=32, epochs=3, dtype="float64",
+                            seed=1, n_threads=1, comm="mpi", **{SETTINGS[settings]!r})
+        tr.fit(X, y)
+        tr.save(sys.argv[1])
+        """))
+    proc = launch(2, script, tmp_path / "m.fbp")
+    assert proc.returncode == 0, proc.stderr
+    namespace = {}
+    exec(EMBEDDING_PROBLEM, namespace)
+    single = fastbp.Trainer([6 + 4, 16, 3], embeddings=[(41, 4)], batch_size=32, epochs=3, dtype="float64", seed=1,
+                            n_threads=1, **SETTINGS[settings]).fit(namespace["X"], namespace["y"])
+    np.testing.assert_allclose(fastbp.load(tmp_path / "m.fbp").params, single.params, rtol=1e-9, atol=1e-12)

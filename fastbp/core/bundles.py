@@ -18,12 +18,26 @@ class Net(NamedTuple):
     loss_code: int
     huber_delta: float       # huber's threshold (unused by the other losses)
     loss_elements: int       # terms one row adds to the mean (1 for cross_entropy, n_out otherwise)
+    # categorical embeddings (fastbp.core.layout): X holds n_dense inputs, then one category code per table;
+    # table e (emb_rows[e] rows of emb_dims[e] values, its last row for unknown codes) starts at emb_offsets[e]
+    # in params, after every layer's parameters (the first n_layer_params)
+    n_dense: int
+    emb_rows: np.ndarray     # int64 (n_tables,)
+    emb_dims: np.ndarray     # int64 (n_tables,)
+    emb_offsets: np.ndarray  # int64 (n_tables,)
+    n_layer_params: int
 
 
-def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements):
-    return Net(np.ascontiguousarray(sizes, dtype=np.int64), np.ascontiguousarray(w_offsets, dtype=np.int64),
-               np.ascontiguousarray(act_codes, dtype=np.int64), int(loss_code), float(huber_delta),
-               int(loss_elements))
+def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements, n_dense=None, emb_rows=(),
+             emb_dims=(), emb_offsets=(), n_layer_params=None):
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    w_offsets = np.ascontiguousarray(w_offsets, dtype=np.int64)
+    if n_layer_params is None:
+        n_layer_params = int(w_offsets[-1] + sizes[-2] * sizes[-1] + sizes[-1])
+    return Net(sizes, w_offsets, np.ascontiguousarray(act_codes, dtype=np.int64), int(loss_code), float(huber_delta),
+               int(loss_elements), int(sizes[0] if n_dense is None else n_dense),
+               np.ascontiguousarray(emb_rows, dtype=np.int64), np.ascontiguousarray(emb_dims, dtype=np.int64),
+               np.ascontiguousarray(emb_offsets, dtype=np.int64), int(n_layer_params))
 
 
 class Regularization(NamedTuple):
@@ -86,20 +100,22 @@ def make_optimizer(code, n_params, dtype, state_names, step=0):
 
 
 class Workspace(NamedTuple):
-    """Buffers for up to `capacity` rows (see fastbp.core.kernels) and one gradient vector."""
+    """Buffers for up to `capacity` rows (see fastbp.core.kernels), one gradient vector and a mark per embedding
+    table row (zero between batches; a batch marks the rows it touched)."""
     acts: np.ndarray
     zs: np.ndarray
     deltas: np.ndarray
     grad: np.ndarray
     capacity: int
+    touched: np.ndarray
 
 
-def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None):
-    """Activations, gelu pre-activations (only when a layer uses gelu), deltas and a gradient."""
+def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None, n_table_rows=0):
+    """Activations, gelu pre-activations (only when a layer uses gelu), deltas, a gradient and the table marks."""
     width = int(capacity) * int(np.sum(sizes))
     return Workspace(np.empty(width, dtype=dtype), np.empty(width if uses_gelu else 0, dtype=dtype),
                      np.empty(width, dtype=dtype), np.empty(n_params, dtype=dtype) if grad is None else grad,
-                     int(capacity))
+                     int(capacity), np.zeros(int(n_table_rows), dtype=dtype))
 
 
 class Batch(NamedTuple):

@@ -85,13 +85,86 @@ def _split(n, part, n_parts):
 
 
 @jit
-def _gather_rows(X, order, start, row0, rows, acts):
-    """Copy rows order[start+row0 : start+row0+rows] of X into the input block."""
-    n_in = X.shape[1]
+def _gather_rows(params, net, X, order, start, row0, rows, acts):
+    """Rows order[start+row0 : start+row0+rows] of X into the input block: the dense inputs, then for each
+    embedding table the row its category code picks."""
+    n_in = net.sizes[0]
+    n_dense = net.n_dense
     for i in range(row0, row0 + rows):
         src = order[start + i]
-        for j in range(n_in):
+        for j in range(n_dense):
             acts[i * n_in + j] = X[src, j]
+        at = i * n_in + n_dense
+        for e in range(net.emb_dims.size):
+            d = net.emb_dims[e]
+            t0 = net.emb_offsets[e] + _code(X[src, n_dense + e], net.emb_rows[e]) * d
+            for k in range(d):
+                acts[at + k] = params[t0 + k]
+            at += d
+
+
+@jit
+def _code(value, n_rows):
+    """The table row of a category code: the code, or the last (unknown) row for anything else (a code not
+    seen in training, NaN, a negative or fractional-overflowing value): no code can index outside the table."""
+    if value >= 0 and value < n_rows - 1:
+        return np.int64(value)
+    return n_rows - 1
+
+
+@jit
+def _table_gradients(grad, net, ws, X, order, start, rows, zero_rows):
+    """Add the input deltas of each embedded column of workspace rows [0, rows) into the gradient row of the
+    category it looked up, and mark that row in ws.touched. zero_rows: zero the marked gradient rows first (a
+    training step, which touches those rows only); otherwise add to the gradient as it is (blocks of a
+    whole-data gradient, or a distributed step, whose table gradients start zeroed)."""
+    n_in = net.sizes[0]
+    n_dense = net.n_dense
+    for i in range(rows):
+        src = order[start + i]
+        base = 0
+        for e in range(net.emb_dims.size):
+            d = net.emb_dims[e]
+            code = _code(X[src, n_dense + e], net.emb_rows[e])
+            if zero_rows and ws.touched[base + code] == 0:
+                g0 = net.emb_offsets[e] + code * d
+                for k in range(d):
+                    grad[g0 + k] = 0
+            ws.touched[base + code] = 1
+            base += net.emb_rows[e]
+    for i in range(rows):
+        src = order[start + i]
+        at = i * n_in + n_dense  # the input block starts the deltas buffer
+        for e in range(net.emb_dims.size):
+            d = net.emb_dims[e]
+            g0 = net.emb_offsets[e] + _code(X[src, n_dense + e], net.emb_rows[e]) * d
+            for k in range(d):
+                grad[g0 + k] += ws.deltas[at + k]
+            at += d
+
+
+@jit
+def _touched_table_rows(opt, hyper, params, grad, grad_scale, net, ws, X, order, start, rows, measure):
+    """Each table row marked in ws.touched by workspace rows [0, rows), once: with `measure` the sum of its
+    gradient's squares is returned (marks become 2), otherwise the optimizer steps it (marks back to 0)."""
+    n_dense = net.n_dense
+    squares = 0.0
+    for i in range(rows):
+        src = order[start + i]
+        base = 0
+        for e in range(net.emb_dims.size):
+            d = net.emb_dims[e]
+            code = _code(X[src, n_dense + e], net.emb_rows[e])
+            g0 = net.emb_offsets[e] + code * d
+            mark = ws.touched[base + code]
+            if measure and mark == 1:
+                squares += _sum_squares(grad, g0, g0 + d)
+                ws.touched[base + code] = 2
+            elif not measure and mark != 0:
+                update_range(opt, hyper, params, grad, grad_scale, g0, g0 + d)
+                ws.touched[base + code] = 0
+            base += net.emb_rows[e]
+    return squares
 
 
 @jit
@@ -169,13 +242,19 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale):
             if p > 0:
                 mask_delta(deltas[r:r + n_in], p, row_key(reg.dropout_seed, t, l - 1, order[start + row0 + i]))
             scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], ws.zs[r:r + n_in], code, keep)
+    n_dense = net.n_dense
+    if n_dense < sizes[0]:  # embedded columns: the deltas of the looked-up rows, d_emb = d_1 @ W_0[n_dense:]^T
+        n_in = sizes[0]
+        n_out = sizes[1]
+        gemm(False, True, rows, n_in - n_dense, n_out, one, deltas, _offset(sizes, ws.capacity, 1) + row0 * n_out,
+             n_out, params, net.w_offsets[0] + n_dense * n_out, n_out, zero, deltas, row0 * n_in + n_dense, n_in)
     return loss
 
 
 @jit
 def _forward_backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale):
     """Rows order[start+row0 : start+row0+rows]: gathered, forward, output delta and hidden deltas; their loss sum."""
-    _gather_rows(batch.X, batch.order, start, row0, rows, ws.acts)
+    _gather_rows(params, net, batch.X, batch.order, start, row0, rows, ws.acts)
     _forward_rows(params, net, ws, reg.dropout, reg.dropout_seed, t, batch.order, start, row0, rows)
     return _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale)
 
@@ -254,7 +333,7 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
     Region 1 splits rows; region 2 sums per-thread slabs or splits the weights (module notes).
     """
     grad = ws.grad
-    P = grad.size
+    P = net.n_layer_params  # the layers' parameters; embedding tables follow them (only touched rows change)
     t = opt.step[0] + 1
     slabs_path = beta == 0 and uses_slabs(P, net.sizes, rows, n_parts)
     slabs = np.empty((n_parts - 1) * P if slabs_path else 0, dtype=grad.dtype)
@@ -283,6 +362,11 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
         loss += part_loss[part]
     if not math.isfinite(loss):
         return loss
+    tables = net.emb_dims.size > 0
+    if tables:
+        if not update and beta == 0:
+            grad[P:] = 0
+        _table_gradients(grad, net, ws, batch.X, batch.order, start, rows, update)
     penalty = reg.weight_penalty * scale
     clip = update and reg.clip_norm > 0
     fused = update and not clip
@@ -301,16 +385,22 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
     if reg.weight_penalty > 0:
         for part in range(n_parts):
             loss += 0.5 * reg.weight_penalty * squares[part]
+    coef = grad.dtype.type(1.0)
     if clip:
         total = 0.0
         for part in range(n_parts):
             total += grad_squares[part]
+        if tables:
+            total += _touched_table_rows(opt, hyper, params, grad, coef, net, ws, batch.X, batch.order, start, rows,
+                                         update)
         coef = grad.dtype.type(min(1.0, reg.clip_norm / (math.sqrt(total) + 1e-6)))
         for part in prange(n_parts):
             fp_mode = flush_denormals()
             lo, hi = _split(P, part, n_parts)
             update_range(opt, hyper, params, grad, coef, lo, hi)
             restore_fp_mode(fp_mode)
+    if tables and update:
+        _touched_table_rows(opt, hyper, params, grad, coef, net, ws, batch.X, batch.order, start, rows, no)
     return loss
 
 
@@ -319,7 +409,7 @@ def _sum_slabs_and_step(grad, params, slabs, net, opt, hyper, weight_l2, update,
     """grad[lo:hi] += every slab's [lo:hi], plus the weight penalty, then the optimizer step on that range,
     block by block while each block is in L1; returns the range's sum(W**2) when weight_l2 > 0 and,
     with `measure`, the sum of its gradient's squares."""
-    P = grad.size
+    P = net.n_layer_params
     squares = 0.0
     grad_squares = 0.0
     for b0 in range(lo, hi, _STEP_BLOCK):
@@ -434,7 +524,7 @@ def forward_all(out, params, net, ws, X, n_parts):
             fp_mode = flush_denormals()
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
-            _gather_rows(X, order, start, r0, r1 - r0, acts)
+            _gather_rows(params, net, X, order, start, r0, r1 - r0, acts)
             _forward_rows(params, net, ws, no_dropout, unused, unused, order, start, r0, r1 - r0)
             restore_fp_mode(fp_mode)
         # element by element: an array slice assignment would compile Numba's shape-mismatch message

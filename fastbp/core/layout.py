@@ -3,6 +3,11 @@
 Layer l owns params[w_offsets[l] : w_offsets[l] + n_in*n_out] as a row-major
 (n_in, n_out) weight matrix W_l, followed by its n_out biases b_l. Gradients
 and optimizer state are flat vectors with the same layout.
+
+Categorical embeddings: each table (rows, dim) follows every layer's parameters, a
+row-major (rows, dim) block; its last row stands for a category not seen in training.
+X then holds n_dense = n_in - sum(dims) inputs and, after them, a category code per
+table (n_columns in all); the first layer reads the dense inputs and the looked-up rows.
 """
 import math
 
@@ -26,15 +31,41 @@ def check_layer_sizes(layer_sizes):
     return [check_int(f"every layer size (in {sizes!r})", s, 1) for s in sizes]
 
 
-class Layout:
-    """Offsets of each layer's W and b in a flat vector."""
+def check_embeddings(embeddings, n_in=None):
+    """[(rows, dim)] per table: rows >= 2 (a category and the unknown row), dim >= 1; their dims fit in n_in."""
+    from .checks import check_int
 
-    def __init__(self, layer_sizes):
+    try:
+        tables = [tuple(t) for t in embeddings]
+        if not all(len(t) == 2 for t in tables):
+            raise TypeError
+    except TypeError:
+        raise InputTypeError(f"embeddings must be a list of (rows, dim) pairs, got {embeddings!r}") from None
+    tables = [(check_int("an embedding's rows", r, 2), check_int("an embedding's dim", d, 1)) for r, d in tables]
+    if n_in is not None and sum(d for _, d in tables) > n_in:
+        raise InputError(f"the embeddings' dims add up to {sum(d for _, d in tables)}, more than layer_sizes[0] = "
+                         f"{n_in}: the first layer reads the dense inputs and every table's dim")
+    return tables
+
+
+class Layout:
+    """Offsets of each layer's W and b, and of each embedding table, in a flat vector."""
+
+    def __init__(self, layer_sizes, embeddings=()):
         self.sizes = np.asarray(check_layer_sizes(layer_sizes), dtype=np.int64)
         self.n_layers = len(self.sizes) - 1
         fan = self.sizes[:-1] * self.sizes[1:] + self.sizes[1:]
         self.w_offsets = np.concatenate(([0], np.cumsum(fan)[:-1])).astype(np.int64)
-        self.n_params = int(fan.sum())
+        self.n_layer_params = int(fan.sum())
+        self.embeddings = check_embeddings(embeddings, self.n_in)
+        self.emb_rows = np.array([r for r, _ in self.embeddings], dtype=np.int64)
+        self.emb_dims = np.array([d for _, d in self.embeddings], dtype=np.int64)
+        table_sizes = self.emb_rows * self.emb_dims
+        self.emb_offsets = (self.n_layer_params + np.concatenate(([0], np.cumsum(table_sizes)[:-1]))).astype(
+            np.int64)[:len(self.embeddings)]
+        self.n_params = self.n_layer_params + int(table_sizes.sum())
+        self.n_dense = self.n_in - int(self.emb_dims.sum())
+        self.n_columns = self.n_dense + len(self.embeddings)  # the width of X
 
     @property
     def n_in(self):
@@ -55,10 +86,15 @@ class Layout:
             out.append((W, b))
         return out
 
+    def tables(self, flat):
+        """[(rows, dim) table] as views into `flat`."""
+        return [flat[o:o + r * d].reshape(r, d) for o, r, d in zip(self.emb_offsets, self.emb_rows, self.emb_dims)]
+
     def initialize(self, flat, init, hidden_activations, rng):
         """Fill `flat` with a seeded initialization; biases start at zero. "auto" gives each layer He's
         initialization when the activation after it is in the ReLU family and Glorot's otherwise (the output
-        layer, followed by the loss's identity, sigmoid or softmax, always Glorot's)."""
+        layer, followed by the loss's identity, sigmoid or softmax, always Glorot's). Embedding tables start
+        N(0, 1), as torch.nn.Embedding's, drawn after the layers (a model without tables draws as before)."""
         if init not in INITS:
             raise InputError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
         from .activations import RELU_FAMILY
@@ -79,6 +115,8 @@ class Layout:
             else:
                 W[...] = rng.normal(0.0, std, size=W.shape)
             b[...] = 0.0
+        for table in self.tables(flat):
+            table[...] = rng.normal(0.0, 1.0, size=table.shape)
 
 
 def flops_per_row(sizes, backward=True):

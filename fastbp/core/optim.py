@@ -168,14 +168,25 @@ def update_range(opt, hyper, params, grad, grad_scale, lo, hi):
 
 
 @jit(parallel=True)
-def update_all(opt, hyper, params, grad, grad_scale):
-    """update_range over every parameter, in parallel blocks (used when clipping needs the full gradient first)."""
-    n = params.size
+def update_all(opt, hyper, params, grad, grad_scale, net, touched):
+    """update_range over every layer parameter, in parallel blocks, and over the embedding table rows marked
+    non-zero in `touched` (one mark per table row, in table order: the rows some batch looked up), whose
+    marks it clears. A distributed step: the gradient is summed over the ranks first."""
+    n = net.n_layer_params
     block = 4096
     for blk in prange((n + block - 1) // block):
         fp_mode = flush_denormals()
         update_range(opt, hyper, params, grad, grad_scale, blk * block, min(n, (blk + 1) * block))
         restore_fp_mode(fp_mode)
+    base = 0
+    for e in range(net.emb_dims.size):
+        d = net.emb_dims[e]
+        for r in range(net.emb_rows[e]):
+            if touched[base + r] != 0:
+                g0 = net.emb_offsets[e] + r * d
+                update_range(opt, hyper, params, grad, grad_scale, g0, g0 + d)
+                touched[base + r] = 0
+        base += net.emb_rows[e]
 
 
 @jit

@@ -2,7 +2,7 @@
 encoded spill, fastbp.files.streaming; a rank's own chunks, fastbp.parallel.file_shards), one loop copies
 them into the buffer (fill_buffers), and the engine trains each full buffer in a random row order.
 
-The rows protocol: `n_inputs`; `buffers(n, dtype)` -> empty (targets, weights) buffers for n rows (weights
+The rows protocol: `n_columns`; `buffers(n, dtype)` -> empty (targets, weights) buffers for n rows (weights
 empty when there are none); `pieces(rng, shuffle, buffer_rows)` -> an epoch's pieces, each with `n` and
 `copy_into(X, Y, W, at, start, count)`.
 """
@@ -24,9 +24,9 @@ class StreamStats:
 BUFFER_BYTES = 32 << 20  # the default buffer: 262,144 rows, fewer when rows are wide
 
 
-def default_buffer_rows(n_inputs, dtype):
+def default_buffer_rows(n_columns, dtype):
     """Rows shuffled together by default: as many as fit in BUFFER_BYTES, at most 262,144."""
-    return int(max(1, min(262_144, BUFFER_BYTES // (max(1, n_inputs) * np.dtype(dtype).itemsize))))
+    return int(max(1, min(262_144, BUFFER_BYTES // (max(1, n_columns) * np.dtype(dtype).itemsize))))
 
 
 def fill_buffers(pieces, X, Y, W, sizes):
@@ -54,10 +54,10 @@ def fill_buffers(pieces, X, Y, W, sizes):
                          "was the file changed during training?")
 
 
-def buffer_size(buffer_rows, batch, n_inputs, dtype):
+def buffer_size(buffer_rows, batch, n_columns, dtype):
     """The rows of a buffer: buffer_rows (default_buffer_rows when None) in whole batches."""
     if buffer_rows is None:
-        buffer_rows = default_buffer_rows(n_inputs, dtype)
+        buffer_rows = default_buffer_rows(n_columns, dtype)
     return max(batch, int(buffer_rows) // batch * batch)
 
 
@@ -66,8 +66,8 @@ def buffered_epochs(engine, rows, train_rows, buffer_rows, stats):
     buffers and trains its slice of each global batch: equal to one process). rows: the rows protocol above
     (fastbp.files.streaming.TrainingRows)."""
     dtype = engine.params.dtype
-    buffer_rows = buffer_size(buffer_rows, engine.batch_size, rows.n_inputs, dtype)
-    Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), rows.n_inputs), dtype=dtype)
+    buffer_rows = buffer_size(buffer_rows, engine.batch_size, rows.n_columns, dtype)
+    Xbuf = np.empty((min(buffer_rows, max(train_rows, 1)), rows.n_columns), dtype=dtype)
     Ybuf, Wbuf = rows.buffers(len(Xbuf), dtype)
     rng = engine.state.shuffle_rng
     sizes = [len(Xbuf)] * (train_rows // len(Xbuf)) + ([train_rows % len(Xbuf)] if train_rows % len(Xbuf) else [])

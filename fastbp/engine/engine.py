@@ -117,9 +117,19 @@ class Engine:
         elements = self.net.loss_elements
         return loss_sum / (weight_sum * elements), by_rows_sum / (len(order) * elements)
 
-    def batch_gradient(self, grad, X, Y, weights, order, start, rows, scale, hyper, dropout_seed=None):
-        """The gradient of scale * (loss sum of rows order[start:start+rows]) into `grad`, no step; the loss sum."""
-        ws = self.workspace(rows, "gradient")._replace(grad=grad)
+    @property
+    def n_table_rows(self):
+        """Rows of every embedding table together: the length of the `touched` marks."""
+        return int(self.net.emb_rows.sum())
+
+    def batch_gradient(self, grad, X, Y, weights, order, start, rows, scale, hyper, dropout_seed=None,
+                       touched=None):
+        """The gradient of scale * (loss sum of rows order[start:start+rows]) into `grad`, no step; the loss sum.
+        touched (n_table_rows, model dtype, zeroed by the caller): the embedding table rows the batch looked up
+        are marked non-zero there (apply_gradient steps those)."""
+        if touched is None:
+            touched = np.zeros(self.n_table_rows, dtype=self.params.dtype)
+        ws = self.workspace(rows, "gradient")._replace(grad=grad, touched=touched)
         zero = self.params.dtype.type(0.0)
         threads = self.threads_for_rows(rows)
         with thread_limits(threads):
@@ -136,10 +146,14 @@ class Engine:
         """The run's regularization, with another dropout seed when given (per-rank masks)."""
         return self.reg if dropout_seed is None else self.reg._replace(dropout_seed=int(dropout_seed))
 
-    def apply_gradient(self, grad, hyper, coef=1.0):
-        """One optimizer step from coef * grad (parallel blocks); advances the step counter."""
+    def apply_gradient(self, grad, hyper, coef=1.0, touched=None):
+        """One optimizer step from coef * grad (parallel blocks) on the layers and on the embedding table rows
+        marked in `touched` (batch_gradient's marks, summed over the ranks); advances the step counter."""
+        if touched is None:
+            touched = np.zeros(self.n_table_rows, dtype=self.params.dtype)
         with thread_limits(self.n_threads):
-            update_all(self.state.optimizer, hyper, self.params, grad, self.params.dtype.type(coef))
+            update_all(self.state.optimizer, hyper, self.params, grad, self.params.dtype.type(coef), self.net,
+                       touched)
         self.state.optimizer.step[0] += 1
 
     # ------------------------------------------------------------------ evaluation

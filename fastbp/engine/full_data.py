@@ -21,8 +21,9 @@ GRADIENT_BLOCK_ROWS = 4096  # rows per block of the full-data gradient
 
 def workspace(net, capacity, dtype, grad=None):
     """A Workspace for `capacity` rows of this net (gelu pre-activations only when a layer uses gelu)."""
-    n_params = int(net.w_offsets[-1] + net.sizes[-2] * net.sizes[-1] + net.sizes[-1])
-    return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity, n_params, dtype, grad)
+    n_params = net.n_layer_params + int((net.emb_rows * net.emb_dims).sum())
+    return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity, n_params, dtype, grad,
+                          int(net.emb_rows.sum()))
 
 
 def forward(params, net, X, n_threads=None):

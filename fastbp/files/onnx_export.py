@@ -80,17 +80,34 @@ def activate(g, name, z, dtype):
     raise ValueError(f"no ONNX form for activation {name!r}")
 
 
-def preprocess(g, prep, dtype):
+def lookup(g, code, code_dtype, table):
+    """The (N, dim) rows of `table` (rows, dim) that an (N, 1) column of category codes (of numpy dtype
+    code_dtype) picks, as the kernels pick them: a code outside [0, rows - 1) takes the last (unknown) row, a
+    fractional one is truncated."""
+    unknown = np.array(len(table) - 1, code_dtype)
+    inside = g.node("And", [g.node("GreaterOrEqual", [code, g.const(np.array(0, code_dtype))]),
+                            g.node("Less", [code, g.const(unknown)])])
+    index = g.node("Where", [inside, code, g.const(unknown)])
+    if np.dtype(code_dtype) != np.int64:
+        index = g.node("Cast", [index], to=g.onnx.TensorProto.INT64)
+    index = g.node("Squeeze", [index, g.const(np.array([1], dtype=np.int64))])
+    return g.node("Gather", [g.const(table, "table"), index], axis=0)
+
+
+def preprocess(g, prep, dtype, tables=()):
     """Graph inputs (one per feature column, shape (N, 1): double for numeric columns, string for
     categorical ones), the name of the model's input matrix, as fastbp.files.preprocess builds it:
     numeric columns standardized or quantile-encoded (missing values filled when trained with --impute),
-    categorical ones one-hot over the training categories (an unseen category is all zeros), and the names of
+    categorical ones one-hot over the training categories (an unseen category is all zeros) or, for the
+    embedded columns, their row of `tables` (in the schema's order, after the other inputs; an unseen category
+    takes the unknown row), and the names of
     (N, 1) booleans that mark rows `fastbp predict` refuses for a reason the matrix does not show: an empty text
     cell is a missing value (as in a CSV), a column that had none in training cannot take one, and an infinite
     number is refused even where a quantile encoding would bound it. prep: a Preprocessor."""
     onnx = g.onnx
     state = prep.state
-    inputs, parts, refused = [], [], []
+    inputs, parts, refused, looked_up = [], [], [], []
+    embed = state.get("embed") or [None] * len(state["features"])
     for i, (column, cats) in enumerate(zip(state["features"], state["categories"])):
         if cats is None:
             inputs.append(onnx.helper.make_tensor_value_info(column, onnx.TensorProto.DOUBLE, [None, 1]))
@@ -116,9 +133,13 @@ def preprocess(g, prep, dtype):
                     refused.append(g.node("Cast", [empty], to=onnx.TensorProto.BOOL))
             index = g.node("LabelEncoder", [column], domain="ai.onnx.ml", keys_strings=[k for k, _ in keys],
                            values_int64s=[i for _, i in keys], default_int64=-1)
+            if embed[i] is not None:
+                looked_up.append(lookup(g, index, np.int64, tables[len(looked_up)]))
+                continue
             hot = g.node("Equal", [index, g.const(np.arange(len(cats), dtype=np.int64).reshape(1, -1))])
             parts.append(g.node("Cast", [hot], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))))
-    # in the order of the model's inputs: features in order, each category expanded in place
+    # in the order of the model's inputs: features in order, each category expanded in place, then the embeddings
+    parts += looked_up
     return inputs, g.node("Concat", parts, axis=1) if len(parts) > 1 else parts[0], refused
 
 
@@ -152,7 +173,8 @@ def valid_rows(g, x, refused, dtype):
 INPUT_DTYPES = ("float32", "float64", "int64", "int32", "bool")
 
 
-def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, producer_version="", input_dtype=None):
+def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, producer_version="", input_dtype=None,
+                  tables=()):
     """The ONNX model of a Trainer: outputs as Trainer.predict / predict_proba give them ("label" and
     "probabilities" for classification losses, "variable" otherwise); a file-trained model
     (`prep`: the Preprocessor of its stored state) takes its columns and gives labels, probabilities
@@ -161,7 +183,8 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     classes_ (labels by output). input_dtype: the type of input "X" (the model's dtype by default; other
     numbers and booleans are cast to it first). Every model also gives "is_valid": false for a row that
     predict refuses (see valid_rows), whose probabilities, scores or values are NaN and whose label means
-    nothing."""
+    nothing. tables: the embedding tables (fastbp.core.layout): an array model's X then ends with their category
+    codes."""
     onnx = require_onnx()
     g = Graph()
     dtype = np.dtype(dtype)
@@ -169,10 +192,17 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     n_in, n_out = layers[0][0].shape[0], layers[-1][0].shape[1]
     if prep is None:
         given = dtype if input_dtype is None else np.dtype(input_dtype)
-        inputs = [onnx.helper.make_tensor_value_info("X", onnx.helper.np_dtype_to_tensor_dtype(given), [None, n_in])]
+        n_dense = n_in - sum(t.shape[1] for t in tables)
+        inputs = [onnx.helper.make_tensor_value_info("X", onnx.helper.np_dtype_to_tensor_dtype(given),
+                                                     [None, n_dense + len(tables)])]
         x, refused = "X" if given == dtype else g.node("Cast", ["X"], to=elem), []
+        if tables:  # the dense inputs, then each code's table row
+            columns = [g.node("Slice", [x, g.const(np.array([lo])), g.const(np.array([hi])), g.const(np.array([1]))])
+                       for lo, hi in [(0, n_dense)] + [(n_dense + e, n_dense + e + 1) for e in range(len(tables))]]
+            x = g.node("Concat", columns[:1] * bool(n_dense) + [lookup(g, code, dtype, table)
+                                                               for code, table in zip(columns[1:], tables)], axis=1)
     else:
-        inputs, x, refused = preprocess(g, prep, dtype)
+        inputs, x, refused = preprocess(g, prep, dtype, tables)
     valid = valid_rows(g, x, refused, dtype)
     valid_column = g.node("Unsqueeze", [valid, g.const(np.array([1], dtype=np.int64))])
 

@@ -2,13 +2,16 @@
 
 `Preprocessor.fit` runs the first pass (fastbp.files.scan) and fixes the schema: each
 feature column is numeric (mean, scale, fill value) or categorical (its categories, as
-text), the target is numeric or text, with its classes and their type (classification) or
-its mean and scale (regression: the model learns the standardized target; predictions
-and reported metrics are on the original scale). `transform` coerces each column of a
+text; one-hot, or a code into a learned embedding table), the target is numeric or text,
+with its classes and their type (classification) or its mean and scale (regression: the
+model learns the standardized target; predictions and reported metrics are on the original
+scale). `transform` coerces each column of a
 chunk to that type, whatever type the chunk's file gives it, so a predict file read by
 another reader or with other values converts exactly as training did. The state is
 plain JSON, stored in the model file.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ..core.errors import InputError
@@ -22,6 +25,45 @@ TASKS = ("classify", "regress")
 NUMERIC_ENCODINGS = ("standard", "quantile", "ple")
 QUANTILE_LEVELS = 256  # the quantile transform's interpolation points per column
 LABEL_TYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": str}
+# how categorical columns become inputs: an input per category (one-hot), or a category code that picks a row of a
+# learned embedding table (fastbp.core.layout); "auto": one-hot up to `onehot_max` categories, an embedding above
+CATEGORICAL_MODES = ("auto", "onehot", "embed")
+MAX_EMBEDDING_DIM = 1024
+
+
+class Categorical(NamedTuple):
+    """How the first pass encodes categorical columns. dim: an embedding's width, None for the rule by
+    cardinality (dim_for), an int for every table, or {column: int} (the rule for the others)."""
+    mode: str = "onehot"
+    onehot_max: int = 16
+    dim: object = None
+
+    def dim_for(self, column, n_categories):
+        """The embedding width of a column with n_categories categories, or None for one-hot. The rule: fastai's
+        1.6 * n^0.56, rounded, capped at 32 (wider tables measured no better on the panel and cost more)."""
+        if self.mode == "onehot" or (self.mode == "auto" and n_categories <= self.onehot_max):
+            return None
+        dims = self.dim if isinstance(self.dim, dict) else {}
+        if column in dims:
+            return dims[column]
+        if isinstance(self.dim, int):
+            return self.dim
+        return int(min(32, max(2, round(1.6 * n_categories ** 0.56))))
+
+
+def categorical_encoding(mode="auto", onehot_max=16, dim=None):
+    """A checked Categorical from settings a user gives."""
+    if mode not in CATEGORICAL_MODES:
+        raise InputError(f"categorical must be one of {', '.join(map(repr, CATEGORICAL_MODES))}, got {mode!r}")
+    if isinstance(onehot_max, bool) or not isinstance(onehot_max, (int, np.integer)) or onehot_max < 1:
+        raise InputError(f"onehot_max must be a positive integer, got {onehot_max!r}")
+    dims = dim.values() if isinstance(dim, dict) else [] if dim is None else [dim]
+    if not all(not isinstance(d, bool) and isinstance(d, (int, np.integer)) and 1 <= d <= MAX_EMBEDDING_DIM
+               for d in dims) or (isinstance(dim, dict) and not all(isinstance(c, str) for c in dim)):
+        raise InputError(f"embedding_dim must be None (a width by cardinality), an integer from 1 to "
+                         f"{MAX_EMBEDDING_DIM}, or {{column name: integer}}, got {dim!r}")
+    dim = {c: int(d) for c, d in dim.items()} if isinstance(dim, dict) else None if dim is None else int(dim)
+    return Categorical(mode, int(onehot_max), dim)
 VAL_MAX_CELLS = 1 << 22  # validation sample: at most this many cells (32 MB as float64) whatever the width
 
 
@@ -35,9 +77,18 @@ class Preprocessor:
         self.task = self.state["task"]
         self.numeric = self.state["numeric"]
         edges = self.state.get("edges") or [None] * len(self.features)
-        widths = [len(cats) if cats is not None else len(e) - 1 if self.numeric == "ple" else 1
-                  for cats, e in zip(self.state["categories"], edges)]
-        self.n_inputs = int(sum(widths))
+        embed = self.state.get("embed") or [None] * len(self.features)
+        widths = [0 if d is not None else len(cats) if cats is not None else len(e) - 1 if self.numeric == "ple"
+                  else 1 for cats, e, d in zip(self.state["categories"], edges, embed)]
+        n_dense = int(sum(widths))
+        # X: the dense inputs (numeric, one-hot), then a category code per embedded column; the network reads the
+        # dense inputs and each code's table row (n_inputs in all)
+        embedded = [(c, cats, int(d)) for c, cats, d in zip(self.features, self.state["categories"], embed)
+                    if d is not None]
+        self._embedded = [(c, cats, n_dense + k) for k, (c, cats, _) in enumerate(embedded)]
+        self._embeddings = [(len(cats) + 1, d) for _, cats, d in embedded]
+        self.n_columns = n_dense + len(self._embedded)
+        self.n_inputs = n_dense + sum(d for _, d in self._embeddings)
         if on_unknown not in ("ignore", "error"):
             raise InputError(f"on_unknown must be 'ignore' or 'error', got {on_unknown!r}")
         self.on_unknown = on_unknown
@@ -51,7 +102,7 @@ class Preprocessor:
         for c, cats, width in zip(self.features, self.state["categories"], widths):
             if cats is None:
                 self._numeric.append(c), numeric_at.append(at)
-            else:
+            elif width:
                 self._categorical.append((c, cats, at))
             at += width
         self._numeric_at = np.array(numeric_at, dtype=np.int64)
@@ -70,14 +121,15 @@ class Preprocessor:
     @classmethod
     def fit(cls, source, target, features=None, task=None, impute=None, max_categories=1000, val_split=0.0,
             val_max_rows=200_000, seed=0, progress=None, comm=None, exclude=(), local=False,
-            scale_target=True, numeric="standard", bins=16):
+            scale_target=True, numeric="standard", bins=16, categorical=Categorical()):
         """One pass over `source`: the schema of the training rows and a sample of validation rows.
         Returns (Preprocessor, validation columns or None, training rows); a classifier's Preprocessor
         also holds `class_counts`, the training rows of each class.
 
         scale_target: a regression target is standardized (False keeps its own scale: a Poisson target).
         numeric: how numeric columns become inputs (NUMERIC_ENCODINGS); bins: piecewise-linear bins per column
-        (at most: fewer where the column has fewer distinct quantiles).
+        (at most: fewer where the column has fewer distinct quantiles). categorical: a Categorical (one-hot or
+        embedding per categorical column; categorical_encoding checks a user's settings).
         features: the feature columns (default: all but the target, the pandas index columns the
         source names and `exclude`). With an MPI communicator (size > 1) and a source in chunks
         (.npy, Parquet), each rank scans only every size-th chunk and the parts are merged, identically
@@ -104,7 +156,7 @@ class Preprocessor:
                           quantiles=numeric != "standard")
         if sharded:
             part = FirstPass.combine(comm.allgather(part), np.random.default_rng(seed))
-        prep = cls(_schema(part, task, impute, scale_target, numeric, int(bins)))
+        prep = cls(_schema(part, task, impute, scale_target, numeric, int(bins), categorical))
         if prep.task == "classify":
             prep.class_counts = part.target.class_counts(prep.classes())
         prep.looks_sorted = part.target.looks_sorted(part.n_rows, prep.classes() if prep.task == "classify" else [])
@@ -154,6 +206,10 @@ class Preprocessor:
         return True
 
     # ------------------------------------------------------------------ applying
+    def embeddings(self):
+        """(rows, dim) of each embedded column's table, in X's order: its categories and an unknown row."""
+        return list(self._embeddings)
+
     def kinds(self, with_target=True):
         """{column: NUMBER or TEXT}: how a reader should read each column this schema uses."""
         kinds = {c: NUMBER if cats is None else TEXT for c, cats in zip(self.features, self.state["categories"])}
@@ -168,7 +224,7 @@ class Preprocessor:
         if missing:
             raise InputError(f"column(s) {', '.join(map(repr, missing))}, used in training, not in the data")
         n = len(chunk[self.features[0]])
-        X = np.zeros((n, self.n_inputs), dtype=dtype)
+        X = np.zeros((n, self.n_columns), dtype=dtype)
         numbers = self._numeric
         for g in range(0, len(numbers), NUMBER_GROUP):  # numeric columns a block at a time
             columns, part = numbers[g:g + NUMBER_GROUP], slice(g, g + NUMBER_GROUP)
@@ -188,7 +244,12 @@ class Preprocessor:
                 else:
                     X[:, at] = quantile_score(ramps, self._levels[k])
         for c, cats, at in self._categorical:
-            self._one_hot(c, chunk[c], start, cats, X[:, at:at + len(cats)])
+            index = self._category_index(c, chunk[c], start, cats)
+            rows = np.flatnonzero(index >= 0)
+            X[:, at:at + len(cats)][rows, index[rows]] = 1  # an unseen category is all zeros
+        for c, cats, at in self._embedded:
+            index = self._category_index(c, chunk[c], start, cats)
+            X[:, at] = np.where(index >= 0, index, len(cats))  # an unseen category: the table's unknown row
         return X, (self.encode_target(chunk[self.target], start, dtype) if with_target else None)
 
     def _numbers(self, columns, chunk, start, part):
@@ -208,7 +269,9 @@ class Preprocessor:
                              "replace infinite values (or drop those rows) first")
         return block
 
-    def _one_hot(self, column, values, start, cats, out):
+    def _category_index(self, column, values, start, cats):
+        """Each value's position in `cats` (a missing value: the missing category's), -1 for a category not seen
+        in training (counted in self.unknown, or refused with on_unknown="error")."""
         index, text = codes(column, values, cats, start)
         nulls = text.is_null().to_numpy(zero_copy_only=False)
         if "" not in cats:  # an empty cell is missing, whether the file stores it as null (CSV) or as "" (Parquet)
@@ -220,13 +283,12 @@ class Preprocessor:
                                  "it had none in training")
             index[nulls] = cats.index(MISSING)
         unseen = np.flatnonzero(index < 0)
-        if unseen.size:  # a category not seen in training is encoded as all zeros
+        if unseen.size:
             if self.on_unknown == "error":
                 raise InputError(f"column {column!r} has the category {text[int(unseen[0])].as_py()!r} at "
                                  f"{where(start, unseen[0])}, not seen in training")
             self.unknown[column] = self.unknown.get(column, 0) + int(unseen.size)
-        rows = np.flatnonzero(index >= 0)
-        out[rows, index[rows]] = 1
+        return index
 
     def encode_target(self, values, start=0, dtype=np.float32):
         """The target column as the model learns it: class indices, or the standardized regression target."""
@@ -317,7 +379,7 @@ def _label_type_of(classes):
     return "int" if all(isinstance(c, int) or float(c).is_integer() for c in classes) else "float"
 
 
-def _schema(part, task, impute, scale_target=True, numeric="standard", bins=16):
+def _schema(part, task, impute, scale_target=True, numeric="standard", bins=16, categorical=Categorical()):
     """The Preprocessor state from a (merged) first pass."""
     if part.n_rows == 0:
         raise InputError("the data has no training rows")
@@ -353,6 +415,10 @@ def _schema(part, task, impute, scale_target=True, numeric="standard", bins=16):
         state["categories"].append(None)
         state["mean"].append(scan.mean), state["scale"].append(std if std > 1e-12 else 1.0)
         state["fill"].append(fill)
+    embed = [None if cats is None else categorical.dim_for(c, len(cats))
+             for c, cats in zip(state["features"], state["categories"])]
+    if any(d is not None for d in embed):  # only then: a one-hot model's state is as before embeddings
+        state["embed"] = embed
     if task == "classify":
         state["classes"], state["label_type"] = labels, label_type
     else:
@@ -387,6 +453,12 @@ def _checked_state(state):
             fail(f"{key!r} must hold one finite number per feature")
     if any(s == 0 for s in state["scale"]):
         fail("a scale is zero")
+    embed = state.get("embed")
+    if embed is not None and (not isinstance(embed, list) or len(embed) != len(features) or not all(
+            d is None if c is None else d is None or (_finite(d) and d == int(d) and 1 <= d <= MAX_EMBEDDING_DIM)
+            for c, d in zip(cats, embed))):
+        fail(f"'embed' must hold, per feature, null or (categorical features only) a width from 1 to "
+             f"{MAX_EMBEDDING_DIM}")
     state = {"numeric": "standard", **state}  # files from before numeric encodings
     if state["numeric"] not in NUMERIC_ENCODINGS:
         fail(f"'numeric' must be one of {', '.join(NUMERIC_ENCODINGS)}")

@@ -86,11 +86,11 @@ class EncodedRows:
     through a read-only memory map whose pages are released window by window (GATHER_ROWS, GATHER_BYTES), so
     they stay in the page cache, not in the process's memory."""
 
-    def __init__(self, n_rows, n_inputs, targets, dtype, folder=None):
+    def __init__(self, n_rows, n_columns, targets, dtype, folder=None):
         self.n_rows, self.dtype = int(n_rows), np.dtype(dtype)
-        self.widths = (int(n_inputs), targets.width, 1 if targets.class_table is not None else 0)
+        self.widths = (int(n_columns), targets.width, 1 if targets.class_table is not None else 0)
         self.folder = folder if folder is not None else tempfile.gettempdir()
-        need = spill_bytes(n_rows, n_inputs, targets.width, targets.class_table is not None, dtype)
+        need = spill_bytes(n_rows, n_columns, targets.width, targets.class_table is not None, dtype)
         try:
             stat = os.statvfs(self.folder)
         except OSError as exc:
@@ -162,9 +162,9 @@ class EncodedRows:
         self.file.close()
 
 
-def spill_bytes(n_rows, n_inputs, target_width, weighted, dtype):
+def spill_bytes(n_rows, n_columns, target_width, weighted, dtype):
     """Disk that EncodedRows takes for these rows (target_width: FileTargets.width; weighted: class weights)."""
-    return int(n_rows) * (n_inputs + target_width + int(weighted)) * np.dtype(dtype).itemsize
+    return int(n_rows) * (n_columns + target_width + int(weighted)) * np.dtype(dtype).itemsize
 
 
 def _size(n_bytes):
@@ -221,11 +221,11 @@ class TrainingRows:
         self.source, self.prep, self.targets, self.dtype = source, prep, targets, dtype
         self.val_split, self.seed, self.stats, self.n_rows = val_split, seed, stats, n_rows
         self.chunks = chunks
-        self.encoded = EncodedRows(n_rows, prep.n_inputs, targets, dtype, folder) if spill and n_rows else None
+        self.encoded = EncodedRows(n_rows, prep.n_columns, targets, dtype, folder) if spill and n_rows else None
 
     @property
-    def n_inputs(self):
-        return self.prep.n_inputs
+    def n_columns(self):
+        return self.prep.n_columns
 
     def buffers(self, n, dtype):
         """Empty (targets, weights) buffers for n rows (fastbp.engine.buffered fills them)."""

@@ -81,8 +81,9 @@ class SynchronousSteps:
 
     def __init__(self, engine, hyper, own_data=False):
         self.engine, self.hyper = engine, hyper
-        P = engine.params.size
-        self.buf = np.empty(P + 2, dtype=engine.params.dtype)  # gradient, loss, weight: one Allreduce
+        P, R = engine.params.size, engine.n_table_rows
+        # gradient, embedding rows looked up, loss, weight: one Allreduce
+        self.buf = np.empty(P + R + 2, dtype=engine.params.dtype)
         self.dropout_seed = rank_dropout_seed(engine, own_data)
         self.totals = np.zeros(2)  # this rank's loss and weight sums, float64
 
@@ -91,7 +92,8 @@ class SynchronousSteps:
         engine = self.engine
         buf = self.buf
         P = engine.params.size
-        grad = buf[:P]
+        grad, touched = buf[:P], buf[P:-2]
+        loss_at, weight_at = buf.size - 2, buf.size - 1  # after the gradient and the marks
         epr = engine.net.loss_elements
         buf[P:] = 0
         loss = 0.0
@@ -100,27 +102,27 @@ class SynchronousSteps:
             local_weight = rows_weight(weights, order, start, rows)
             one = engine.params.dtype.type(1.0)
             if batch_weight is None:  # the gradient is scaled by the summed weight after the Allreduce
-                buf[P + 1] = local_weight
+                buf[weight_at] = local_weight
                 scale = one / epr
             else:  # rounded as one process rounds it
                 scale = one / engine.params.dtype.type(batch_weight * epr)
             loss = float(engine.batch_gradient(grad, X, Y, weights, order, start, rows, scale, self.hyper,
-                                               self.dropout_seed))
-            buf[P] = loss
+                                               self.dropout_seed, touched))
+            buf[loss_at] = loss
         else:
             grad[:] = 0
         engine.comm.allreduce_sum(buf)  # the one collective per step: gradient, loss (and weight) together
         if batch_weight is None:
-            batch_weight = float(buf[P + 1])
+            batch_weight = float(buf[weight_at])
             if batch_weight <= 0:
                 return True  # only zero-weight rows in this step, on every rank: nothing to learn
             grad *= engine.params.dtype.type(1.0 / batch_weight)
-        if not math.isfinite(buf[P]):
+        if not math.isfinite(buf[loss_at]):
             return False
         coef = 1.0
         if engine.reg.clip_norm > 0:
             coef = min(1.0, engine.reg.clip_norm / (float(np.linalg.norm(grad.astype(np.float64))) + 1e-6))
-        engine.apply_gradient(grad, self.hyper, coef)
+        engine.apply_gradient(grad, self.hyper, coef, touched)
         self.totals += (loss, local_weight)
         return True
 

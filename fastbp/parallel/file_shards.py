@@ -70,8 +70,8 @@ def chunk_sharded_epochs(engine, rows, train_rows, buffer_rows, stats, sync_ever
     step_rows = np.diff(np.arange(n_steps + 1, dtype=np.int64) * mine // n_steps)
     dtype = engine.params.dtype
     local_batch = int(step_rows.max(initial=1))
-    buffer_rows = buffer_size(buffer_rows, local_batch, rows.n_inputs, dtype)
-    Xbuf = np.empty((max(1, min(buffer_rows, mine)), rows.n_inputs), dtype=dtype)
+    buffer_rows = buffer_size(buffer_rows, local_batch, rows.n_columns, dtype)
+    Xbuf = np.empty((max(1, min(buffer_rows, mine)), rows.n_columns), dtype=dtype)
     Ybuf, Wbuf = rows.buffers(len(Xbuf), dtype)
     # whole steps per buffer
     buffers = []  # (first step, steps) per buffer
