@@ -507,10 +507,10 @@ def _load_with_prep(args):
 
 
 def _report_unknown(prep):
-    """Rows whose category the model never saw were encoded as all zeros: say how many, per column."""
+    """Rows whose category the model never saw (encoded as all zeros, or its table's unknown row): how many."""
     for column, rows in prep.unknown.items():
         print(f"fastbp: warning: column {column!r}: {rows} row(s) hold categories not seen in training (encoded "
-              "as all zeros; --on-unknown error stops at the first)", file=sys.stderr)
+              f"as {prep.unseen_encoding(column)}; --on-unknown error stops at the first)", file=sys.stderr)
 
 
 def _targets(trainer):
@@ -885,7 +885,8 @@ def _reading_options(p):
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
     p.add_argument("--encoding", help="text encoding of a CSV file (default: UTF-8), e.g. latin-1")
     p.add_argument("--on-unknown", choices=["ignore", "error"], default="ignore",
-                   help="a category not seen in training: encode it as all zeros and count it (ignore), or stop")
+                   help="a category not seen in training: encode it as all zeros (or its embedding's unknown row) "
+                        "and count it (ignore), or stop")
 
 
 def _arrow_memory_pool():

@@ -862,14 +862,13 @@ class Trainer:
 
     def _encode(self, chunk, with_target=False):
         """(X, y) of columns {name: pyarrow Array} through the schema (y None without the target); a category
-        not seen in training is all zeros, with a warning."""
+        not seen in training is all zeros (its table's unknown row when embedded), with a warning."""
         prep = self._schema
         prep.unknown = {}
         X, y = prep.transform(chunk, with_target=with_target, dtype=DTYPES[self.dtype])
-        embedded = {c for c, d in zip(prep.features, prep.state.get("embed") or []) if d is not None}
         for column, rows in prep.unknown.items():
             warn(f"column {column!r}: {rows} row(s) hold categories not seen in training; they are encoded as "
-                 + ("its embedding's unknown row" if column in embedded else "all zeros"))
+                 f"{prep.unseen_encoding(column)}")
         if not len(X):
             raise InputError("X is empty: it has 0 rows; pass at least one row")
         return X, y

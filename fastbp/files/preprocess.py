@@ -210,6 +210,10 @@ class Preprocessor:
         """(rows, dim) of each embedded column's table, in X's order: its categories and an unknown row."""
         return list(self._embeddings)
 
+    def unseen_encoding(self, column):
+        """How a category of `column` not seen in training is encoded, for messages."""
+        return "its embedding's unknown row" if any(c == column for c, _, _ in self._embedded) else "all zeros"
+
     def kinds(self, with_target=True):
         """{column: NUMBER or TEXT}: how a reader should read each column this schema uses."""
         kinds = {c: NUMBER if cats is None else TEXT for c, cats in zip(self.features, self.state["categories"])}
