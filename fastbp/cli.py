@@ -129,7 +129,7 @@ RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden",
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
                  "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss",
-                 "numeric": "standard", "numeric_bins": 16, "categorical": "onehot", "onehot_max": 16,
+                 "numeric": "standard", "numeric_bins": 16, "categorical": "onehot", "onehot_max": 128,
                  "embedding_dim": None}
 
 
@@ -808,7 +808,7 @@ def _parser():
     p.add_argument("--categorical", choices=["auto", "onehot", "embed"], default="auto",
                    help="text columns as inputs: one per category (onehot), a learned embedding (embed), or one-hot "
                         "up to --onehot-max categories and an embedding above (auto)")
-    p.add_argument("--onehot-max", type=int, default=16, help="most categories one-hot encoded by --categorical auto")
+    p.add_argument("--onehot-max", type=int, default=128, help="most categories one-hot encoded by --categorical auto")
     p.add_argument("--embedding-dim", type=int, default=None,
                    help="width of every embedding (default: by cardinality, 1.6 n^0.56 capped at 32)")
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")

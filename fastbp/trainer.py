@@ -89,7 +89,7 @@ class Trainer:
                  amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
                  huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1,
                  impute=None, max_categories=1000, numeric="standard", numeric_bins=16, hidden=None,
-                 embeddings=None, categorical="auto", onehot_max=16, embedding_dim=None):
+                 embeddings=None, categorical="auto", onehot_max=128, embedding_dim=None):
         if (layer_sizes is None) == (hidden is None):
             raise InputError("give layer_sizes=[n_in, hidden..., n_out], or hidden=(widths...) to take n_in and n_out "
                              "from the first fit's data" + ("" if layer_sizes is None else ", not both"))

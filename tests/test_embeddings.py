@@ -158,7 +158,7 @@ def _frame(n, seed=0):
 
 def test_dataframe_embeds_many_categories_and_round_trips(tmp_path):
     df, y = _frame(600)
-    tr = fastbp.Trainer(hidden=(16,), optimizer="adam", lr=0.02, epochs=15, seed=0)  # categorical="auto"
+    tr = fastbp.Trainer(hidden=(16,), optimizer="adam", lr=0.02, epochs=15, seed=0, onehot_max=16)  # "auto"
     tr.fit(df, y)
     dim = tr.preprocessing["embed"][0]
     assert tr.preprocessing["embed"] == [dim, None, None] and tr.embeddings == [[41, dim]]
@@ -209,7 +209,7 @@ def test_onnx_export_looks_up_the_tables():
     np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
 
     df, labels = _frame(300)
-    tr = fastbp.Trainer(hidden=(8,), epochs=2).fit(df, labels)
+    tr = fastbp.Trainer(hidden=(8,), epochs=2, categorical="embed").fit(df, labels)  # color's 2 categories too
     new = df.iloc[:50].copy()
     new.loc[new.index[:5], "store"] = "s999"  # unseen: the unknown row
     feeds = {"store": new["store"].to_numpy(object).reshape(-1, 1), "x": new["x"].to_numpy().reshape(-1, 1),
@@ -248,3 +248,16 @@ def test_cli_trains_embeddings_from_a_file_and_predicts_as_python(tmp_path):
     again = fastbp.load(tmp_path / "m.fbp")
     again.fit_file(str(tmp_path / "d.csv"), "label", val_split=0.1)  # as the CLI held rows out
     assert again.embeddings == tr.embeddings and len(again.history) == 4
+
+
+def test_resumed_training_equals_one_run(tmp_path):
+    """Two epochs, save, load, two more: the tables and their optimizer state continue bit for bit."""
+    X, y = coded_problem(120, 3, TABLES, 3, seed=4)
+    settings = dict(optimizer="adam", weight_decay=0.01, batch_size=16, seed=7, embeddings=TABLES)
+    straight = fastbp.Trainer([3 + 5, 8, 3], epochs=4, **settings).fit(X, y)
+    first = fastbp.Trainer([3 + 5, 8, 3], epochs=2, **settings).fit(X, y)
+    first.save(tmp_path / "m.fbp")
+    resumed = fastbp.load(tmp_path / "m.fbp")
+    assert resumed.embeddings == [list(t) for t in TABLES]
+    resumed.fit(X, y)
+    np.testing.assert_array_equal(resumed.params, straight.params)

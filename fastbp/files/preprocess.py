@@ -35,7 +35,7 @@ class Categorical(NamedTuple):
     """How the first pass encodes categorical columns. dim: an embedding's width, None for the rule by
     cardinality (dim_for), an int for every table, or {column: int} (the rule for the others)."""
     mode: str = "onehot"
-    onehot_max: int = 16
+    onehot_max: int = 128
     dim: object = None
 
     def dim_for(self, column, n_categories):
@@ -51,7 +51,7 @@ class Categorical(NamedTuple):
         return int(min(32, max(2, round(1.6 * n_categories ** 0.56))))
 
 
-def categorical_encoding(mode="auto", onehot_max=16, dim=None):
+def categorical_encoding(mode="auto", onehot_max=128, dim=None):
     """A checked Categorical from settings a user gives."""
     if mode not in CATEGORICAL_MODES:
         raise InputError(f"categorical must be one of {', '.join(map(repr, CATEGORICAL_MODES))}, got {mode!r}")
