@@ -477,6 +477,9 @@ def main(argv=None):
                              "HistGradientBoosting, scikit-learn's MLP and pytabkit's RealMLP/TabM, each fit in its "
                              "own process; --tables and --systems choose")
     parser.add_argument("--tables", default=None, help="with --quality: comma-separated tables (default: all)")
+    parser.add_argument("--variant", action="append", metavar="NAME=ARGS",
+                        help="with --quality: also fastbp with these `fastbp train` arguments, reported as NAME "
+                             "(repeatable; for ablations)")
     args = parser.parse_args(argv)
     if args.quality:
         return _quality(parser, args)
@@ -574,11 +577,19 @@ def _quality(parser, args):
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if args.systems == parser.get_default("systems"):
         systems = list(quality.SYSTEMS)
-    unknown = [t for t in tables if t not in quality.TABLES] + [s for s in systems if s not in quality.SYSTEMS]
+    variants = {}
+    for spec in args.variant or []:
+        name, sep, train_args = spec.partition("=")
+        if not sep or not name.strip() or name.strip() in quality.SYSTEMS:
+            parser.error(f"--variant takes NAME=ARGS (a new name, then fastbp train's arguments), got {spec!r}")
+        variants[name.strip()] = train_args
+    systems += [name for name in variants if name not in systems]
+    unknown = [t for t in tables if t not in quality.TABLES] + [s for s in systems
+                                                               if s not in quality.SYSTEMS and s not in variants]
     if unknown:
         parser.error(f"unknown table(s) or system(s) for --quality: {', '.join(unknown)}; tables: "
                      f"{', '.join(quality.TABLES)}; systems: {', '.join(quality.SYSTEMS)}")
-    lines = quality.main(tables, systems)
+    lines = quality.main(tables, systems, variants)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"Python {platform.python_version()}")
     print(f"Machine: {machine}.")

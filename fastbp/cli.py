@@ -125,12 +125,12 @@ RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
                   "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins", "categorical",
-                  "onehot_max", "embedding_dim")
+                  "onehot_max", "embedding_dim", "label_smoothing", "lr_schedule", "warmup_epochs")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
                  "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss",
                  "numeric": "standard", "numeric_bins": 16, "categorical": "onehot", "onehot_max": 128,
-                 "embedding_dim": None}
+                 "embedding_dim": None, "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0}
 
 
 def _result_options(args, ranks, shard):
@@ -205,6 +205,12 @@ def _check_class_weight(option, loss, task):
                          "one-hot scores: use cross_entropy or binary_cross_entropy, or leave out --class-weight")
 
 
+def _lr_schedule(args):
+    """--lr-schedule and --warmup-epochs as a Trainer's lr_schedule (cosine's warm-up is the only one)."""
+    return (args.lr_schedule, {"warmup_epochs": args.warmup_epochs}) if args.lr_schedule == "cosine" else \
+        args.lr_schedule
+
+
 def _check_training_options(args):
     _check_class_weight(args.class_weight, args.loss, args.task)
     if not 0 <= args.dropout < 1:
@@ -212,6 +218,10 @@ def _check_training_options(args):
     if args.weight_decay is not None and not args.weight_decay >= 0:
         raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     _sizes(args.hidden)  # a typo in the sizes stops the run before the first pass, not after it
+    if args.warmup_epochs and args.lr_schedule != "cosine":
+        raise UsageError("--warmup-epochs needs --lr-schedule cosine (a linear warm-up, then cosine annealing)")
+    if args.warmup_epochs < 0 or not 0 <= args.label_smoothing < 1:
+        raise UsageError("--warmup-epochs must be >= 0 and --label-smoothing in [0, 1)")
     if args.patience < 1:
         raise UsageError(f"--patience must be >= 1, got {args.patience}")
     from .engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
@@ -288,7 +298,8 @@ def train(args):
                           n_threads=args.threads, dtype=args.dtype, comm=comm, sync_every=args.sync_every,
                           impute=args.impute, max_categories=args.max_categories, numeric=args.numeric,
                           numeric_bins=args.numeric_bins, embeddings=prep.embeddings() or None,
-                          categorical=args.categorical, onehot_max=args.onehot_max, embedding_dim=args.embedding_dim)
+                          categorical=args.categorical, onehot_max=args.onehot_max, embedding_dim=args.embedding_dim,
+                          label_smoothing=args.label_smoothing, lr_schedule=_lr_schedule(args))
         trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
@@ -780,6 +791,12 @@ def _parser():
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: torch's for the optimizer)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="L2 decay as torch.optim applies it (default: torch's, 0.01 for adamw, else 0)")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "one_cycle"],
+                   help="the learning rate over the epochs: constant; cosine annealing to 0 over --epochs (after "
+                        "--warmup-epochs of linear warm-up); one_cycle (torch's OneCycleLR, per epoch)")
+    p.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs of --lr-schedule cosine")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="cross_entropy's label smoothing, in [0, 1) (torch's: (1 - eps) on the class, eps spread)")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate of every hidden layer, in [0, 1)")
     p.add_argument("--batch-size", type=int, default=256, help="rows per gradient step")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training rows (the total, with --resume)")

@@ -7,13 +7,15 @@ reports its own peak RSS) and reports its held-out metric (classification: accur
 ROC AUC; regression: RMSE and R2), fit seconds and predict seconds:
 
 - fastbp: `fastbp train`'s defaults (the command line's, on the training rows written as Parquet), predicted
-  from the model file through its schema;
+  from the model file through its schema; a variant (`--variant NAME=ARGS`) adds its own `fastbp train`
+  arguments, for ablations;
 - hgb: scikit-learn's HistGradientBoosting with its defaults (text columns as pandas categories);
 - sklearn_mlp: scikit-learn's MLP with its defaults after one-hot encoding and standardizing;
 - realmlp, tabm: pytabkit's RealMLP_TD and TabM_D (their tuned defaults), when pytabkit is installed.
 """
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -84,13 +86,13 @@ def _categorical(X, like=None):
     return X
 
 
-def _fit_fastbp(train, test, target, task, folder):
+def _fit_fastbp(train, test, target, task, folder, args=()):
     from fastbp import cli, load
     train.to_parquet(os.path.join(folder, "train.parquet"), index=False)
     model = os.path.join(folder, "model.fbp")
     start = time.perf_counter()
     code = cli.main(["train", os.path.join(folder, "train.parquet"), "--target", target, "--task", task, "--quiet",
-                     "--out", model])
+                     "--out", model, *args])
     if code != 0:
         raise RuntimeError(f"fastbp train exited {code}")
     fit = time.perf_counter() - start
@@ -140,12 +142,13 @@ def _fit_estimator(system, train, test, target, task):
     return fit, time.perf_counter() - start, predicted, proba
 
 
-def run_one(system, table, folder):
-    """Fit one system on one table's split (in this process); returns its result as a dict."""
+def run_one(system, table, folder, fastbp_args=None):
+    """Fit one system on one table's split (in this process); returns its result as a dict. fastbp_args: a
+    fastbp variant's `fastbp train` arguments (a string)."""
     df, target, task = load_table(table)
     train, test = split(df)
-    if system == "fastbp":
-        fit, predict, predicted, proba = _fit_fastbp(train, test, target, task, folder)
+    if system == "fastbp" or fastbp_args is not None:
+        fit, predict, predicted, proba = _fit_fastbp(train, test, target, task, folder, shlex.split(fastbp_args or ""))
     else:
         fit, predict, predicted, proba = _fit_estimator(system, train, test, target, task)
     return {"system": system, "table": table, "task": task, "rows": [len(train), len(test)],
@@ -185,11 +188,11 @@ def peak_mib():
     return float("nan")
 
 
-def measure(system, table):
+def measure(system, table, fastbp_args=None):
     """run_one in a fresh process: its result with that process's peak RSS (MiB), or {"error": ...}."""
     with tempfile.TemporaryDirectory() as folder:
         code = ("import json; from fastbp.quality import peak_mib, run_one\n"
-                f"result = run_one({system!r}, {table!r}, {folder!r})\n"
+                f"result = run_one({system!r}, {table!r}, {folder!r}, {fastbp_args!r})\n"
                 "print(json.dumps(dict(result, peak_mib=peak_mib())))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if proc.returncode != 0:
@@ -197,8 +200,10 @@ def measure(system, table):
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(tables, systems):
-    """The quality table for these tables and systems, as Markdown lines (printed as they come)."""
+def main(tables, systems, variants=None):
+    """The quality table for these tables and systems, as Markdown lines (printed as they come). variants:
+    {name: `fastbp train` arguments} of fastbp variants, named among the systems."""
+    variants = variants or {}
     lines = ["| table | task | system | held-out | fit s | predict s | peak RSS MiB |",
              "|---|---|---|---|---|---|---|"]
     for line in lines:
@@ -210,8 +215,8 @@ def main(tables, systems):
             print(lines[-1], flush=True)
             continue
         for system in systems:
-            why = available(system)
-            result = {"error": why} if why else measure(system, table)
+            why = None if system in variants else available(system)
+            result = {"error": why} if why else measure(system, table, variants.get(system))
             if "error" in result:
                 lines.append(f"| {table} | | {system} | {result['error']} | | | |")
             else:

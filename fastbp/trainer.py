@@ -59,6 +59,7 @@ class Trainer:
     clip_grad_norm = RunSetting(lambda tr, v: None if v is None else check_number("clip_grad_norm", v, low=0.0,
                                                                                    low_open=True))
     dropout = RunSetting(lambda tr, v: _checked_dropout(v, tr._n_hidden))
+    label_smoothing = RunSetting(lambda tr, v: check_number("label_smoothing", v, low=0.0, high=1.0))
     on_divergence = RunSetting(lambda tr, v: _checked_on_divergence(v))
     verbose = RunSetting(lambda tr, v: _checked_verbose(v))
     sync_every = RunSetting(lambda tr, v: check_int("sync_every", v, 1))
@@ -89,7 +90,7 @@ class Trainer:
                  amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
                  huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1,
                  impute=None, max_categories=1000, numeric="standard", numeric_bins=16, hidden=None,
-                 embeddings=None, categorical="auto", onehot_max=128, embedding_dim=None):
+                 embeddings=None, categorical="auto", onehot_max=128, embedding_dim=None, label_smoothing=0.0):
         if (layer_sizes is None) == (hidden is None):
             raise InputError("give layer_sizes=[n_in, hidden..., n_out], or hidden=(widths...) to take n_in and n_out "
                              "from the first fit's data" + ("" if layer_sizes is None else ", not both"))
@@ -119,6 +120,7 @@ class Trainer:
         self._optimizer_settings = OptimizerSettings(**self._optimizer_args)
         self.clip_grad_norm = clip_grad_norm
         self.dropout = dropout
+        self.label_smoothing = label_smoothing
         self.batch_size = batch_size
         self.epochs = epochs
         self.shuffle = shuffle
@@ -265,8 +267,11 @@ class Trainer:
         """An Engine for a run of this model with its current settings (fastbp.engine)."""
         n_hidden = self.layout.n_layers - 1
         drops = list(self.dropout) if hasattr(self.dropout, "__len__") else [self.dropout] * n_hidden
+        if self.label_smoothing and self.loss != "cross_entropy":
+            raise InputError(f"label_smoothing needs loss='cross_entropy' (as torch.nn.CrossEntropyLoss), not "
+                             f"{self.loss!r}")
         regularization = make_regularization(drops + [0.0], self.params.dtype, self.state.dropout_seed, 0.0,
-                                             self.clip_grad_norm or 0.0)
+                                             self.clip_grad_norm or 0.0, self.label_smoothing)
         self.state.ensure_state(self.optimizer_settings.state_names())  # settings changed since construction
         return Engine(self.state, self.net, regularization, self.optimizer_settings, self.batch_size,
                       self.shuffle, self.n_threads, self._comm,
@@ -695,7 +700,8 @@ class Trainer:
                 "on_divergence": self.on_divergence, "verbose": self.verbose, "sync_every": self.sync_every,
                 "impute": self.impute, "max_categories": self.max_categories, "numeric": self.numeric,
                 "numeric_bins": self.numeric_bins, "embeddings": self.embeddings, "categorical": self.categorical,
-                "onehot_max": self.onehot_max, "embedding_dim": self.embedding_dim}
+                "onehot_max": self.onehot_max, "embedding_dim": self.embedding_dim,
+                "label_smoothing": self.label_smoothing}
         args.update(self.optimizer_settings.settings())
         return args
 

@@ -128,3 +128,21 @@ def test_class_weight_matches_torch_weighted_cross_entropy():
     expected, _ = run_torch(tr, X, y, "cross_entropy", 2, 16, "sgd", {"lr": 0.1}, criterion=criterion)
     tr.fit(X, y, class_weight=weights)
     np.testing.assert_allclose(tr.params, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_label_smoothing_matches_torch():
+    X, y = make_problem("cross_entropy", 80, 4, 3, seed=7)
+    tr = fastbp.Trainer([4, 8, 3], activation="tanh", optimizer="adam", lr=0.05, batch_size=16, epochs=2,
+                        shuffle=False, dtype="float64", label_smoothing=0.2)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.2)
+    expected, _ = run_torch(tr, X, y, "cross_entropy", 2, 16, "adam", {"lr": 0.05}, criterion=criterion)
+    tr.fit(X, y)
+    np.testing.assert_allclose(tr.params, expected, rtol=1e-9, atol=1e-12)
+    # the loss reported is the smoothed objective's: one full batch, before its step
+    once = fastbp.Trainer([4, 8, 3], activation="tanh", batch_size=80, epochs=1, dtype="float64",
+                          label_smoothing=0.2)
+    smoothed = criterion(torch_model(once, "tanh")(torch.from_numpy(X)), torch.from_numpy(y).long()).item()
+    once.fit(X, y)
+    assert once.history[0]["loss"] == pytest.approx(smoothed, rel=1e-12)
+    with pytest.raises(fastbp.InputError, match="label_smoothing needs loss='cross_entropy'"):
+        fastbp.Trainer([4, 3, 1], loss="mse", label_smoothing=0.1).fit(X, y.astype(float))

@@ -42,16 +42,17 @@ def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements,
 
 class Regularization(NamedTuple):
     """Training-only terms: dropout per layer (output last, always 0), its hash seed, scikit-learn's
-    L2 penalty on the weights, and the gradient-norm clip (0: off)."""
+    L2 penalty on the weights, the gradient-norm clip (0: off) and cross-entropy's label smoothing (0: off)."""
     dropout: np.ndarray      # model dtype (n_layers,)
     dropout_seed: int
     weight_penalty: float
     clip_norm: float
+    label_smoothing: float
 
 
-def make_regularization(dropout, dtype, dropout_seed=0, weight_penalty=0.0, clip_norm=0.0):
+def make_regularization(dropout, dtype, dropout_seed=0, weight_penalty=0.0, clip_norm=0.0, label_smoothing=0.0):
     return Regularization(np.ascontiguousarray(dropout, dtype=dtype), int(dropout_seed), float(weight_penalty),
-                          float(clip_norm))
+                          float(clip_norm), float(label_smoothing))
 
 
 class Hyper(NamedTuple):

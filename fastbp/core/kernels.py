@@ -225,7 +225,7 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale):
         src = order[start + row0 + i]
         w = weights[src] if weights.size else one
         loss += w * row_loss_and_delta(net.loss_code, huber_delta, acts[r:r + n_out], batch.Y[src],
-                                       deltas[r:r + n_out], scale * w)
+                                       deltas[r:r + n_out], scale * w, reg.label_smoothing)
     for l in range(n_layers - 1, 0, -1):  # the input layer needs no delta
         n_in = sizes[l]
         n_out = sizes[l + 1]

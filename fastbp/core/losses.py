@@ -42,12 +42,13 @@ def elements_per_row(code, n_out):
 
 
 @jit
-def row_loss_and_delta(code, huber_delta, z, y, d, scale):
+def row_loss_and_delta(code, huber_delta, z, y, d, scale, smoothing=0.0):
     """Loss of one row (summed over its outputs); d = scale * dloss/dz. Float64 result.
 
     z: logits (n_out,), y: that row's targets (class index in y[0] for
     cross_entropy), d: output for the delta (may alias nothing else),
-    huber_delta: huber's threshold (unused by the other losses).
+    huber_delta: huber's threshold (unused by the other losses), smoothing: cross_entropy's
+    label smoothing eps (torch's: the target is (1 - eps) one-hot + eps / n_out everywhere).
     """
     n_out = z.shape[0]
     one = z.dtype.type(1.0)
@@ -69,10 +70,16 @@ def row_loss_and_delta(code, huber_delta, z, y, d, scale):
             d[j] = e
             total += e
         inv_total = one / total
+        spread = z.dtype.type(smoothing / n_out) * scale
         for j in range(n_out):
-            d[j] = d[j] * inv_total * scale
-        d[label] -= scale
+            d[j] = d[j] * inv_total * scale - spread
+        d[label] -= scale - z.dtype.type(smoothing) * scale
         loss = float(np.log(total) + z_max - z[label])
+        if smoothing > 0:  # -(1 - eps) log p_label - eps/n_out sum_j log p_j
+            mean_z = 0.0
+            for j in range(n_out):
+                mean_z += float(z[j])
+            loss += smoothing * (float(z[label]) - mean_z / n_out)
         if code == SKLEARN_LOG_LOSS:
             loss = min(max(loss, least), most)
     elif code == BINARY_CROSS_ENTROPY or code == SKLEARN_BINARY_LOG_LOSS:
@@ -126,5 +133,5 @@ def row_losses(code, huber_delta, logits, Y):
     zero = logits.dtype.type(0.0)
     out = np.empty(logits.shape[0])
     for i in range(logits.shape[0]):
-        out[i] = row_loss_and_delta(code, huber_delta, logits[i], Y[i], scratch, zero)
+        out[i] = row_loss_and_delta(code, huber_delta, logits[i], Y[i], scratch, zero, 0.0)
     return out
