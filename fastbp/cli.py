@@ -205,6 +205,34 @@ def _check_class_weight(option, loss, task):
                          "one-hot scores: use cross_entropy or binary_cross_entropy, or leave out --class-weight")
 
 
+# What --preset sets for the training options a command line leaves out (an option given always wins): "plain"
+# is fastbp's training before presets; "recipe" the tabular recipe, each ingredient kept for what it measured on
+# the quality panel (docs/performance.md, "The recipe"). Without early stopping every row trains (--val-split 0).
+PRESETS = {
+    "plain": {"optimizer": "adam", "epochs": 10, "early_stopping": False, "patience": 10, "numeric": "standard",
+              "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0},
+    "recipe": {"optimizer": "adamw", "epochs": 60, "early_stopping": True, "patience": 6, "numeric": "auto",
+               "label_smoothing": 0.0, "lr_schedule": "cosine", "warmup_epochs": 2},
+}
+
+
+def _by_preset(name):
+    """The help text's note of an option's default under each preset."""
+    return "default: " + "; ".join(f"{preset} {values[name]}" for preset, values in PRESETS.items())
+
+
+def _apply_preset(args):
+    """Fill the options left out (None) from --preset; --val-split defaults to 0.1 with early stopping, else 0,
+    and --val-split 0 turns off the preset's early stopping (nothing to watch)."""
+    if args.early_stopping is None and args.val_split == 0:
+        args.early_stopping = False
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.val_split is None:
+        args.val_split = 0.1 if args.early_stopping else 0.0
+
+
 def _lr_schedule(args):
     """--lr-schedule and --warmup-epochs as a Trainer's lr_schedule (cosine's warm-up is the only one)."""
     return (args.lr_schedule, {"warmup_epochs": args.warmup_epochs}) if args.lr_schedule == "cosine" else \
@@ -246,6 +274,7 @@ def train(args):
     rank = comm.rank if comm else 0
     if rank != 0:
         args.quiet = True  # one voice per job: rank 0 prints and writes files
+    _apply_preset(args)
     _check_positive(args, "epochs", "chunk_rows", "buffer_rows", "batch_size", "val_max_rows", "max_categories")
     if not 0 <= args.val_split < 1:
         raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
@@ -787,23 +816,34 @@ def _parser():
                         "to regress (or mae, huber). mse, mae, huber, or binary_cross_entropy on 3+ classes, learn "
                         "classes one-hot, one output each (the largest is the prediction). poisson is Python-only: "
                         "the command line standardizes regression targets")
-    p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS), help="as torch.optim defines it")
+    p.add_argument("--preset", default="recipe", choices=list(PRESETS),
+                   help="defaults of the training options left out: recipe (the default: AdamW, cosine lr after a "
+                        "warm-up, early stopping on 10%% held-out rows within 60 epochs, --numeric auto; "
+                        "docs/cli.md), or plain (10 epochs of Adam on every row: fastbp before presets)")
+    p.add_argument("--optimizer", default=None, choices=list(OPTIMIZERS),
+                   help=f"as torch.optim defines it ({_by_preset('optimizer')})")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: torch's for the optimizer)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="L2 decay as torch.optim applies it (default: torch's, 0.01 for adamw, else 0)")
-    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "one_cycle"],
+    p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine", "one_cycle"],
                    help="the learning rate over the epochs: constant; cosine annealing to 0 over --epochs (after "
-                        "--warmup-epochs of linear warm-up); one_cycle (torch's OneCycleLR, per epoch)")
-    p.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs of --lr-schedule cosine")
-    p.add_argument("--label-smoothing", type=float, default=0.0,
-                   help="cross_entropy's label smoothing, in [0, 1) (torch's: (1 - eps) on the class, eps spread)")
+                        "--warmup-epochs of linear warm-up); one_cycle (torch's OneCycleLR, per epoch; "
+                        f"{_by_preset('lr_schedule')})")
+    p.add_argument("--warmup-epochs", type=int, default=None, help="linear warm-up epochs of --lr-schedule cosine "
+                   f"({_by_preset('warmup_epochs')})")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="cross_entropy's label smoothing, in [0, 1) (torch's: (1 - eps) on the class, eps spread; "
+                        f"{_by_preset('label_smoothing')})")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate of every hidden layer, in [0, 1)")
     p.add_argument("--batch-size", type=int, default=256, help="rows per gradient step")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training rows (the total, with --resume)")
-    p.add_argument("--early-stopping", action="store_true",
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training rows (at most, with early stopping; the total, with --resume; "
+                        f"{_by_preset('epochs')})")
+    p.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
                    help="stop when the --monitor metric has not improved for --patience epochs and keep the best "
-                        "epoch's weights (needs --val-split > 0)")
-    p.add_argument("--patience", type=int, default=10, help="epochs without improvement before --early-stopping stops")
+                        f"epoch's weights (needs --val-split > 0; {_by_preset('early_stopping')})")
+    p.add_argument("--patience", type=int, default=None,
+                   help=f"epochs without improvement before --early-stopping stops ({_by_preset('patience')})")
     p.add_argument("--monitor", default="val_loss",
                    help="what --early-stopping watches: val_loss, val_accuracy, val_log_loss, val_f1, val_roc_auc "
                         "(classification), val_r2, val_rmse, val_mae (regression); larger is better for accuracy, "
@@ -811,16 +851,20 @@ def _parser():
     p.add_argument("--class-weight", metavar="balanced|LABEL=W,...",
                    help="weigh each class's rows in the loss: 'balanced' (n_rows / (n_classes * rows of the class), "
                         "as scikit-learn) or weights per label, e.g. yes=3,no=1 (others 1)")
-    p.add_argument("--val-split", type=float, default=0.1, help="fraction of rows held out for validation, in [0, 1)")
+    p.add_argument("--val-split", type=float, default=None,
+                   help="fraction of rows held out for validation, in [0, 1) (default: 0.1 with early stopping, "
+                        "else 0)")
     p.add_argument("--val-max-rows", type=int, default=200_000, help="validation rows kept in memory at most")
     p.add_argument("--seed", type=int, default=0, help="initial weights, shuffling, validation rows")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: every core allowed)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="of parameters and compute")
     p.add_argument("--impute", choices=["mean", "median"], help="fill missing values (default: they are errors)")
     p.add_argument("--max-categories", type=int, default=1000, help="categories kept per text column")
-    p.add_argument("--numeric", choices=["standard", "quantile", "ple"], default="standard",
+    p.add_argument("--numeric", choices=["standard", "quantile", "ple", "auto"], default=None,
                    help="numeric columns as inputs: standardized; quantile (their rank in the training sample, "
-                        "unit variance); ple (piecewise-linear over --numeric-bins quantile bins, an input per bin)")
+                        "unit variance); ple (piecewise-linear over --numeric-bins quantile bins, an input per bin); "
+                        "auto (ple where the training rows number 100 per input the bins make, else standardized; "
+                        f"{_by_preset('numeric')})")
     p.add_argument("--numeric-bins", type=int, default=16, help="bins per numeric column for --numeric ple")
     p.add_argument("--categorical", choices=["auto", "onehot", "embed"], default="auto",
                    help="text columns as inputs: one per category (onehot), a learned embedding (embed), or one-hot "

@@ -109,7 +109,9 @@ def test_bad_input_exit_codes(files, tmp_path):
 
 
 def test_resume_equals_uninterrupted(files, tmp_path):
-    common = ["--target", "label", "--hidden", "8", "--seed", "3", "--quiet", "--threads", "1", "--buffer-rows", "1024"]
+    # a constant lr: the 2-epoch run stands in for an interrupted 4-epoch one, whose cosine would span 4 epochs
+    common = ["--target", "label", "--hidden", "8", "--seed", "3", "--quiet", "--threads", "1", "--buffer-rows", "1024",
+              "--lr-schedule", "constant", "--warmup-epochs", "0"]
     code, _, err = fastbp_cli("train", files / "d.parquet", *common, "--epochs", 4, "--out", tmp_path / "full.fbp")
     assert code == 0, err
     ckpt = tmp_path / "ckpt"
@@ -283,9 +285,12 @@ def test_evaluate_computes_r2_over_the_whole_file_not_per_chunk(files, tmp_path)
 def test_help_lists_defaults_choices_and_examples():
     code, out, _ = fastbp_cli("train", "--help")
     assert code == 0
-    for text in ("(default: 256,256)", "{sgd,adam,adamw,rmsprop}", "(default: adam)", "--early-stopping",
-                 "--dropout DROPOUT", "(default: 0.0)", "examples:\n  fastbp train data.parquet --target label"):
+    from fastbp.cli import PRESETS
+    by_preset = f"(default: plain adam; recipe {PRESETS['recipe']['optimizer']})"
+    for text in ("(default: 256,256)", "{sgd,adam,adamw,rmsprop}", "--early-stopping", "--dropout DROPOUT",
+                 "(default: 0.0)", "examples:\n  fastbp train data.parquet --target label"):
         assert text in out, text
+    assert by_preset in " ".join(out.split())  # wrapped to the terminal's width
     for command in ("predict", "evaluate", "info", "export", "compile"):
         code, out, _ = fastbp_cli(command, "--help")
         assert code == 0 and "examples:" in out and f"usage: fastbp {command}" in out

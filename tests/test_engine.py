@@ -269,3 +269,18 @@ def test_settings_changed_after_construction_apply_to_the_next_fit():
     changed.clip_grad_norm = 0.01
     np.testing.assert_array_equal(changed.fit(X, y).params, clipped.params)
     assert not np.array_equal(fastbp.Trainer(**kwargs).fit(X, y).params, clipped.params)
+
+
+def test_cosine_restarts_for_a_fit_after_its_cycle_ended(tmp_path):
+    """A cosine cycle spans the fit that started it (or the epochs a resumed run has left); a later fit, past its
+    end, runs a new cycle (warm restart) rather than an lr of 0."""
+    X = np.random.default_rng(0).normal(size=(64, 3))
+    y = np.arange(64) % 2
+    tr = fastbp.Trainer([3, 4, 2], optimizer="adam", epochs=3, lr_schedule=("cosine", {"warmup_epochs": 1}))
+    tr.fit(X, y)
+    first = [h["lr"] for h in tr.history]
+    assert first[0] == pytest.approx(1e-3) and first[-1] < first[0]
+    tr.save(tmp_path / "m.fbp")
+    back = fastbp.load(tmp_path / "m.fbp")
+    back.fit(X, y)
+    assert [h["lr"] for h in back.history[3:]] == pytest.approx(first)

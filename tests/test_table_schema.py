@@ -178,7 +178,7 @@ def test_fit_file_is_what_fastbp_train_runs(tmp_path):
     import pyarrow.csv as pcsv
     pcsv.write_csv(pa.Table.from_pandas(df.assign(late=y), preserve_index=False), path)
     assert cli.main(["train", str(path), "--target", "late", "--hidden", "12", "--epochs", "3", "--impute", "mean",
-                     "--val-split", "0.2", "--quiet", "--out", str(tmp_path / "cli.fbp")]) == 0
+                     "--val-split", "0.2", "--preset", "plain", "--quiet", "--out", str(tmp_path / "cli.fbp")]) == 0
     from_cli = fastbp.load(tmp_path / "cli.fbp")
     tr = fastbp.Trainer(hidden=(12,), optimizer="adam", epochs=3, impute="mean", seed=0)
     tr.fit_file(path, "late", val_split=0.2)
@@ -238,3 +238,40 @@ def test_numeric_encodings_from_the_first_pass(numeric, tmp_path):
     assert got["is_valid"].all()
     feeds["x"][0, 0] = np.inf
     assert not session.run(["is_valid"], feeds)[0][0]
+
+
+def test_numeric_auto_bins_where_the_rows_fill_them():
+    """numeric="auto" chooses piecewise-linear bins with 100 training rows per binned input, else standardizes;
+    the schema stores the choice (a model file never says "auto")."""
+    rng = np.random.default_rng(1)
+    frame = lambda n: pd.DataFrame({"x": rng.normal(size=n), "z": rng.normal(size=n)})  # noqa: E731
+    many, few = frame(3300), frame(3100)  # 2 columns x 16 bins: 3,200 rows decide
+    binned = fastbp.Trainer(hidden=(4,), loss="mse", epochs=1, numeric="auto").fit(many, many.x)
+    assert binned.preprocessing["numeric"] == "ple" and binned.layer_sizes[0] == 32
+    plain = fastbp.Trainer(hidden=(4,), loss="mse", epochs=1, numeric="auto").fit(few, few.x)
+    assert plain.preprocessing["numeric"] == "standard" and "edges" not in plain.preprocessing
+    with pytest.raises(fastbp.InputError, match="'numeric' must be one of standard, quantile, ple"):
+        Preprocessor({**plain.preprocessing, "numeric": "auto"})
+
+
+def test_cli_presets_fill_the_options_left_out(tmp_path):
+    """--preset recipe (the default) stops early on 10 % held-out rows; plain trains 10 epochs on every row; an
+    option given wins, and --val-split 0 turns the recipe's early stopping off."""
+    df, late = mixed(400)
+    pq.write_table(pa.Table.from_pandas(df.assign(late=late), preserve_index=False), tmp_path / "d.parquet")
+
+    def options(*args):
+        assert cli.main(["train", str(tmp_path / "d.parquet"), "--target", "late", "--hidden", "8", "--quiet",
+                         "--impute", "mean", "--out", str(tmp_path / "m.fbp"), *args]) == 0
+        model = fastbp.load(tmp_path / "m.fbp")
+        return model.metadata["cli_options"], model
+
+    recipe, model = options("--epochs", "3")
+    assert (recipe["early_stopping"], recipe["val_split"], recipe["optimizer"], recipe["numeric"]) == \
+        (True, 0.1, cli.PRESETS["recipe"]["optimizer"], cli.PRESETS["recipe"]["numeric"])
+    assert "val_loss" in model.history[-1]
+    plain, model = options("--preset", "plain")
+    assert (plain["early_stopping"], plain["val_split"], plain["lr_schedule"]) == (False, 0.0, "constant")
+    assert len(model.history) == 10 and "val_loss" not in model.history[-1]
+    given, _ = options("--epochs", "2", "--val-split", "0", "--optimizer", "sgd")
+    assert (given["early_stopping"], given["val_split"], given["optimizer"]) == (False, 0.0, "sgd")

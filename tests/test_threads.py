@@ -94,6 +94,28 @@ def test_the_first_compile_in_a_fresh_cache_is_announced_once(tmp_path):
     assert again.returncode == 0 and "CompileNotice" not in again.stderr  # loaded from the cache
 
 
+@pytest.mark.slow
+def test_after_fastbp_compile_a_new_process_compiles_nothing(tmp_path):
+    """`fastbp compile` fills the cache with what a run uses (the tiny fits reach every kernel): a later process
+    that fits a DataFrame with an embedded column, validates, predicts and evaluates compiles nothing."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    built = subprocess.run([sys.executable, "-m", "fastbp", "compile", "--dtype", "float32"], capture_output=True,
+                           text=True, env=env, timeout=900)
+    assert built.returncode == 0, built.stderr
+    code = ("import warnings, numpy as np, pandas as pd, fastbp\n"
+            "warnings.simplefilter('always')\n"
+            "rng = np.random.default_rng(0)\n"
+            "df = pd.DataFrame({'x': rng.normal(size=300), 'c': [f'k{i % 200}' for i in range(300)]})\n"
+            "y = np.where(df.x > 0, 'a', 'b')\n"
+            "tr = fastbp.Trainer(hidden=(8,), optimizer='adamw', epochs=2, categorical='embed', label_smoothing=0.1)\n"
+            "tr.fit(df, y, validation_split=0.2)\n"
+            "tr.predict_proba(df), tr.evaluate(df, y)\n"
+            "fastbp.Trainer([3, 4, 2], loss='mse', epochs=1).fit(rng.normal(size=(50, 3)), rng.normal(size=(50, 2)))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr
+    assert "CompileNotice" not in run.stderr, run.stderr
+
+
 class _Alternating(threads.ThreadChooser):
     """Segments of 3 batches on 2 threads, then 1, then 2, ... (what a busy machine may make of a run)."""
     used = []

@@ -188,7 +188,7 @@ class Engine:
             log_keys += [f"val_{name}" for name in metrics.names(self.net.loss_code, int(self.net.sizes[-1]))]
         for cb in callbacks:
             cb.check_logs(log_keys)
-        state.schedule.start(epochs)
+        state.schedule.start(epochs, len(state.history))
         owner.stop_training = False
         for cb in callbacks:
             cb.on_train_begin(owner)

@@ -16,8 +16,8 @@ class Schedule:
 
     total_epochs = None
 
-    def start(self, total_epochs):
-        """Called when fit starts, with the number of epochs fit will run this call."""
+    def start(self, total_epochs, first_epoch=0):
+        """Called when fit starts, with the number of epochs fit will run this call and the index of its first."""
         if self.total_epochs is None:
             self.total_epochs = total_epochs
 
@@ -66,15 +66,25 @@ class Exponential(Schedule):
 
 
 class Cosine(Schedule):
-    """Optional linear warm-up to lr over warmup_epochs, then CosineAnnealingLR down to eta_min."""
+    """Optional linear warm-up to lr over warmup_epochs, then CosineAnnealingLR down to eta_min. A fit that starts
+    after the cycle ended (continued training) runs a new cycle over its own epochs, a warm restart (SGDR), where
+    the ended cycle would hold lr at eta_min."""
+
+    first_epoch = 0  # (class default: schedules saved before restarts have none)
 
     def __init__(self, T_max=None, eta_min=0.0, warmup_epochs=0):
         self.warmup_epochs = check_int("cosine schedule's warmup_epochs", warmup_epochs, 0)
         self.total_epochs = None if T_max is None else check_int("cosine schedule's T_max", T_max, 1) + \
             self.warmup_epochs
         self.eta_min = check_number("cosine schedule's eta_min", eta_min, low=0.0)
+        self.first_epoch = 0  # where the current cycle began
+
+    def start(self, total_epochs, first_epoch=0):
+        if self.total_epochs is None or first_epoch >= self.first_epoch + self.total_epochs:
+            self.total_epochs, self.first_epoch = total_epochs, first_epoch
 
     def lr(self, epoch, base_lr):
+        epoch -= self.first_epoch
         if epoch < self.warmup_epochs:
             return base_lr * (epoch + 1) / self.warmup_epochs
         span = max(1, self.total_epochs - self.warmup_epochs)

@@ -22,7 +22,11 @@ TASKS = ("classify", "regress")
 # how numeric columns become inputs: standardized (one input); their rank in the training sample, as a value of
 # unit variance (one input: a quantile transform); or piecewise-linear over quantile bins (one input per bin,
 # Gorishniy et al. 2022: 0 below the bin, 1 above it, linear within)
-NUMERIC_ENCODINGS = ("standard", "quantile", "ple")
+NUMERIC_ENCODINGS = ("standard", "quantile", "ple", "auto")
+# "auto" resolves to "ple" where the training rows number at least this many per input the bins make, else to
+# "standard": bins need data (measured on the quality panel: flights AUC 0.915 -> 0.929 and diamonds RMSE 569 -> 556
+# with bins; digits, 1,434 rows for ~500 binned inputs, accuracy 0.98 -> 0.95)
+AUTO_PLE_ROWS_PER_INPUT = 100
 QUANTILE_LEVELS = 256  # the quantile transform's interpolation points per column
 LABEL_TYPES = {"int": np.int64, "float": np.float64, "bool": np.bool_, "str": str}
 # how categorical columns become inputs: an input per category (one-hot), or a category code that picks a row of a
@@ -419,6 +423,11 @@ def _schema(part, task, impute, scale_target=True, numeric="standard", bins=16, 
         state["categories"].append(None)
         state["mean"].append(scan.mean), state["scale"].append(std if std > 1e-12 else 1.0)
         state["fill"].append(fill)
+    if numeric == "auto":  # bins where the rows can fill them
+        binned = sum(len(e) - 1 for e in state["edges"] if e is not None)
+        state["numeric"] = "ple" if part.n_rows >= AUTO_PLE_ROWS_PER_INPUT * binned else "standard"
+        if state["numeric"] == "standard":
+            del state["edges"], state["levels"]
     embed = [None if cats is None else categorical.dim_for(c, len(cats))
              for c, cats in zip(state["features"], state["categories"])]
     if any(d is not None for d in embed):  # only then: a one-hot model's state is as before embeddings
@@ -464,8 +473,8 @@ def _checked_state(state):
         fail(f"'embed' must hold, per feature, null or (categorical features only) a width from 1 to "
              f"{MAX_EMBEDDING_DIM}")
     state = {"numeric": "standard", **state}  # files from before numeric encodings
-    if state["numeric"] not in NUMERIC_ENCODINGS:
-        fail(f"'numeric' must be one of {', '.join(NUMERIC_ENCODINGS)}")
+    if state["numeric"] not in NUMERIC_ENCODINGS or state["numeric"] == "auto":  # a schema holds what auto chose
+        fail(f"'numeric' must be one of {', '.join(e for e in NUMERIC_ENCODINGS if e != 'auto')}")
     if state["numeric"] != "standard":
         _check_quantiles(state, fail)
     if state["task"] == "classify":
