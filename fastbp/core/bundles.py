@@ -101,22 +101,27 @@ def make_optimizer(code, n_params, dtype, state_names, step=0):
 
 
 class Workspace(NamedTuple):
-    """Buffers for up to `capacity` rows (see fastbp.core.kernels), one gradient vector and a mark per embedding
-    table row (zero between batches; a batch marks the rows it touched)."""
+    """Buffers for up to `capacity` rows (see fastbp.core.kernels), one gradient vector, a mark per embedding
+    table row (zero between batches; a batch marks the rows it touched) and, per row and table, the mark index
+    and parameter offset of the table row it looks up."""
     acts: np.ndarray
     zs: np.ndarray
     deltas: np.ndarray
     grad: np.ndarray
     capacity: int
     touched: np.ndarray
+    marks: np.ndarray        # int64 (capacity, n_tables)
+    starts: np.ndarray       # int64 (capacity, n_tables)
 
 
-def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None, n_table_rows=0):
-    """Activations, gelu pre-activations (only when a layer uses gelu), deltas, a gradient and the table marks."""
+def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None, n_table_rows=0, n_tables=0):
+    """Activations, gelu pre-activations (only when a layer uses gelu), deltas, a gradient and the tables' marks."""
     width = int(capacity) * int(np.sum(sizes))
+    lookups = (int(capacity) if n_tables else 0, int(n_tables))
     return Workspace(np.empty(width, dtype=dtype), np.empty(width if uses_gelu else 0, dtype=dtype),
                      np.empty(width, dtype=dtype), np.empty(n_params, dtype=dtype) if grad is None else grad,
-                     int(capacity), np.zeros(int(n_table_rows), dtype=dtype))
+                     int(capacity), np.zeros(int(n_table_rows), dtype=dtype), np.empty(lookups, dtype=np.int64),
+                     np.empty(lookups, dtype=np.int64))
 
 
 class Batch(NamedTuple):

@@ -113,57 +113,55 @@ def _code(value, n_rows):
 
 
 @jit
-def _table_gradients(grad, net, ws, X, order, start, rows, zero_rows):
-    """Add the input deltas of each embedded column of workspace rows [0, rows) into the gradient row of the
-    category it looked up, and mark that row in ws.touched. zero_rows: zero the marked gradient rows first (a
-    training step, which touches those rows only); otherwise add to the gradient as it is (blocks of a
-    whole-data gradient, or a distributed step, whose table gradients start zeroed)."""
-    n_in = net.sizes[0]
-    n_dense = net.n_dense
+def _lookups(net, ws, X, order, start, rows):
+    """For workspace rows [0, rows) and each table: into ws.marks the row's mark index in ws.touched (the tables'
+    rows in order), into ws.starts the start of the table row it looks up in the flat parameters."""
     for i in range(rows):
         src = order[start + i]
         base = 0
         for e in range(net.emb_dims.size):
-            d = net.emb_dims[e]
-            code = _code(X[src, n_dense + e], net.emb_rows[e])
-            if zero_rows and ws.touched[base + code] == 0:
-                g0 = net.emb_offsets[e] + code * d
-                for k in range(d):
-                    grad[g0 + k] = 0
-            ws.touched[base + code] = 1
+            code = _code(X[src, net.n_dense + e], net.emb_rows[e])
+            ws.marks[i, e] = base + code
+            ws.starts[i, e] = net.emb_offsets[e] + code * net.emb_dims[e]
             base += net.emb_rows[e]
+
+
+@jit
+def _table_gradients(grad, net, ws, rows, zero_rows):
+    """Add the input deltas of each embedded column of workspace rows [0, rows) into the gradient row of the
+    category it looked up (_lookups), and mark that row in ws.touched. zero_rows: zero the marked gradient rows
+    first (a training step, which touches those rows only); otherwise add to the gradient as it is (blocks of a
+    whole-data gradient, or a distributed step, whose table gradients start zeroed)."""
+    n_in = net.sizes[0]
     for i in range(rows):
-        src = order[start + i]
-        at = i * n_in + n_dense  # the input block starts the deltas buffer
+        for e in range(net.emb_dims.size):
+            if zero_rows and ws.touched[ws.marks[i, e]] == 0:
+                grad[ws.starts[i, e]:ws.starts[i, e] + net.emb_dims[e]] = 0
+            ws.touched[ws.marks[i, e]] = 1
+    for i in range(rows):
+        at = i * n_in + net.n_dense  # the input block starts the deltas buffer
         for e in range(net.emb_dims.size):
             d = net.emb_dims[e]
-            g0 = net.emb_offsets[e] + _code(X[src, n_dense + e], net.emb_rows[e]) * d
+            g0 = ws.starts[i, e]
             for k in range(d):
                 grad[g0 + k] += ws.deltas[at + k]
             at += d
 
 
 @jit
-def _touched_table_rows(opt, hyper, params, grad, grad_scale, net, ws, X, order, start, rows, measure):
+def _touched_table_rows(opt, hyper, params, grad, grad_scale, net, ws, rows, measure):
     """Each table row marked in ws.touched by workspace rows [0, rows), once: with `measure` the sum of its
     gradient's squares is returned (marks become 2), otherwise the optimizer steps it (marks back to 0)."""
-    n_dense = net.n_dense
     squares = 0.0
     for i in range(rows):
-        src = order[start + i]
-        base = 0
         for e in range(net.emb_dims.size):
-            d = net.emb_dims[e]
-            code = _code(X[src, n_dense + e], net.emb_rows[e])
-            g0 = net.emb_offsets[e] + code * d
-            mark = ws.touched[base + code]
-            if measure and mark == 1:
+            mark, g0, d = ws.marks[i, e], ws.starts[i, e], net.emb_dims[e]
+            if measure and ws.touched[mark] == 1:
                 squares += _sum_squares(grad, g0, g0 + d)
-                ws.touched[base + code] = 2
-            elif not measure and mark != 0:
+                ws.touched[mark] = 2
+            elif not measure and ws.touched[mark] != 0:
                 update_range(opt, hyper, params, grad, grad_scale, g0, g0 + d)
-                ws.touched[base + code] = 0
-            base += net.emb_rows[e]
+                ws.touched[mark] = 0
     return squares
 
 
@@ -366,7 +364,8 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
     if tables:
         if not update and beta == 0:
             grad[P:] = 0
-        _table_gradients(grad, net, ws, batch.X, batch.order, start, rows, update)
+        _lookups(net, ws, batch.X, batch.order, start, rows)
+        _table_gradients(grad, net, ws, rows, update)
     penalty = reg.weight_penalty * scale
     clip = update and reg.clip_norm > 0
     fused = update and not clip
@@ -391,8 +390,7 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
         for part in range(n_parts):
             total += grad_squares[part]
         if tables:
-            total += _touched_table_rows(opt, hyper, params, grad, coef, net, ws, batch.X, batch.order, start, rows,
-                                         update)
+            total += _touched_table_rows(opt, hyper, params, grad, coef, net, ws, rows, update)
         coef = grad.dtype.type(min(1.0, reg.clip_norm / (math.sqrt(total) + 1e-6)))
         for part in prange(n_parts):
             fp_mode = flush_denormals()
@@ -400,7 +398,7 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
             update_range(opt, hyper, params, grad, coef, lo, hi)
             restore_fp_mode(fp_mode)
     if tables and update:
-        _touched_table_rows(opt, hyper, params, grad, coef, net, ws, batch.X, batch.order, start, rows, no)
+        _touched_table_rows(opt, hyper, params, grad, coef, net, ws, rows, no)
     return loss
 
 

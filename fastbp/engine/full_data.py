@@ -23,7 +23,7 @@ def workspace(net, capacity, dtype, grad=None):
     """A Workspace for `capacity` rows of this net (gelu pre-activations only when a layer uses gelu)."""
     n_params = net.n_layer_params + int((net.emb_rows * net.emb_dims).sum())
     return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity, n_params, dtype, grad,
-                          int(net.emb_rows.sum()))
+                          int(net.emb_rows.sum()), net.emb_dims.size)
 
 
 def forward(params, net, X, n_threads=None):
