@@ -372,6 +372,6 @@ class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
     partial_fit.__doc__ = _SkMLPRegressor.partial_fit.__doc__
 
 
-sklearn_onnx.register(MLPClassifier, MLPRegressor, _ACTIVATION_NAMES)
+sklearn_onnx.register_when_imported(MLPClassifier, MLPRegressor, _ACTIVATION_NAMES)
 
 __all__ = ["MLPClassifier", "MLPRegressor"]

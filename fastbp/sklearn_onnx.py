@@ -1,13 +1,52 @@
-"""skl2onnx converters for fastbp.sklearn's estimators, registered when fastbp.sklearn is imported
-and skl2onnx is installed (`pip install 'fastbp[onnx]'`), so `skl2onnx.to_onnx(model, X[:1])` works
-on them and on pipelines holding them. The graph is fastbp's own (fastbp.files.onnx_export: all of
+"""skl2onnx converters for fastbp.sklearn's estimators, registered with skl2onnx (`pip install 'fastbp[onnx]'`)
+as soon as both are imported, in either order, so `skl2onnx.to_onnx(model, X[:1])` works on them and on
+pipelines holding them. fastbp.sklearn does not import skl2onnx itself (about 1 s): each worker process of a
+parallel search unpickles the estimators and would pay it. The graph is fastbp's own (fastbp.files.onnx_export: all of
 fastbp's activations, the Poisson regressor's exp), its outputs skl2onnx's conventions: a label
 (int64 or string) and probabilities (ZipMap'ed unless options={"zipmap": False}) for the
 classifier, "variable" (n, n_outputs) for the regressor.
 """
+import importlib.abc
+import importlib.util
+import sys
+
 import numpy as np
 
 from .files import onnx_export
+
+
+def register_when_imported(classifier, regressor, activation_names):
+    """register() now when skl2onnx is loaded, else right after whatever imports it first."""
+    def then():
+        register(classifier, regressor, activation_names)
+
+    if "skl2onnx" in sys.modules:
+        then()
+    else:
+        sys.meta_path.insert(0, _AfterImport("skl2onnx", then))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """A finder that, the first time `name` is imported, runs its module as usual and then calls `then`."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once, and not while the real finders look for the module below
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            self.then()
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def register(classifier, regressor, activation_names):

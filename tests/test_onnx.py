@@ -2,6 +2,7 @@
 and skl2onnx on fastbp.sklearn's estimators, each run by onnxruntime against fastbp's own predictions."""
 import subprocess
 import sys
+import textwrap
 import warnings
 
 import numpy as np
@@ -303,3 +304,23 @@ def test_fewer_labels_than_outputs_predict_only_labels(n_out, loss, labels):
     got = tr.predict(X * 30)
     assert set(got.tolist()) <= set(labels)
     np.testing.assert_array_equal(run(tr.to_onnx(), {"X": X * 30})["label"], got)
+
+
+@pytest.mark.parametrize("first", ["fastbp.sklearn", "skl2onnx"])
+def test_converters_register_whichever_is_imported_first(first):
+    """fastbp.sklearn leaves skl2onnx unimported (a parallel search's workers would each pay ~1 s for it) and
+    registers its converters as soon as skl2onnx is imported, before or after it."""
+    pytest.importorskip("skl2onnx")
+    code = textwrap.dedent(f"""
+        import sys, numpy as np
+        import {first}
+        if {first!r} == "fastbp.sklearn":
+            assert "skl2onnx" not in sys.modules
+        import skl2onnx, fastbp.sklearn
+        X = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+        model = fastbp.sklearn.MLPRegressor(hidden_layer_sizes=(4,), max_iter=5).fit(X, X[:, 0])
+        print(len(skl2onnx.to_onnx(model, X[:1]).graph.node))
+        """)
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[-1]) > 0
