@@ -659,6 +659,9 @@ class Trainer:
             widths = [max(len(r[k]) for r in rows) for k in range(4)]
             lines = [f"Trainer: MLP {self.layer_sizes}, {self.layout.n_params:,} parameters, {self.dtype}"]
             lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+            if self.embeddings:
+                lines.append("embedding tables (rows, dim) read by layer 1: " + ", ".join(
+                    f"{r} x {d}" for r, d in self.embeddings))
             settings = self.optimizer_settings.described()
             lines.append(f"loss {self.loss}; optimizer {self.optimizer} "
                          f"({', '.join(f'{k} {v}' for k, v in settings.items())}); batch {self.batch_size}, "
@@ -781,6 +784,9 @@ class Trainer:
                                       scale_target=self.loss != "poisson", numeric=self.numeric,
                                       bins=self.numeric_bins, categorical=self.categorical_encoding())
         if self.state is None:
+            if self._given_embeddings:
+                raise InputError("embeddings= gives tables for an array's category codes; a table's categorical "
+                                 "columns get theirs from its schema (categorical=, onehot_max=, embedding_dim=)")
             self._build([prep.n_inputs, *self.hidden, prep.outputs(self.loss)], prep.embeddings())
         self._check_schema_fits(prep)
         self._schema = prep

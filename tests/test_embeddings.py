@@ -164,6 +164,9 @@ def test_dataframe_embeds_many_categories_and_round_trips(tmp_path):
     assert tr.preprocessing["embed"] == [dim, None, None] and tr.embeddings == [[41, dim]]
     assert tr.layer_sizes[0] == dim + 1 + 2  # the store's table, x, color one-hot
     assert tr.evaluate(df, y)["accuracy"] > 0.9
+    assert f"embedding tables (rows, dim) read by layer 1: 41 x {dim}" in tr.summary()
+    with pytest.raises(fastbp.InputError, match="a table's categorical columns get theirs"):
+        fastbp.Trainer(hidden=(4,), embeddings=[(41, 3)]).fit(df, y)
     path = tmp_path / "m.fbp"
     tr.save(path)
     back = fastbp.load(path)
