@@ -203,7 +203,8 @@ class ColumnScan:
             mixed = f" (numbers, and text: {self._first_text()})" if self.count + self.seen_numeric_text else ""
             raise InputError(f"column {self.name!r} has more than {self.max_categories} distinct values{mixed}; as "
                              "text it looks like an identifier: leave it out (--exclude), clean it, or raise "
-                             "max_categories (--max-categories)")
+                             "max_categories (--max-categories; above onehot_max categories a column is embedded, "
+                             "a learned table instead of an input per category)")
         return sorted(self.distinct) + ([MISSING] if self.missing else [])
 
     def std(self):
