@@ -367,7 +367,11 @@ def train(args):
         checkpoints.save(trainer, len(trainer.history))
     last = trainer.history[-1] if trainer.history else {}
     shown = ("loss", "val_loss", "val_accuracy", "val_r2") + ((args.monitor,) if args.early_stopping else ())
-    print("done: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in shown)  # the result: also --quiet
+    best = callbacks[0].best_epoch if args.early_stopping else None  # the epoch whose weights were kept
+    if best is not None and best != last.get("epoch"):
+        last = trainer.history[best - 1]
+    kept = f"best epoch {best} of {len(trainer.history)}: " if best is not None else ""
+    print("done: " + kept + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in shown)  # also --quiet
           + f"; model saved to {saved}", flush=True)
     if args.plot:
         _plot(trainer.history, args.plot)
