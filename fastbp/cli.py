@@ -92,27 +92,48 @@ class _JsonLog(Callback):
 
 
 class _Checkpoints(Callback):
-    """--checkpoint-dir: save the checkpoint every n-th epoch. A write that fails (a full disk) is a warning,
-    not the end of the run: training goes on and the next checkpoint tries again; `failed` says why."""
+    """--checkpoint-dir: save the checkpoint every n-th epoch and, with early stopping (`stopper`), the model of
+    each new best epoch beside it (what --resume needs to keep the best weights of epochs before the
+    interruption). A write that fails (a full disk) is a warning, not the end of the run: training goes on and
+    the next checkpoint tries again; `failed` says why."""
 
-    def __init__(self, path, n):
+    def __init__(self, path, n, stopper=None):
         if n < 1:
             raise UsageError(f"--checkpoint-every must be >= 1, got {n}")
-        self.path, self.n = path, n
+        self.path, self.n, self.stopper = path, n, stopper
         self.failed = None
 
     def on_epoch_end(self, trainer, epoch, logs):
+        if self.stopper is not None and self.stopper.best_epoch == epoch:  # the stopper runs first
+            self.save(trainer, epoch, _best_path(self.path))
         if epoch % self.n == 0:
             self.save(trainer, epoch)
 
-    def save(self, trainer, epoch):
+    def save(self, trainer, epoch, path=None):
+        path = path or self.path
         try:
-            trainer.save(self.path)
+            trainer.save(path)
             self.failed = None
         except OSError as exc:
             self.failed = exc.strerror or str(exc)
-            print(f"fastbp: warning: could not write the checkpoint {self.path!r} after epoch {epoch} "
+            print(f"fastbp: warning: could not write the checkpoint {path!r} after epoch {epoch} "
                   f"({self.failed}); training goes on", file=sys.stderr)
+
+
+def _best_path(checkpoint):
+    """Where the checkpoint's best epoch (early stopping) is kept: best.fbp beside it."""
+    return os.path.join(os.path.dirname(checkpoint), "best.fbp")
+
+
+def _resumed_stopper(stopper, trainer, checkpoint):
+    """Early stopping as the interrupted run had it: its counts over the epochs trained, and its best epoch's
+    state from best.fbp beside the checkpoint (when there)."""
+    from .trainer import load
+    best, best_epoch = None, None
+    if os.path.exists(_best_path(checkpoint)):
+        kept = load(_best_path(checkpoint))
+        best, best_epoch = kept.state.snapshot(), len(kept.history)
+    return stopper.continue_from(trainer.history, best, best_epoch)
 
 
 def _checkpoint_path(args):
@@ -336,8 +357,13 @@ def train(args):
     if prep.task == "regress":
         _say(args, f"target {prep.target!r} is standardized for training (mean {prep.state['target_mean']:.6g}, "
                    f"scale {prep.state['target_scale']:.6g}); predictions are on its own scale")
-    callbacks = [EarlyStopping(args.monitor, patience=args.patience)] if args.early_stopping else []
-    checkpoints = _Checkpoints(checkpoint, args.checkpoint_every) if checkpoint and rank == 0 else None
+    stopper = EarlyStopping(args.monitor, patience=args.patience) if args.early_stopping else None
+    if stopper is not None and args.resume and trainer.history:
+        _resumed_stopper(stopper, trainer, checkpoint)
+        if stopper.stopped:  # the interrupted run had stopped early: only its best weights are left to restore
+            trainer.epochs = 0
+    callbacks = [stopper] if stopper is not None else []
+    checkpoints = _Checkpoints(checkpoint, args.checkpoint_every, stopper) if checkpoint and rank == 0 else None
     if checkpoints:
         callbacks.append(checkpoints)
     if args.log_file and rank == 0:
@@ -367,7 +393,7 @@ def train(args):
         checkpoints.save(trainer, len(trainer.history))
     last = trainer.history[-1] if trainer.history else {}
     shown = ("loss", "val_loss", "val_accuracy", "val_r2") + ((args.monitor,) if args.early_stopping else ())
-    best = callbacks[0].best_epoch if args.early_stopping else None  # the epoch whose weights were kept
+    best = stopper.best_epoch if stopper is not None else None  # the epoch whose weights were kept
     if best is not None and best != last.get("epoch"):
         last = trainer.history[best - 1]
     kept = f"best epoch {best} of {len(trainer.history)}: " if best is not None else ""

@@ -109,9 +109,10 @@ def test_bad_input_exit_codes(files, tmp_path):
 
 
 def test_resume_equals_uninterrupted(files, tmp_path):
-    # a constant lr: the 2-epoch run stands in for an interrupted 4-epoch one, whose cosine would span 4 epochs
+    # the plain preset: the 2-epoch run stands in for an interrupted 4-epoch one, which a cosine schedule spanning 4
+    # epochs or early stopping's restore at the end would tell apart
     common = ["--target", "label", "--hidden", "8", "--seed", "3", "--quiet", "--threads", "1", "--buffer-rows", "1024",
-              "--lr-schedule", "constant", "--warmup-epochs", "0"]
+              "--preset", "plain", "--val-split", "0.1"]
     code, _, err = fastbp_cli("train", files / "d.parquet", *common, "--epochs", 4, "--out", tmp_path / "full.fbp")
     assert code == 0, err
     ckpt = tmp_path / "ckpt"
@@ -154,6 +155,23 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_identically(files, tmp_path)
     assert code == 0, err
     np.testing.assert_array_equal(fastbp.load(tmp_path / "resumed.fbp").params,
                                   fastbp.load(tmp_path / "full.fbp").params)
+
+
+def test_resume_after_early_stopping_keeps_its_best_epoch(files, tmp_path):
+    """The last checkpoint of a run that stopped early holds its last epoch; --resume from it knows the run had
+    stopped (it trains no more) and restores the best epoch from best.fbp beside the checkpoint, as the run did."""
+    common = ["--target", "label", "--hidden", "8", "--seed", "2", "--threads", "1", "--epochs", "60", "--patience",
+              "2", "--monitor", "val_accuracy", "--checkpoint-dir", tmp_path / "ckpt", "--quiet"]
+    code, out, err = fastbp_cli("train", files / "d.parquet", *common, "--out", tmp_path / "full.fbp")
+    assert code == 0, err
+    trained = len(fastbp.load(tmp_path / "ckpt" / "checkpoint.fbp").history)
+    best = len(fastbp.load(tmp_path / "ckpt" / "best.fbp").history)
+    assert best < trained < 60 and f"best epoch {best} of {trained}" in out
+    code, out, err = fastbp_cli("train", files / "d.parquet", *common, "--resume", "--out", tmp_path / "again.fbp")
+    assert code == 0, err
+    again, full = fastbp.load(tmp_path / "again.fbp"), fastbp.load(tmp_path / "full.fbp")
+    assert len(again.history) == trained
+    np.testing.assert_array_equal(again.params, full.params)
 
 
 def test_resume_with_other_options_exits_2_naming_each(files, tmp_path):

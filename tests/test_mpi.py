@@ -408,8 +408,11 @@ def test_exact_mode_resumes_on_a_different_number_of_ranks(tmp_path):
     """--shard rows equals one process for any rank count, so a checkpoint moves between 2 and 3 ranks."""
     rng = np.random.default_rng(0)
     np.save(tmp_path / "d.npy", np.column_stack([rng.normal(size=(600, 4)), (rng.normal(size=600) > 0)]))
+    # the plain preset: a 2-epoch run stands in for an interrupted 4-epoch one (a cosine over 4 epochs, or early
+    # stopping's restore at the end, would tell them apart)
     common = ["train", tmp_path / "d.npy", "--target", "4", "--hidden", "8", "--threads", "1", "--dtype", "float64",
-              "--buffer-rows", "256", "--batch-size", "64", "--quiet", "--chunk-rows", "100"]
+              "--buffer-rows", "256", "--batch-size", "64", "--quiet", "--chunk-rows", "100", "--preset", "plain",
+              "--val-split", "0.1"]
     ckpt = tmp_path / "ckpt"
     env = dict(os.environ, NUMBA_NUM_THREADS="1")
 

@@ -52,27 +52,49 @@ class EarlyStopping(Callback):
         self.monitor, self.min_delta, self.patience = monitor, abs(float(min_delta)), int(patience)
         self.mode = _monitor_mode(monitor, mode)
         self.restore_best_weights = bool(restore_best_weights)
+        self._earlier = None
+
+    def continue_from(self, history, best=None, best_epoch=None):
+        """Carry on an interrupted run (the CLI's --resume): the next fit starts from what this callback had
+        decided over `history` (the epochs already trained); `best` is the state of epoch `best_epoch` as
+        TrainingState.snapshot() gives it, kept when that is the best epoch of `history`."""
+        self._earlier = None
+        self.on_train_begin(None)
+        for logs in history:
+            self._observe(logs["epoch"], logs[self.monitor])
+        snapshot = best if self.restore_best_weights and best_epoch == self.best_epoch else None
+        self._earlier = (self.best, self.best_epoch, self.wait, snapshot)
+        return self
+
+    @property
+    def stopped(self):
+        """True when the epochs seen so far (with continue_from's) have run out of patience."""
+        return self.wait >= self.patience
 
     def check_logs(self, log_keys):
         _check_monitor(self.monitor, log_keys)
 
     def on_train_begin(self, trainer):
-        self.best, self.best_epoch, self.wait, self._snapshot = None, None, 0, None
+        self.best, self.best_epoch, self.wait, self._snapshot = self._earlier or (None, None, 0, None)
         self.stopped_epoch = None
 
-    def on_epoch_end(self, trainer, epoch, logs):
-        value = logs[self.monitor]
+    def _observe(self, epoch, value):
+        """Count one epoch's value; True when it improved on the best."""
         improved = self.best is None or (
             value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta)
         if improved:
             self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.restore_best_weights:
-                self._snapshot = trainer.state.snapshot()
         else:
             self.wait += 1
-            if self.wait >= self.patience:
-                trainer.stop_training = True
-                self.stopped_epoch = epoch
+        return improved
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self._observe(epoch, logs[self.monitor]):
+            if self.restore_best_weights:
+                self._snapshot = trainer.state.snapshot()
+        elif self.stopped:
+            trainer.stop_training = True
+            self.stopped_epoch = epoch
 
     def on_train_end(self, trainer):
         if self.restore_best_weights and self._snapshot is not None and self.best_epoch != trainer.history[-1]["epoch"]:
