@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     code, out, err = cli("train", folder / "d.csv", "--target", "label", "--hidden", "4", "--epochs", "2",
                          "--quiet", "--out", folder / "m.fbp")
     assert code == 0, err
-    assert out.startswith("done: ") and " loss " in out and "model saved to" in out  # the result line stays under --quiet
+    assert out.startswith("done: ") and " loss " in out and "model saved to" in out  # the result, also --quiet
     return folder
 
 

@@ -189,9 +189,12 @@ def test_cli_resume_on_a_sorted_file_equals_an_uninterrupted_run(tmp_path):
     path = write(tmp_path / "sorted.csv", X[by], y[by])
 
     def cli(*args):
+        # the plain preset: a 1-epoch run stands in for an interrupted 3-epoch one (a cosine over 3 epochs, or
+        # early stopping's restore at the end, would tell them apart)
         proc = subprocess.run([sys.executable, "-m", "fastbp", "train", str(path), "--target", "label", "--hidden",
                                "8", "--threads", "1", "--buffer-rows", "512", "--batch-size", "64", "--quiet",
-                               *map(str, args)], capture_output=True, text=True, timeout=300)
+                               "--preset", "plain", "--val-split", "0.1", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         return proc
 
