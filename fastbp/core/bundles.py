@@ -19,25 +19,28 @@ class Net(NamedTuple):
     huber_delta: float       # huber's threshold (unused by the other losses)
     loss_elements: int       # terms one row adds to the mean (1 for cross_entropy, n_out otherwise)
     # categorical embeddings (fastbp.core.layout): X holds n_dense inputs, then one category code per table;
-    # table e (emb_rows[e] rows of emb_dims[e] values, its last row for unknown codes) starts at emb_offsets[e]
-    # in params, after every layer's parameters (the first n_layer_params)
+    # tables[e] = (rows, dim, offset): table e's rows (its last for unknown codes) of dim values start at offset in
+    # params, after every layer's parameters (the first n_layer_params). One array, not three: each array field
+    # of a bundle costs every kernel call that passes it (measured: narrow's batches 18 % slower with three)
     n_dense: int
-    emb_rows: np.ndarray     # int64 (n_tables,)
-    emb_dims: np.ndarray     # int64 (n_tables,)
-    emb_offsets: np.ndarray  # int64 (n_tables,)
+    tables: np.ndarray       # int64 (n_tables, 3)
     n_layer_params: int
 
 
-def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements, n_dense=None, emb_rows=(),
-             emb_dims=(), emb_offsets=(), n_layer_params=None):
+TABLE_ROWS, TABLE_DIM, TABLE_OFFSET = range(3)  # the columns of Net.tables
+
+
+def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements, n_dense=None, tables=None,
+             n_layer_params=None):
+    """tables: (rows, dim, offset) per embedding table, or None."""
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
     w_offsets = np.ascontiguousarray(w_offsets, dtype=np.int64)
     if n_layer_params is None:
         n_layer_params = int(w_offsets[-1] + sizes[-2] * sizes[-1] + sizes[-1])
+    tables = np.zeros((0, 3), dtype=np.int64) if tables is None or not len(tables) else \
+        np.ascontiguousarray(tables, dtype=np.int64).reshape(-1, 3)
     return Net(sizes, w_offsets, np.ascontiguousarray(act_codes, dtype=np.int64), int(loss_code), float(huber_delta),
-               int(loss_elements), int(sizes[0] if n_dense is None else n_dense),
-               np.ascontiguousarray(emb_rows, dtype=np.int64), np.ascontiguousarray(emb_dims, dtype=np.int64),
-               np.ascontiguousarray(emb_offsets, dtype=np.int64), int(n_layer_params))
+               int(loss_elements), int(sizes[0] if n_dense is None else n_dense), tables, int(n_layer_params))
 
 
 class Regularization(NamedTuple):
@@ -101,27 +104,35 @@ def make_optimizer(code, n_params, dtype, state_names, step=0):
 
 
 class Workspace(NamedTuple):
-    """Buffers for up to `capacity` rows (see fastbp.core.kernels), one gradient vector, a mark per embedding
-    table row (zero between batches; a batch marks the rows it touched) and, per row and table, the mark index
-    and parameter offset of the table row it looks up."""
+    """Buffers for up to `capacity` rows (see fastbp.core.kernels) and one gradient vector."""
     acts: np.ndarray
     zs: np.ndarray
     deltas: np.ndarray
     grad: np.ndarray
     capacity: int
-    touched: np.ndarray
-    marks: np.ndarray        # int64 (capacity, n_tables)
-    starts: np.ndarray       # int64 (capacity, n_tables)
 
 
-def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None, n_table_rows=0, n_tables=0):
-    """Activations, gelu pre-activations (only when a layer uses gelu), deltas, a gradient and the tables' marks."""
+def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None):
+    """Activations, gelu pre-activations (only when a layer uses gelu), deltas and a gradient."""
     width = int(capacity) * int(np.sum(sizes))
-    lookups = (int(capacity) if n_tables else 0, int(n_tables))
     return Workspace(np.empty(width, dtype=dtype), np.empty(width if uses_gelu else 0, dtype=dtype),
                      np.empty(width, dtype=dtype), np.empty(n_params, dtype=dtype) if grad is None else grad,
-                     int(capacity), np.zeros(int(n_table_rows), dtype=dtype), np.empty(lookups, dtype=np.int64),
-                     np.empty(lookups, dtype=np.int64))
+                     int(capacity))
+
+
+class TableMarks(NamedTuple):
+    """The embedding tables' bookkeeping of a batch, apart from the Workspace because the row-parallel regions
+    never read it (every array a parallel region takes costs each launch): a mark per table row (zero between
+    batches; a batch marks the rows it looked up) and, per workspace row and table, the mark's index and the
+    parameter offset of the table row looked up."""
+    touched: np.ndarray      # model dtype (rows of every table)
+    lookups: np.ndarray      # int64 (capacity, n_tables, 2)
+
+
+def make_table_marks(n_table_rows, n_tables, capacity, dtype, touched=None):
+    """touched: an array of the model dtype to mark in (a distributed step's Allreduce buffer), else zeros."""
+    return TableMarks(np.zeros(int(n_table_rows), dtype=dtype) if touched is None else touched,
+                      np.empty((int(capacity) if n_tables else 0, int(n_tables), 2), dtype=np.int64))
 
 
 class Batch(NamedTuple):

@@ -90,14 +90,20 @@ def _gather_rows(params, net, X, order, start, row0, rows, acts):
     embedding table the row its category code picks."""
     n_in = net.sizes[0]
     n_dense = net.n_dense
+    if n_dense == n_in:  # no tables: X's rows as they are (the loop the compiler vectorizes best)
+        for i in range(row0, row0 + rows):
+            src = order[start + i]
+            for j in range(n_in):
+                acts[i * n_in + j] = X[src, j]
+        return
     for i in range(row0, row0 + rows):
         src = order[start + i]
         for j in range(n_dense):
             acts[i * n_in + j] = X[src, j]
         at = i * n_in + n_dense
-        for e in range(net.emb_dims.size):
-            d = net.emb_dims[e]
-            t0 = net.emb_offsets[e] + _code(X[src, n_dense + e], net.emb_rows[e]) * d
+        for e in range(net.tables.shape[0]):
+            n_rows, d, offset = net.tables[e, 0], net.tables[e, 1], net.tables[e, 2]
+            t0 = offset + _code(X[src, n_dense + e], n_rows) * d
             for k in range(d):
                 acts[at + k] = params[t0 + k]
             at += d
@@ -113,55 +119,58 @@ def _code(value, n_rows):
 
 
 @jit
-def _lookups(net, ws, X, order, start, rows):
-    """For workspace rows [0, rows) and each table: into ws.marks the row's mark index in ws.touched (the tables'
-    rows in order), into ws.starts the start of the table row it looks up in the flat parameters."""
+def _lookups(net, marks, X, order, start, rows):
+    """For workspace rows [0, rows) and each table, into marks.lookups: the row's mark index in marks.touched
+    (the tables' rows in order) and the start of the table row it looks up in the flat parameters."""
     for i in range(rows):
         src = order[start + i]
         base = 0
-        for e in range(net.emb_dims.size):
-            code = _code(X[src, net.n_dense + e], net.emb_rows[e])
-            ws.marks[i, e] = base + code
-            ws.starts[i, e] = net.emb_offsets[e] + code * net.emb_dims[e]
-            base += net.emb_rows[e]
+        for e in range(net.tables.shape[0]):
+            n_rows, d, offset = net.tables[e, 0], net.tables[e, 1], net.tables[e, 2]
+            code = _code(X[src, net.n_dense + e], n_rows)
+            marks.lookups[i, e, 0] = base + code
+            marks.lookups[i, e, 1] = offset + code * d
+            base += n_rows
 
 
 @jit
-def _table_gradients(grad, net, ws, rows, zero_rows):
+def _table_gradients(grad, net, ws, marks, rows, zero_rows):
     """Add the input deltas of each embedded column of workspace rows [0, rows) into the gradient row of the
-    category it looked up (_lookups), and mark that row in ws.touched. zero_rows: zero the marked gradient rows
+    category it looked up (_lookups), and mark that row in marks.touched. zero_rows: zero the marked gradient rows
     first (a training step, which touches those rows only); otherwise add to the gradient as it is (blocks of a
     whole-data gradient, or a distributed step, whose table gradients start zeroed)."""
     n_in = net.sizes[0]
+    n_tables = net.tables.shape[0]
     for i in range(rows):
-        for e in range(net.emb_dims.size):
-            if zero_rows and ws.touched[ws.marks[i, e]] == 0:
-                grad[ws.starts[i, e]:ws.starts[i, e] + net.emb_dims[e]] = 0
-            ws.touched[ws.marks[i, e]] = 1
+        for e in range(n_tables):
+            mark, g0 = marks.lookups[i, e, 0], marks.lookups[i, e, 1]
+            if zero_rows and marks.touched[mark] == 0:
+                grad[g0:g0 + net.tables[e, 1]] = 0
+            marks.touched[mark] = 1
     for i in range(rows):
         at = i * n_in + net.n_dense  # the input block starts the deltas buffer
-        for e in range(net.emb_dims.size):
-            d = net.emb_dims[e]
-            g0 = ws.starts[i, e]
+        for e in range(n_tables):
+            d = net.tables[e, 1]
+            g0 = marks.lookups[i, e, 1]
             for k in range(d):
                 grad[g0 + k] += ws.deltas[at + k]
             at += d
 
 
 @jit
-def _touched_table_rows(opt, hyper, params, grad, grad_scale, net, ws, rows, measure):
-    """Each table row marked in ws.touched by workspace rows [0, rows), once: with `measure` the sum of its
+def _touched_table_rows(opt, hyper, params, grad, grad_scale, net, marks, rows, measure):
+    """Each table row marked in marks.touched by workspace rows [0, rows), once: with `measure` the sum of its
     gradient's squares is returned (marks become 2), otherwise the optimizer steps it (marks back to 0)."""
     squares = 0.0
     for i in range(rows):
-        for e in range(net.emb_dims.size):
-            mark, g0, d = ws.marks[i, e], ws.starts[i, e], net.emb_dims[e]
-            if measure and ws.touched[mark] == 1:
+        for e in range(net.tables.shape[0]):
+            mark, g0, d = marks.lookups[i, e, 0], marks.lookups[i, e, 1], net.tables[e, 1]
+            if measure and marks.touched[mark] == 1:
                 squares += _sum_squares(grad, g0, g0 + d)
-                ws.touched[mark] = 2
-            elif not measure and ws.touched[mark] != 0:
+                marks.touched[mark] = 2
+            elif not measure and marks.touched[mark] != 0:
                 update_range(opt, hyper, params, grad, grad_scale, g0, g0 + d)
-                ws.touched[mark] = 0
+                marks.touched[mark] = 0
     return squares
 
 
@@ -319,7 +328,7 @@ def _sum_squares(v, lo, hi):
 
 
 @jit(parallel=True)
-def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, n_parts, beta, update):
+def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, scale, n_parts, beta, update):
     """Gradient of scale * (loss sum of rows batch.order[start:start+rows]) into ws.grad (times beta plus it).
 
     The step taken is opt.step[0] + 1 (it also keys the dropout masks). reg.weight_penalty > 0 adds
@@ -360,12 +369,12 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
         loss += part_loss[part]
     if not math.isfinite(loss):
         return loss
-    tables = net.emb_dims.size > 0
+    tables = net.tables.shape[0] > 0
     if tables:
         if not update and beta == 0:
             grad[P:] = 0
-        _lookups(net, ws, batch.X, batch.order, start, rows)
-        _table_gradients(grad, net, ws, rows, update)
+        _lookups(net, marks, batch.X, batch.order, start, rows)
+        _table_gradients(grad, net, ws, marks, rows, update)
     penalty = reg.weight_penalty * scale
     clip = update and reg.clip_norm > 0
     fused = update and not clip
@@ -390,7 +399,7 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
         for part in range(n_parts):
             total += grad_squares[part]
         if tables:
-            total += _touched_table_rows(opt, hyper, params, grad, coef, net, ws, rows, update)
+            total += _touched_table_rows(opt, hyper, params, grad, coef, net, marks, rows, update)
         coef = grad.dtype.type(min(1.0, reg.clip_norm / (math.sqrt(total) + 1e-6)))
         for part in prange(n_parts):
             fp_mode = flush_denormals()
@@ -398,7 +407,7 @@ def batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, 
             update_range(opt, hyper, params, grad, coef, lo, hi)
             restore_fp_mode(fp_mode)
     if tables and update:
-        _touched_table_rows(opt, hyper, params, grad, coef, net, ws, rows, no)
+        _touched_table_rows(opt, hyper, params, grad, coef, net, marks, rows, no)
     return loss
 
 
@@ -440,7 +449,7 @@ def _add_weight_penalty(grad, params, net, weight_l2, lo, hi):
 
 
 @jit
-def train_epoch(totals, params, net, ws, reg, opt, hyper, batch, batch_size, n_parts):
+def train_epoch(totals, params, net, ws, marks, reg, opt, hyper, batch, batch_size, n_parts):
     """Mini-batch training over the rows in batch.order, updating params and opt in place.
 
     Each batch's loss is a mean (weighted by batch.weights when given: sum w_i loss_i / sum w_i).
@@ -467,7 +476,7 @@ def train_epoch(totals, params, net, ws, reg, opt, hyper, batch, batch_size, n_p
             if batch_weight <= 0:
                 continue  # nothing to learn from an all-zero-weight batch
         scale = params.dtype.type(1.0) / params.dtype.type(batch_weight * net.loss_elements)
-        batch_loss = batch_gradient(params, net, ws, reg, opt, hyper, batch, start, m, scale, min(n_parts, m),
+        batch_loss = batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, m, scale, min(n_parts, m),
                                     zero, update)
         if not math.isfinite(batch_loss):
             totals[0] = np.nan
@@ -479,7 +488,7 @@ def train_epoch(totals, params, net, ws, reg, opt, hyper, batch, batch_size, n_p
 
 
 @jit
-def loss_and_gradient(params, net, ws, reg, opt, hyper, X, Y, weights, n_parts):
+def loss_and_gradient(params, net, ws, marks, reg, opt, hyper, X, Y, weights, n_parts):
     """Mean (or weighted mean) loss over all rows of X and its gradient (into ws.grad), ws.capacity rows
     at a time. reg should carry no dropout or penalty; opt and hyper are not used (no step is taken)."""
     n = X.shape[0]
@@ -497,7 +506,7 @@ def loss_and_gradient(params, net, ws, reg, opt, hyper, X, Y, weights, n_parts):
     for start in range(0, n, ws.capacity):
         rows = min(ws.capacity, n - start)
         beta = params.dtype.type(0.0 if start == 0 else 1.0)
-        total += batch_gradient(params, net, ws, reg, opt, hyper, batch, start, rows, scale, min(n_parts, rows),
+        total += batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, scale, min(n_parts, rows),
                                 beta, update)
     return total / (total_weight * net.loss_elements)
 

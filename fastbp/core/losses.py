@@ -70,15 +70,17 @@ def row_loss_and_delta(code, huber_delta, z, y, d, scale, smoothing=0.0):
             d[j] = e
             total += e
         inv_total = one / total
-        spread = z.dtype.type(smoothing / n_out) * scale
         for j in range(n_out):
-            d[j] = d[j] * inv_total * scale - spread
-        d[label] -= scale - z.dtype.type(smoothing) * scale
+            d[j] = d[j] * inv_total * scale
+        d[label] -= scale
         loss = float(np.log(total) + z_max - z[label])
-        if smoothing > 0:  # -(1 - eps) log p_label - eps/n_out sum_j log p_j
+        if smoothing > 0:  # -(1 - eps) log p_label - eps/n_out sum_j log p_j: its own pass, free when off
+            spread = z.dtype.type(smoothing / n_out) * scale
             mean_z = 0.0
             for j in range(n_out):
+                d[j] -= spread
                 mean_z += float(z[j])
+            d[label] += z.dtype.type(smoothing) * scale
             loss += smoothing * (float(z[label]) - mean_z / n_out)
         if code == SKLEARN_LOG_LOSS:
             loss = min(max(loss, least), most)

@@ -179,14 +179,13 @@ def update_all(opt, hyper, params, grad, grad_scale, net, touched):
         update_range(opt, hyper, params, grad, grad_scale, blk * block, min(n, (blk + 1) * block))
         restore_fp_mode(fp_mode)
     base = 0
-    for e in range(net.emb_dims.size):
-        d = net.emb_dims[e]
-        for r in range(net.emb_rows[e]):
+    for e in range(net.tables.shape[0]):
+        n_rows, d, offset = net.tables[e, 0], net.tables[e, 1], net.tables[e, 2]
+        for r in range(n_rows):
             if touched[base + r] != 0:
-                g0 = net.emb_offsets[e] + r * d
-                update_range(opt, hyper, params, grad, grad_scale, g0, g0 + d)
+                update_range(opt, hyper, params, grad, grad_scale, offset + r * d, offset + (r + 1) * d)
                 touched[base + r] = 0
-        base += net.emb_rows[e]
+        base += n_rows
 
 
 @jit

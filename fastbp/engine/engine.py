@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from ..core import kernels
-from ..core.bundles import make_batch
+from ..core.bundles import TABLE_ROWS, make_batch
 from ..core.compile import announced_compiles
 from ..core.threads import ThreadChooser, resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
@@ -68,11 +68,12 @@ class Engine:
         return self.state.params
 
     def workspace(self, capacity, purpose="train"):
-        """The run's workspace for at least `capacity` rows (one per purpose, grown when needed)."""
-        ws = self._workspaces.get(purpose)
+        """The run's workspace and table marks for at least `capacity` rows (one per purpose, grown when needed)."""
+        ws, marks = self._workspaces.get(purpose, (None, None))
         if ws is None or ws.capacity < capacity:
-            ws = self._workspaces[purpose] = full_data.workspace(self.net, capacity, self.params.dtype)
-        return ws
+            ws, marks = self._workspaces[purpose] = (full_data.workspace(self.net, capacity, self.params.dtype),
+                                                     full_data.table_marks(self.net, capacity, self.params.dtype))
+        return ws, marks
 
     # ------------------------------------------------------------------ steps
     def hyper(self, epoch):
@@ -98,7 +99,7 @@ class Engine:
         batch_size = min(batch_size or self.batch_size, len(order))
         if batch_size == 0:
             return 0.0, 0.0
-        ws = self.workspace(batch_size)
+        ws, marks = self.workspace(batch_size)
         reg = self._regularization(dropout_seed)
         groups = self.threads_for_rows(batch_size)
         totals = np.zeros(3)  # loss sum, weight sum, sum of batch means x rows (kernels.train_epoch)
@@ -107,7 +108,7 @@ class Engine:
         with thread_limits(groups), announced_compiles("training"):
             for first, count, _ in self._thread_chooser.segments(n_batches, groups):
                 segment = batch._replace(order=batch.order[first * batch_size:(first + count) * batch_size])
-                kernels.train_epoch(totals, self.params, self.net, ws, reg, self.state.optimizer, hyper, segment,
+                kernels.train_epoch(totals, self.params, self.net, ws, marks, reg, self.state.optimizer, hyper, segment,
                                     batch_size, groups)
                 if not math.isfinite(totals[0]):
                     return math.nan, math.nan
@@ -120,20 +121,21 @@ class Engine:
     @property
     def n_table_rows(self):
         """Rows of every embedding table together: the length of the `touched` marks."""
-        return int(self.net.emb_rows.sum())
+        return int(self.net.tables[:, TABLE_ROWS].sum())
 
     def batch_gradient(self, grad, X, Y, weights, order, start, rows, scale, hyper, dropout_seed=None,
                        touched=None):
         """The gradient of scale * (loss sum of rows order[start:start+rows]) into `grad`, no step; the loss sum.
         touched (n_table_rows, model dtype, zeroed by the caller): the embedding table rows the batch looked up
         are marked non-zero there (apply_gradient steps those)."""
-        if touched is None:
-            touched = np.zeros(self.n_table_rows, dtype=self.params.dtype)
-        ws = self.workspace(rows, "gradient")._replace(grad=grad, touched=touched)
+        ws, marks = self.workspace(rows, "gradient")
+        ws = ws._replace(grad=grad)
+        if touched is not None:
+            marks = marks._replace(touched=touched)
         zero = self.params.dtype.type(0.0)
         threads = self.threads_for_rows(rows)
         with thread_limits(threads):
-            return kernels.batch_gradient(self.params, self.net, ws, self._regularization(dropout_seed),
+            return kernels.batch_gradient(self.params, self.net, ws, marks, self._regularization(dropout_seed),
                                           self.state.optimizer, hyper,
                                           make_batch(X, Y, weights, order), start, rows,
                                           self.params.dtype.type(scale), min(threads, rows), zero, False)

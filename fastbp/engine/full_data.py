@@ -9,7 +9,8 @@ from scipy.special import expit
 
 from ..core import kernels
 from ..core.activations import GELU
-from ..core.bundles import make_hyper, make_optimizer, make_regularization, make_workspace
+from ..core.bundles import (TABLE_DIM, TABLE_ROWS, make_hyper, make_optimizer, make_regularization, make_table_marks,
+                            make_workspace)
 from ..core.compile import announced_compiles
 from ..core.threads import resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
@@ -21,9 +22,13 @@ GRADIENT_BLOCK_ROWS = 4096  # rows per block of the full-data gradient
 
 def workspace(net, capacity, dtype, grad=None):
     """A Workspace for `capacity` rows of this net (gelu pre-activations only when a layer uses gelu)."""
-    n_params = net.n_layer_params + int((net.emb_rows * net.emb_dims).sum())
-    return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity, n_params, dtype, grad,
-                          int(net.emb_rows.sum()), net.emb_dims.size)
+    n_params = net.n_layer_params + int((net.tables[:, TABLE_ROWS] * net.tables[:, TABLE_DIM]).sum())
+    return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity, n_params, dtype, grad)
+
+
+def table_marks(net, capacity, dtype, touched=None):
+    """The embedding tables' TableMarks for batches of up to `capacity` rows of this net."""
+    return make_table_marks(int(net.tables[:, TABLE_ROWS].sum()), len(net.tables), capacity, dtype, touched)
 
 
 def forward(params, net, X, n_threads=None):
@@ -50,7 +55,7 @@ class FullGradient:
         block = min(X.shape[0], GRADIENT_BLOCK_ROWS)
         n_threads = threads_for(resolve_n_threads(n_threads), block * flops_per_row(net.sizes))
         self.net = net
-        self.ws = workspace(net, block, dtype)
+        self.ws, self.marks = workspace(net, block, dtype), table_marks(net, block, dtype)
         self.reg = make_regularization(np.zeros(net.sizes.size - 1), dtype)
         self.inert, self.no_hyper = make_optimizer(SGD, 0, dtype, ()), make_hyper(1.0)
         self.X, self.Y, self.weights, self.n_threads = X, Y, weights, n_threads
@@ -58,8 +63,8 @@ class FullGradient:
     def __call__(self, params, grad):
         """Mean loss at `params`; its gradient into `grad`."""
         with thread_limits(self.n_threads), announced_compiles("full-data gradient"):
-            loss = kernels.loss_and_gradient(params, self.net, self.ws._replace(grad=grad), self.reg, self.inert,
-                                             self.no_hyper, self.X, self.Y, self.weights, self.n_threads)
+            loss = kernels.loss_and_gradient(params, self.net, self.ws._replace(grad=grad), self.marks, self.reg,
+                                             self.inert, self.no_hyper, self.X, self.Y, self.weights, self.n_threads)
         return loss
 
 

@@ -25,7 +25,8 @@ def build_net(layer_sizes, hidden_activations, loss, huber_delta=1.0, mean_over_
     code = SKLEARN_LOSS_CODES[loss] if loss in SKLEARN_LOSS_CODES else loss_code(loss)
     return layout, make_net(layout.sizes, layout.w_offsets, codes, code, huber_delta,
                             elements_per_row(code, layout.n_out) if mean_over_outputs else 1, layout.n_dense,
-                            layout.emb_rows, layout.emb_dims, layout.emb_offsets, layout.n_layer_params)
+                            np.column_stack([layout.emb_rows, layout.emb_dims, layout.emb_offsets]),
+                            layout.n_layer_params)
 
 
 def no_regularization(net, dtype, weight_penalty=0.0):
