@@ -32,8 +32,15 @@ layer (acts: layer l, l = 0 the input and l = L the logits, is a row-major
 at the same offsets (zs, empty when no layer uses gelu), and the deltas of
 every layer's outputs at the same offsets (deltas; the input block is unused).
 
+Embedding tables (Net.tables) sit after the layers in params. The gather copies
+each row's category codes' table rows into the input block; the backward pass
+computes those inputs' deltas (one GEMM on W_0's embedded rows); then, serially,
+each looked-up row's gradient is zeroed, summed and marked (TableMarks), and the
+optimizer steps the marked rows only, so a batch costs the same whatever a
+table's size. The dense regions run over the layers' parameters only.
+
 Kernels take the typed bundles of fastbp.core.bundles (Net, Regularization,
-Optimizer, Workspace, Batch), outputs first, so each compiles once per dtype
+Optimizer, Workspace, TableMarks, Batch), outputs first, so each compiles once per dtype
 whatever the layer count or batch size. Options that are off cost nothing
 measurable: sample weights are an empty array, dropout a vector of zeros,
 clipping 0.
