@@ -75,8 +75,9 @@ class EarlyStopping(Callback):
         _check_monitor(self.monitor, log_keys)
 
     def on_train_begin(self, trainer):
+        # the next fit carries on continue_from's counts; later fits start afresh, as without it
         self.best, self.best_epoch, self.wait, self._snapshot = self._earlier or (None, None, 0, None)
-        self.stopped_epoch = None
+        self._earlier, self.stopped_epoch = None, None
 
     def _observe(self, epoch, value):
         """Count one epoch's value; True when it improved on the best."""
