@@ -1027,9 +1027,10 @@ def _checked_impute(value):
 
 
 def _encoded_columns(prep):
-    """Which columns take more than one input (one per category), for messages."""
-    wide = [f"{c!r} one per category: {len(cats)}" for c, cats in zip(prep.features, prep.state["categories"])
-            if cats is not None]
+    """Which columns take more than one input (one per category, or an embedding's width), for messages."""
+    embed = prep.state.get("embed") or [None] * len(prep.features)
+    wide = [f"{c!r} one per category: {len(cats)}" if d is None else f"{c!r} an embedding {d} wide"
+            for c, cats, d in zip(prep.features, prep.state["categories"], embed) if cats is not None]
     return "; ".join(wide[:5]) + ("; ..." if len(wide) > 5 else "") if wide else "one per column"
 
 

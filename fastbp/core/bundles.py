@@ -20,8 +20,9 @@ class Net(NamedTuple):
     loss_elements: int       # terms one row adds to the mean (1 for cross_entropy, n_out otherwise)
     # categorical embeddings (fastbp.core.layout): X holds n_dense inputs, then one category code per table;
     # tables[e] = (rows, dim, offset): table e's rows (its last for unknown codes) of dim values start at offset in
-    # params, after every layer's parameters (the first n_layer_params). One array, not three: each array field
-    # of a bundle costs every kernel call that passes it (measured: narrow's batches 18 % slower with three)
+    # params, after every layer's parameters (the first n_layer_params). One array, not three: with three here and
+    # two more in the Workspace, narrow's epochs ran 18 % slower; one array each brought that to 6 %, and the
+    # gather without tables as before (kernels._gather_rows) the rest
     n_dense: int
     tables: np.ndarray       # int64 (n_tables, 3)
     n_layer_params: int
@@ -121,8 +122,8 @@ def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None):
 
 
 class TableMarks(NamedTuple):
-    """The embedding tables' bookkeeping of a batch, apart from the Workspace because the row-parallel regions
-    never read it (every array a parallel region takes costs each launch): a mark per table row (zero between
+    """The embedding tables' bookkeeping of a batch, apart from the Workspace, which every row-parallel region
+    takes, because those regions never read it: a mark per table row (zero between
     batches; a batch marks the rows it looked up) and, per workspace row and table, the mark's index and the
     parameter offset of the table row looked up."""
     touched: np.ndarray      # model dtype (rows of every table)

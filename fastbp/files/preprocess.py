@@ -44,7 +44,7 @@ class Categorical(NamedTuple):
 
     def dim_for(self, column, n_categories):
         """The embedding width of a column with n_categories categories, or None for one-hot. The rule: fastai's
-        1.6 * n^0.56, rounded, capped at 32 (wider tables measured no better on the panel and cost more)."""
+        1.6 * n^0.56, rounded, capped at 32 (our cap, not measured against wider ones)."""
         if self.mode == "onehot" or (self.mode == "auto" and n_categories <= self.onehot_max):
             return None
         dims = self.dim if isinstance(self.dim, dict) else {}
