@@ -39,11 +39,16 @@ class Trainer:
     log-rates, as PyTorch's PoissonNLLLoss(log_input=True) takes them) itself, as PyTorch's losses do.
     Optimizer hyper-parameters left at None take torch.optim's defaults for that optimizer.
     n_threads is a run setting, not part of the model: a saved model loads under any thread count.
+    ensemble=k > 1 trains k members together on the same batches (TabM-mini, Gorishniy et al. 2025): every layer
+    but the last is shared, each member reads the inputs through its own adapter (a vector of random signs to
+    start) and has its own output layer; each member trains on its own loss (the loss reported is their mean)
+    and predictions are the mean of the members' probabilities or values.
     """
 
     # defined at construction (fastbp.attributes): assigning one later is refused
     layer_sizes = Fixed()
     embeddings = Fixed()
+    ensemble = Fixed()
     activation = Fixed()
     loss = Fixed()
     huber_delta = Fixed()
@@ -90,12 +95,14 @@ class Trainer:
                  amsgrad=False, alpha=0.99, centered=False, l1=0.0, clip_grad_norm=None, dropout=0.0,
                  huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1,
                  impute=None, max_categories=1000, numeric="standard", numeric_bins=16, hidden=None,
-                 embeddings=None, categorical="auto", onehot_max=128, embedding_dim=None, label_smoothing=0.0):
+                 embeddings=None, categorical="auto", onehot_max=128, embedding_dim=None, label_smoothing=0.0,
+                 ensemble=1):
         if (layer_sizes is None) == (hidden is None):
             raise InputError("give layer_sizes=[n_in, hidden..., n_out], or hidden=(widths...) to take n_in and n_out "
                              "from the first fit's data" + ("" if layer_sizes is None else ", not both"))
         if layer_sizes is not None:
             layer_sizes = check_layer_sizes(layer_sizes)
+        self.ensemble = check_int("ensemble", ensemble, 1)
         # tables for an array's category codes (a table's categorical columns bring their own at the first fit)
         self._given_embeddings = None if embeddings is None else check_embeddings(
             embeddings, layer_sizes[0] if layer_sizes is not None else None)
@@ -164,7 +171,8 @@ class Trainer:
         layer_sizes = check_layer_sizes(layer_sizes)
         activations = [self.activation] * self._n_hidden if isinstance(self.activation, str) else self.activation
         embeddings = self._given_embeddings if embeddings is None else embeddings
-        layout, net = build_net(layer_sizes, activations, self.loss, self.huber_delta, embeddings=embeddings or ())
+        layout, net = build_net(layer_sizes, activations, self.loss, self.huber_delta, embeddings=embeddings or (),
+                                members=self.ensemble)
         self.embeddings = [list(t) for t in layout.embeddings] if layout.embeddings else None
         if self.loss == "cross_entropy" and layout.n_out < 2:
             raise InputError("cross_entropy needs at least 2 outputs (layer_sizes[-1] >= 2); "
@@ -243,7 +251,8 @@ class Trainer:
 
     @property
     def layers(self):
-        """[(W, b)] live views into params; W has shape (n_in, n_out)."""
+        """[(W, b)] live views into params; W has shape (n_in, n_out). An ensemble's last layer is a list of
+        (W, b), a head per member (its input adapters: layout.adapters(params))."""
         return self.layout.views(self.params)
 
     @property
@@ -565,10 +574,13 @@ class Trainer:
             # anything that size is allocated
             sizes = check_layer_sizes(init_args.get("layer_sizes"))
             tables = check_embeddings(init_args.get("embeddings") or (), sizes[0])
-            n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])) + sum(r * d for r, d in tables)
+            members = check_int("ensemble", init_args.get("ensemble", 1), 1)
+            fans = [a * b + b for a, b in zip(sizes[:-1], sizes[1:])]
+            n_params = sum(fans[:-1]) + members * fans[-1] + (members * sizes[0] if members > 1 else 0) + sum(
+                r * d for r, d in tables)
             if arrays["params"].shape != (n_params,):  # Python ints above: no overflow
-                raise InputError(f"layer_sizes {init_args.get('layer_sizes')} and embeddings {tables} need "
-                                 f"{n_params} parameters, the file holds {arrays['params'].shape}")
+                raise InputError(f"layer_sizes {init_args.get('layer_sizes')}, embeddings {tables} and ensemble "
+                                 f"{members} need {n_params} parameters, the file holds {arrays['params'].shape}")
             init_args.pop("n_threads", None)  # files from before n_threads became a run setting
             trainer = cls(**init_args, comm=comm, n_threads=n_threads)
             state = {name[4:]: a for name, a in arrays.items() if name.startswith("opt_") and name != "opt_step"}
@@ -654,11 +666,19 @@ class Trainer:
             output = {"cross_entropy": "softmax in the loss", "binary_cross_entropy": "sigmoid in the loss",
                       "poisson": "exp in the loss"}.get(self.loss, "linear")
             rows = [("layer", "shape", "activation", "parameters")]
-            for i, ((W, b), act) in enumerate(zip(self.layers, hidden + [output])):
-                rows.append((str(i + 1), f"{W.shape[0]} -> {W.shape[1]}", act, f"{W.size + b.size:,}"))
+            for i, (layer, act) in enumerate(zip(self.layers, hidden + [output])):
+                heads = layer if isinstance(layer, list) else [layer]  # an ensemble's last layer: a head per member
+                W = heads[0][0]
+                rows.append((str(i + 1), f"{W.shape[0]} -> {W.shape[1]}" + (f" x {len(heads)} heads" if len(heads) > 1
+                                                                             else ""),
+                             act, f"{sum(W.size + b.size for W, b in heads):,}"))
             widths = [max(len(r[k]) for r in rows) for k in range(4)]
             lines = [f"Trainer: MLP {self.layer_sizes}, {self.layout.n_params:,} parameters, {self.dtype}"]
             lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+            if self.ensemble > 1:
+                lines.append(f"an ensemble of {self.ensemble} members: layer 1 reads each member's input adapter "
+                             f"({self.ensemble} x {self.layer_sizes[0]} parameters), the other layers are shared, "
+                             "the heads are the members' own; predictions are their mean")
             if self.embeddings:
                 lines.append("embedding tables (rows, dim) read by layer 1: " + ", ".join(
                     f"{r} x {d}" for r, d in self.embeddings))
@@ -704,7 +724,7 @@ class Trainer:
                 "impute": self.impute, "max_categories": self.max_categories, "numeric": self.numeric,
                 "numeric_bins": self.numeric_bins, "embeddings": self.embeddings, "categorical": self.categorical,
                 "onehot_max": self.onehot_max, "embedding_dim": self.embedding_dim,
-                "label_smoothing": self.label_smoothing}
+                "label_smoothing": self.label_smoothing, "ensemble": self.ensemble}
         args.update(self.optimizer_settings.settings())
         return args
 

@@ -245,9 +245,9 @@ def test_a_model_from_a_newer_fastbp_names_the_settings_this_one_lacks(tmp_path)
     from fastbp.files.modelfile import read_model, write_model
     fastbp.Trainer([3, 2], epochs=1).fit(np.eye(3), [0, 1, 0]).save(tmp_path / "m.fbp")
     config, arrays = read_model(tmp_path / "m.fbp")
-    config["init_args"]["ensemble"] = 8
+    config["init_args"]["mixture_of_experts"] = 8
     config["fastbp_version"] = "9.9"
     write_model(tmp_path / "new.fbp", config, arrays)
     with pytest.raises(fastbp.ModelFileError, match=r"written by fastbp '9.9' with settings this fastbp .* does "
-                                                    r"not know: ensemble; load it with that version or a newer"):
+                                                    r"not know: mixture_of_experts; load it with that version or a newer"):
         fastbp.load(tmp_path / "new.fbp")

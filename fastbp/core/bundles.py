@@ -26,14 +26,17 @@ class Net(NamedTuple):
     n_dense: int
     tables: np.ndarray       # int64 (n_tables, 3)
     n_layer_params: int
+    # an ensemble of `members` (fastbp.core.layout): every layer but the last shared, a head per member, and the
+    # members' input adapters (members x sizes[0]) ending the layers' parameters; 1: one model
+    members: int
 
 
 TABLE_ROWS, TABLE_DIM, TABLE_OFFSET = range(3)  # the columns of Net.tables
 
 
 def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements, n_dense=None, tables=None,
-             n_layer_params=None):
-    """tables: (rows, dim, offset) per embedding table, or None."""
+             n_layer_params=None, members=1):
+    """tables: (rows, dim, offset) per embedding table, or None; n_layer_params must be given for an ensemble."""
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
     w_offsets = np.ascontiguousarray(w_offsets, dtype=np.int64)
     if n_layer_params is None:
@@ -41,7 +44,8 @@ def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements,
     tables = np.zeros((0, 3), dtype=np.int64) if tables is None or not len(tables) else \
         np.ascontiguousarray(tables, dtype=np.int64).reshape(-1, 3)
     return Net(sizes, w_offsets, np.ascontiguousarray(act_codes, dtype=np.int64), int(loss_code), float(huber_delta),
-               int(loss_elements), int(sizes[0] if n_dense is None else n_dense), tables, int(n_layer_params))
+               int(loss_elements), int(sizes[0] if n_dense is None else n_dense), tables, int(n_layer_params),
+               int(members))
 
 
 class Regularization(NamedTuple):
@@ -105,7 +109,8 @@ def make_optimizer(code, n_params, dtype, state_names, step=0):
 
 
 class Workspace(NamedTuple):
-    """Buffers for up to `capacity` rows (see fastbp.core.kernels) and one gradient vector."""
+    """Buffers for up to `capacity` rows (see fastbp.core.kernels) and one gradient vector. An ensemble's
+    members each take a batch's rows: its capacity is members x the batch rows."""
     acts: np.ndarray
     zs: np.ndarray
     deltas: np.ndarray
@@ -113,10 +118,11 @@ class Workspace(NamedTuple):
     capacity: int
 
 
-def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None):
-    """Activations, gelu pre-activations (only when a layer uses gelu), deltas and a gradient."""
+def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None, ensemble=False):
+    """Activations, pre-activations (when a layer uses gelu, or for an ensemble, whose input block holds the
+    inputs before the members' adapters), deltas and a gradient."""
     width = int(capacity) * int(np.sum(sizes))
-    return Workspace(np.empty(width, dtype=dtype), np.empty(width if uses_gelu else 0, dtype=dtype),
+    return Workspace(np.empty(width, dtype=dtype), np.empty(width if uses_gelu or ensemble else 0, dtype=dtype),
                      np.empty(width, dtype=dtype), np.empty(n_params, dtype=dtype) if grad is None else grad,
                      int(capacity))
 

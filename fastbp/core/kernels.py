@@ -92,28 +92,64 @@ def _split(n, part, n_parts):
 
 
 @jit
-def _gather_rows(params, net, X, order, start, row0, rows, acts):
-    """Rows order[start+row0 : start+row0+rows] of X into the input block: the dense inputs, then for each
-    embedding table the row its category code picks."""
+def _gather_rows(params, net, X, order, start, row0, rows, m, acts, zs):
+    """Workspace rows [row0, row0+rows) of a batch of m rows order[start:start+m] of X into the input block: the
+    dense inputs, then for each embedding table the row its category code picks. An ensemble's member e takes
+    workspace rows [e*m, (e+1)*m): its inputs go into zs's input block and times its adapter into acts'."""
     n_in = net.sizes[0]
-    n_dense = net.n_dense
-    if n_dense == n_in:  # no tables: X's rows as they are (the loop the compiler vectorizes best)
+    if net.members > 1:
+        adapters = _adapter_offset(net)
+        for i in range(row0, row0 + rows):
+            e = i // m
+            _gather_row(params, net, X, order[start + i - e * m], zs, i * n_in)
+            for j in range(n_in):
+                acts[i * n_in + j] = zs[i * n_in + j] * params[adapters + e * n_in + j]
+        return
+    if net.n_dense == n_in:  # no tables: X's rows as they are (the loop the compiler vectorizes best)
         for i in range(row0, row0 + rows):
             src = order[start + i]
             for j in range(n_in):
                 acts[i * n_in + j] = X[src, j]
         return
     for i in range(row0, row0 + rows):
-        src = order[start + i]
-        for j in range(n_dense):
-            acts[i * n_in + j] = X[src, j]
-        at = i * n_in + n_dense
-        for e in range(net.tables.shape[0]):
-            n_rows, d, offset = net.tables[e, 0], net.tables[e, 1], net.tables[e, 2]
-            t0 = offset + _code(X[src, n_dense + e], n_rows) * d
-            for k in range(d):
-                acts[at + k] = params[t0 + k]
-            at += d
+        _gather_row(params, net, X, order[start + i], acts, i * n_in)
+
+
+@jit
+def _gather_row(params, net, X, src, out, at):
+    """X's row src into out[at:]: its dense inputs, then each embedding table's row for its category code."""
+    n_dense = net.n_dense
+    for j in range(n_dense):
+        out[at + j] = X[src, j]
+    at += n_dense
+    for e in range(net.tables.shape[0]):
+        n_rows, d, offset = net.tables[e, 0], net.tables[e, 1], net.tables[e, 2]
+        t0 = offset + _code(X[src, n_dense + e], n_rows) * d
+        for k in range(d):
+            out[at + k] = params[t0 + k]
+        at += d
+
+
+@jit
+def _adapter_offset(net):
+    """Where an ensemble's input adapters (members x sizes[0]) start: they end the layers' parameters."""
+    return net.n_layer_params - net.members * net.sizes[0]
+
+
+@jit
+def _n_blocks(net, l):
+    """Parameter blocks of layer l: a head per member for an ensemble's last layer, else one."""
+    return net.members if l == net.sizes.size - 2 else 1
+
+
+@jit
+def _block(net, l, e, m, row0, rows):
+    """Layer l's parameter block e (_n_blocks): the workspace rows of [row0, row0+rows) it acts on, [lo, hi)
+    (member e's of a batch of m rows, for a head), and the start of its W (its b follows)."""
+    if l == net.sizes.size - 2 and net.members > 1:
+        n_in, n_out = net.sizes[l], net.sizes[l + 1]
+        return max(row0, e * m), min(row0 + rows, (e + 1) * m), net.w_offsets[l] + e * (n_in * n_out + n_out)
+    return row0, row0 + rows, net.w_offsets[l]
 
 
 @jit
@@ -126,11 +162,12 @@ def _code(value, n_rows):
 
 
 @jit
-def _lookups(net, marks, X, order, start, rows):
-    """For workspace rows [0, rows) and each table, into marks.lookups: the row's mark index in marks.touched
-    (the tables' rows in order) and the start of the table row it looks up in the flat parameters."""
+def _lookups(net, marks, X, order, start, rows, m):
+    """For workspace rows [0, rows) (of a batch of m rows) and each table, into marks.lookups: the row's mark index
+    in marks.touched (the tables' rows in order) and the start of the table row it looks up in the flat
+    parameters."""
     for i in range(rows):
-        src = order[start + i]
+        src = order[start + i % m]
         base = 0
         for e in range(net.tables.shape[0]):
             n_rows, d, offset = net.tables[e, 0], net.tables[e, 1], net.tables[e, 2]
@@ -141,11 +178,12 @@ def _lookups(net, marks, X, order, start, rows):
 
 
 @jit
-def _table_gradients(grad, net, ws, marks, rows, zero_rows):
-    """Add the input deltas of each embedded column of workspace rows [0, rows) into the gradient row of the
-    category it looked up (_lookups), and mark that row in marks.touched. zero_rows: zero the marked gradient rows
-    first (a training step, which touches those rows only); otherwise add to the gradient as it is (blocks of a
-    whole-data gradient, or a distributed step, whose table gradients start zeroed)."""
+def _table_gradients(grad, params, net, ws, marks, rows, m, zero_rows):
+    """Add the input deltas of each embedded column of workspace rows [0, rows) (of a batch of m rows) into the
+    gradient row of the category it looked up (_lookups), through an ensemble member's adapter, and mark that row
+    in marks.touched. zero_rows: zero the marked gradient rows first (a training step, which touches those rows
+    only); otherwise add to the gradient as it is (blocks of a whole-data gradient, or a distributed step, whose
+    table gradients start zeroed)."""
     n_in = net.sizes[0]
     n_tables = net.tables.shape[0]
     for i in range(rows):
@@ -154,13 +192,19 @@ def _table_gradients(grad, net, ws, marks, rows, zero_rows):
             if zero_rows and marks.touched[mark] == 0:
                 grad[g0:g0 + net.tables[e, 1]] = 0
             marks.touched[mark] = 1
+    adapters = _adapter_offset(net)
     for i in range(rows):
         at = i * n_in + net.n_dense  # the input block starts the deltas buffer
+        adapter = adapters + (i // m) * n_in - i * n_in  # + at: the adapter entry of the delta at `at`
         for e in range(n_tables):
             d = net.tables[e, 1]
             g0 = marks.lookups[i, e, 1]
-            for k in range(d):
-                grad[g0 + k] += ws.deltas[at + k]
+            if net.members > 1:
+                for k in range(d):
+                    grad[g0 + k] += ws.deltas[at + k] * params[adapter + at + k]
+            else:
+                for k in range(d):
+                    grad[g0 + k] += ws.deltas[at + k]
             at += d
 
 
@@ -182,12 +226,13 @@ def _touched_table_rows(opt, hyper, params, grad, grad_scale, net, marks, rows, 
 
 
 @jit
-def _forward_rows(params, net, ws, dropout, dropout_seed, t, order, start, row0, rows):
-    """Forward pass of workspace rows [row0, row0+rows) through every layer: a = f(a_in @ W + b).
+def _forward_rows(params, net, ws, dropout, dropout_seed, t, order, start, row0, rows, m):
+    """Forward pass of workspace rows [row0, row0+rows) of a batch of m rows through every layer:
+    a = f(a_in @ W + b), an ensemble member's rows through its own head.
 
     dropout[l] > 0 drops units of hidden layer l (training only; predict passes zeros). Masks are
-    keyed by the data row order[start + i], not the workspace row, so they do not depend on how a
-    batch is split over threads or MPI ranks.
+    keyed by the data row order[start + i] (and the member), not the workspace row, so they do not
+    depend on how a batch is split over threads or MPI ranks.
     """
     one = params.dtype.type(1.0)
     zero = params.dtype.type(0.0)
@@ -198,27 +243,39 @@ def _forward_rows(params, net, ws, dropout, dropout_seed, t, order, start, row0,
     for l in range(n_layers):
         n_in = sizes[l]
         n_out = sizes[l + 1]
-        off_in = _offset(sizes, ws.capacity, l) + row0 * n_in
-        off_out = _offset(sizes, ws.capacity, l + 1) + row0 * n_out
-        w0 = net.w_offsets[l]
-        b = params[w0 + n_in * n_out:w0 + n_in * n_out + n_out]
         code = net.act_codes[l]
         z = zs if code == GELU else acts
-        gemm(False, False, rows, n_out, n_in, one, acts, off_in, n_in, params, w0, n_out, zero, z, off_out, n_out)
         p = dropout[l]
-        for i in range(rows):
-            r = off_out + i * n_out
-            if code == GELU:
-                gelu_bias_activate(zs[r:r + n_out], b, acts[r:r + n_out])
-            else:
-                bias_activate(acts[r:r + n_out], b, code)
-            if p > 0:
-                apply_mask(acts[r:r + n_out], p, row_key(dropout_seed, t, l, order[start + row0 + i]))
+        for e in range(_n_blocks(net, l)):
+            lo, hi, w0 = _block(net, l, e, m, row0, rows)
+            if hi <= lo:
+                continue
+            off_in = _offset(sizes, ws.capacity, l) + lo * n_in
+            off_out = _offset(sizes, ws.capacity, l + 1) + lo * n_out
+            b = params[w0 + n_in * n_out:w0 + n_in * n_out + n_out]
+            gemm(False, False, hi - lo, n_out, n_in, one, acts, off_in, n_in, params, w0, n_out, zero, z, off_out,
+                 n_out)
+            for i in range(hi - lo):
+                r = off_out + i * n_out
+                if code == GELU:
+                    gelu_bias_activate(zs[r:r + n_out], b, acts[r:r + n_out])
+                else:
+                    bias_activate(acts[r:r + n_out], b, code)
+                if p > 0:
+                    apply_mask(acts[r:r + n_out], p, row_key(dropout_seed, t, l, _mask_row(net, order, start, lo + i,
+                                                                                           m)))
 
 
 @jit
-def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale):
-    """Output delta and the deltas of every hidden layer for rows [row0, row0+rows); returns their loss sum.
+def _mask_row(net, order, start, i, m):
+    """The dropout masks' key of workspace row i of a batch of m rows: its data row, and its ensemble member."""
+    return order[start + i % m] * net.members + i // m
+
+
+@jit
+def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale):
+    """Output delta and the deltas of every hidden layer for workspace rows [row0, row0+rows) of a batch of m rows;
+    returns their loss sum. An ensemble's rows also get the input deltas (its adapters' gradients need them).
 
     With sample weights, row i's loss and delta count weights[i] times.
     """
@@ -236,47 +293,61 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale):
     loss = 0.0
     for i in range(rows):
         r = off + i * n_out
-        src = order[start + row0 + i]
+        src = order[start + (row0 + i) % m]
         w = weights[src] if weights.size else one
         loss += w * row_loss_and_delta(net.loss_code, huber_delta, acts[r:r + n_out], batch.Y[src],
                                        deltas[r:r + n_out], scale * w, reg.label_smoothing)
     for l in range(n_layers - 1, 0, -1):  # the input layer needs no delta
         n_in = sizes[l]
         n_out = sizes[l + 1]
-        d_off = _offset(sizes, ws.capacity, l + 1) + row0 * n_out
         din_off = _offset(sizes, ws.capacity, l) + row0 * n_in
-        # d_in = (d @ W^T) * f'(a_in)
-        gemm(False, True, rows, n_in, n_out, one, deltas, d_off, n_out, params, net.w_offsets[l], n_out,
-             zero, deltas, din_off, n_in)
+        _input_deltas(params, net, ws, l, row0, rows, m, 0, n_in)  # d_in = d @ W^T
         code = net.act_codes[l - 1]
         p = reg.dropout[l - 1]
         keep = one - p
         for i in range(rows):
             r = din_off + i * n_in
             if p > 0:
-                mask_delta(deltas[r:r + n_in], p, row_key(reg.dropout_seed, t, l - 1, order[start + row0 + i]))
+                mask_delta(deltas[r:r + n_in], p, row_key(reg.dropout_seed, t, l - 1,
+                                                          _mask_row(net, order, start, row0 + i, m)))
             scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], ws.zs[r:r + n_in], code, keep)
-    n_dense = net.n_dense
-    if n_dense < sizes[0]:  # embedded columns: the deltas of the looked-up rows, d_emb = d_1 @ W_0[n_dense:]^T
-        n_in = sizes[0]
-        n_out = sizes[1]
-        gemm(False, True, rows, n_in - n_dense, n_out, one, deltas, _offset(sizes, ws.capacity, 1) + row0 * n_out,
-             n_out, params, net.w_offsets[0] + n_dense * n_out, n_out, zero, deltas, row0 * n_in + n_dense, n_in)
+    # the input deltas an ensemble's adapters need (all), else the embedded columns' (the looked-up rows' deltas)
+    first = 0 if net.members > 1 else net.n_dense
+    if first < sizes[0]:
+        _input_deltas(params, net, ws, 0, row0, rows, m, first, sizes[0])
     return loss
 
 
 @jit
-def _forward_backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale):
-    """Rows order[start+row0 : start+row0+rows]: gathered, forward, output delta and hidden deltas; their loss sum."""
-    _gather_rows(params, net, batch.X, batch.order, start, row0, rows, ws.acts)
-    _forward_rows(params, net, ws, reg.dropout, reg.dropout_seed, t, batch.order, start, row0, rows)
-    return _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, scale)
+def _input_deltas(params, net, ws, l, row0, rows, m, j0, j1):
+    """Columns [j0, j1) of layer l's input deltas, d_in = d_out @ W_l^T, over workspace rows [row0, row0+rows)
+    (each ensemble member's through its own head)."""
+    one = params.dtype.type(1.0)
+    zero = params.dtype.type(0.0)
+    sizes = net.sizes
+    n_in, n_out = sizes[l], sizes[l + 1]
+    for e in range(_n_blocks(net, l)):
+        lo, hi, w0 = _block(net, l, e, m, row0, rows)
+        if hi > lo:
+            gemm(False, True, hi - lo, j1 - j0, n_out, one, ws.deltas, _offset(sizes, ws.capacity, l + 1) + lo * n_out,
+                 n_out, params, w0 + j0 * n_out, n_out, zero, ws.deltas, _offset(sizes, ws.capacity, l) + lo * n_in + j0,
+                 n_in)
 
 
 @jit
-def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, part, n_parts, beta, weight_l2, update,
+def _forward_backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale):
+    """Workspace rows [row0, row0+rows) of the batch order[start:start+m]: gathered, forward, output delta and
+    hidden deltas; their loss sum."""
+    _gather_rows(params, net, batch.X, batch.order, start, row0, rows, m, ws.acts, ws.zs)
+    _forward_rows(params, net, ws, reg.dropout, reg.dropout_seed, t, batch.order, start, row0, rows, m)
+    return _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale)
+
+
+@jit
+def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_parts, beta, weight_l2, update,
                       measure):
-    """This part's slice of every layer's dW rows and db entries, over workspace rows [row0, row0+rows).
+    """This part's slice of every layer's dW rows and db entries, over workspace rows [row0, row0+rows) of a batch
+    of m rows (an ensemble's heads over their members' rows, then its adapters' slice).
 
     beta = 0 overwrites the gradient; beta = 1 adds to it (accumulating over blocks).
     weight_l2 > 0 adds weight_l2 * W to dW (scikit-learn's penalty: weights only, per
@@ -292,38 +363,73 @@ def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, part, n_par
     for l in range(n_layers):
         n_in = sizes[l]
         n_out = sizes[l + 1]
-        off_in = _offset(sizes, ws.capacity, l) + row0 * n_in
-        d_off = _offset(sizes, ws.capacity, l + 1) + row0 * n_out
-        w0 = net.w_offsets[l]
         k0, k1 = _split(n_in, part, n_parts)
-        # dW[k0:k1] = a_in[:, k0:k1]^T @ d
-        if k1 > k0:
-            gemm(True, False, k1 - k0, n_out, rows, one, ws.acts, off_in + k0, n_in, ws.deltas, d_off, n_out,
-                 beta, grad, w0 + k0 * n_out, n_out)
-            if weight_l2 > 0:
-                w = params[w0 + k0 * n_out:w0 + k1 * n_out]
-                dw = grad[w0 + k0 * n_out:w0 + k1 * n_out]
-                for i in range(w.size):
-                    dw[i] += weight_l2 * w[i]
-                    squares += float(w[i]) * float(w[i])
-            if measure:
-                grad_squares += _sum_squares(grad, w0 + k0 * n_out, w0 + k1 * n_out)
-            if update:
-                update_range(opt, hyper, params, grad, one, w0 + k0 * n_out, w0 + k1 * n_out)
         c0, c1 = _split(n_out, part, n_parts)
-        db = grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1]
-        if beta == 0:
-            db[:] = 0
-        for i in range(rows):
-            r = d_off + i * n_out
-            d_row = ws.deltas[r + c0:r + c1]
-            for j in range(c1 - c0):
-                db[j] += d_row[j]
-        if measure:
-            grad_squares += _sum_squares(grad, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
-        if update:
-            update_range(opt, hyper, params, grad, one, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
+        for e in range(_n_blocks(net, l)):
+            lo, hi, w0 = _block(net, l, e, m, row0, rows)
+            if hi <= lo:  # a head whose member has no rows here
+                if beta == 0:
+                    grad[w0 + k0 * n_out:w0 + k1 * n_out] = 0
+                    grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1] = 0
+                lo = hi
+            off_in = _offset(sizes, ws.capacity, l) + lo * n_in
+            d_off = _offset(sizes, ws.capacity, l + 1) + lo * n_out
+            # dW[k0:k1] = a_in[:, k0:k1]^T @ d
+            if k1 > k0:
+                if hi > lo:
+                    gemm(True, False, k1 - k0, n_out, hi - lo, one, ws.acts, off_in + k0, n_in, ws.deltas, d_off,
+                         n_out, beta, grad, w0 + k0 * n_out, n_out)
+                if weight_l2 > 0:
+                    w = params[w0 + k0 * n_out:w0 + k1 * n_out]
+                    dw = grad[w0 + k0 * n_out:w0 + k1 * n_out]
+                    for i in range(w.size):
+                        dw[i] += weight_l2 * w[i]
+                        squares += float(w[i]) * float(w[i])
+                if measure:
+                    grad_squares += _sum_squares(grad, w0 + k0 * n_out, w0 + k1 * n_out)
+                if update:
+                    update_range(opt, hyper, params, grad, one, w0 + k0 * n_out, w0 + k1 * n_out)
+            db = grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1]
+            if beta == 0:
+                db[:] = 0
+            for i in range(hi - lo):
+                r = d_off + i * n_out
+                d_row = ws.deltas[r + c0:r + c1]
+                for j in range(c1 - c0):
+                    db[j] += d_row[j]
+            if measure:
+                grad_squares += _sum_squares(grad, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
+            if update:
+                update_range(opt, hyper, params, grad, one, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
+    if net.members > 1:
+        grad_squares += _adapter_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_parts, beta,
+                                           update, measure)
     return squares, grad_squares
+
+
+@jit
+def _adapter_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_parts, beta, update, measure):
+    """This part's slice of an ensemble's adapter gradients, dR[e, j] = sum over member e's rows of x_j * d_j (the
+    inputs before the adapter, zs's input block, times the input deltas), stepped as _weight_gradients steps; the
+    slice's sum of gradient squares with `measure`."""
+    n_in = net.sizes[0]
+    k0, k1 = _split(n_in, part, n_parts)
+    grad_squares = 0.0
+    for e in range(net.members):
+        a0 = _adapter_offset(net) + e * n_in
+        g = grad[a0 + k0:a0 + k1]
+        if beta == 0:
+            g[:] = 0
+        for i in range(max(row0, e * m), min(row0 + rows, (e + 1) * m)):
+            x = ws.zs[i * n_in + k0:i * n_in + k1]
+            d = ws.deltas[i * n_in + k0:i * n_in + k1]
+            for j in range(k1 - k0):
+                g[j] += x[j] * d[j]
+        if measure:
+            grad_squares += _sum_squares(grad, a0 + k0, a0 + k1)
+        if update:
+            update_range(opt, hyper, params, grad, grad.dtype.type(1.0), a0 + k0, a0 + k1)
+    return grad_squares
 
 
 @jit
@@ -345,10 +451,15 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
     (torch.nn.utils.clip_grad_norm_), in two more regions once the whole gradient is known. The
     caller advances opt.step. Returns the loss sum of those rows (plus the penalty).
     Region 1 splits rows; region 2 sums per-thread slabs or splits the weights (module notes).
+    An ensemble's members each take the rows (members x rows workspace rows, member-major); the loss is the mean
+    of the members' (each trains on its own loss, as TabM's).
     """
     grad = ws.grad
     P = net.n_layer_params  # the layers' parameters; embedding tables follow them (only touched rows change)
     t = opt.step[0] + 1
+    m = rows
+    rows = m * net.members  # workspace rows from here on
+    scale = scale / params.dtype.type(net.members)
     slabs_path = beta == 0 and uses_slabs(P, net.sizes, rows, n_parts)
     slabs = np.empty((n_parts - 1) * P if slabs_path else 0, dtype=grad.dtype)
     zero = grad.dtype.type(0.0)
@@ -362,11 +473,11 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
         r0 = (part * rows) // n_parts
         r1 = ((part + 1) * rows) // n_parts
         if r1 > r0:
-            part_loss[part] = _forward_backward_rows(params, net, ws, reg, t, batch, start, r0, r1 - r0, scale)
+            part_loss[part] = _forward_backward_rows(params, net, ws, reg, t, batch, start, r0, r1 - r0, m, scale)
         if slabs_path:  # this thread's rows' whole gradient: thread 0 into grad, the others into a slab
             target = grad if part == 0 else slabs[(part - 1) * P:part * P]
             if r1 > r0:
-                _weight_gradients(target, params, net, ws, opt, hyper, r0, r1 - r0, first, one_part, zero, 0.0, no,
+                _weight_gradients(target, params, net, ws, opt, hyper, r0, r1 - r0, m, first, one_part, zero, 0.0, no,
                                   no)
             else:
                 target[:] = 0
@@ -374,14 +485,15 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
     loss = 0.0
     for part in range(n_parts):
         loss += part_loss[part]
+    loss /= net.members
     if not math.isfinite(loss):
         return loss
     tables = net.tables.shape[0] > 0
     if tables:
         if not update and beta == 0:
             grad[P:] = 0
-        _lookups(net, marks, batch.X, batch.order, start, rows)
-        _table_gradients(grad, net, ws, marks, rows, update)
+        _lookups(net, marks, batch.X, batch.order, start, rows, m)
+        _table_gradients(grad, params, net, ws, marks, rows, m, update)
     penalty = reg.weight_penalty * scale
     clip = update and reg.clip_norm > 0
     fused = update and not clip
@@ -394,7 +506,7 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
             squares[part], grad_squares[part] = _sum_slabs_and_step(grad, params, slabs, net, opt, hyper, penalty,
                                                                     fused, clip, lo, hi)
         else:
-            squares[part], grad_squares[part] = _weight_gradients(grad, params, net, ws, opt, hyper, first, rows,
+            squares[part], grad_squares[part] = _weight_gradients(grad, params, net, ws, opt, hyper, first, rows, m,
                                                                   np.int64(part), n_parts, beta, penalty, fused, clip)
         restore_fp_mode(fp_mode)
     if reg.weight_penalty > 0:
@@ -448,10 +560,11 @@ def _add_weight_penalty(grad, params, net, weight_l2, lo, hi):
     squares = 0.0
     sizes = net.sizes
     for l in range(sizes.size - 1):
-        w0 = net.w_offsets[l]
-        for i in range(max(lo, w0), min(hi, w0 + sizes[l] * sizes[l + 1])):
-            grad[i] += weight_l2 * params[i]
-            squares += float(params[i]) * float(params[i])
+        for e in range(_n_blocks(net, l)):
+            w0 = _block(net, l, e, 1, 0, 0)[2]
+            for i in range(max(lo, w0), min(hi, w0 + sizes[l] * sizes[l + 1])):
+                grad[i] += weight_l2 * params[i]
+                squares += float(params[i]) * float(params[i])
     return squares
 
 
@@ -466,7 +579,7 @@ def train_epoch(totals, params, net, ws, marks, reg, opt, hyper, batch, batch_si
     of batch loss sum / batch weight x batch rows (scikit-learn's epoch loss), all before dividing
     by net.loss_elements. totals[0] becomes NaN, and training stops, as soon as a batch's loss is
     not finite (that batch's update is not applied). n_parts: the row groups a batch is split
-    into, whichever threads run them. batch_size must not exceed ws.capacity.
+    into, whichever threads run them. batch_size x net.members must not exceed ws.capacity.
     """
     order = batch.order
     weights = batch.weights
@@ -510,8 +623,9 @@ def loss_and_gradient(params, net, ws, marks, reg, opt, hyper, X, Y, weights, n_
     # argument, and batch_gradient is the costliest compile (~15 s); this shares train_epoch's build.
     update = n < 0
     total = 0.0
-    for start in range(0, n, ws.capacity):
-        rows = min(ws.capacity, n - start)
+    block = ws.capacity // net.members
+    for start in range(0, n, block):
+        rows = min(block, n - start)
         beta = params.dtype.type(0.0 if start == 0 else 1.0)
         total += batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, scale, min(n_parts, rows),
                                 beta, update)
@@ -520,29 +634,35 @@ def loss_and_gradient(params, net, ws, marks, reg, opt, hyper, X, Y, weights, n_
 
 @jit(parallel=True)
 def forward_all(out, params, net, ws, X, n_parts):
-    """Logits of every row of X into `out`, ws.capacity rows at a time, rows split over n_parts threads."""
+    """Logits of every row of X into `out`, ws.capacity rows at a time, rows split over n_parts threads; an
+    ensemble's member e's logits into out's columns [e*n_out, (e+1)*n_out)."""
     n = X.shape[0]
     sizes = net.sizes
     n_layers = sizes.size - 1
     n_out = sizes[n_layers]
     capacity = ws.capacity
+    block = capacity // net.members
     off_out = _offset(sizes, capacity, n_layers)
     order = np.arange(n)
     no_dropout = np.zeros(n_layers, dtype=params.dtype)
     unused = np.int64(0)  # no dropout seed or step: typed, so training's build of _forward_rows serves here too
     acts = ws.acts  # loaded once: read inside the parallel loop, Numba warned it might be written there
-    for start in range(0, n, capacity):
-        rows = min(capacity, n - start)
+    zs = ws.zs
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        rows = m * net.members
         parts = min(n_parts, rows)
         for part in prange(parts):
             fp_mode = flush_denormals()
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
-            _gather_rows(params, net, X, order, start, r0, r1 - r0, acts)
-            _forward_rows(params, net, ws, no_dropout, unused, unused, order, start, r0, r1 - r0)
+            _gather_rows(params, net, X, order, start, r0, r1 - r0, m, acts, zs)
+            _forward_rows(params, net, ws, no_dropout, unused, unused, order, start, r0, r1 - r0, m)
             restore_fp_mode(fp_mode)
         # element by element: an array slice assignment would compile Numba's shape-mismatch message
         # formatting (~5 s when cold)
         for i in range(rows):
+            at = start + i % m
+            column = (i // m) * n_out
             for j in range(n_out):
-                out[start + i, j] = acts[off_out + i * n_out + j]
+                out[at, column + j] = acts[off_out + i * n_out + j]

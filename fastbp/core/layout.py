@@ -8,6 +8,11 @@ Categorical embeddings: each table (rows, dim) follows every layer's parameters,
 row-major (rows, dim) block; its last row stands for a category not seen in training.
 X then holds n_dense = n_in - sum(dims) inputs and, after them, a category code per
 table (n_columns in all); the first layer reads the dense inputs and the looked-up rows.
+
+An ensemble of k members (TabM-mini: Gorishniy et al., ICLR 2025) shares every layer but the last: the last
+layer is k heads, head e's (W, b) at w_offsets[-1] + e * (n_in*n_out + n_out); after the heads come the members'
+input adapters, a row-major (k, sizes[0]) block R. Member e computes the shared network on x * R[e] (the dense
+inputs and the looked-up rows alike) and its own head; its prediction is averaged with the others'.
 """
 import math
 
@@ -51,12 +56,17 @@ def check_embeddings(embeddings, n_in=None):
 class Layout:
     """Offsets of each layer's W and b, and of each embedding table, in a flat vector."""
 
-    def __init__(self, layer_sizes, embeddings=()):
+    def __init__(self, layer_sizes, embeddings=(), members=1):
+        from .checks import check_int
+
         self.sizes = np.asarray(check_layer_sizes(layer_sizes), dtype=np.int64)
         self.n_layers = len(self.sizes) - 1
+        self.members = check_int("ensemble (the members)", members, 1)
         fan = self.sizes[:-1] * self.sizes[1:] + self.sizes[1:]
         self.w_offsets = np.concatenate(([0], np.cumsum(fan)[:-1])).astype(np.int64)
-        self.n_layer_params = int(fan.sum())
+        fan[-1] *= self.members  # a head per member
+        self.adapter_offset = int(fan.sum())
+        self.n_layer_params = self.adapter_offset + (self.members * self.n_in if self.members > 1 else 0)
         self.embeddings = check_embeddings(embeddings, self.n_in)
         self.emb_rows = np.array([r for r, _ in self.embeddings], dtype=np.int64)
         self.emb_dims = np.array([d for _, d in self.embeddings], dtype=np.int64)
@@ -76,15 +86,24 @@ class Layout:
         return int(self.sizes[-1])
 
     def views(self, flat):
-        """[(W_l, b_l)] as views into `flat` (writing into them writes into `flat`)."""
+        """[(W_l, b_l)] as views into `flat` (writing into them writes into `flat`); an ensemble's last layer is
+        [(W, b)] of its heads, one per member."""
         out = []
         for l in range(self.n_layers):
             n_in, n_out = int(self.sizes[l]), int(self.sizes[l + 1])
-            start = int(self.w_offsets[l])
-            W = flat[start:start + n_in * n_out].reshape(n_in, n_out)
-            b = flat[start + n_in * n_out:start + n_in * n_out + n_out]
-            out.append((W, b))
+            heads = []
+            for e in range(self.members if l == self.n_layers - 1 else 1):
+                start = int(self.w_offsets[l]) + e * (n_in * n_out + n_out)
+                heads.append((flat[start:start + n_in * n_out].reshape(n_in, n_out),
+                              flat[start + n_in * n_out:start + n_in * n_out + n_out]))
+            out.append(heads if self.members > 1 and l == self.n_layers - 1 else heads[0])
         return out
+
+    def adapters(self, flat):
+        """An ensemble's input adapters: the (members, n_in) view into `flat`; None for one model."""
+        if self.members == 1:
+            return None
+        return flat[self.adapter_offset:self.adapter_offset + self.members * self.n_in].reshape(self.members, -1)
 
     def tables(self, flat):
         """[(rows, dim) table] as views into `flat`."""
@@ -94,12 +113,15 @@ class Layout:
         """Fill `flat` with a seeded initialization; biases start at zero. "auto" gives each layer He's
         initialization when the activation after it is in the ReLU family and Glorot's otherwise (the output
         layer, followed by the loss's identity, sigmoid or softmax, always Glorot's). Embedding tables start
-        N(0, 1), as torch.nn.Embedding's, drawn after the layers (a model without tables draws as before)."""
+        N(0, 1), as torch.nn.Embedding's, drawn after the layers (a model without tables draws as before). An
+        ensemble's heads are drawn one after another; its adapters are random signs (TabM's), drawn last."""
         if init not in INITS:
             raise InputError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
         from .activations import RELU_FAMILY
 
-        for l, (W, b) in enumerate(self.views(flat)):
+        layers = [(l, W, b) for l, layer in enumerate(self.views(flat))
+                  for W, b in (layer if isinstance(layer, list) else [layer])]
+        for l, W, b in layers:
             layer_init = init
             if init == "auto":
                 after = hidden_activations[l] if l < len(hidden_activations) else "output"
@@ -117,10 +139,14 @@ class Layout:
             b[...] = 0.0
         for table in self.tables(flat):
             table[...] = rng.normal(0.0, 1.0, size=table.shape)
+        if self.members > 1:
+            self.adapters(flat)[...] = rng.choice([-1.0, 1.0], size=(self.members, self.n_in))
 
 
-def flops_per_row(sizes, backward=True):
+def flops_per_row(sizes, backward=True, members=1):
     """Floating-point operations of one row: the forward products, 2*sum(P) over the layers' weight counts P,
-    and for training also the weight gradients 2*sum(P) and the deltas 2*sum(P) without the first layer."""
+    and for training also the weight gradients 2*sum(P) and the deltas 2*sum(P) without the first layer
+    (with it for an ensemble, whose adapters need the input deltas); an ensemble's members each take the row."""
     P = [int(a) * int(b) for a, b in zip(sizes[:-1], sizes[1:])]
-    return 2 * sum(P) + (2 * sum(P) + 2 * sum(P[1:]) if backward else 0)
+    deltas = 2 * sum(P) if members > 1 else 2 * sum(P[1:])
+    return members * (2 * sum(P) + (2 * sum(P) + deltas if backward else 0))

@@ -28,6 +28,10 @@ LOSSES = {
     "poisson": POISSON,
 }
 CLASSIFICATION_LOSSES = {"cross_entropy", "binary_cross_entropy"}
+# each loss code's output nonlinearity (the others' is the identity)
+SOFTMAX_LOSSES = (CROSS_ENTROPY, SKLEARN_LOG_LOSS)
+SIGMOID_LOSSES = (BINARY_CROSS_ENTROPY, SKLEARN_BINARY_LOG_LOSS)
+LOG_LINK_LOSSES = (POISSON, SKLEARN_POISSON)
 
 
 def loss_code(name):

@@ -70,7 +70,7 @@ class Engine:
     def workspace(self, capacity, purpose="train"):
         """The run's workspace and table marks for at least `capacity` rows (one per purpose, grown when needed)."""
         ws, marks = self._workspaces.get(purpose, (None, None))
-        if ws is None or ws.capacity < capacity:
+        if ws is None or ws.capacity < capacity * self.net.members:
             ws, marks = self._workspaces[purpose] = (full_data.workspace(self.net, capacity, self.params.dtype),
                                                      full_data.table_marks(self.net, capacity, self.params.dtype))
         return ws, marks
@@ -142,7 +142,7 @@ class Engine:
 
     def threads_for_rows(self, rows):
         """Threads a training batch of `rows` rows pays for (config.threads_for)."""
-        return threads_for(self.n_threads, rows * flops_per_row(self.net.sizes))
+        return threads_for(self.n_threads, rows * flops_per_row(self.net.sizes, members=self.net.members))
 
     def _regularization(self, dropout_seed):
         """The run's regularization, with another dropout seed when given (per-rank masks)."""

@@ -5,7 +5,7 @@ calls one kernel.
 """
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, logsumexp
 
 from ..core import kernels
 from ..core.activations import GELU
@@ -14,6 +14,7 @@ from ..core.bundles import (TABLE_DIM, TABLE_ROWS, make_hyper, make_optimizer, m
 from ..core.compile import announced_compiles
 from ..core.threads import resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
+from ..core.losses import LOG_LINK_LOSSES, SIGMOID_LOSSES, SOFTMAX_LOSSES
 from ..core.optim import SGD
 
 PREDICT_BLOCK_ROWS = 1024   # rows per forward block: keeps the workspace small
@@ -21,28 +22,51 @@ GRADIENT_BLOCK_ROWS = 4096  # rows per block of the full-data gradient
 
 
 def workspace(net, capacity, dtype, grad=None):
-    """A Workspace for `capacity` rows of this net (gelu pre-activations only when a layer uses gelu)."""
+    """A Workspace for batches of up to `capacity` rows of this net (members x capacity workspace rows for an
+    ensemble; pre-activations only when a layer uses gelu or the members have adapters)."""
     n_params = net.n_layer_params + int((net.tables[:, TABLE_ROWS] * net.tables[:, TABLE_DIM]).sum())
-    return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity, n_params, dtype, grad)
+    return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity * net.members, n_params, dtype,
+                          grad, ensemble=net.members > 1)
 
 
 def table_marks(net, capacity, dtype, touched=None):
     """The embedding tables' TableMarks for batches of up to `capacity` rows of this net."""
-    return make_table_marks(int(net.tables[:, TABLE_ROWS].sum()), len(net.tables), capacity, dtype, touched)
+    return make_table_marks(int(net.tables[:, TABLE_ROWS].sum()), len(net.tables), capacity * net.members, dtype,
+                            touched)
 
 
 def forward(params, net, X, n_threads=None):
     """Logits (n, n_out) of every row of the C-contiguous X, in blocks, rows split over n_threads
     (None: every core)."""
     n = X.shape[0]
-    out = np.empty((n, int(net.sizes[-1])), dtype=params.dtype)
+    out = np.empty((n, net.members * int(net.sizes[-1])), dtype=params.dtype)
     if n:
         block = min(n, PREDICT_BLOCK_ROWS)
-        n_threads = threads_for(resolve_n_threads(n_threads), block * flops_per_row(net.sizes, backward=False))
+        n_threads = threads_for(resolve_n_threads(n_threads),
+                                block * flops_per_row(net.sizes, backward=False, members=net.members))
         ws = workspace(net, block, params.dtype, grad=np.empty(0, dtype=params.dtype))
         with thread_limits(n_threads), announced_compiles("prediction"):
             kernels.forward_all(out, params, net, ws, X, n_threads)
-    return out
+    return out if net.members == 1 else ensemble_logits(out.reshape(n, net.members, -1), net.loss_code)
+
+
+def ensemble_logits(member_logits, loss_code):
+    """The logits (n, n_out) of an ensemble's prediction, the mean of its members' predictions (probabilities,
+    a Poisson rate, a value) from their logits (n, members, n_out): the loss's link of that mean, so that
+    probabilities, metrics and losses computed from them are the ensemble's."""
+    z = member_logits.astype(np.float64)
+    if loss_code in SOFTMAX_LOSSES:
+        mean = to_probabilities(z.reshape(-1, z.shape[2]), softmax=True).reshape(z.shape).mean(axis=1)
+        out = np.log(np.maximum(mean, np.finfo(member_logits.dtype).tiny))
+    elif loss_code in SIGMOID_LOSSES:
+        eps = np.finfo(member_logits.dtype).eps
+        mean = np.clip(expit(z).mean(axis=1), np.finfo(member_logits.dtype).tiny, 1 - eps)
+        out = np.log(mean) - np.log1p(-mean)
+    elif loss_code in LOG_LINK_LOSSES:
+        out = logsumexp(z, axis=1) - np.log(z.shape[1])
+    else:
+        out = z.mean(axis=1)
+    return out.astype(member_logits.dtype)
 
 
 class FullGradient:
@@ -53,7 +77,7 @@ class FullGradient:
 
     def __init__(self, net, X, Y, weights, n_threads, dtype):
         block = min(X.shape[0], GRADIENT_BLOCK_ROWS)
-        n_threads = threads_for(resolve_n_threads(n_threads), block * flops_per_row(net.sizes))
+        n_threads = threads_for(resolve_n_threads(n_threads), block * flops_per_row(net.sizes, members=net.members))
         self.net = net
         self.ws, self.marks = workspace(net, block, dtype), table_marks(net, block, dtype)
         self.reg = make_regularization(np.zeros(net.sizes.size - 1), dtype)

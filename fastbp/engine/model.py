@@ -15,18 +15,19 @@ SKLEARN_LOSS_CODES = {"sklearn_squared_error": SKLEARN_SQUARED, "sklearn_poisson
                       "sklearn_log_loss": SKLEARN_LOG_LOSS, "sklearn_binary_log_loss": SKLEARN_BINARY_LOG_LOSS}
 
 
-def build_net(layer_sizes, hidden_activations, loss, huber_delta=1.0, mean_over_outputs=True, embeddings=()):
+def build_net(layer_sizes, hidden_activations, loss, huber_delta=1.0, mean_over_outputs=True, embeddings=(),
+              members=1):
     """(Layout, Net) for these layers, one activation name per hidden layer and a loss name.
     mean_over_outputs=False sums a row's loss over its outputs (scikit-learn's losses) instead of
     averaging over every element (PyTorch's mean reduction). embeddings: (rows, dim) per categorical
-    table (fastbp.core.layout)."""
-    layout = Layout(layer_sizes, embeddings)
+    table (fastbp.core.layout); members: an ensemble's (fastbp.core.layout)."""
+    layout = Layout(layer_sizes, embeddings, members)
     codes = [activation_code(a) for a in hidden_activations] + [IDENTITY]
     code = SKLEARN_LOSS_CODES[loss] if loss in SKLEARN_LOSS_CODES else loss_code(loss)
     return layout, make_net(layout.sizes, layout.w_offsets, codes, code, huber_delta,
                             elements_per_row(code, layout.n_out) if mean_over_outputs else 1, layout.n_dense,
                             np.column_stack([layout.emb_rows, layout.emb_dims, layout.emb_offsets]),
-                            layout.n_layer_params)
+                            layout.n_layer_params, layout.members)
 
 
 def no_regularization(net, dtype, weight_penalty=0.0):

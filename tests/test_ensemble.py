@@ -1,0 +1,207 @@
+"""Ensembles (Trainer(ensemble=k), TabM-mini): the compiled members against plain NumPy, gradients against central
+differences, training against a PyTorch module of the same ensemble (both gradient paths, one and two threads,
+with embedding tables), predictions as the mean of the members', save/load and resume."""
+import numpy as np
+import pytest
+
+import fastbp
+import naive
+
+TABLES = [(5, 3), (7, 2)]
+
+
+def problem(n, n_in, n_out, seed=0, loss="cross_entropy"):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, n_in))
+    if loss == "cross_entropy":
+        y = rng.integers(0, n_out, size=n)
+    elif loss == "binary_cross_entropy":
+        y = (rng.random(size=(n, n_out)) < 0.5).astype(float)
+    elif loss == "poisson":
+        y = rng.poisson(1.5, size=(n, n_out)).astype(float)
+    else:
+        y = rng.normal(size=(n, n_out))
+    return X, y
+
+
+def member_logits(tr, X):
+    """Each member's logits (members, n, n_out) in NumPy: the inputs times the member's adapter, the shared
+    layers, the member's head."""
+    layers = tr.layers
+    adapters = tr.layout.adapters(tr.params)
+    out = []
+    for e, head in enumerate(layers[-1]):
+        hidden = [tr.activation] * (len(layers) - 1)
+        _, acts = naive.forward(layers[:-1] + [head], hidden, X * adapters[e])
+        out.append(acts[-1])
+    return np.array(out)
+
+
+def test_layout_and_initialization():
+    tr = fastbp.Trainer([6, 8, 3], ensemble=4, seed=1)
+    heads = tr.layers[-1]
+    assert len(heads) == 4 and all(W.shape == (8, 3) and b.shape == (3,) for W, b in heads)
+    assert tr.params.size == (6 * 8 + 8) + 4 * (8 * 3 + 3) + 4 * 6
+    adapters = tr.layout.adapters(tr.params)
+    assert adapters.shape == (4, 6) and set(np.unique(adapters)) <= {-1.0, 1.0}
+    assert not np.array_equal(heads[0][0], heads[1][0])  # each head its own draw
+    plain = fastbp.Trainer([6, 8, 3])
+    assert plain.layout.adapters(plain.params) is None
+    # one member is the plain model, bit for bit
+    np.testing.assert_array_equal(fastbp.Trainer([6, 8, 3], ensemble=1, seed=1).params,
+                                  fastbp.Trainer([6, 8, 3], seed=1).params)
+    with pytest.raises(fastbp.InputError, match="ensemble"):
+        fastbp.Trainer([6, 8, 3], ensemble=0)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy", "mse", "poisson"])
+def test_prediction_is_the_mean_of_the_members(loss):
+    n_out = 3
+    tr = fastbp.Trainer([5, 7, 6, n_out], activation="tanh", loss=loss, ensemble=3, dtype="float64", seed=2)
+    X, _ = problem(40, 5, n_out, loss=loss)
+    z = member_logits(tr, X)  # at the seeded start: decision_function needs no fit
+    if loss == "cross_entropy":
+        p = np.exp(z - z.max(axis=2, keepdims=True))
+        p /= p.sum(axis=2, keepdims=True)
+        mine = tr.decision_function(X)
+        mine = np.exp(mine - mine.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(mine / mine.sum(axis=1, keepdims=True), p.mean(axis=0), rtol=1e-10, atol=1e-12)
+    elif loss == "binary_cross_entropy":
+        expected = (1 / (1 + np.exp(-z))).mean(axis=0)
+        np.testing.assert_allclose(1 / (1 + np.exp(-tr.decision_function(X))), expected, rtol=1e-10, atol=1e-12)
+    elif loss == "poisson":
+        np.testing.assert_allclose(np.exp(tr.decision_function(X)), np.exp(z).mean(axis=0), rtol=1e-10)
+    else:
+        np.testing.assert_allclose(tr.decision_function(X), z.mean(axis=0), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_gradient_matches_central_differences(loss):
+    tr = fastbp.Trainer([4, 5, 3], activation="tanh", loss=loss, ensemble=3, dtype="float64", seed=3)
+    X, y = problem(11, 4, 3, seed=4, loss=loss)
+    value, grad = tr.loss_and_grad(X, y)
+    numeric = naive.numeric_gradient(tr, X, y)
+    rel = np.linalg.norm(grad - numeric) / np.linalg.norm(numeric)
+    assert rel < 1e-6, f"relative gradient error {rel:.2e}"
+    # the loss is the mean over members of each member's mean loss
+    z = member_logits(tr, X)
+    losses = [naive.loss_and_dlogits(loss, z[e], y)[0] for e in range(3)]
+    assert value == pytest.approx(np.mean(losses), rel=1e-10)
+
+
+def test_gradient_with_tables_and_no_hidden_layer():
+    """Embedded columns go through the adapters too; with no hidden layer the only layer is the heads."""
+    from test_embeddings import coded_problem
+
+    for sizes in ([2 + 5, 4, 2], [2 + 5, 2]):
+        tr = fastbp.Trainer(sizes, activation="tanh", embeddings=TABLES, ensemble=2, dtype="float64", seed=5)
+        X, y = coded_problem(9, 2, TABLES, 2, seed=6)
+        _, grad = tr.loss_and_grad(X, y)
+        numeric = naive.numeric_gradient(tr, X, y)
+        rel = np.linalg.norm(grad - numeric) / np.linalg.norm(numeric)
+        assert rel < 1e-6, f"{sizes}: relative gradient error {rel:.2e}"
+
+
+def _torch_twin(tr, torch):
+    """A torch module computing what the ensemble `tr` computes, with its parameters copied."""
+    f64 = torch.float64
+    shared = [torch.nn.Linear(W.shape[0], W.shape[1], dtype=f64) for W, _ in tr.layers[:-1]]
+    heads = [torch.nn.Linear(W.shape[0], W.shape[1], dtype=f64) for W, _ in tr.layers[-1]]
+    adapters = torch.nn.Parameter(torch.from_numpy(tr.layout.adapters(tr.params).copy()))
+    with torch.no_grad():
+        for lin, (W, b) in zip(shared + heads, tr.layers[:-1] + tr.layers[-1]):
+            lin.weight.copy_(torch.from_numpy(W.T.copy()))
+            lin.bias.copy_(torch.from_numpy(b.copy()))
+
+    def member_outputs(X):  # (members, n, n_out)
+        out = []
+        for e, head in enumerate(heads):
+            h = X * adapters[e]
+            for lin in shared:
+                h = torch.relu(lin(h))
+            out.append(head(h))
+        return torch.stack(out)
+
+    def flat():
+        parts = [np.concatenate([lin.weight.detach().numpy().T.ravel(), lin.bias.detach().numpy()])
+                 for lin in shared + heads]
+        return np.concatenate(parts + [adapters.detach().numpy().ravel()])
+
+    params = [p for lin in shared + heads for p in lin.parameters()] + [adapters]
+    return member_outputs, params, flat
+
+
+@pytest.mark.parametrize("n_threads,batch_size,widths", [(1, 8, [16]), (2, 8, [40, 40]), (2, 64, [4])],
+                         ids=["one-thread", "weight-slices", "slabs"])
+def test_training_matches_torch(n_threads, batch_size, widths):
+    """Adam steps on the mean of the members' cross-entropies, as a PyTorch loop over the same module takes them:
+    the batch's rows split over threads either way (weight slices for few rows and many parameters, per-thread
+    slabs otherwise), a member's rows may span two threads."""
+    torch = pytest.importorskip("torch")
+    k, n_in, n_out = 3, 5, 3
+    tr = fastbp.Trainer([n_in, *widths, n_out], optimizer="adam", lr=0.01, batch_size=batch_size, epochs=2,
+                        shuffle=False, ensemble=k, dtype="float64", seed=7, n_threads=n_threads)
+    X, y = problem(100, n_in, n_out, seed=8)
+    member_outputs, params, flat = _torch_twin(tr, torch)
+    opt = torch.optim.Adam(params, lr=0.01)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y).long()
+    for _ in range(2):
+        for start in range(0, len(X), batch_size):
+            opt.zero_grad()
+            z = member_outputs(Xt[start:start + batch_size])
+            loss = sum(torch.nn.functional.cross_entropy(z[e], yt[start:start + batch_size]) for e in range(k)) / k
+            loss.backward()
+            opt.step()
+    tr.fit(X, y)
+    np.testing.assert_allclose(tr.params, flat(), rtol=1e-8, atol=1e-11)
+
+
+def test_runs_repeat_bit_for_bit_and_thread_counts_agree():
+    X, y = problem(300, 6, 3, seed=9)
+    runs = []
+    for threads in (2, 2, 1):
+        tr = fastbp.Trainer([6, 32, 3], ensemble=4, optimizer="adamw", batch_size=50, epochs=2, seed=1,
+                            n_threads=threads, dropout=0.1)
+        tr.fit(X, y)
+        runs.append(tr.params.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_allclose(runs[0], runs[2], rtol=1e-4, atol=1e-6)  # another summation order only
+
+
+def test_members_differ_and_learn(tmp_path):
+    X, y = problem(400, 4, 2, seed=10)
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    tr = fastbp.Trainer([4, 32, 2], ensemble=4, optimizer="adam", lr=0.01, epochs=30, batch_size=32, seed=0)
+    tr.fit(X, y)
+    assert (tr.predict(X) == y).mean() > 0.9
+    z = member_logits(tr, X.astype(np.float32))
+    assert np.abs(z[0] - z[1]).max() > 1e-3  # the members are not copies of each other
+    path = tmp_path / "m.fbp"
+    tr.save(path)
+    back = fastbp.load(path)
+    assert back.ensemble == 4
+    np.testing.assert_array_equal(back.predict_proba(X), tr.predict_proba(X))
+    assert "an ensemble of 4 members" in back.summary()
+
+
+def test_resume_is_exact(tmp_path):
+    X, y = problem(200, 5, 3, seed=11)
+    whole = fastbp.Trainer([5, 16, 3], ensemble=3, optimizer="adam", epochs=4, batch_size=32, seed=2)
+    whole.fit(X, y)
+    half = fastbp.Trainer([5, 16, 3], ensemble=3, optimizer="adam", epochs=2, batch_size=32, seed=2)
+    half.fit(X, y)
+    half.save(tmp_path / "half.fbp")
+    resumed = fastbp.load(tmp_path / "half.fbp")
+    resumed.fit(X, y)
+    np.testing.assert_array_equal(resumed.params, whole.params)
+
+
+def test_a_file_whose_parameters_do_not_fit_its_ensemble_is_refused(tmp_path):
+    from fastbp.files.modelfile import read_model, write_model
+
+    fastbp.Trainer([3, 4, 2], epochs=1).fit(np.eye(3), [0, 1, 0]).save(tmp_path / "m.fbp")
+    config, arrays = read_model(tmp_path / "m.fbp")
+    config["init_args"]["ensemble"] = 2
+    write_model(tmp_path / "bad.fbp", config, arrays)
+    with pytest.raises(fastbp.ModelFileError, match="ensemble 2 need 42 parameters"):
+        fastbp.load(tmp_path / "bad.fbp")
