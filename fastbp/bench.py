@@ -62,17 +62,22 @@ def time_fastbp(workload, X, y, threads, repeat):
     return best_time(lambda: tr.fit(X, y), repeat)
 
 
-def optimizer_costs(workload, dtype, threads, repeat):
-    """Seconds per fastbp epoch with each optimizer (torch defaults), for the cost of Adam & co over SGD."""
+OPTIMIZER_VARIANTS = {name: {"optimizer": name} for name in ("sgd", "adam", "adamw", "rmsprop")}
+ENSEMBLE_VARIANTS = {k: {"ensemble": k} for k in (1, 4, 8)}
+
+
+def epoch_costs(workload, dtype, threads, repeat, variants):
+    """Seconds per fastbp epoch of each variant (name -> Trainer arguments over the workload's SGD run): the cost
+    of Adam & co over SGD (OPTIMIZER_VARIANTS), of an ensemble over one model (ENSEMBLE_VARIANTS)."""
     from fastbp import Trainer
 
     X, y = make_data(workload, np.dtype(dtype).type)
     batch = WORKLOADS[workload][4]
     costs = {}
-    for optimizer in ("sgd", "adam", "adamw", "rmsprop"):
-        tr = Trainer(layer_sizes(workload), optimizer=optimizer, batch_size=batch, epochs=1, dtype=dtype,
-                     n_threads=threads, seed=0)
-        costs[optimizer] = best_time(lambda tr=tr: tr.fit(X, y), repeat)
+    for name, settings in variants.items():
+        tr = Trainer(layer_sizes(workload), batch_size=batch, epochs=1, dtype=dtype, n_threads=threads, seed=0,
+                     **settings)
+        costs[name] = best_time(lambda tr=tr: tr.fit(X, y), repeat)
     return costs
 
 
@@ -471,6 +476,8 @@ def main(argv=None):
                              "GridSearchCV(n_jobs=2) on digits")
     parser.add_argument("--optimizers", action="store_true",
                         help="also time one fastbp epoch per optimizer (sgd, adam, adamw, rmsprop)")
+    parser.add_argument("--ensembles", action="store_true",
+                        help="also time fastbp's epochs with ensembles of 4 and 8 members against one model")
     parser.add_argument("--markdown", default=None, help="also write the table(s) to this Markdown file")
     parser.add_argument("--quality", action="store_true",
                         help="instead: held-out quality on real tables (fastbp.quality): fastbp's defaults against "
@@ -539,9 +546,18 @@ def main(argv=None):
             emit(f"**Epoch time relative to SGD, fastbp, {args.dtype}, {threads} thread(s)**", "",
                  "| workload | adam | adamw | rmsprop |", "|---|---|---|---|")
             for name in workloads:
-                c = optimizer_costs(name, args.dtype, threads, args.repeat)
+                c = epoch_costs(name, args.dtype, threads, args.repeat, OPTIMIZER_VARIANTS)
                 emit(f"| {name} | " + " | ".join(f"{c[o] / c['sgd']:.2f}×" for o in ("adam", "adamw", "rmsprop"))
                      + " |")
+            emit("")
+        if args.ensembles:
+            threads = thread_counts[-1]
+            emit(f"**Epoch time of an ensemble relative to one model, fastbp, {args.dtype}, {threads} thread(s), "
+                 f"{condition}** (k members cost at most k×)", "", "| workload | one model s | 4 members | 8 members |",
+                 "|---|---|---|---|")
+            for name in workloads:
+                c = epoch_costs(name, args.dtype, threads, args.repeat, ENSEMBLE_VARIANTS)
+                emit(f"| {name} | {c[1]:.3f} | {c[4] / c[1]:.2f}× | {c[8] / c[1]:.2f}× |")
             emit("")
         if args.dropin:
             threads = thread_counts[-1]

@@ -146,12 +146,13 @@ RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
                   "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins", "categorical",
-                  "onehot_max", "embedding_dim", "label_smoothing", "lr_schedule", "warmup_epochs")
+                  "onehot_max", "embedding_dim", "label_smoothing", "lr_schedule", "warmup_epochs", "ensemble")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
                  "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss",
                  "numeric": "standard", "numeric_bins": 16, "categorical": "onehot", "onehot_max": 128,
-                 "embedding_dim": None, "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0}
+                 "embedding_dim": None, "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0,
+                 "ensemble": 1}
 
 
 def _result_options(args, ranks, shard):
@@ -231,9 +232,9 @@ def _check_class_weight(option, loss, task):
 # the quality panel (docs/performance.md, "The recipe"). Without early stopping every row trains (--val-split 0).
 PRESETS = {
     "plain": {"optimizer": "adam", "epochs": 10, "early_stopping": False, "patience": 10, "numeric": "standard",
-              "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0},
+              "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0, "ensemble": 1},
     "recipe": {"optimizer": "adamw", "epochs": 60, "early_stopping": True, "patience": 6, "numeric": "auto",
-               "label_smoothing": 0.0, "lr_schedule": "cosine", "warmup_epochs": 2},
+               "label_smoothing": 0.0, "lr_schedule": "cosine", "warmup_epochs": 2, "ensemble": 1},
 }
 
 
@@ -271,6 +272,8 @@ def _check_training_options(args):
         raise UsageError("--warmup-epochs needs --lr-schedule cosine (a linear warm-up, then cosine annealing)")
     if args.warmup_epochs < 0 or not 0 <= args.label_smoothing < 1:
         raise UsageError("--warmup-epochs must be >= 0 and --label-smoothing in [0, 1)")
+    if args.ensemble < 1:
+        raise UsageError(f"--ensemble is a count of members, at least 1 (1: one model), got {args.ensemble}")
     if args.patience < 1:
         raise UsageError(f"--patience must be >= 1, got {args.patience}")
     from .engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
@@ -349,7 +352,7 @@ def train(args):
                           impute=args.impute, max_categories=args.max_categories, numeric=args.numeric,
                           numeric_bins=args.numeric_bins, embeddings=prep.embeddings() or None,
                           categorical=args.categorical, onehot_max=args.onehot_max, embedding_dim=args.embedding_dim,
-                          label_smoothing=args.label_smoothing, lr_schedule=_lr_schedule(args))
+                          label_smoothing=args.label_smoothing, lr_schedule=_lr_schedule(args), ensemble=args.ensemble)
         trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
@@ -864,6 +867,9 @@ def _parser():
     p.add_argument("--label-smoothing", type=float, default=None,
                    help="cross_entropy's label smoothing, in [0, 1) (torch's: (1 - eps) on the class, eps spread; "
                         f"{_by_preset('label_smoothing')})")
+    p.add_argument("--ensemble", type=int, default=None, metavar="K",
+                   help="train K members together (TabM-mini: shared hidden layers, an input adapter and an output "
+                        f"layer each) and predict their mean; costs up to K times an epoch ({_by_preset('ensemble')})")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate of every hidden layer, in [0, 1)")
     p.add_argument("--batch-size", type=int, default=256, help="rows per gradient step")
     p.add_argument("--epochs", type=int, default=None,

@@ -645,10 +645,13 @@ class Trainer:
         hidden = [self.activation] * n_hidden if isinstance(self.activation, str) else list(self.activation)
         prep = Preprocessor(self.preprocessing) if self.preprocessing else None
         with self._lock.reading():  # one epoch's end, while fit may run in another thread
-            layers = [(W.copy(), b.copy()) for W, b in self.layers]
-            tables = [t.copy() for t in self.layout.tables(self.params)]
+            params = self.params.copy()
+        layers, adapters = self.layout.views(params), self.layout.adapters(params)
+        if adapters is not None:  # an ensemble's heads stacked: (members, n_in, n_out) and (members, n_out)
+            heads = layers[-1]
+            layers = layers[:-1] + [(np.stack([W for W, _ in heads]), np.stack([b for _, b in heads]))]
         model = onnx_export.trainer_model(layers, hidden, self.loss, self.params.dtype, prep, self.classes_,
-                                          _version(), input_dtype, tables)
+                                          _version(), input_dtype, self.layout.tables(params), adapters)
         if path is not None:
             onnx_export.save(model, path)
         return model

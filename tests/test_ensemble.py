@@ -1,6 +1,10 @@
 """Ensembles (Trainer(ensemble=k), TabM-mini): the compiled members against plain NumPy, gradients against central
 differences, training against a PyTorch module of the same ensemble (both gradient paths, one and two threads,
 with embedding tables), predictions as the mean of the members', save/load and resume."""
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -205,3 +209,34 @@ def test_a_file_whose_parameters_do_not_fit_its_ensemble_is_refused(tmp_path):
     write_model(tmp_path / "bad.fbp", config, arrays)
     with pytest.raises(fastbp.ModelFileError, match="ensemble 2 need 42 parameters"):
         fastbp.load(tmp_path / "bad.fbp")
+
+
+def test_cli_trains_an_ensemble_and_refuses_resuming_with_another(tmp_path):
+    """--ensemble K from a file: the model holds K members, predict and evaluate use their mean, --resume checks it."""
+    rng = np.random.default_rng(0)
+    n = 600
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n)
+    label = np.where(x1 + 1.5 * (color == "red") - x2 > 0.2, "yes", "no")
+    lines = ["x1,x2,color,label"] + [f"{a},{b},{c},{d}" for a, b, c, d in zip(x1, x2, color, label)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    common = ["train", tmp_path / "d.csv", "--target", "label", "--hidden", "16", "--preset", "plain", "--quiet",
+              "--batch-size", 32, "--lr", 0.01,
+              "--checkpoint-dir", tmp_path / "ck"]
+    cli(*common, "--epochs", 2, "--ensemble", 3, "--out", tmp_path / "m.fbp")
+    model = fastbp.load(tmp_path / "m.fbp")
+    assert model.ensemble == 3 and len(model.layers[-1]) == 3
+    scores = json.loads(cli("evaluate", tmp_path / "m.fbp", tmp_path / "d.csv").stdout)
+    assert scores["accuracy"] > 0.7
+    cli(*common, "--epochs", 4, "--ensemble", 3, "--resume", "--out", tmp_path / "m.fbp")
+    assert len(fastbp.load(tmp_path / "m.fbp").history) == 4
+    proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, common), "--epochs", "6", "--resume", "--out",
+                           str(tmp_path / "m.fbp")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "ensemble" in proc.stderr

@@ -249,5 +249,6 @@ def test_a_model_from_a_newer_fastbp_names_the_settings_this_one_lacks(tmp_path)
     config["fastbp_version"] = "9.9"
     write_model(tmp_path / "new.fbp", config, arrays)
     with pytest.raises(fastbp.ModelFileError, match=r"written by fastbp '9.9' with settings this fastbp .* does "
-                                                    r"not know: mixture_of_experts; load it with that version or a newer"):
+                                                    r"not know: mixture_of_experts; load it with that version or a "
+                                                    r"newer"):
         fastbp.load(tmp_path / "new.fbp")

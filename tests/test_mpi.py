@@ -481,14 +481,15 @@ y = (y + (codes % 3 == 0)) % 3
 """
 
 
-@pytest.mark.parametrize("settings", ["adam", "sgd_clip"])
-def test_embedding_steps_on_ranks_equal_one_process(tmp_path, settings):
-    """A table's rows step only when some rank's batch looked them up, as in one process."""
+@pytest.mark.parametrize("settings,ensemble", [("adam", 1), ("sgd_clip", 1), ("adam", 3)])
+def test_embedding_steps_on_ranks_equal_one_process(tmp_path, settings, ensemble):
+    """A table's rows step only when some rank's batch looked them up, as in one process (an ensemble's members
+    too: each rank runs them on its rows)."""
     script = tmp_path / "emb.py"
     script.write_text(EMBEDDING_PROBLEM + textwrap.dedent(f"""
         import sys, fastbp
         tr = fastbp.Trainer([6 + 4, 16, 3], embeddings=[(41, 4)], batch_size=32, epochs=3, dtype="float64",
-                            seed=1, n_threads=1, comm="mpi", **{SETTINGS[settings]!r})
+                            seed=1, n_threads=1, comm="mpi", ensemble={ensemble}, **{SETTINGS[settings]!r})
         tr.fit(X, y)
         tr.save(sys.argv[1])
         """))
@@ -497,5 +498,5 @@ def test_embedding_steps_on_ranks_equal_one_process(tmp_path, settings):
     namespace = {}
     exec(EMBEDDING_PROBLEM, namespace)
     single = fastbp.Trainer([6 + 4, 16, 3], embeddings=[(41, 4)], batch_size=32, epochs=3, dtype="float64", seed=1,
-                            n_threads=1, **SETTINGS[settings]).fit(namespace["X"], namespace["y"])
+                            n_threads=1, ensemble=ensemble, **SETTINGS[settings]).fit(namespace["X"], namespace["y"])
     np.testing.assert_allclose(fastbp.load(tmp_path / "m.fbp").params, single.params, rtol=1e-9, atol=1e-12)

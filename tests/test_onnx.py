@@ -42,6 +42,33 @@ def test_trainer_export_predicts_as_fastbp(loss, n_out, activation, tmp_path):
                                    atol=1e-5)
 
 
+@pytest.mark.parametrize("loss,n_out", TRAINER_CASES, ids=[f"{loss}-{n}" for loss, n in TRAINER_CASES])
+@pytest.mark.parametrize("hidden", [[9, 6], []], ids=["hidden", "heads-only"])
+def test_ensemble_export_predicts_as_fastbp(loss, n_out, hidden):
+    """The members' rows as one (N, members, n) tensor through the shared layers, the heads, the mean prediction."""
+    X, y = make_problem(loss, 200, 5, n_out, seed=3, dtype=np.float32)
+    if loss == "binary_cross_entropy" and n_out == 1:
+        y = y[:, 0]
+    tr = fastbp.Trainer([5, *hidden, n_out], activation="gelu", loss=loss, epochs=3, lr=0.05, seed=1,
+                        ensemble=3).fit(X, y)
+    out = run(tr.to_onnx(), {"X": X})
+    if tr.is_classifier:
+        np.testing.assert_array_equal(out["label"], tr.predict(X))
+        np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out["variable"].reshape(tr.predict(X).shape), tr.predict(X), rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_ensemble_with_tables_exports(tmp_path):
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=(120, 2)), rng.integers(0, 4, size=120)]).astype(np.float32)
+    y = (X[:, 0] + (X[:, 2] == 1) > 0.5).astype(int)
+    tr = fastbp.Trainer([2 + 3, 8, 2], embeddings=[(5, 3)], ensemble=4, epochs=3, seed=2).fit(X, y)
+    out = run(tr.to_onnx(), {"X": X})
+    np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("activation,rtol", [("tanh", 1e-12), ("gelu", 1e-6)])  # gelu: Erf runs in float
 def test_float64_trainer_export(activation, rtol):
     X, y = make_problem("cross_entropy", 100, 4, 3, seed=0)

@@ -280,7 +280,6 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale):
     With sample weights, row i's loss and delta count weights[i] times.
     """
     one = params.dtype.type(1.0)
-    zero = params.dtype.type(0.0)
     sizes = net.sizes
     acts = ws.acts
     deltas = ws.deltas
@@ -329,9 +328,10 @@ def _input_deltas(params, net, ws, l, row0, rows, m, j0, j1):
     for e in range(_n_blocks(net, l)):
         lo, hi, w0 = _block(net, l, e, m, row0, rows)
         if hi > lo:
-            gemm(False, True, hi - lo, j1 - j0, n_out, one, ws.deltas, _offset(sizes, ws.capacity, l + 1) + lo * n_out,
-                 n_out, params, w0 + j0 * n_out, n_out, zero, ws.deltas, _offset(sizes, ws.capacity, l) + lo * n_in + j0,
-                 n_in)
+            d_off = _offset(sizes, ws.capacity, l + 1) + lo * n_out
+            din_off = _offset(sizes, ws.capacity, l) + lo * n_in + j0
+            gemm(False, True, hi - lo, j1 - j0, n_out, one, ws.deltas, d_off, n_out, params, w0 + j0 * n_out, n_out,
+                 zero, ws.deltas, din_off, n_in)
 
 
 @jit

@@ -56,6 +56,33 @@ def forward(g, x, layers, activations):
     return x
 
 
+def ensemble_forward(g, x, layers, activations, adapters, loss):
+    """An ensemble's logits (fastbp.core.layout): the (N, n_in) input `x` times each member's adapter row
+    (adapters: (members, n_in)) as (N, members, n_in), the shared layers on all of it at once, each member's head
+    (the last of `layers`, stacked: (members, n, n_out) and (members, n_out)), the members' predictions averaged
+    through the loss's link and turned back into logits, as fastbp.engine.full_data.ensemble_logits does."""
+    dtype = adapters.dtype
+    axis = g.const(np.array([1], dtype=np.int64))
+    h = g.node("Mul", [g.node("Unsqueeze", [x, axis]), g.const(adapters, "adapters")])
+    for i, (W, b) in enumerate(layers[:-1]):
+        h = activate(g, activations[i], g.node("Add", [g.node("MatMul", [h, g.const(W, "W")]), g.const(b, "b")]),
+                     dtype)
+    W, b = layers[-1]
+    axis2 = g.const(np.array([2], dtype=np.int64))
+    z = g.node("Squeeze", [g.node("MatMul", [g.node("Unsqueeze", [h, axis2]), g.const(W, "heads")]), axis2])
+    z = g.node("Add", [z, g.const(b, "head_biases")])
+    if loss == "cross_entropy":
+        mean = g.node("ReduceMean", [g.node("Softmax", [z], axis=2)], axes=[1], keepdims=0)
+        return g.node("Log", [mean])
+    if loss == "binary_cross_entropy":
+        mean = g.node("ReduceMean", [g.node("Sigmoid", [z])], axes=[1], keepdims=0)
+        return g.node("Sub", [g.node("Log", [mean]),
+                              g.node("Log", [g.node("Sub", [g.const(np.array(1.0, dtype)), mean])])])
+    if loss == "poisson":
+        return g.node("Log", [g.node("ReduceMean", [g.node("Exp", [z])], axes=[1], keepdims=0)])
+    return g.node("ReduceMean", [z], axes=[1], keepdims=0)
+
+
 def activate(g, name, z, dtype):
     """fastbp's hidden activations (fastbp.core.activations) as ONNX ops."""
     if name == "identity":
@@ -174,7 +201,7 @@ INPUT_DTYPES = ("float32", "float64", "int64", "int32", "bool")
 
 
 def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, producer_version="", input_dtype=None,
-                  tables=()):
+                  tables=(), adapters=None):
     """The ONNX model of a Trainer: outputs as Trainer.predict / predict_proba give them ("label" and
     "probabilities" for classification losses, "variable" otherwise); a file-trained model
     (`prep`: the Preprocessor of its stored state) takes its columns and gives labels, probabilities
@@ -184,12 +211,13 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     numbers and booleans are cast to it first). Every model also gives "is_valid": false for a row that
     predict refuses (see valid_rows), whose probabilities, scores or values are NaN and whose label means
     nothing. tables: the embedding tables (fastbp.core.layout): an array model's X then ends with their category
-    codes."""
+    codes. adapters: an ensemble's (members, n_in) input adapters; its last layer is then the members' heads,
+    stacked (ensemble_forward)."""
     onnx = require_onnx()
     g = Graph()
     dtype = np.dtype(dtype)
     elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
-    n_in, n_out = layers[0][0].shape[0], layers[-1][0].shape[1]
+    n_in, n_out = layers[0][0].shape[-2], layers[-1][0].shape[-1]
     if prep is None:
         given = dtype if input_dtype is None else np.dtype(input_dtype)
         n_dense = n_in - sum(t.shape[1] for t in tables)
@@ -209,7 +237,8 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     def finish(value, name, value_dtype=dtype):  # NaN in the rows predict refuses
         g.node("Where", [valid_column, value, g.const(np.full((1, 1), np.nan, value_dtype))], outputs=[name])
 
-    logits = forward(g, x, layers, activations)
+    logits = forward(g, x, layers, activations) if adapters is None else \
+        ensemble_forward(g, x, layers, activations, adapters, loss)
     # a file-trained classifier with one output per class and another loss learned the classes one-hot
     one_hot = prep is not None and prep.task == "classify" and FileTargets(loss, n_out).one_hot
     if loss == "cross_entropy" or one_hot:
