@@ -290,9 +290,13 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale):
     n_out = sizes[n_layers]
     off = _offset(sizes, ws.capacity, n_layers) + row0 * n_out
     loss = 0.0
+    first = row0 % m
     for i in range(rows):
         r = off + i * n_out
-        src = order[start + (row0 + i) % m]
+        j = first + i
+        if j >= m:  # an ensemble member's rows: the batch's rows again (a branch, not a division, per row)
+            j %= m
+        src = order[start + j]
         w = weights[src] if weights.size else one
         loss += w * row_loss_and_delta(net.loss_code, huber_delta, acts[r:r + n_out], batch.Y[src],
                                        deltas[r:r + n_out], scale * w, reg.label_smoothing)
