@@ -234,7 +234,7 @@ PRESETS = {
     "plain": {"optimizer": "adam", "epochs": 10, "early_stopping": False, "patience": 10, "numeric": "standard",
               "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0, "ensemble": 1},
     "recipe": {"optimizer": "adamw", "epochs": 60, "early_stopping": True, "patience": 6, "numeric": "auto",
-               "label_smoothing": 0.0, "lr_schedule": "cosine", "warmup_epochs": 2, "ensemble": 1},
+               "label_smoothing": 0.0, "lr_schedule": "cosine", "warmup_epochs": 2, "ensemble": 4},
 }
 
 

@@ -269,9 +269,10 @@ def test_cli_presets_fill_the_options_left_out(tmp_path):
     recipe, model = options("--epochs", "3")
     assert (recipe["early_stopping"], recipe["val_split"], recipe["optimizer"], recipe["numeric"]) == \
         (True, 0.1, cli.PRESETS["recipe"]["optimizer"], cli.PRESETS["recipe"]["numeric"])
-    assert "val_loss" in model.history[-1]
+    assert "val_loss" in model.history[-1] and model.ensemble == recipe["ensemble"] == 4
     plain, model = options("--preset", "plain")
     assert (plain["early_stopping"], plain["val_split"], plain["lr_schedule"]) == (False, 0.0, "constant")
+    assert model.ensemble == 1
     assert len(model.history) == 10 and "val_loss" not in model.history[-1]
     given, _ = options("--epochs", "2", "--val-split", "0", "--optimizer", "sgd")
     assert (given["early_stopping"], given["val_split"], given["optimizer"]) == (False, 0.0, "sgd")
