@@ -92,19 +92,33 @@ def _split(n, part, n_parts):
 
 
 @jit
-def _gather_rows(params, net, X, order, start, row0, rows, m, acts, zs):
-    """Workspace rows [row0, row0+rows) of a batch of m rows order[start:start+m] of X into the input block: the
-    dense inputs, then for each embedding table the row its category code picks. An ensemble's member e takes
-    workspace rows [e*m, (e+1)*m): its inputs go into zs's input block and times its adapter into acts'."""
-    n_in = net.sizes[0]
+def _gather(params, net, X, order, start, row0, rows, m, acts, zs):
+    """Workspace rows [row0, row0+rows) of a batch of m rows order[start:start+m] of X into the input block (acts'):
+    _gather_rows, or for an ensemble _gather_member_rows."""
     if net.members > 1:
-        adapters = _adapter_offset(net)
-        for i in range(row0, row0 + rows):
-            e = i // m
-            _gather_row(params, net, X, order[start + i - e * m], zs, i * n_in)
-            for j in range(n_in):
-                acts[i * n_in + j] = zs[i * n_in + j] * params[adapters + e * n_in + j]
-        return
+        _gather_member_rows(params, net, X, order, start, row0, rows, m, acts, zs)
+    else:
+        _gather_rows(params, net, X, order, start, row0, rows, acts)
+
+
+@jit
+def _gather_member_rows(params, net, X, order, start, row0, rows, m, acts, zs):
+    """An ensemble's member e takes workspace rows [e*m, (e+1)*m): the batch's inputs (_gather_row) go into zs's
+    input block, and times the member's adapter into acts'."""
+    n_in = net.sizes[0]
+    adapters = _adapter_offset(net)
+    for i in range(row0, row0 + rows):
+        e = i // m
+        _gather_row(params, net, X, order[start + i - e * m], zs, i * n_in)
+        for j in range(n_in):
+            acts[i * n_in + j] = zs[i * n_in + j] * params[adapters + e * n_in + j]
+
+
+@jit
+def _gather_rows(params, net, X, order, start, row0, rows, acts):
+    """Rows order[start+row0 : start+row0+rows] of X into the input block: the dense inputs, then for each
+    embedding table the row its category code picks."""
+    n_in = net.sizes[0]
     if net.n_dense == n_in:  # no tables: X's rows as they are (the loop the compiler vectorizes best)
         for i in range(row0, row0 + rows):
             src = order[start + i]
@@ -342,7 +356,7 @@ def _input_deltas(params, net, ws, l, row0, rows, m, j0, j1):
 def _forward_backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale):
     """Workspace rows [row0, row0+rows) of the batch order[start:start+m]: gathered, forward, output delta and
     hidden deltas; their loss sum."""
-    _gather_rows(params, net, batch.X, batch.order, start, row0, rows, m, ws.acts, ws.zs)
+    _gather(params, net, batch.X, batch.order, start, row0, rows, m, ws.acts, ws.zs)
     _forward_rows(params, net, ws, reg.dropout, reg.dropout_seed, t, batch.order, start, row0, rows, m)
     return _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale)
 
@@ -660,7 +674,7 @@ def forward_all(out, params, net, ws, X, n_parts):
             fp_mode = flush_denormals()
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
-            _gather_rows(params, net, X, order, start, r0, r1 - r0, m, acts, zs)
+            _gather(params, net, X, order, start, r0, r1 - r0, m, acts, zs)
             _forward_rows(params, net, ws, no_dropout, unused, unused, order, start, r0, r1 - r0, m)
             restore_fp_mode(fp_mode)
         # element by element: an array slice assignment would compile Numba's shape-mismatch message
