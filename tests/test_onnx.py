@@ -22,6 +22,16 @@ def run(model_or_path, feeds):
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
 
 
+def assert_predicts_as_fastbp(out, tr, X):
+    """The exported model's outputs `out` are what tr predicts for X."""
+    if tr.is_classifier:
+        np.testing.assert_array_equal(out["label"], tr.predict(X))
+        np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out["variable"].reshape(tr.predict(X).shape), tr.predict(X), rtol=1e-5,
+                                   atol=1e-5)
+
+
 TRAINER_CASES = [("cross_entropy", 3), ("binary_cross_entropy", 1), ("binary_cross_entropy", 2), ("mse", 2),
                  ("poisson", 1), ("huber", 1)]
 
@@ -33,13 +43,7 @@ def test_trainer_export_predicts_as_fastbp(loss, n_out, activation, tmp_path):
     if loss == "binary_cross_entropy" and n_out == 1:
         y = y[:, 0]
     tr = fastbp.Trainer([5, 9, 6, n_out], activation=activation, loss=loss, epochs=3, lr=0.05, seed=1).fit(X, y)
-    out = run(str(tr.to_onnx(tmp_path / "m.onnx") and tmp_path / "m.onnx"), {"X": X})
-    if tr.is_classifier:
-        np.testing.assert_array_equal(out["label"], tr.predict(X))
-        np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
-    else:
-        np.testing.assert_allclose(out["variable"].reshape(tr.predict(X).shape), tr.predict(X), rtol=1e-5,
-                                   atol=1e-5)
+    assert_predicts_as_fastbp(run(str(tr.to_onnx(tmp_path / "m.onnx") and tmp_path / "m.onnx"), {"X": X}), tr, X)
 
 
 @pytest.mark.parametrize("loss,n_out", TRAINER_CASES, ids=[f"{loss}-{n}" for loss, n in TRAINER_CASES])
@@ -51,13 +55,7 @@ def test_ensemble_export_predicts_as_fastbp(loss, n_out, hidden):
         y = y[:, 0]
     tr = fastbp.Trainer([5, *hidden, n_out], activation="gelu", loss=loss, epochs=3, lr=0.05, seed=1,
                         ensemble=3).fit(X, y)
-    out = run(tr.to_onnx(), {"X": X})
-    if tr.is_classifier:
-        np.testing.assert_array_equal(out["label"], tr.predict(X))
-        np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
-    else:
-        np.testing.assert_allclose(out["variable"].reshape(tr.predict(X).shape), tr.predict(X), rtol=1e-5,
-                                   atol=1e-5)
+    assert_predicts_as_fastbp(run(tr.to_onnx(), {"X": X}), tr, X)
 
 
 def test_ensemble_with_tables_exports(tmp_path):
