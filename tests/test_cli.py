@@ -44,7 +44,8 @@ def files(tmp_path_factory):
 def test_train_predict_evaluate_info(files, tmp_path, name, target):
     model = tmp_path / "m.fbp"
     code, out, err = fastbp_cli("train", files / name, "--target", target, "--hidden", "16", "--epochs", 15,
-                                "--lr", 0.01, "--quiet", "--out", model, "--log-file", tmp_path / "log.jsonl")
+                                "--lr", 0.01, "--val-split", 0.1, "--quiet", "--out", model, "--log-file",
+                                tmp_path / "log.jsonl")
     assert code == 0, err
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(log) == 15 and "val_loss" in log[0]
@@ -161,7 +162,7 @@ def test_resume_after_early_stopping_keeps_its_best_epoch(files, tmp_path):
     """The last checkpoint of a run that stopped early holds its last epoch; --resume from it knows the run had
     stopped (it trains no more) and restores the best epoch from best.fbp beside the checkpoint, as the run did."""
     common = ["--target", "label", "--hidden", "8", "--seed", "2", "--threads", "1", "--epochs", "60", "--patience",
-              "2", "--monitor", "val_accuracy", "--checkpoint-dir", tmp_path / "ckpt", "--quiet"]
+              "2", "--early-stopping", "--monitor", "val_accuracy", "--checkpoint-dir", tmp_path / "ckpt", "--quiet"]
     code, out, err = fastbp_cli("train", files / "d.parquet", *common, "--out", tmp_path / "full.fbp")
     assert code == 0, err
     trained = len(fastbp.load(tmp_path / "ckpt" / "checkpoint.fbp").history)

@@ -255,8 +255,9 @@ def test_numeric_auto_bins_where_the_rows_fill_them():
 
 
 def test_cli_presets_fill_the_options_left_out(tmp_path):
-    """--preset recipe (the default) stops early on 10 % held-out rows; plain trains 10 epochs on every row; an
-    option given wins, and --val-split 0 turns the recipe's early stopping off."""
+    """--preset recipe (the default) trains 4 members for 30 epochs of a cosine schedule on every row; plain one
+    model for 10 epochs at a constant lr; an option given wins; --early-stopping holds 10 % of the rows out unless
+    --val-split says otherwise, and --val-split 0 turns early stopping off."""
     df, late = mixed(400)
     pq.write_table(pa.Table.from_pandas(df.assign(late=late), preserve_index=False), tmp_path / "d.parquet")
 
@@ -267,9 +268,12 @@ def test_cli_presets_fill_the_options_left_out(tmp_path):
         return model.metadata["cli_options"], model
 
     recipe, model = options("--epochs", "3")
-    assert (recipe["early_stopping"], recipe["val_split"], recipe["optimizer"], recipe["numeric"]) == \
-        (True, 0.1, cli.PRESETS["recipe"]["optimizer"], cli.PRESETS["recipe"]["numeric"])
-    assert "val_loss" in model.history[-1] and model.ensemble == recipe["ensemble"] == 4
+    assert (recipe["early_stopping"], recipe["val_split"], recipe["optimizer"], recipe["numeric"],
+            recipe["lr_schedule"]) == (False, 0.0, "adamw", "auto", "cosine")
+    assert "val_loss" not in model.history[-1] and model.ensemble == recipe["ensemble"] == 4
+    assert cli.PRESETS["recipe"]["epochs"] == 30
+    stopping, model = options("--epochs", "3", "--early-stopping")
+    assert (stopping["early_stopping"], stopping["val_split"]) == (True, 0.1) and "val_loss" in model.history[-1]
     plain, model = options("--preset", "plain")
     assert (plain["early_stopping"], plain["val_split"], plain["lr_schedule"]) == (False, 0.0, "constant")
     assert model.ensemble == 1
