@@ -251,8 +251,8 @@ class Trainer:
 
     @property
     def layers(self):
-        """[(W, b)] live views into params; W has shape (n_in, n_out). An ensemble's last layer is a list of
-        (W, b), a head per member (its input adapters: layout.adapters(params))."""
+        """[(W, b)] live views into params; W has shape (n_in, n_out). An ensemble's last layer, its heads, has W
+        (members, n_in, n_out) and b (members, n_out) (its input adapters: layout.adapters(params))."""
         return self.layout.views(self.params)
 
     @property
@@ -646,12 +646,9 @@ class Trainer:
         prep = Preprocessor(self.preprocessing) if self.preprocessing else None
         with self._lock.reading():  # one epoch's end, while fit may run in another thread
             params = self.params.copy()
-        layers, adapters = self.layout.views(params), self.layout.adapters(params)
-        if adapters is not None:  # an ensemble's heads stacked: (members, n_in, n_out) and (members, n_out)
-            heads = layers[-1]
-            layers = layers[:-1] + [(np.stack([W for W, _ in heads]), np.stack([b for _, b in heads]))]
-        model = onnx_export.trainer_model(layers, hidden, self.loss, self.params.dtype, prep, self.classes_,
-                                          _version(), input_dtype, self.layout.tables(params), adapters)
+        model = onnx_export.trainer_model(self.layout.views(params), hidden, self.loss, self.params.dtype, prep,
+                                          self.classes_, _version(), input_dtype, self.layout.tables(params),
+                                          self.layout.adapters(params))
         if path is not None:
             onnx_export.save(model, path)
         return model
@@ -669,12 +666,9 @@ class Trainer:
             output = {"cross_entropy": "softmax in the loss", "binary_cross_entropy": "sigmoid in the loss",
                       "poisson": "exp in the loss"}.get(self.loss, "linear")
             rows = [("layer", "shape", "activation", "parameters")]
-            for i, (layer, act) in enumerate(zip(self.layers, hidden + [output])):
-                heads = layer if isinstance(layer, list) else [layer]  # an ensemble's last layer: a head per member
-                W = heads[0][0]
-                rows.append((str(i + 1), f"{W.shape[0]} -> {W.shape[1]}" + (f" x {len(heads)} heads" if len(heads) > 1
-                                                                             else ""),
-                             act, f"{sum(W.size + b.size for W, b in heads):,}"))
+            for i, ((W, b), act) in enumerate(zip(self.layers, hidden + [output])):
+                heads = f" x {W.shape[0]} heads" if W.ndim == 3 else ""  # an ensemble's last layer
+                rows.append((str(i + 1), f"{W.shape[-2]} -> {W.shape[-1]}{heads}", act, f"{W.size + b.size:,}"))
             widths = [max(len(r[k]) for r in rows) for k in range(4)]
             lines = [f"Trainer: MLP {self.layer_sizes}, {self.layout.n_params:,} parameters, {self.dtype}"]
             lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

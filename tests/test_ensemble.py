@@ -34,7 +34,7 @@ def member_logits(tr, X):
     layers = tr.layers
     adapters = tr.layout.adapters(tr.params)
     out = []
-    for e, head in enumerate(layers[-1]):
+    for e, head in enumerate(zip(*layers[-1])):
         hidden = [tr.activation] * (len(layers) - 1)
         _, acts = naive.forward(layers[:-1] + [head], hidden, X * adapters[e])
         out.append(acts[-1])
@@ -43,8 +43,14 @@ def member_logits(tr, X):
 
 def test_layout_and_initialization():
     tr = fastbp.Trainer([6, 8, 3], ensemble=4, seed=1)
-    heads = tr.layers[-1]
-    assert len(heads) == 4 and all(W.shape == (8, 3) and b.shape == (3,) for W, b in heads)
+    W, b = tr.layers[-1]
+    assert W.shape == (4, 8, 3) and b.shape == (4, 3)
+    heads = list(zip(W, b))
+    start = tr.layout.w_offsets[-1] + 2 * (8 * 3 + 3)  # head 2 in the flat parameters: its W, then its b
+    np.testing.assert_array_equal(W[2].ravel(), tr.params[start:start + 24])
+    np.testing.assert_array_equal(b[2], tr.params[start + 24:start + 27])
+    W[1, 0, 0] = 5.0  # a view: writing into it writes into the parameters
+    assert tr.params[tr.layout.w_offsets[-1] + 27] == 5.0
     assert tr.params.size == (6 * 8 + 8) + 4 * (8 * 3 + 3) + 4 * 6
     adapters = tr.layout.adapters(tr.params)
     assert adapters.shape == (4, 6) and set(np.unique(adapters)) <= {-1.0, 1.0}
@@ -110,10 +116,10 @@ def _torch_twin(tr, torch):
     """A torch module computing what the ensemble `tr` computes, with its parameters copied."""
     f64 = torch.float64
     shared = [torch.nn.Linear(W.shape[0], W.shape[1], dtype=f64) for W, _ in tr.layers[:-1]]
-    heads = [torch.nn.Linear(W.shape[0], W.shape[1], dtype=f64) for W, _ in tr.layers[-1]]
+    heads = [torch.nn.Linear(W.shape[0], W.shape[1], dtype=f64) for W in tr.layers[-1][0]]
     adapters = torch.nn.Parameter(torch.from_numpy(tr.layout.adapters(tr.params).copy()))
     with torch.no_grad():
-        for lin, (W, b) in zip(shared + heads, tr.layers[:-1] + tr.layers[-1]):
+        for lin, (W, b) in zip(shared + heads, tr.layers[:-1] + list(zip(*tr.layers[-1]))):
             lin.weight.copy_(torch.from_numpy(W.T.copy()))
             lin.bias.copy_(torch.from_numpy(b.copy()))
 
@@ -232,7 +238,7 @@ def test_cli_trains_an_ensemble_and_refuses_resuming_with_another(tmp_path):
               "--checkpoint-dir", tmp_path / "ck"]
     cli(*common, "--epochs", 2, "--ensemble", 3, "--out", tmp_path / "m.fbp")
     model = fastbp.load(tmp_path / "m.fbp")
-    assert model.ensemble == 3 and len(model.layers[-1]) == 3
+    assert model.ensemble == 3 and model.layers[-1][0].shape[0] == 3
     scores = json.loads(cli("evaluate", tmp_path / "m.fbp", tmp_path / "d.csv").stdout)
     assert scores["accuracy"] > 0.7
     cli(*common, "--epochs", 4, "--ensemble", 3, "--resume", "--out", tmp_path / "m.fbp")

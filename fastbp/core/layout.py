@@ -86,17 +86,21 @@ class Layout:
         return int(self.sizes[-1])
 
     def views(self, flat):
-        """[(W_l, b_l)] as views into `flat` (writing into them writes into `flat`); an ensemble's last layer is
-        [(W, b)] of its heads, one per member."""
+        """[(W_l, b_l)] as views into `flat` (writing into them writes into `flat`); an ensemble's heads, the last
+        layer, are W (members, n_in, n_out) and b (members, n_out)."""
         out = []
         for l in range(self.n_layers):
             n_in, n_out = int(self.sizes[l]), int(self.sizes[l + 1])
-            heads = []
-            for e in range(self.members if l == self.n_layers - 1 else 1):
-                start = int(self.w_offsets[l]) + e * (n_in * n_out + n_out)
-                heads.append((flat[start:start + n_in * n_out].reshape(n_in, n_out),
-                              flat[start + n_in * n_out:start + n_in * n_out + n_out]))
-            out.append(heads if self.members > 1 and l == self.n_layers - 1 else heads[0])
+            start = int(self.w_offsets[l])
+            if l == self.n_layers - 1 and self.members > 1:  # head e's W and b start (W + b) * e further on
+                head, item = (n_in * n_out + n_out) * flat.itemsize, flat.itemsize
+                W = np.lib.stride_tricks.as_strided(flat[start:], (self.members, n_in, n_out),
+                                                    (head, n_out * item, item))
+                b = np.lib.stride_tricks.as_strided(flat[start + n_in * n_out:], (self.members, n_out), (head, item))
+            else:
+                W = flat[start:start + n_in * n_out].reshape(n_in, n_out)
+                b = flat[start + n_in * n_out:start + n_in * n_out + n_out]
+            out.append((W, b))
         return out
 
     def adapters(self, flat):
@@ -119,8 +123,8 @@ class Layout:
             raise InputError(f"unknown init {init!r}; valid inits: {', '.join(INITS)}")
         from .activations import RELU_FAMILY
 
-        layers = [(l, W, b) for l, layer in enumerate(self.views(flat))
-                  for W, b in (layer if isinstance(layer, list) else [layer])]
+        layers = [(l, W, b) for l, (Ws, bs) in enumerate(self.views(flat))
+                  for W, b in (zip(Ws, bs) if Ws.ndim == 3 else [(Ws, bs)])]  # an ensemble's heads one by one
         for l, W, b in layers:
             layer_init = init
             if init == "auto":

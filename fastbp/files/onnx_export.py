@@ -212,7 +212,7 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     predict refuses (see valid_rows), whose probabilities, scores or values are NaN and whose label means
     nothing. tables: the embedding tables (fastbp.core.layout): an array model's X then ends with their category
     codes. adapters: an ensemble's (members, n_in) input adapters; its last layer is then the members' heads,
-    stacked (ensemble_forward)."""
+    (members, n_in, n_out) and (members, n_out) (ensemble_forward)."""
     onnx = require_onnx()
     g = Graph()
     dtype = np.dtype(dtype)
