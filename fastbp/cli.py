@@ -766,7 +766,7 @@ def _summary(config, arrays):
     init = config["init_args"]
     prep = config.get("preprocessing") or {}
     return {"fastbp_version": config.get("fastbp_version"), "layer_sizes": init["layer_sizes"],
-               "activation": init["activation"], "loss": init["loss"], "optimizer": init["optimizer"],
+               "ensemble": init.get("ensemble", 1), "activation": init["activation"], "loss": init["loss"], "optimizer": init["optimizer"],
                "dtype": init["dtype"], "parameters": int(arrays["params"].size), "epochs_trained": len(config["history"]),
                "last_epoch": config["history"][-1] if config["history"] else None,
                "target": prep.get("target"), "task": prep.get("task"), "features": prep.get("features"),

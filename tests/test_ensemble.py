@@ -239,6 +239,7 @@ def test_cli_trains_an_ensemble_and_refuses_resuming_with_another(tmp_path):
     cli(*common, "--epochs", 2, "--ensemble", 3, "--out", tmp_path / "m.fbp")
     model = fastbp.load(tmp_path / "m.fbp")
     assert model.ensemble == 3 and model.layers[-1][0].shape[0] == 3
+    assert json.loads(cli("info", tmp_path / "m.fbp").stdout)["ensemble"] == 3
     scores = json.loads(cli("evaluate", tmp_path / "m.fbp", tmp_path / "d.csv").stdout)
     assert scores["accuracy"] > 0.7
     cli(*common, "--epochs", 4, "--ensemble", 3, "--resume", "--out", tmp_path / "m.fbp")
