@@ -119,7 +119,7 @@ def test_cli_models_export_their_preprocessing(tmp_path):
             cli("predict", model, tmp_path / "new.csv", "--out", tmp_path / "p.npy", "--proba", "--quiet")
             np.testing.assert_allclose(out["probabilities"], np.load(tmp_path / "p.npy"), rtol=1e-5, atol=1e-6)
         else:
-            np.testing.assert_allclose(out["variable"][:, 0], tr.predict(X, encoded=True), rtol=1e-5)
+            np.testing.assert_allclose(out["variable"][:, 0], tr.predict(X, encoded=True), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("labels", [np.array(["no", "yes"]), np.array([10, 20, 30]), np.array([False, True])])
