@@ -166,6 +166,31 @@ def test_unusual_but_valid_inputs_work(tmp_path):
     tr.fit(X > 0, y)
 
 
+def test_read_only_inputs_reuse_the_kernels_compiled_for_writable_ones(tmp_path):
+    """A read-only memory map trains, predicts and gives the full-data gradient through the kernels already
+    compiled for writable arrays (Numba types read-only arrays apart: it compiled every kernel again), with the
+    same results, and the file is left as it was."""
+    from fastbp.core import kernels
+
+    X, y = make_problem("cross_entropy", 200, 5, 3, seed=1)
+    X = X.astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    settings = dict(batch_size=32, epochs=2, dtype="float32", seed=3, n_threads=1)
+    writable = fastbp.Trainer([5, 8, 3], **settings).fit(X, y)
+    loss, grad = writable.loss_and_grad(X, y)
+    read_only = fastbp.Trainer([5, 8, 3], **settings).fit(mapped, y)
+    proba = read_only.predict_proba(mapped)
+    loss_mapped, grad_mapped = read_only.loss_and_grad(mapped, y)
+    for kernel in (kernels.train_epoch, kernels.forward_all, kernels.loss_and_gradient):
+        assert kernel.signatures and not any("readonly" in str(sig) for sig in kernel.signatures)
+    np.testing.assert_array_equal(read_only.params, writable.params)
+    np.testing.assert_array_equal(proba, writable.predict_proba(X))
+    assert loss_mapped == loss
+    np.testing.assert_array_equal(grad_mapped, grad)
+    np.testing.assert_array_equal(np.load(tmp_path / "X.npy"), X)
+
+
 def test_poisson_predicts_rates_and_refuses_negative_counts():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 3))

@@ -9,8 +9,8 @@ from scipy.special import expit, logsumexp
 
 from ..core import kernels
 from ..core.activations import GELU
-from ..core.bundles import (TABLE_DIM, TABLE_ROWS, make_hyper, make_optimizer, make_regularization, make_table_marks,
-                            make_workspace)
+from ..core.bundles import (TABLE_DIM, TABLE_ROWS, kernel_input, make_hyper, make_optimizer, make_regularization,
+                            make_table_marks, make_workspace)
 from ..core.compile import announced_compiles
 from ..core.threads import resolve_n_threads, thread_limits, threads_for
 from ..core.layout import flops_per_row
@@ -46,7 +46,7 @@ def forward(params, net, X, n_threads=None):
                                 block * flops_per_row(net.sizes, backward=False, members=net.members))
         ws = workspace(net, block, params.dtype, grad=np.empty(0, dtype=params.dtype))
         with thread_limits(n_threads), announced_compiles("prediction"):
-            kernels.forward_all(out, params, net, ws, X, n_threads)
+            kernels.forward_all(out, params, net, ws, kernel_input(X), n_threads)
     return out if net.members == 1 else ensemble_logits(out.reshape(n, net.members, -1), net.loss_code)
 
 
@@ -82,7 +82,8 @@ class FullGradient:
         self.ws, self.marks = workspace(net, block, dtype), table_marks(net, block, dtype)
         self.reg = make_regularization(np.zeros(net.sizes.size - 1), dtype)
         self.inert, self.no_hyper = make_optimizer(SGD, 0, dtype, ()), make_hyper(1.0)
-        self.X, self.Y, self.weights, self.n_threads = X, Y, weights, n_threads
+        self.X, self.Y, self.weights = kernel_input(X), kernel_input(Y), kernel_input(weights)
+        self.n_threads = n_threads
 
     def __call__(self, params, grad):
         """Mean loss at `params`; its gradient into `grad`."""
