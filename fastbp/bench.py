@@ -296,14 +296,14 @@ print(time.perf_counter() - start)
 
 
 def startup_seconds(dtype):
-    """(seconds with an empty Numba cache, seconds with a warm cache) for import + one epoch on digits."""
+    """(seconds with an empty kernel cache, seconds with a warm cache) for import + one epoch on digits."""
     import os
     import subprocess
     import sys
     import tempfile
 
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, FASTBP_CACHE_DIR=cache)
         run = lambda: float(subprocess.run([sys.executable, "-c", _STARTUP.format(dtype=dtype)], env=env,
                                            capture_output=True, text=True, check=True).stdout.split()[-1])
         cold = run()

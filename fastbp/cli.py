@@ -962,8 +962,8 @@ def _parser():
     p.add_argument("--seed", type=int, default=0, help="data and initial weights")
     p.add_argument("--out", default=None, help="save the trained model to this .fbp file")
 
-    p = command("compile", "compile the kernels for float32 and float64 into Numba's cache, so later processes "
-                           "start fast (run it once when building an image)", compile_command)
+    p = command("compile", "compile the kernels for float32 and float64 into fastbp's kernel cache, so later "
+                           "processes start fast (run it once when building an image)", compile_command)
     p.add_argument("--dtype", choices=["float32", "float64"], action="append",
                    help="only this dtype (repeatable; default: both)")
 

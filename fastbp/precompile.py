@@ -1,7 +1,8 @@
 """Compile every kernel a run uses into Numba's on-disk cache, ahead of the first real fit.
 
 Numba compiles fastbp's kernels the first time a process needs them (seconds) and keeps them in
-its cache (__pycache__ beside the package, or NUMBA_CACHE_DIR): every later process loads them.
+fastbp's kernel cache (core.compile.kernel_cache_dir(): one folder per version of the kernels, shared by
+every copy and environment of the same code): every later process loads them.
 A fresh container or CI image pays the compile again, unless it was built with `fastbp compile`.
 Each kernel is compiled once per dtype and per kind of target (class indices, or float targets),
 whatever the layer sizes, activations, losses or optimizer, so a few tiny fits reach them all.
@@ -30,7 +31,7 @@ def _tiny_fits(dtype):
 
 def compile_kernels(dtypes=DTYPES, progress=print):
     """Run tiny fits of each dtype, so their kernels are compiled and cached; returns seconds per dtype."""
-    import numba
+    from .core.compile import kernel_cache_dir
 
     seconds = {}
     for dtype in dtypes:
@@ -38,6 +39,5 @@ def compile_kernels(dtypes=DTYPES, progress=print):
         _tiny_fits(dtype)
         seconds[dtype] = time.perf_counter() - start
         progress(f"{dtype}: {seconds[dtype]:.1f} s")
-    where = numba.config.CACHE_DIR or "__pycache__ folders beside fastbp's modules"
-    progress(f"compiled kernels are cached in {where}")
+    progress(f"compiled kernels are cached in {kernel_cache_dir()}")
     return seconds

@@ -1,5 +1,6 @@
 """The thread policy (fastbp.core.threads): OpenMP limits obeyed, threads sized to the work, spin default."""
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -7,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+import fastbp
 from fastbp import Trainer
 import fastbp.core
 from fastbp.core import threads
@@ -82,23 +84,69 @@ def test_the_first_compile_in_a_fresh_cache_is_announced_once(tmp_path):
             "X = np.random.default_rng(0).normal(size=(40, 3))\n"
             "for _ in range(2):\n"
             "    fastbp.Trainer([3, 2], epochs=1, dtype='float64').fit(X, np.arange(40) % 2)\n")
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_CACHE_DIR=str(tmp_path / "cache"))
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr
     # said before the pause (so a user knows why it waits) and after it, with the time it took
-    assert first.stderr.count("CompileNotice: compiling fastbp's training kernels, once for this environment") == 1
+    assert first.stderr.count("CompileNotice: compiling fastbp's training kernels, once for this version and CPU") == 1
     assert first.stderr.count("CompileNotice: compiled fastbp's training kernels in") == 1
     assert first.stderr.index("compiling fastbp's training") < first.stderr.index("compiled fastbp's training")
     assert "<string>:5: CompileNotice" in first.stderr  # attributed to the user's line
-    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0 and "CompileNotice" not in again.stderr  # loaded from the cache
+    # loaded from the cache, also by another copy of the package (an installed one beside the source tree)
+    copy = _copy_of_the_package(tmp_path / "copy")
+    again = subprocess.run([sys.executable, "-c", code + "assert fastbp.__file__.startswith(%r)\n" % str(copy)],
+                           capture_output=True, text=True, env=dict(env, PYTHONPATH=str(copy)), timeout=600)
+    assert again.returncode == 0 and "CompileNotice" not in again.stderr, again.stderr
+
+
+def _copy_of_the_package(folder):
+    shutil.copytree(os.path.dirname(fastbp.__file__), folder / "fastbp", ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
+
+
+def _cache_dir_of(package_folder, **env):
+    code = "from fastbp.core.compile import kernel_cache_dir; print(kernel_cache_dir())"
+    env = dict({k: v for k, v in os.environ.items() if k != "FASTBP_CACHE_DIR"}, PYTHONPATH=str(package_folder), **env)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def test_the_kernel_cache_is_shared_by_copies_of_the_same_code_and_only_them(tmp_path):
+    """The cache folder is named by the kernels' sources and compile settings, not by where the package lies: a
+    copy of the same code uses the same folder; a change to any kernel module, or other compile settings, another."""
+    root = str(tmp_path / "cache")
+    same, changed = _copy_of_the_package(tmp_path / "same"), _copy_of_the_package(tmp_path / "changed")
+    with open(changed / "fastbp" / "core" / "activations.py", "a") as f:
+        f.write("\n# a change to a helper that every kernel inlines\n")
+    here = _cache_dir_of(os.path.dirname(os.path.dirname(fastbp.__file__)), FASTBP_CACHE_DIR=root)
+    assert os.path.dirname(here) == root
+    assert _cache_dir_of(same, FASTBP_CACHE_DIR=root) == here
+    assert _cache_dir_of(changed, FASTBP_CACHE_DIR=root) != here
+    assert _cache_dir_of(same, FASTBP_CACHE_DIR=root, FASTBP_FASTMATH="0") != here
+    assert _cache_dir_of(same, FASTBP_CACHE_DIR=root, NUMBA_BOUNDSCHECK="1") != here
+    # NUMBA_CACHE_DIR, when FASTBP_CACHE_DIR is not set, holds fastbp's folders too
+    numba_dir = str(tmp_path / "numba")
+    assert os.path.dirname(_cache_dir_of(same, NUMBA_CACHE_DIR=numba_dir)) == os.path.join(numba_dir, "fastbp")
+
+
+def test_kernel_cache_folders_of_other_code_are_removed_when_long_unused(tmp_path):
+    root = tmp_path / "cache"
+    old, recent = root / "kernels-old", root / "kernels-recent"
+    for folder in (old, recent):
+        folder.mkdir(parents=True)
+        (folder / "x.nbi").write_bytes(b"")
+    month_ago = time.time() - 30 * 86400
+    os.utime(old, (month_ago, month_ago))
+    current = _cache_dir_of(os.path.dirname(os.path.dirname(fastbp.__file__)), FASTBP_CACHE_DIR=str(root))
+    assert os.path.isdir(current) and recent.is_dir() and not old.exists()
 
 
 @pytest.mark.slow
 def test_after_fastbp_compile_a_new_process_compiles_nothing(tmp_path):
     """`fastbp compile` fills the cache with what a run uses (the tiny fits reach every kernel): a later process
     that fits a DataFrame with an embedded column, validates, predicts and evaluates compiles nothing."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_CACHE_DIR=str(tmp_path / "cache"))
     built = subprocess.run([sys.executable, "-m", "fastbp", "compile", "--dtype", "float32"], capture_output=True,
                            text=True, env=env, timeout=900)
     assert built.returncode == 0, built.stderr

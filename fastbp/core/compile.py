@@ -1,14 +1,21 @@
-"""The one place that owns how Numba compiles fastbp's kernels.
+"""The one place that owns how Numba compiles fastbp's kernels, and where it caches them.
 
 Environment variables override the defaults:
   FASTBP_FASTMATH=0   compile without fast-math (strict IEEE ordering)
   FASTBP_CACHE=0      do not write compiled kernels to Numba's on-disk cache
+  FASTBP_CACHE_DIR    where the cache goes (default: NUMBA_CACHE_DIR/fastbp if set, else the user's cache
+                      folder, ~/.cache/fastbp on Linux)
 """
 import contextlib
+import glob
+import hashlib
 import os
+import shutil
+import sys
 import time
 
 import numba
+from numba.core import caching
 from numba.core import event as numba_events
 
 from .errors import warn
@@ -41,18 +48,121 @@ def _prange_only():
 
 
 def jit(fn=None, *, parallel=False):
-    """numba.njit with the project's settings; every kernel is compiled through here."""
+    """numba.njit with the project's settings; every kernel is compiled through here, and cached in the shared
+    kernel cache (kernel_cache_dir())."""
     def wrap(f):
         # error_model="numpy": float division by zero gives inf/nan instead of a
         # Python exception, whose check would stop every loop with a division
         # (Adam, RMSprop) from vectorizing.
-        return numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=_prange_only() if parallel else False,
-                          nogil=True, error_model="numpy")(f)
+        dispatcher = numba.njit(fastmath=FASTMATH, parallel=_prange_only() if parallel else False, nogil=True,
+                                error_model="numpy")(f)
+        if CACHE:
+            # what Dispatcher.enable_caching does, with the shared cache's locator tried first
+            dispatcher._cache = _SharedFunctionCache(f)
+        return dispatcher
     return wrap(fn) if fn is not None else wrap
 
 
+# The shared kernel cache. Numba keeps a function's compiled code beside its source file (__pycache__), so the
+# source tree, the installed package and every virtual environment compiled everything again (30 s or more each
+# here); and it checks only the function's own file, so a change to a helper in another module left callers'
+# stale code in the cache. fastbp's cache folder is named by a digest of every source file of the kernels, the
+# compile settings and Numba's version instead: every copy of the same code shares it, any change to the kernels
+# gets a fresh folder. Numba's index inside keys each entry by the CPU's name and features, so a cache from
+# another CPU is not loaded: that process compiles (and adds its own entries).
+KEEP_UNUSED_DAYS = 14   # folders of other versions not used this long are removed
+KEEP_FOLDERS = 8        # nor more than this many kept
+
+
+def _user_cache_root():
+    if sys.platform == "win32":
+        return os.environ.get("LOCALAPPDATA") or os.path.expanduser("~")
+    if sys.platform == "darwin":
+        return os.path.expanduser("~/Library/Caches")
+    return os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+
+
+def _kernel_digest():
+    digest = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in sorted(glob.glob(os.path.join(here, "*.py"))):
+        with open(path, "rb") as f:
+            digest.update(os.path.basename(path).encode() + b"\0" + f.read() + b"\0")
+    settings = (sorted(FASTMATH) if FASTMATH else False, numba.__version__, numba.config.BOUNDSCHECK,
+                numba.config.OPT, sys.version_info[:2])
+    digest.update(repr(settings).encode())
+    return digest.hexdigest()[:20]
+
+
+def kernel_cache_root():
+    """The folder that holds the kernel cache folders (one per version of the kernels)."""
+    if os.environ.get("FASTBP_CACHE_DIR"):
+        return os.path.abspath(os.environ["FASTBP_CACHE_DIR"])
+    if numba.config.CACHE_DIR:
+        return os.path.join(numba.config.CACHE_DIR, "fastbp")
+    return os.path.join(_user_cache_root(), "fastbp")
+
+
+_DIGEST = _kernel_digest()
+
+
+def kernel_cache_dir():
+    """Where this code's compiled kernels are cached."""
+    return os.path.join(kernel_cache_root(), f"kernels-{_DIGEST}")
+
+
+def _prune_other_folders(root, current):
+    """Removes the kernel folders of other code not used for KEEP_UNUSED_DAYS, and the least recently used beyond
+    KEEP_FOLDERS (a process still loading from one then compiles what it misses)."""
+    others = [path for path in glob.glob(os.path.join(root, "kernels-*")) if path != current]
+    others.sort(key=lambda path: os.stat(path).st_mtime, reverse=True)
+    cutoff = time.time() - KEEP_UNUSED_DAYS * 86400
+    for rank, path in enumerate(others):
+        if rank + 1 >= KEEP_FOLDERS or os.stat(path).st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+_used_folders = set()
+
+
+class _SharedCacheLocator(caching._CacheLocator):
+    def __init__(self, py_func):
+        self._lineno = py_func.__code__.co_firstlineno
+        self._path = kernel_cache_dir()
+
+    def get_cache_path(self):
+        return self._path
+
+    def get_source_stamp(self):
+        return _DIGEST  # the folder's name already says which code it holds
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        self = cls(py_func)
+        try:
+            self.ensure_cache_path()
+            if self._path not in _used_folders:  # marks it used (its mtime), once per process
+                _used_folders.add(self._path)
+                os.utime(self._path)
+                _prune_other_folders(os.path.dirname(self._path), self._path)
+        except OSError:
+            return None  # not writable: Numba's own places (beside the source, or its user-wide folder)
+        return self
+
+
+class _SharedCacheImpl(caching.CompileResultCacheImpl):
+    _locator_classes = [_SharedCacheLocator, *caching.CompileResultCacheImpl._locator_classes]
+
+
+class _SharedFunctionCache(caching.FunctionCache):
+    _impl_class = _SharedCacheImpl
+
+
 class CompileNotice(UserWarning):
-    """Kernels were compiled (not loaded from Numba's cache) in this process: once per environment."""
+    """Kernels were compiled (not loaded from the kernel cache) in this process: once per version and CPU."""
 
 
 class _CompileWatch(numba_events.Listener):
@@ -64,9 +174,12 @@ class _CompileWatch(numba_events.Listener):
     def on_start(self, event):
         if self.started is None:
             self.started = time.perf_counter()
-            later = ("later processes load them from Numba's cache; `fastbp compile` compiles them ahead, e.g. when "
-                     "building an image") if CACHE else "Numba's cache is off (FASTBP_CACHE=0): every process compiles"
-            warn(f"compiling fastbp's {self.what} kernels, once for this environment ({later})", CompileNotice)
+            if CACHE:
+                later = ("later processes, in any environment, load them from fastbp's kernel cache; `fastbp compile` "
+                         "compiles them ahead, e.g. when building an image")
+            else:
+                later = "the kernel cache is off (FASTBP_CACHE=0): every process compiles"
+            warn(f"compiling fastbp's {self.what} kernels, once for this version and CPU ({later})", CompileNotice)
 
     def on_end(self, event):
         pass
