@@ -851,8 +851,8 @@ def _parser():
                         "classes one-hot, one output each (the largest is the prediction). poisson is Python-only: "
                         "the command line standardizes regression targets")
     p.add_argument("--preset", default="recipe", choices=list(PRESETS),
-                   help="defaults of the training options left out: recipe (the default: AdamW, cosine lr after a "
-                        "warm-up, early stopping on 10%% held-out rows within 60 epochs, --numeric auto; "
+                   help="defaults of the training options left out: recipe (the default: an ensemble of 4 members, "
+                        "AdamW, 30 epochs of a cosine lr after a warm-up on every row, --numeric auto; "
                         "docs/cli.md), or plain (10 epochs of Adam on every row: fastbp before presets)")
     p.add_argument("--optimizer", default=None, choices=list(OPTIMIZERS),
                    help=f"as torch.optim defines it ({_by_preset('optimizer')})")
