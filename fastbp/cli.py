@@ -22,6 +22,7 @@ import numpy as np
 
 from .core.errors import InputError
 from .engine.callbacks import Callback, on_terminal
+from .presets import HIDDEN, PRESETS, lr_schedule
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 ARROW_FORMATS = (".csv", ".tsv", ".txt", ".parquet", ".pq")  # the files pyarrow reads
@@ -231,14 +232,6 @@ def _check_class_weight(option, loss, task):
 # is fastbp's training before presets; "recipe" the tabular recipe, each ingredient kept for what it measured on
 # the quality panel (docs/performance.md, "The recipe"). Without early stopping every row trains (--val-split 0);
 # with it 10 % are held out unless --val-split says otherwise.
-PRESETS = {
-    "plain": {"optimizer": "adam", "epochs": 10, "early_stopping": False, "patience": 10, "numeric": "standard",
-              "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0, "ensemble": 1},
-    "recipe": {"optimizer": "adamw", "epochs": 30, "early_stopping": False, "patience": 6, "numeric": "auto",
-               "label_smoothing": 0.0, "lr_schedule": "cosine", "warmup_epochs": 2, "ensemble": 4},
-}
-
-
 def _by_preset(name):
     """The help text's note of an option's default under each preset."""
     return "default: " + "; ".join(f"{preset} {values[name]}" for preset, values in PRESETS.items())
@@ -254,12 +247,6 @@ def _apply_preset(args):
             setattr(args, name, value)
     if args.val_split is None:
         args.val_split = 0.1 if args.early_stopping else 0.0
-
-
-def _lr_schedule(args):
-    """--lr-schedule and --warmup-epochs as a Trainer's lr_schedule (cosine's warm-up is the only one)."""
-    return (args.lr_schedule, {"warmup_epochs": args.warmup_epochs}) if args.lr_schedule == "cosine" else \
-        args.lr_schedule
 
 
 def _check_training_options(args):
@@ -353,7 +340,8 @@ def train(args):
                           impute=args.impute, max_categories=args.max_categories, numeric=args.numeric,
                           numeric_bins=args.numeric_bins, embeddings=prep.embeddings() or None,
                           categorical=args.categorical, onehot_max=args.onehot_max, embedding_dim=args.embedding_dim,
-                          label_smoothing=args.label_smoothing, lr_schedule=_lr_schedule(args), ensemble=args.ensemble)
+                          label_smoothing=args.label_smoothing,
+                          lr_schedule=lr_schedule(args.lr_schedule, args.warmup_epochs), ensemble=args.ensemble)
         trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
@@ -843,7 +831,8 @@ def _parser():
     p.add_argument("--exclude", help="comma-separated columns to leave out of the features")
     p.add_argument("--encoding", help="text encoding of a CSV file, e.g. latin-1 (default: UTF-8)")
     p.add_argument("--task", choices=["classify", "regress"], help="default: guessed from the target column")
-    p.add_argument("--hidden", default="256,256", help="hidden layer sizes, comma-separated; none for no hidden layer")
+    p.add_argument("--hidden", default=",".join(map(str, HIDDEN)),
+                   help="hidden layer sizes, comma-separated; none for no hidden layer")
     p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS), help="of every hidden layer")
     p.add_argument("--loss", choices=[name for name in LOSSES if name != "poisson"],
                    help="default: cross_entropy to classify (binary_cross_entropy: two classes, one output), mse "

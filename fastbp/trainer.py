@@ -8,7 +8,7 @@ import numpy as np
 
 from .core.checks import DTYPES, check_bool, check_dtype, check_int, check_number
 from .core.errors import InputError, InputTypeError, NotFittedError, warn
-from .core.layout import INITS, check_embeddings, check_layer_sizes
+from .core.layout import INITS, check_embeddings, check_layer_sizes, n_parameters
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization
 from .core.threads import resolve_n_threads
@@ -546,6 +546,19 @@ class Trainer:
         write_model(path, config, arrays)
 
     @classmethod
+    def from_preset(cls, name="recipe", **settings):
+        """A Trainer with a named preset's settings, the settings given winning: "recipe" (`fastbp train`'s
+        default: hidden (256, 256), an ensemble of 4 members, AdamW, 30 epochs of a cosine learning rate after 2
+        of warm-up, numeric="auto"; chosen by measurement, docs/performance.md) or "plain" (10 epochs of Adam,
+        one model). layer_sizes given replaces the preset's hidden widths."""
+        from .presets import trainer_settings
+
+        preset = trainer_settings(name)
+        if "layer_sizes" in settings:
+            del preset["hidden"]
+        return cls(**{**preset, **settings})
+
+    @classmethod
     def load(cls, path, comm=None, n_threads=None):
         """Rebuild a Trainer saved with save(); everything round-trips exactly (a custom Schedule becomes constant).
 
@@ -575,10 +588,8 @@ class Trainer:
             sizes = check_layer_sizes(init_args.get("layer_sizes"))
             tables = check_embeddings(init_args.get("embeddings") or (), sizes[0])
             members = check_int("ensemble", init_args.get("ensemble", 1), 1)
-            fans = [a * b + b for a, b in zip(sizes[:-1], sizes[1:])]
-            n_params = sum(fans[:-1]) + members * fans[-1] + (members * sizes[0] if members > 1 else 0) + sum(
-                r * d for r, d in tables)
-            if arrays["params"].shape != (n_params,):  # Python ints above: no overflow
+            n_params = n_parameters(sizes, tables, members)
+            if arrays["params"].shape != (n_params,):
                 raise InputError(f"layer_sizes {init_args.get('layer_sizes')}, embeddings {tables} and ensemble "
                                  f"{members} need {n_params} parameters, the file holds {arrays['params'].shape}")
             init_args.pop("n_threads", None)  # files from before n_threads became a run setting

@@ -304,7 +304,7 @@ def test_evaluate_computes_r2_over_the_whole_file_not_per_chunk(files, tmp_path)
 def test_help_lists_defaults_choices_and_examples():
     code, out, _ = fastbp_cli("train", "--help")
     assert code == 0
-    from fastbp.cli import PRESETS
+    from fastbp.presets import PRESETS
     by_preset = f"(default: plain adam; recipe {PRESETS['recipe']['optimizer']})"
     for text in ("(default: 256,256)", "{sgd,adam,adamw,rmsprop}", "--early-stopping", "--dropout DROPOUT",
                  "(default: 0.0)", "examples:\n  fastbp train data.parquet --target label"):

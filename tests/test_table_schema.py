@@ -6,6 +6,7 @@ import pytest
 
 import fastbp
 from fastbp import cli
+from fastbp.presets import PRESETS
 from fastbp.files.preprocess import Preprocessor
 from fastbp.files.sources import open_source
 
@@ -271,7 +272,7 @@ def test_cli_presets_fill_the_options_left_out(tmp_path):
     assert (recipe["early_stopping"], recipe["val_split"], recipe["optimizer"], recipe["numeric"],
             recipe["lr_schedule"]) == (False, 0.0, "adamw", "auto", "cosine")
     assert "val_loss" not in model.history[-1] and model.ensemble == recipe["ensemble"] == 4
-    assert cli.PRESETS["recipe"]["epochs"] == 30
+    assert PRESETS["recipe"]["epochs"] == 30
     stopping, model = options("--epochs", "3", "--early-stopping")
     assert (stopping["early_stopping"], stopping["val_split"]) == (True, 0.1) and "val_loss" in model.history[-1]
     plain, model = options("--preset", "plain")
@@ -280,3 +281,28 @@ def test_cli_presets_fill_the_options_left_out(tmp_path):
     assert len(model.history) == 10 and "val_loss" not in model.history[-1]
     given, _ = options("--epochs", "2", "--val-split", "0", "--optimizer", "sgd")
     assert (given["early_stopping"], given["val_split"], given["optimizer"]) == (False, 0.0, "sgd")
+
+
+@pytest.mark.parametrize("preset", ["recipe", "plain"])
+def test_trainer_from_preset_trains_as_the_cli_preset_does(tmp_path, preset):
+    """Trainer.from_preset gives the Python API the CLI's presets from the same table of settings: the same
+    optimizer, schedule, encoding, ensemble and hidden widths as `fastbp train --preset NAME`; settings given win."""
+    df, late = mixed(300)
+    pq.write_table(pa.Table.from_pandas(df.assign(late=late), preserve_index=False), tmp_path / "d.parquet")
+    assert cli.main(["train", str(tmp_path / "d.parquet"), "--target", "late", "--quiet", "--impute", "mean",
+                     "--epochs", "2", "--preset", preset, "--out", str(tmp_path / "m.fbp")]) == 0
+    from_cli = fastbp.load(tmp_path / "m.fbp")
+    trainer = fastbp.Trainer.from_preset(preset, epochs=2, impute="mean").fit(df, late)
+    for name in ("optimizer", "epochs", "numeric", "ensemble", "label_smoothing", "weight_decay", "batch_size"):
+        assert getattr(trainer, name) == getattr(from_cli, name), name
+    assert type(trainer.lr_schedule) is type(from_cli.lr_schedule)
+    assert vars(trainer.lr_schedule) == vars(from_cli.lr_schedule)
+    assert trainer.layer_sizes[1:-1] == from_cli.layer_sizes[1:-1]
+    assert len(trainer.history) == len(from_cli.history) == 2
+
+
+def test_trainer_from_preset_takes_the_settings_given_and_names_unknown_presets():
+    trainer = fastbp.Trainer.from_preset("recipe", layer_sizes=[4, 8, 2], ensemble=1, lr=3e-3)
+    assert (trainer.layer_sizes, trainer.ensemble, trainer.lr, trainer.optimizer) == ([4, 8, 2], 1, 3e-3, "adamw")
+    with pytest.raises(fastbp.InputError, match="unknown preset 'fast'; choose one of plain, recipe"):
+        fastbp.Trainer.from_preset("fast")

@@ -34,18 +34,13 @@ class Net(NamedTuple):
 TABLE_ROWS, TABLE_DIM, TABLE_OFFSET = range(3)  # the columns of Net.tables
 
 
-def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements, n_dense=None, tables=None,
-             n_layer_params=None, members=1):
-    """tables: (rows, dim, offset) per embedding table, or None; n_layer_params must be given for an ensemble."""
-    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
-    w_offsets = np.ascontiguousarray(w_offsets, dtype=np.int64)
-    if n_layer_params is None:
-        n_layer_params = int(w_offsets[-1] + sizes[-2] * sizes[-1] + sizes[-1])
-    tables = np.zeros((0, 3), dtype=np.int64) if tables is None or not len(tables) else \
-        np.ascontiguousarray(tables, dtype=np.int64).reshape(-1, 3)
-    return Net(sizes, w_offsets, np.ascontiguousarray(act_codes, dtype=np.int64), int(loss_code), float(huber_delta),
-               int(loss_elements), int(sizes[0] if n_dense is None else n_dense), tables, int(n_layer_params),
-               int(members))
+def make_net(sizes, w_offsets, act_codes, loss_code, huber_delta, loss_elements, n_dense, tables, n_layer_params,
+             members):
+    """From a fastbp.core.layout.Layout's figures; tables: (rows, dim, offset) per embedding table (maybe none)."""
+    tables = np.ascontiguousarray(tables, dtype=np.int64).reshape(-1, 3)
+    return Net(np.ascontiguousarray(sizes, dtype=np.int64), np.ascontiguousarray(w_offsets, dtype=np.int64),
+               np.ascontiguousarray(act_codes, dtype=np.int64), int(loss_code), float(huber_delta), int(loss_elements),
+               int(n_dense), tables, int(n_layer_params), int(members))
 
 
 class Regularization(NamedTuple):
@@ -118,11 +113,11 @@ class Workspace(NamedTuple):
     capacity: int
 
 
-def make_workspace(sizes, uses_gelu, capacity, n_params, dtype, grad=None, ensemble=False):
-    """Activations, pre-activations (when a layer uses gelu, or for an ensemble, whose input block holds the
-    inputs before the members' adapters), deltas and a gradient."""
+def make_workspace(sizes, pre_activations, capacity, n_params, dtype, grad=None):
+    """Activations, deltas, a gradient and, when pre_activations (a layer uses gelu, whose derivative needs them,
+    or an ensemble, whose input block keeps the inputs before the members' adapters), pre-activations."""
     width = int(capacity) * int(np.sum(sizes))
-    return Workspace(np.empty(width, dtype=dtype), np.empty(width if uses_gelu or ensemble else 0, dtype=dtype),
+    return Workspace(np.empty(width, dtype=dtype), np.empty(width if pre_activations else 0, dtype=dtype),
                      np.empty(width, dtype=dtype), np.empty(n_params, dtype=dtype) if grad is None else grad,
                      int(capacity))
 

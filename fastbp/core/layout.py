@@ -53,6 +53,16 @@ def check_embeddings(embeddings, n_in=None):
     return tables
 
 
+def n_parameters(layer_sizes, embeddings=(), members=1):
+    """The flat vector's length for checked layer sizes, embedding tables (rows, dim) and members (Layout's
+    order: layers with a head per member, the members' adapters, the tables), in Python ints: a file's figures
+    cannot overflow it before they are compared with what the file holds."""
+    sizes = [int(n) for n in layer_sizes]
+    fans = [n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    adapters = members * sizes[0] if members > 1 else 0
+    return sum(fans[:-1]) + members * fans[-1] + adapters + sum(int(rows) * int(dim) for rows, dim in embeddings)
+
+
 class Layout:
     """Offsets of each layer's W and b, and of each embedding table, in a flat vector."""
 
@@ -73,7 +83,7 @@ class Layout:
         table_sizes = self.emb_rows * self.emb_dims
         self.emb_offsets = (self.n_layer_params + np.concatenate(([0], np.cumsum(table_sizes)[:-1]))).astype(
             np.int64)[:len(self.embeddings)]
-        self.n_params = self.n_layer_params + int(table_sizes.sum())
+        self.n_params = n_parameters(self.sizes, self.embeddings, self.members)
         self.n_dense = self.n_in - int(self.emb_dims.sum())
         self.n_columns = self.n_dense + len(self.embeddings)  # the width of X
 

@@ -25,8 +25,8 @@ def workspace(net, capacity, dtype, grad=None):
     """A Workspace for batches of up to `capacity` rows of this net (members x capacity workspace rows for an
     ensemble; pre-activations only when a layer uses gelu or the members have adapters)."""
     n_params = net.n_layer_params + int((net.tables[:, TABLE_ROWS] * net.tables[:, TABLE_DIM]).sum())
-    return make_workspace(net.sizes, bool((net.act_codes == GELU).any()), capacity * net.members, n_params, dtype,
-                          grad, ensemble=net.members > 1)
+    pre_activations = bool((net.act_codes == GELU).any()) or net.members > 1
+    return make_workspace(net.sizes, pre_activations, capacity * net.members, n_params, dtype, grad)
 
 
 def table_marks(net, capacity, dtype, touched=None):
