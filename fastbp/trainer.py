@@ -766,7 +766,7 @@ class Trainer:
         if self.is_classifier and (classes is None or learn):
             seen = y
             if learn and self._comm.size > 1:  # every rank numbers the labels of all ranks' rows alike
-                seen = distributed.labels_of_all_ranks(self._comm, y)
+                seen = distributed.labels_of_all_ranks(self._comm, label_column(y))
             classes = learn_classes(seen, self.loss, self.layout.n_out)
         Y = check_targets(encode_labels(y, classes), self.loss, self.layout.n_out, X.shape[0], self.dtype)
         if learn:
@@ -834,7 +834,7 @@ class Trainer:
         width = shape[1] - len(tables) + sum(d for _, d in tables)
         labels = label_column(y)
         if self._comm.size > 1 and local:  # every rank counts the labels of all ranks' rows alike
-            labels = distributed.labels_of_all_ranks(self._comm, y)
+            labels = distributed.labels_of_all_ranks(self._comm, labels)
         if self.loss == "cross_entropy" and labels.ndim == 1:
             try:
                 n_out = max(2, len(np.unique(labels)))

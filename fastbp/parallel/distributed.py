@@ -9,7 +9,6 @@ import math
 import numpy as np
 
 from ..core.errors import InputError
-from ..inputs import label_column
 from .comm import checksum
 
 
@@ -237,10 +236,10 @@ def check_ranks_agree(comm, params, epoch):
                            "rank must see the same data, seed and options")
 
 
-def labels_of_all_ranks(comm, y):
-    """The distinct labels of y over every rank (each rank may hold other rows), one array, the same everywhere."""
-    arr = label_column(y)
-    if arr.ndim != 1:
-        return arr  # multilabel columns are used as given
-    local = np.unique(arr).tolist()
+def labels_of_all_ranks(comm, labels):
+    """The distinct labels over every rank (each rank may hold other rows), one array, the same everywhere.
+    labels: this rank's, as inputs.label_column gives them."""
+    if labels.ndim != 1:
+        return labels  # multilabel columns are used as given
+    local = np.unique(labels).tolist()
     return np.array([label for part in comm.allgather(local) for label in part])
