@@ -2,7 +2,7 @@
 
 Environment variables override the defaults:
   FASTBP_FASTMATH=0   compile without fast-math (strict IEEE ordering)
-  FASTBP_CACHE=0      do not write compiled kernels to Numba's on-disk cache
+  FASTBP_CACHE=0      do not write compiled kernels to the on-disk kernel cache
   FASTBP_CACHE_DIR    where the cache goes (default: NUMBA_CACHE_DIR/fastbp if set, else the user's cache
                       folder, ~/.cache/fastbp on Linux)
 """
@@ -114,11 +114,16 @@ def kernel_cache_dir():
 def _prune_other_folders(root, current):
     """Removes the kernel folders of other code not used for KEEP_UNUSED_DAYS, and the least recently used beyond
     KEEP_FOLDERS (a process still loading from one then compiles what it misses)."""
-    others = [path for path in glob.glob(os.path.join(root, "kernels-*")) if path != current]
-    others.sort(key=lambda path: os.stat(path).st_mtime, reverse=True)
+    used = {}
+    for path in glob.glob(os.path.join(root, "kernels-*")):
+        try:
+            used[path] = os.stat(path).st_mtime
+        except OSError:  # removed meanwhile by another process
+            pass
+    used.pop(current, None)
     cutoff = time.time() - KEEP_UNUSED_DAYS * 86400
-    for rank, path in enumerate(others):
-        if rank + 1 >= KEEP_FOLDERS or os.stat(path).st_mtime < cutoff:
+    for rank, path in enumerate(sorted(used, key=used.get, reverse=True)):
+        if rank + 1 >= KEEP_FOLDERS or used[path] < cutoff:
             shutil.rmtree(path, ignore_errors=True)
 
 
