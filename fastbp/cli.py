@@ -228,10 +228,9 @@ def _check_class_weight(option, loss, task):
                          "one-hot scores: use cross_entropy or binary_cross_entropy, or leave out --class-weight")
 
 
-# What --preset sets for the training options a command line leaves out (an option given always wins): "plain"
-# is fastbp's training before presets; "recipe" the tabular recipe, each ingredient kept for what it measured on
-# the quality panel (docs/performance.md, "The recipe"). Without early stopping every row trains (--val-split 0);
-# with it 10 % are held out unless --val-split says otherwise.
+# --preset fills the training options a command line leaves out from fastbp.presets (an option given always
+# wins). Without early stopping every row trains (--val-split 0); with it 10 % are held out unless --val-split says
+# otherwise.
 def _by_preset(name):
     """The help text's note of an option's default under each preset."""
     return "default: " + "; ".join(f"{preset} {values[name]}" for preset, values in PRESETS.items())
