@@ -147,13 +147,14 @@ RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden",
                   "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
                   "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins", "categorical",
-                  "onehot_max", "embedding_dim", "label_smoothing", "lr_schedule", "warmup_epochs", "ensemble")
+                  "onehot_max", "embedding_dim", "label_smoothing", "lr_schedule", "warmup_epochs", "ensemble",
+                  "min_steps")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
                  "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss",
                  "numeric": "standard", "numeric_bins": 16, "categorical": "onehot", "onehot_max": 128,
                  "embedding_dim": None, "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0,
-                 "ensemble": 1}
+                 "ensemble": 1, "min_steps": 0}
 
 
 def _result_options(args, ranks, shard):
@@ -238,9 +239,11 @@ def _by_preset(name):
 
 def _apply_preset(args):
     """Fill the options left out (None) from --preset; --val-split defaults to 0.1 with early stopping, else 0,
-    and --val-split 0 turns off the preset's early stopping (nothing to watch)."""
+    --val-split 0 turns off the preset's early stopping (nothing to watch), and --epochs the preset's min_steps."""
     if args.early_stopping is None and args.val_split == 0:
         args.early_stopping = False
+    if args.epochs is not None and args.min_steps is None:
+        args.min_steps = 0  # --epochs given are the epochs: the preset's min_steps adds epochs only to its own
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -287,6 +290,8 @@ def train(args):
         args.quiet = True  # one voice per job: rank 0 prints and writes files
     _apply_preset(args)
     _check_positive(args, "epochs", "chunk_rows", "buffer_rows", "batch_size", "val_max_rows", "max_categories")
+    if args.min_steps < 0:
+        raise UsageError(f"--min-steps must be >= 0, got {args.min_steps}")
     if not 0 <= args.val_split < 1:
         raise UsageError(f"--val-split must be in [0, 1), got {args.val_split}")
     if args.task is not None and args.loss is not None:
@@ -329,7 +334,9 @@ def train(args):
         trainer = load(checkpoint, comm=comm, n_threads=args.threads)
         _check_resume_options(checkpoint, trainer.metadata.get("cli_options", {}), options)
         done = len(trainer.history)
-        trainer.epochs = max(0, args.epochs - done)
+        # the run's total as its start had it (min_steps may have added epochs to --epochs), less those done
+        trainer.epochs, trainer.min_steps = args.epochs, args.min_steps
+        trainer.epochs, trainer.min_steps = max(0, trainer.epochs_for(n_rows, steps_done=0) - done), 0
         _say(args, f"resuming from {checkpoint} after epoch {done}; {trainer.epochs} epoch(s) to go")
     else:
         trainer = Trainer([prep.n_inputs, *_sizes(args.hidden), prep.outputs(loss)], activation=args.activation,
@@ -340,7 +347,8 @@ def train(args):
                           numeric_bins=args.numeric_bins, embeddings=prep.embeddings() or None,
                           categorical=args.categorical, onehot_max=args.onehot_max, embedding_dim=args.embedding_dim,
                           label_smoothing=args.label_smoothing,
-                          lr_schedule=lr_schedule(args.lr_schedule, args.warmup_epochs), ensemble=args.ensemble)
+                          lr_schedule=lr_schedule(args.lr_schedule, args.warmup_epochs), ensemble=args.ensemble,
+                          min_steps=args.min_steps)
         trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
@@ -360,7 +368,7 @@ def train(args):
     if args.log_file and rank == 0:
         callbacks.append(_JsonLog(args.log_file))
     stats = StreamStats()
-    if not args.no_spill and trainer.epochs:
+    if not args.no_spill and trainer.epochs_for(n_rows):
         size = spill_bytes(n_rows, prep.n_columns, _targets(trainer).width, class_weight is not None,
                            trainer.params.dtype)
         _say(args, f"shuffling across the whole file: the training rows are encoded once into an unnamed temporary "
@@ -844,7 +852,8 @@ def _parser():
                         "docs/cli.md), or plain (10 epochs of Adam on every row: fastbp before presets)")
     p.add_argument("--optimizer", default=None, choices=list(OPTIMIZERS),
                    help=f"as torch.optim defines it ({_by_preset('optimizer')})")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: torch's for the optimizer)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (None: torch's for the optimizer; {_by_preset('lr')})")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="L2 decay as torch.optim applies it (default: torch's, 0.01 for adamw, else 0)")
     p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine", "one_cycle"],
@@ -864,6 +873,9 @@ def _parser():
     p.add_argument("--epochs", type=int, default=None,
                    help="passes over the training rows (at most, with early stopping; the total, with --resume; "
                         f"{_by_preset('epochs')})")
+    p.add_argument("--min-steps", type=int, default=None,
+                   help="train more epochs where --epochs would take fewer optimizer steps than this (small tables; "
+                        f"{_by_preset('min_steps')})")
     p.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
                    help="stop when the --monitor metric has not improved for --patience epochs and keep the best "
                         f"epoch's weights (needs --val-split > 0; {_by_preset('early_stopping')})")

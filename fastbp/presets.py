@@ -7,10 +7,12 @@ callback in Python, fastbp.EarlyStopping; neither preset stops early).
 from .core.errors import InputError
 
 PRESETS = {
-    "plain": {"optimizer": "adam", "epochs": 10, "early_stopping": False, "patience": 10, "numeric": "standard",
-              "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0, "ensemble": 1},
-    "recipe": {"optimizer": "adamw", "epochs": 30, "early_stopping": False, "patience": 6, "numeric": "auto",
-               "label_smoothing": 0.0, "lr_schedule": "cosine", "warmup_epochs": 2, "ensemble": 4},
+    "plain": {"optimizer": "adam", "lr": None, "epochs": 10, "min_steps": 0, "early_stopping": False, "patience": 10,
+              "numeric": "standard", "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0,
+              "ensemble": 1},
+    "recipe": {"optimizer": "adamw", "lr": 3e-3, "epochs": 30, "min_steps": 720, "early_stopping": False, "patience": 6,
+               "numeric": "auto", "label_smoothing": 0.0, "lr_schedule": "cosine", "warmup_epochs": 2,
+               "ensemble": 4},
 }
 HIDDEN = (256, 256)  # both presets' hidden widths (the CLI's --hidden default)
 
@@ -27,6 +29,7 @@ def trainer_settings(name):
     preset = PRESETS[name]
     if preset["early_stopping"]:  # a callback, not a Trainer setting: no preset has it yet
         raise InputError(f"preset {name!r} stops early: pass fastbp.EarlyStopping to fit")
-    return {"hidden": HIDDEN, "optimizer": preset["optimizer"], "epochs": preset["epochs"],
+    return {"hidden": HIDDEN, "optimizer": preset["optimizer"], "lr": preset["lr"], "epochs": preset["epochs"],
+            "min_steps": preset["min_steps"],
             "numeric": preset["numeric"], "label_smoothing": preset["label_smoothing"],
             "lr_schedule": lr_schedule(preset["lr_schedule"], preset["warmup_epochs"]), "ensemble": preset["ensemble"]}

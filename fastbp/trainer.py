@@ -29,6 +29,10 @@ from .parallel.comm import make_comm
 
 __all__ = ["Trainer", "TrainingDiverged", "load"]
 
+# min_steps raises a fit's epochs this many times at most: on digits and breast_cancer, 4x the recipe's 30 epochs
+# reached the accuracy that 8x and 12x did (docs/performance.md)
+MAX_EPOCHS_FACTOR = 4
+
 
 class Trainer:
     """A multilayer perceptron trained by mini-batch backpropagation in compiled code.
@@ -43,6 +47,10 @@ class Trainer:
     but the last is shared, each member reads the inputs through its own adapter (a vector of random signs to
     start) and has its own output layer; each member trains on its own loss (the loss reported is their mean)
     and predictions are the mean of the members' probabilities or values.
+    min_steps: a fit runs `epochs` epochs, or more (up to 4 x epochs) where those would take fewer optimizer steps
+    than min_steps in all (counting the steps of earlier fits), so that small tables get enough updates: the
+    recipe's 30 epochs and 720 steps are 120 epochs on 1,500 rows or fewer, 30 on 6,000 or more. The epochs a fit
+    runs are in fit_epochs once it starts.
     """
 
     # defined at construction (fastbp.attributes): assigning one later is refused
@@ -58,6 +66,7 @@ class Trainer:
     comm = Fixed()
     # validated whenever set, used by the next fit
     epochs = RunSetting(lambda tr, v: check_int("epochs", v, 0))
+    min_steps = RunSetting(lambda tr, v: check_int("min_steps", v, 0))
     batch_size = RunSetting(lambda tr, v: check_int("batch_size", v, 1))
     shuffle = RunSetting(lambda tr, v: check_bool("shuffle", v))
     n_threads = RunSetting(lambda tr, v: None if v is None else resolve_n_threads(v))
@@ -96,7 +105,7 @@ class Trainer:
                  huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1,
                  impute=None, max_categories=1000, numeric="standard", numeric_bins=16, hidden=None,
                  embeddings=None, categorical="auto", onehot_max=128, embedding_dim=None, label_smoothing=0.0,
-                 ensemble=1):
+                 ensemble=1, min_steps=0):
         if (layer_sizes is None) == (hidden is None):
             raise InputError("give layer_sizes=[n_in, hidden..., n_out], or hidden=(widths...) to take n_in and n_out "
                              "from the first fit's data" + ("" if layer_sizes is None else ", not both"))
@@ -130,6 +139,8 @@ class Trainer:
         self.label_smoothing = label_smoothing
         self.batch_size = batch_size
         self.epochs = epochs
+        self.min_steps = min_steps
+        self.fit_epochs = None  # set when a fit starts: epochs, or more under min_steps
         self.shuffle = shuffle
         self.dtype = check_dtype(dtype)
         self.n_threads = n_threads
@@ -312,7 +323,9 @@ class Trainer:
                 if distributed_run:
                     distributed.check_ranks_share_data(self._comm, X, Y, weights, validation)
                 run_epoch = engine.in_memory_epochs(X, Y, weights)
-            self._run(engine, run_epoch, validation, callbacks, verbose, validation_is_local=bool(local_data))
+            rows = sum(self._comm.allgather(len(X))) if distributed_run and local_data else len(X)
+            self._run(engine, run_epoch, rows, validation, callbacks, verbose,
+                      validation_is_local=bool(local_data))
             self._fitted = True
         return self
 
@@ -376,7 +389,7 @@ class Trainer:
                     self._schema = prep
                     self.classes_ = self._schema_classes()
                     self.feature_names_in_ = np.array(prep.features, dtype=object)
-                self._run(engine, run_epoch, validation, callbacks, verbose)
+                self._run(engine, run_epoch, train_rows, validation, callbacks, verbose)
             finally:
                 rows.close()
             self._fitted = True
@@ -436,12 +449,27 @@ class Trainer:
         return self.fit_source(data.source, prep, data.n_rows, val_split=data.val_split, seed=data.seed,
                                validation=validation, **options)
 
-    def _run(self, engine, run_epoch, validation, callbacks, verbose, validation_is_local=False):
+    def _run(self, engine, run_epoch, rows, validation, callbacks, verbose, validation_is_local=False):
+        """Train this fit's epochs (fit_epochs) of run_epoch over `rows` training rows in all."""
         after_epoch = None
         if self._comm.size > 1:
             after_epoch = functools.partial(distributed.check_ranks_agree, self._comm, self.params)
-        engine.run(run_epoch, self.epochs, self, validation, callbacks, self.verbose if verbose is None else verbose,
-                   self.on_divergence, validation_is_local, after_epoch, self._lock.between_epochs)
+        self.fit_epochs = self.epochs_for(rows)
+        engine.run(run_epoch, self.fit_epochs, self, validation, callbacks,
+                   self.verbose if verbose is None else verbose, self.on_divergence, validation_is_local, after_epoch,
+                   self._lock.between_epochs)
+
+    def epochs_for(self, rows, steps_done=None):
+        """The epochs a fit on `rows` training rows runs now: `epochs`, or more, up to 4 x epochs, where those
+        would leave the optimizer short of min_steps steps in all (ceil(rows / batch_size) steps an epoch).
+        steps_done: the steps taken before (default: this model's)."""
+        if steps_done is None:
+            steps_done = int(self.state.optimizer.step[0])
+        steps_left = self.min_steps - steps_done
+        steps_per_epoch = -(-rows // self.batch_size)
+        if steps_left <= 0 or steps_per_epoch == 0:
+            return self.epochs
+        return max(self.epochs, min(MAX_EPOCHS_FACTOR * self.epochs, -(-steps_left // steps_per_epoch)))
 
     @property
     def is_fitted(self):
@@ -550,12 +578,15 @@ class Trainer:
         """A Trainer with a named preset's settings, the settings given winning: "recipe" (`fastbp train`'s
         default: hidden (256, 256), an ensemble of 4 members, AdamW, 30 epochs of a cosine learning rate after 2
         of warm-up, numeric="auto"; chosen by measurement, docs/performance.md) or "plain" (10 epochs of Adam,
-        one model). layer_sizes given replaces the preset's hidden widths."""
+        one model). layer_sizes given replaces the preset's hidden widths; epochs given are the epochs (the preset's
+        min_steps, which adds epochs on small tables, then applies only if given too)."""
         from .presets import trainer_settings
 
         preset = trainer_settings(name)
         if "layer_sizes" in settings:
             del preset["hidden"]
+        if "epochs" in settings:
+            preset["min_steps"] = 0
         return cls(**{**preset, **settings})
 
     @classmethod
@@ -732,7 +763,7 @@ class Trainer:
                 "impute": self.impute, "max_categories": self.max_categories, "numeric": self.numeric,
                 "numeric_bins": self.numeric_bins, "embeddings": self.embeddings, "categorical": self.categorical,
                 "onehot_max": self.onehot_max, "embedding_dim": self.embedding_dim,
-                "label_smoothing": self.label_smoothing, "ensemble": self.ensemble}
+                "label_smoothing": self.label_smoothing, "ensemble": self.ensemble, "min_steps": self.min_steps}
         args.update(self.optimizer_settings.settings())
         return args
 

@@ -128,11 +128,13 @@ def test_resume_equals_uninterrupted(files, tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_identically(files, tmp_path):
     """SIGINT lands anywhere (inside an epoch, mostly: several buffers each), the checkpoint holds the
-    state of the last whole epoch, RNG included, and --resume ends where an uninterrupted run does."""
+    state of the last whole epoch, RNG included, and --resume ends where an uninterrupted run does, also where
+    --min-steps added epochs (2,700 training rows are 11 steps an epoch: 10 epochs become 37)."""
     common = ["--target", "label", "--hidden", "8", "--seed", "5", "--threads", "1", "--buffer-rows", "256",
-              "--epochs", "40", "--quiet"]
+              "--epochs", "10", "--min-steps", "400", "--val-split", "0.1", "--quiet"]
     code, _, err = fastbp_cli("train", files / "d.parquet", *common, "--out", tmp_path / "full.fbp")
     assert code == 0, err
+    assert len(fastbp.load(tmp_path / "full.fbp").history) == 37
     ckpt = tmp_path / "ckpt"
     proc = subprocess.Popen([sys.executable, "-m", "fastbp", "train", str(files / "d.parquet"), *common,
                              "--checkpoint-dir", str(ckpt), "--log-file", str(tmp_path / "log.jsonl"),
@@ -150,7 +152,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_identically(files, tmp_path)
     assert proc.returncode == 130, err
     assert "--resume" in err
     done = len(fastbp.load(ckpt / "checkpoint.fbp").history)
-    assert 2 <= done < 40
+    assert 2 <= done < 37
     code, _, err = fastbp_cli("train", files / "d.parquet", *common, "--checkpoint-dir", ckpt, "--resume",
                               "--out", tmp_path / "resumed.fbp")
     assert code == 0, err

@@ -281,6 +281,10 @@ def test_cli_presets_fill_the_options_left_out(tmp_path):
     assert len(model.history) == 10 and "val_loss" not in model.history[-1]
     given, _ = options("--epochs", "2", "--val-split", "0", "--optimizer", "sgd")
     assert (given["early_stopping"], given["val_split"], given["optimizer"]) == (False, 0.0, "sgd")
+    # the recipe's own epochs on a small table: 400 rows are 2 steps an epoch, so its 720 steps ask for 360 epochs
+    # and get 4 x 30; --epochs given are the epochs (above: 3)
+    small, model = options()
+    assert (model.epochs, small["min_steps"], recipe["min_steps"], len(model.history)) == (30, 720, 0, 120)
 
 
 @pytest.mark.parametrize("preset", ["recipe", "plain"])
@@ -293,7 +297,8 @@ def test_trainer_from_preset_trains_as_the_cli_preset_does(tmp_path, preset):
                      "--epochs", "2", "--preset", preset, "--out", str(tmp_path / "m.fbp")]) == 0
     from_cli = fastbp.load(tmp_path / "m.fbp")
     trainer = fastbp.Trainer.from_preset(preset, epochs=2, impute="mean").fit(df, late)
-    for name in ("optimizer", "epochs", "numeric", "ensemble", "label_smoothing", "weight_decay", "batch_size"):
+    for name in ("optimizer", "lr", "epochs", "min_steps", "numeric", "ensemble", "label_smoothing", "weight_decay",
+                 "batch_size", "activation"):
         assert getattr(trainer, name) == getattr(from_cli, name), name
     assert type(trainer.lr_schedule) is type(from_cli.lr_schedule)
     assert vars(trainer.lr_schedule) == vars(from_cli.lr_schedule)
@@ -302,7 +307,11 @@ def test_trainer_from_preset_trains_as_the_cli_preset_does(tmp_path, preset):
 
 
 def test_trainer_from_preset_takes_the_settings_given_and_names_unknown_presets():
-    trainer = fastbp.Trainer.from_preset("recipe", layer_sizes=[4, 8, 2], ensemble=1, lr=3e-3)
-    assert (trainer.layer_sizes, trainer.ensemble, trainer.lr, trainer.optimizer) == ([4, 8, 2], 1, 3e-3, "adamw")
+    trainer = fastbp.Trainer.from_preset("recipe", layer_sizes=[4, 8, 2], ensemble=1, lr=1e-2)
+    assert (trainer.layer_sizes, trainer.ensemble, trainer.lr, trainer.optimizer) == ([4, 8, 2], 1, 1e-2, "adamw")
+    assert (trainer.epochs, trainer.min_steps) == (30, 720)
+    # epochs given are the epochs, unless min_steps is given too
+    assert fastbp.Trainer.from_preset("recipe", epochs=5).min_steps == 0
+    assert fastbp.Trainer.from_preset("recipe", epochs=5, min_steps=50).min_steps == 50
     with pytest.raises(fastbp.InputError, match="unknown preset 'fast'; choose one of plain, recipe"):
         fastbp.Trainer.from_preset("fast")

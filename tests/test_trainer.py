@@ -103,6 +103,27 @@ def test_fit_continues_from_current_parameters():
     assert [h["epoch"] for h in b.history] == [1, 2, 3, 4]
 
 
+def test_min_steps_adds_epochs_up_to_four_times_epochs(tmp_path):
+    """min_steps counts optimizer steps over all fits: 100 rows in batches of 32 take 4 steps an epoch, so 2 epochs
+    with min_steps 30 become 8; with min_steps 100 they stop at 4 x 2; a later fit past min_steps runs `epochs`;
+    the setting is saved with the model."""
+    X, y = make_problem("cross_entropy", 100, 4, 2, seed=1)
+    tr = fastbp.Trainer([4, 8, 2], epochs=2, batch_size=32, min_steps=30, seed=3)
+    assert tr.epochs_for(100) == 8 and tr.epochs_for(1000) == 2
+    tr.fit(X, y)
+    assert (len(tr.history), tr.fit_epochs, tr.state.optimizer.step[0]) == (8, 8, 32)
+    tr.fit(X, y)
+    assert (len(tr.history), tr.fit_epochs) == (10, 2)
+    capped = fastbp.Trainer([4, 8, 2], epochs=2, batch_size=32, min_steps=100, seed=3).fit(X, y)
+    assert len(capped.history) == 8
+    # the same as training those epochs outright
+    np.testing.assert_array_equal(capped.params, fastbp.Trainer([4, 8, 2], epochs=8, batch_size=32, seed=3).fit(X, y).params)
+    capped.save(tmp_path / "m.fbp")
+    assert fastbp.load(tmp_path / "m.fbp").min_steps == 100
+    with pytest.raises(fastbp.InputError, match="min_steps"):
+        fastbp.Trainer([4, 8, 2], min_steps=-1)
+
+
 def test_history_fields():
     X, y = make_problem("mse", 100, 3, 1, seed=0)
     tr = fastbp.Trainer([3, 5, 1], loss="mse", epochs=3, batch_size=10).fit(X, y[:, 0])

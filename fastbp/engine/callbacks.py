@@ -152,7 +152,7 @@ class ProgressBar(Callback):
     def on_train_begin(self, trainer):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=trainer.epochs, unit="epoch", file=sys.stderr, leave=True)
+        self.bar = tqdm(total=trainer.fit_epochs, unit="epoch", file=sys.stderr, leave=True)
 
     def on_epoch_end(self, trainer, epoch, logs):
         shown = {k: f"{logs[k]:.4g}" for k in ("loss", "val_loss", "val_accuracy", "val_r2") if k in logs}
