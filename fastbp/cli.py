@@ -22,7 +22,7 @@ import numpy as np
 
 from .core.errors import InputError
 from .engine.callbacks import Callback, on_terminal
-from .presets import HIDDEN, PRESETS, lr_schedule
+from .presets import HIDDEN, PRESETS, label_smoothing, lr_schedule
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 ARROW_FORMATS = (".csv", ".tsv", ".txt", ".parquet", ".pq")  # the files pyarrow reads
@@ -245,7 +245,7 @@ def _apply_preset(args):
     if args.epochs is not None and args.min_steps is None:
         args.min_steps = 0  # --epochs given are the epochs: the preset's min_steps adds epochs only to its own
     for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
+        if getattr(args, name) is None and name != "label_smoothing":  # that one once the loss is known
             setattr(args, name, value)
     if args.val_split is None:
         args.val_split = 0.1 if args.early_stopping else 0.0
@@ -260,7 +260,7 @@ def _check_training_options(args):
     _sizes(args.hidden)  # a typo in the sizes stops the run before the first pass, not after it
     if args.warmup_epochs and args.lr_schedule != "cosine":
         raise UsageError("--warmup-epochs needs --lr-schedule cosine (a linear warm-up, then cosine annealing)")
-    if args.warmup_epochs < 0 or not 0 <= args.label_smoothing < 1:
+    if args.warmup_epochs < 0 or not 0 <= (args.label_smoothing or 0) < 1:
         raise UsageError("--warmup-epochs must be >= 0 and --label-smoothing in [0, 1)")
     if args.ensemble < 1:
         raise UsageError(f"--ensemble is a count of members, at least 1 (1: one model), got {args.ensemble}")
@@ -326,6 +326,8 @@ def train(args):
         progress(None)
     prep, n_rows = data.prep, data.n_rows
     loss = args.loss or ("cross_entropy" if prep.task == "classify" else "mse")
+    if args.label_smoothing is None:
+        args.label_smoothing = label_smoothing(args.preset, loss)
     _check_loss_fits_task(loss, prep.task)
     _check_class_weight(args.class_weight, loss, prep.task)
     class_weight = _class_weight_for(_class_weight_option(args.class_weight), prep)
@@ -840,7 +842,8 @@ def _parser():
     p.add_argument("--task", choices=["classify", "regress"], help="default: guessed from the target column")
     p.add_argument("--hidden", default=",".join(map(str, HIDDEN)),
                    help="hidden layer sizes, comma-separated; none for no hidden layer")
-    p.add_argument("--activation", default="relu", choices=list(ACTIVATIONS), help="of every hidden layer")
+    p.add_argument("--activation", default=None, choices=list(ACTIVATIONS),
+                   help=f"of every hidden layer ({_by_preset('activation')})")
     p.add_argument("--loss", choices=[name for name in LOSSES if name != "poisson"],
                    help="default: cross_entropy to classify (binary_cross_entropy: two classes, one output), mse "
                         "to regress (or mae, huber). mse, mae, huber, or binary_cross_entropy on 3+ classes, learn "

@@ -7,12 +7,12 @@ callback in Python, fastbp.EarlyStopping; neither preset stops early).
 from .core.errors import InputError
 
 PRESETS = {
-    "plain": {"optimizer": "adam", "lr": None, "epochs": 10, "min_steps": 0, "early_stopping": False, "patience": 10,
-              "numeric": "standard", "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0,
-              "ensemble": 1},
-    "recipe": {"optimizer": "adamw", "lr": 3e-3, "epochs": 30, "min_steps": 720, "early_stopping": False, "patience": 6,
-               "numeric": "auto", "label_smoothing": 0.0, "lr_schedule": "cosine", "warmup_epochs": 2,
-               "ensemble": 4},
+    "plain": {"activation": "relu", "optimizer": "adam", "lr": None, "epochs": 10, "min_steps": 0,
+              "early_stopping": False, "patience": 10, "numeric": "standard", "label_smoothing": 0.0,
+              "lr_schedule": "constant", "warmup_epochs": 0, "ensemble": 1},
+    "recipe": {"activation": "gelu", "optimizer": "adamw", "lr": 3e-3, "epochs": 30, "min_steps": 720,
+               "early_stopping": False, "patience": 6, "numeric": "auto", "label_smoothing": 0.1,
+               "lr_schedule": "cosine", "warmup_epochs": 2, "ensemble": 4},
 }
 HIDDEN = (256, 256)  # both presets' hidden widths (the CLI's --hidden default)
 
@@ -22,14 +22,19 @@ def lr_schedule(name, warmup_epochs):
     return (name, {"warmup_epochs": warmup_epochs}) if name == "cosine" else name
 
 
-def trainer_settings(name):
-    """A preset's settings as Trainer arguments."""
+def label_smoothing(name, loss):
+    """A preset's label smoothing for a model trained with `loss`: cross-entropy's (no other loss has one)."""
+    return PRESETS[name]["label_smoothing"] if loss == "cross_entropy" else 0.0
+
+
+def trainer_settings(name, loss="cross_entropy"):
+    """A preset's settings as Trainer arguments, for a model trained with `loss`."""
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
     if preset["early_stopping"]:  # a callback, not a Trainer setting: no preset has it yet
         raise InputError(f"preset {name!r} stops early: pass fastbp.EarlyStopping to fit")
-    return {"hidden": HIDDEN, "optimizer": preset["optimizer"], "lr": preset["lr"], "epochs": preset["epochs"],
-            "min_steps": preset["min_steps"],
-            "numeric": preset["numeric"], "label_smoothing": preset["label_smoothing"],
+    return {"hidden": HIDDEN, "activation": preset["activation"], "optimizer": preset["optimizer"], "lr": preset["lr"],
+            "epochs": preset["epochs"], "min_steps": preset["min_steps"],
+            "numeric": preset["numeric"], "label_smoothing": label_smoothing(name, loss),
             "lr_schedule": lr_schedule(preset["lr_schedule"], preset["warmup_epochs"]), "ensemble": preset["ensemble"]}

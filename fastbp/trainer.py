@@ -582,7 +582,7 @@ class Trainer:
         min_steps, which adds epochs on small tables, then applies only if given too)."""
         from .presets import trainer_settings
 
-        preset = trainer_settings(name)
+        preset = trainer_settings(name, settings.get("loss", "cross_entropy"))
         if "layer_sizes" in settings:
             del preset["hidden"]
         if "epochs" in settings:

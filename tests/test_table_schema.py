@@ -309,7 +309,8 @@ def test_trainer_from_preset_trains_as_the_cli_preset_does(tmp_path, preset):
 def test_trainer_from_preset_takes_the_settings_given_and_names_unknown_presets():
     trainer = fastbp.Trainer.from_preset("recipe", layer_sizes=[4, 8, 2], ensemble=1, lr=1e-2)
     assert (trainer.layer_sizes, trainer.ensemble, trainer.lr, trainer.optimizer) == ([4, 8, 2], 1, 1e-2, "adamw")
-    assert (trainer.epochs, trainer.min_steps) == (30, 720)
+    assert (trainer.epochs, trainer.min_steps, trainer.activation, trainer.label_smoothing) == (30, 720, "gelu", 0.1)
+    assert fastbp.Trainer.from_preset("recipe", loss="mse").label_smoothing == 0  # cross-entropy's only
     # epochs given are the epochs, unless min_steps is given too
     assert fastbp.Trainer.from_preset("recipe", epochs=5).min_steps == 0
     assert fastbp.Trainer.from_preset("recipe", epochs=5, min_steps=50).min_steps == 50
