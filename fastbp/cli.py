@@ -850,13 +850,14 @@ def _parser():
                         "classes one-hot, one output each (the largest is the prediction). poisson is Python-only: "
                         "the command line standardizes regression targets")
     p.add_argument("--preset", default="recipe", choices=list(PRESETS),
-                   help="defaults of the training options left out: recipe (the default: an ensemble of 4 members, "
-                        "AdamW, 30 epochs of a cosine lr after a warm-up on every row, --numeric auto; "
-                        "docs/cli.md), or plain (10 epochs of Adam on every row: fastbp before presets)")
+                   help="defaults of the training options left out: recipe (the default: an ensemble of 4 GELU "
+                        "members, AdamW at lr 3e-3, 30 epochs of a cosine lr after a warm-up on every row, at least "
+                        "720 steps, label smoothing 0.1, --numeric auto; docs/cli.md), or plain (10 epochs of Adam "
+                        "on every row: fastbp before presets)")
     p.add_argument("--optimizer", default=None, choices=list(OPTIMIZERS),
                    help=f"as torch.optim defines it ({_by_preset('optimizer')})")
     p.add_argument("--lr", type=float, default=None,
-                   help=f"learning rate (None: torch's for the optimizer; {_by_preset('lr')})")
+                   help=f"learning rate ({_by_preset('lr')}; None: torch's for the optimizer)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="L2 decay as torch.optim applies it (default: torch's, 0.01 for adamw, else 0)")
     p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine", "one_cycle"],
@@ -867,7 +868,7 @@ def _parser():
                    f"({_by_preset('warmup_epochs')})")
     p.add_argument("--label-smoothing", type=float, default=None,
                    help="cross_entropy's label smoothing, in [0, 1) (torch's: (1 - eps) on the class, eps spread; "
-                        f"{_by_preset('label_smoothing')})")
+                        f"{_by_preset('label_smoothing')}, when classifying with cross_entropy)")
     p.add_argument("--ensemble", type=int, default=None, metavar="K",
                    help="train K members together (TabM-mini: shared hidden layers, an input adapter and an output "
                         f"layer each) and predict their mean; costs up to K times an epoch ({_by_preset('ensemble')})")
@@ -877,8 +878,8 @@ def _parser():
                    help="passes over the training rows (at most, with early stopping; the total, with --resume; "
                         f"{_by_preset('epochs')})")
     p.add_argument("--min-steps", type=int, default=None,
-                   help="train more epochs where --epochs would take fewer optimizer steps than this (small tables; "
-                        f"{_by_preset('min_steps')})")
+                   help="train more epochs, up to 4x --epochs, where --epochs would take fewer optimizer steps "
+                        f"than this (small tables; {_by_preset('min_steps')}; 0 with --epochs given)")
     p.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
                    help="stop when the --monitor metric has not improved for --patience epochs and keep the best "
                         f"epoch's weights (needs --val-split > 0; {_by_preset('early_stopping')})")
