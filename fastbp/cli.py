@@ -355,6 +355,10 @@ def train(args):
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
     _say(args, "features: " + _column_list(prep))
+    if trainer.epochs_for(n_rows) > trainer.epochs:
+        _say(args, f"{trainer.epochs} epochs would take {trainer.epochs * -(-n_rows // trainer.batch_size):,} "
+                   f"optimizer steps here: training {trainer.epochs_for(n_rows)} epochs, toward at least "
+                   f"{trainer.min_steps:,} (--min-steps; --epochs N trains exactly N)")
     if prep.task == "regress":
         _say(args, f"target {prep.target!r} is standardized for training (mean {prep.state['target_mean']:.6g}, "
                    f"scale {prep.state['target_scale']:.6g}); predictions are on its own scale")

@@ -126,6 +126,19 @@ def test_resume_equals_uninterrupted(files, tmp_path):
     np.testing.assert_array_equal(fastbp.load(tmp_path / "resumed.fbp").params, fastbp.load(tmp_path / "full.fbp").params)
 
 
+def test_the_recipe_says_when_its_min_steps_add_epochs(files, tmp_path):
+    """3,000 rows are 12 steps an epoch: the recipe's 30 epochs become 60 toward its 720 steps, and the run says
+    so; --epochs given trains exactly that many, silently."""
+    code, out, err = fastbp_cli("train", files / "d.parquet", "--target", "label", "--hidden", "8", "--threads", "1",
+                                "--out", tmp_path / "m.fbp")
+    assert code == 0, err
+    assert "30 epochs would take 360 optimizer steps here: training 60 epochs, toward at least 720" in out
+    assert len(fastbp.load(tmp_path / "m.fbp").history) == 60
+    code, out, err = fastbp_cli("train", files / "d.parquet", "--target", "label", "--hidden", "8", "--threads", "1",
+                                "--epochs", "3", "--out", tmp_path / "m.fbp")
+    assert code == 0 and "optimizer steps" not in out and len(fastbp.load(tmp_path / "m.fbp").history) == 3
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_identically(files, tmp_path):
     """SIGINT lands anywhere (inside an epoch, mostly: several buffers each), the checkpoint holds the
     state of the last whole epoch, RNG included, and --resume ends where an uninterrupted run does, also where
