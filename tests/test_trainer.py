@@ -117,7 +117,8 @@ def test_min_steps_adds_epochs_up_to_four_times_epochs(tmp_path):
     capped = fastbp.Trainer([4, 8, 2], epochs=2, batch_size=32, min_steps=100, seed=3).fit(X, y)
     assert len(capped.history) == 8
     # the same as training those epochs outright
-    np.testing.assert_array_equal(capped.params, fastbp.Trainer([4, 8, 2], epochs=8, batch_size=32, seed=3).fit(X, y).params)
+    outright = fastbp.Trainer([4, 8, 2], epochs=8, batch_size=32, seed=3).fit(X, y)
+    np.testing.assert_array_equal(capped.params, outright.params)
     capped.save(tmp_path / "m.fbp")
     assert fastbp.load(tmp_path / "m.fbp").min_steps == 100
     with pytest.raises(fastbp.InputError, match="min_steps"):
