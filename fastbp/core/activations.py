@@ -142,8 +142,9 @@ def sigmoid(v, one):
 
 
 @jit
-def scale_by_derivative(d, a, z, code, a_scale):
-    """d *= f'(z) for one row, with f' computed from a = a_scale * (stored a) (or from z for gelu).
+def scale_by_derivative(d, a, code, a_scale):
+    """d *= f'(z) for one row, with f' computed from a = a_scale * (stored a) (GELU's from z: see
+    gelu_scale_by_derivative, kept apart so that its longer loops do not grow the other activations' path).
 
     a_scale undoes inverted dropout's 1/keep scaling of the stored activations
     (dropped units have d = 0 already); it is 1 without dropout.
@@ -178,10 +179,19 @@ def scale_by_derivative(d, a, z, code, a_scale):
             v = a[j] * a_scale
             if v <= threshold:
                 d[j] *= -np.expm1(-v)
-    elif d.itemsize == 4:  # GELU in float32: the polynomial
+    else:  # GELU keeps z: callers use gelu_scale_by_derivative
+        raise ValueError("gelu needs gelu_scale_by_derivative")
+
+
+@jit
+def gelu_scale_by_derivative(d, z):
+    """d *= gelu'(z) = Phi(z) + z * phi(z) for one row: the erf form in float64, the polynomial in float32."""
+    n = d.shape[0]
+    if d.itemsize == 4:
         for j in range(n):
             d[j] *= d.dtype.type(_half_plus_odd(z[j], _GELU_DERIVATIVE_LIMIT, _GELU_DERIVATIVE_COEFS))
-    else:  # GELU: Phi(z) + z * phi(z)
+    else:
+        one = d.dtype.type(1.0)
         half = d.dtype.type(0.5)
         c = d.dtype.type(INV_SQRT2)
         k = d.dtype.type(INV_SQRT_2PI)

@@ -50,7 +50,8 @@ import math
 import numpy as np
 from numba import prange
 
-from .activations import GELU, bias_activate, gelu_bias_activate, scale_by_derivative
+from .activations import (GELU, bias_activate, gelu_bias_activate, gelu_scale_by_derivative,
+                          scale_by_derivative)
 from .blas import gemm
 from .bundles import Batch
 from .compile import jit
@@ -327,7 +328,10 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale):
             if p > 0:
                 mask_delta(deltas[r:r + n_in], p, row_key(reg.dropout_seed, t, l - 1,
                                                           _mask_row(net, order, start, row0 + i, m)))
-            scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], ws.zs[r:r + n_in], code, keep)
+            if code == GELU:
+                gelu_scale_by_derivative(deltas[r:r + n_in], ws.zs[r:r + n_in])
+            else:
+                scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], code, keep)
     # the input deltas an ensemble's adapters need (all), else the embedded columns' (the looked-up rows' deltas)
     first = 0 if net.members > 1 else net.n_dense
     if first < sizes[0]:
