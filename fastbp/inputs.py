@@ -78,7 +78,7 @@ def table_columns(X):
         names = list(X.columns)
     elif library == "pyarrow" and hasattr(X, "column_names"):
         names = list(X.column_names)
-    elif isinstance(X, dict):
+    elif isinstance(X, dict) and library != "scipy":  # scipy's dok_matrix is a dict of (row, column) keys
         names = list(X)
     else:
         return None

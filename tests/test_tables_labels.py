@@ -129,8 +129,9 @@ def test_masked_and_sparse_inputs_are_refused_with_a_hint():
     with pytest.raises(fastbp.InputError, match=r"masked array with 1 masked entries.*filled"):
         tr.fit(masked, np.arange(20) % 2)
     sparse = pytest.importorskip("scipy.sparse")
-    with pytest.raises(TypeError, match=r"scipy sparse matrix \(20, 3\).*toarray\(\)"):
-        tr.predict(sparse.csr_matrix(X))
+    for matrix in (sparse.csr_matrix(X), sparse.dok_matrix(X)):  # a dok_matrix is a dict, not a table's columns
+        with pytest.raises(TypeError, match=r"scipy sparse matrix \(20, 3\).*toarray\(\)"):
+            tr.predict(matrix)
 
 
 def test_numpy_scalars_are_accepted_as_settings():
