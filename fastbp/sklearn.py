@@ -19,6 +19,9 @@ and keeps its own copy of the best ones (scikit-learn's coefs_ are the same arra
 weights then, so its second fit mutates that record); warm_start after a change of
 hidden_layer_sizes starts afresh; partial_fit is absent with lbfgs on the regressor too.
 
+TabularMLPClassifier and TabularMLPRegressor (fastbp.sklearn_tabular) are the other kind: scikit-learn's
+interface to fastbp's tabular recipe (ensembles, schemas for DataFrames with text and missing values).
+
 Written against scikit-learn 1.9; importing this module requires scikit-learn,
 importing fastbp does not.
 """
@@ -374,4 +377,6 @@ class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
 
 sklearn_onnx.register_when_imported(MLPClassifier, MLPRegressor, _ACTIVATION_NAMES)
 
-__all__ = ["MLPClassifier", "MLPRegressor"]
+from .sklearn_tabular import TabularMLPClassifier, TabularMLPRegressor  # noqa: E402 (the recipe's estimators)
+
+__all__ = ["MLPClassifier", "MLPRegressor", "TabularMLPClassifier", "TabularMLPRegressor"]
