@@ -110,3 +110,18 @@ def test_missing_values_need_impute():
         TabularMLPRegressor(epochs=1, **SMALL).fit(df[["size", "count"]].to_numpy(), score)
     filled = TabularMLPRegressor(epochs=1, impute="mean", **SMALL).fit(df[["size", "count"]].to_numpy(), score)
     assert np.isfinite(filled.predict(df[["size", "count"]].to_numpy())).all()
+
+
+def test_onnx_export_takes_the_columns_and_gives_what_predict_gives():
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"size": rng.normal(size=3000), "colour": rng.choice(["red", "green", "blue"], 3000)})
+    y = np.where(df["size"] + (df["colour"] == "red") > 0.3, "a", "b")
+    est = TabularMLPClassifier(epochs=3, random_state=0).fit(df, y)  # numeric "auto": bins for "size"
+    session = ort.InferenceSession(est.to_onnx().SerializeToString())
+    label, proba, valid = session.run(None, {"size": df[["size"]].to_numpy(),
+                                             "colour": df[["colour"]].to_numpy().astype(str)})
+    np.testing.assert_allclose(proba, est.predict_proba(df), atol=1e-5)
+    np.testing.assert_array_equal(label, est.predict(df))
+    assert valid.all()
