@@ -10,7 +10,7 @@ from .core.checks import DTYPES, check_bool, check_dtype, check_int, check_numbe
 from .core.errors import InputError, InputTypeError, NotFittedError, warn
 from .core.layout import INITS, check_embeddings, check_layer_sizes, n_parameters
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
-from .core.bundles import make_optimizer, make_regularization
+from .core.bundles import make_optimizer, make_regularization, writable_copies
 from .core.threads import resolve_n_threads
 from .attributes import Fixed, OptimizerSetting, RunSetting
 from .core.optim import OptimizerSettings
@@ -747,6 +747,8 @@ class Trainer:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._comm = make_comm(None)
+        if getattr(self, "net", None) is not None:  # params and the optimizer's arrays: TrainingState's own
+            self.net = writable_copies(self.net)
 
     def __repr__(self):
         sizes = f"layer_sizes={self.layer_sizes}" if self.state is not None else f"hidden={tuple(self.hidden)}"

@@ -1,5 +1,6 @@
 """Trainer behaviour: learning, determinism, views, save/load, divergence."""
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -204,6 +205,12 @@ def test_read_only_inputs_reuse_the_kernels_compiled_for_writable_ones(tmp_path)
     read_only = fastbp.Trainer([5, 8, 3], **settings).fit(mapped, y)
     proba = read_only.predict_proba(mapped)
     loss_mapped, grad_mapped = read_only.loss_and_grad(mapped, y)
+    # a Trainer that joblib hands to a worker as read-only memory maps predicts and trains on alike
+    joblib = pytest.importorskip("joblib")
+    joblib.dump(writable, tmp_path / "model.joblib")
+    unpickled = joblib.load(tmp_path / "model.joblib", mmap_mode="r")
+    np.testing.assert_array_equal(unpickled.predict_proba(X), writable.predict_proba(X))
+    np.testing.assert_array_equal(unpickled.fit(X, y).params, pickle.loads(pickle.dumps(writable)).fit(X, y).params)
     for kernel in (kernels.train_epoch, kernels.forward_all, kernels.loss_and_gradient):
         assert kernel.signatures and not any("readonly" in str(sig) for sig in kernel.signatures)
     np.testing.assert_array_equal(read_only.params, writable.params)

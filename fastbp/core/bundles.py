@@ -168,3 +168,10 @@ def kernel_input(array):
     if array.flags.writeable:
         return array
     return np.asarray(_WritableAlias(array))
+
+
+def writable_copies(bundle):
+    """`bundle` with each read-only array replaced by a writable copy: what unpickling left read-only (joblib gives
+    its workers large arrays as read-only memory maps) and the kernels write, or would compile again for."""
+    return bundle._replace(**{name: np.array(value) for name, value in bundle._asdict().items()
+                              if isinstance(value, np.ndarray) and not value.flags.writeable})

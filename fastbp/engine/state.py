@@ -6,7 +6,7 @@ import copy
 
 import numpy as np
 
-from ..core.bundles import STATE_NAMES
+from ..core.bundles import STATE_NAMES, writable_copies
 
 
 class TrainingState:
@@ -18,6 +18,14 @@ class TrainingState:
         self.dropout_seed = int(dropout_seed)
         self.split_seed = int(split_seed)
         self.history = []
+
+    def __setstate__(self, state):
+        # unpickled arrays may be read-only (joblib gives its workers large ones as read-only memory maps): training
+        # writes them in place, and the kernels are compiled for writable arrays
+        self.__dict__.update(state)
+        if not self.params.flags.writeable:
+            self.params = np.array(self.params)
+        self.optimizer = writable_copies(self.optimizer)
 
     @property
     def step(self):
