@@ -316,6 +316,7 @@ def test_evaluate_computes_r2_over_the_whole_file_not_per_chunk(files, tmp_path)
     assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_help_lists_defaults_choices_and_examples():
     code, out, _ = fastbp_cli("train", "--help")
     assert code == 0
@@ -353,6 +354,7 @@ def test_training_options_and_compressed_csv(files, tmp_path):
     assert code == 0 and json.loads(out)["accuracy"] > 0.8, err
 
 
+@pytest.mark.slow
 def test_compile_fills_the_cache_for_each_dtype(capsys):
     from fastbp.cli import main
     assert main(["compile", "--dtype", "float32", "--dtype", "float64"]) == 0

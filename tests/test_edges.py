@@ -42,6 +42,7 @@ def test_save_replaces_only_regular_files(tmp_path, trained, kind):
     assert link.is_symlink() and fastbp.load(tmp_path / "real.fbp").params.tobytes() == trained.params.tobytes()
 
 
+@pytest.mark.slow
 def test_cli_outputs_onto_a_fifo_or_into_the_parts_read_are_refused_before_any_work(tmp_path, trained):
     folder = tmp_path / "ds"
     folder.mkdir()

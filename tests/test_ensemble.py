@@ -217,6 +217,7 @@ def test_a_file_whose_parameters_do_not_fit_its_ensemble_is_refused(tmp_path):
         fastbp.load(tmp_path / "bad.fbp")
 
 
+@pytest.mark.slow
 def test_cli_trains_an_ensemble_and_refuses_resuming_with_another(tmp_path):
     """--ensemble K from a file: the model holds K members, predict and evaluate use their mean, --resume checks it."""
     rng = np.random.default_rng(0)

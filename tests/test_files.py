@@ -106,6 +106,7 @@ def test_the_reservoir_is_uniform_whatever_the_chunking():
     np.testing.assert_allclose(share, 0.25, atol=0.01)  # each quarter of the stream equally represented
 
 
+@pytest.mark.slow
 def test_pandas_index_columns_are_not_features(tmp_path):
     pd = pytest.importorskip("pandas")
     rng = np.random.default_rng(3)
@@ -219,6 +220,7 @@ def test_output_paths_are_checked_before_training_and_a_failed_save_keeps_the_mo
     np.testing.assert_array_equal(fastbp.load(saved).params, trainer.params)
 
 
+@pytest.mark.slow
 def test_errors_name_the_column_and_the_row(tmp_path):
     rows = ["1,2,0", "1,3,1"] * 10
     rows[7] = "1,inf,1"
@@ -365,6 +367,7 @@ def spark_style_folder(folder, rng, sizes=(700, 500, 300)):
     return pa.concat_tables(tables)
 
 
+@pytest.mark.slow
 def test_a_folder_of_parquet_parts_reads_as_one_table(tmp_path):
     whole = spark_style_folder(tmp_path / "ds", np.random.default_rng(3))
     pq.write_table(whole, tmp_path / "whole.parquet", row_group_size=250)
@@ -384,6 +387,7 @@ def test_a_folder_of_parquet_parts_reads_as_one_table(tmp_path):
     assert pcsv.read_csv(tmp_path / "p.csv").num_rows == 700 + 500  # a glob: two parts
 
 
+@pytest.mark.slow
 def test_csv_parts_in_a_folder_or_a_glob_read_as_one_table(tmp_path):
     whole = spark_style_folder(tmp_path / "pq", np.random.default_rng(3))
     (tmp_path / "ds" / "nested").mkdir(parents=True)
@@ -443,6 +447,7 @@ def test_hive_partition_columns_are_read_from_folder_names(tmp_path, fmt):
                                                                rel=1e-6)
 
 
+@pytest.mark.slow
 def test_dataset_folders_and_globs_that_cannot_be_read_say_why(tmp_path):
     rng = np.random.default_rng(4)
     spark_style_folder(tmp_path / "ds", rng)
@@ -588,6 +593,7 @@ def test_other_losses_learn_classes_one_hot_from_a_file_as_fit_does(tmp_path, lo
         fastbp.Trainer([3, 8, 2], loss="mse").fit_source(source, prep, n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
 def test_cli_classes_learned_one_hot_predict_evaluate_and_export_as_their_largest_output(tmp_path, loss):
     label = three_classes(tmp_path)

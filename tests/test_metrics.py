@@ -95,6 +95,7 @@ def test_history_holds_every_validation_metric_and_early_stopping_monitors_any()
         tr.fit(X, y, validation_split=0.25, callbacks=[fastbp.EarlyStopping("val_rmse")])
 
 
+@pytest.mark.slow
 def test_cli_evaluate_gives_the_chosen_metrics_on_the_targets_scale(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.csv as pcsv

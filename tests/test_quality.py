@@ -25,6 +25,7 @@ def test_the_split_is_fixed_and_the_metrics_are_scikit_learns():
     assert got["rmse"] == pytest.approx(0.1) and got["r2"] == pytest.approx(metrics.r2_score(values, values + 0.1))
 
 
+@pytest.mark.slow
 def test_each_system_runs_in_its_own_process_and_reports_its_peak_memory(capsys):
     lines = quality.main(["breast_cancer"], ["fastbp", "hgb"], seeds=(0, 1))
     rows = [line for line in lines if line.startswith("| breast_cancer")]

@@ -183,6 +183,7 @@ def test_encoded_rows_read_back_what_was_written(tmp_path, monkeypatch, windows)
     assert held[0, 0] == X[0, 0] and rows.file.closed
 
 
+@pytest.mark.slow
 def test_cli_resume_on_a_sorted_file_equals_an_uninterrupted_run(tmp_path):
     X, y = table("binary")
     by = np.argsort(y, kind="stable")

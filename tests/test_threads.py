@@ -112,6 +112,7 @@ def _cache_dir_of(package_folder, **env):
     return run.stdout.strip()
 
 
+@pytest.mark.slow
 def test_the_kernel_cache_is_shared_by_copies_of_the_same_code_and_only_them(tmp_path):
     """The cache folder is named by the kernels' sources and compile settings, not by where the package lies: a
     copy of the same code uses the same folder; a change to any kernel module, or other compile settings, another."""
