@@ -28,8 +28,8 @@ _PRESET_SETTINGS = {"hidden_layer_sizes": "hidden", "n_members": "ensemble", "ep
 
 
 def _as_columns(X):
-    """A 2-D array or a frame with positional names as a dict of columns x0, x1, ... (each column keeps its own
-    dtype), so that it is read through a schema as a named table is."""
+    """A 2-D array or a pandas frame as a dict of columns x0, x1, ... (each column keeps its own dtype), so that
+    the first fit learns a schema from it as from a named table."""
     if hasattr(X, "iloc"):
         return {f"x{j}": X.iloc[:, j].to_numpy() for j in range(X.shape[1])}
     return {f"x{j}": X[:, j] for j in range(X.shape[1])}
@@ -64,32 +64,31 @@ class _TabularMLP(BaseEstimator):
         return self
 
     def _check_targets(self, y):
-        pass
+        """The classifier's labels are checked here; a regression target by the Trainer."""
 
     def _inputs(self, X, reset=False):
-        """X for the Trainer, checked as scikit-learn checks it (the number of features, their names, NaN where
-        impute is None; fit learns them: reset). A table fitted by name is read by name; arrays and frames with
-        positional names become columns x0, x1, ... (fit) or are read by position (predict)."""
+        """X for the Trainer, checked as scikit-learn checks it (fit learns the features: reset). A table with
+        string column names is read by name (in predict, where fit had names too); a pandas frame with positional
+        names becomes columns x0, x1, ... keeping each column's dtype; anything else goes through scikit-learn's
+        checks (the number of features, their names, NaN where impute is None) and is read by position."""
         if not reset:
             check_is_fitted(self, "trainer_")
         names = table_columns(X)
-        if names is None and not hasattr(X, "iloc"):
-            X = validate_data(self, X, reset=reset, dtype=None, ensure_min_features=1, accept_sparse=True,
-                              ensure_all_finite="allow-nan" if self.impute is not None else True)
-            if hasattr(X, "toarray"):  # the kernels take dense rows (as fastbp.sklearn's MLPs do)
-                X = X.toarray()
-            return _as_columns(X) if reset else X
-        n_features = len(names) if names is not None else X.shape[1]
-        if reset:
-            self.n_features_in_ = n_features
-            if names is not None:
+        if names is not None and (reset or hasattr(self, "feature_names_in_")):
+            if reset:
+                self.n_features_in_ = len(names)
                 self.feature_names_in_ = np.asarray(names, dtype=object)
-            elif hasattr(self, "feature_names_in_"):  # from an earlier fit on a named table
+            return X
+        if reset and hasattr(X, "iloc"):
+            self.n_features_in_ = X.shape[1]
+            if hasattr(self, "feature_names_in_"):  # from an earlier fit on a named table
                 del self.feature_names_in_
-        elif not hasattr(self, "feature_names_in_") and n_features != self.n_features_in_:
-            raise ValueError(f"X has {n_features} features, but {type(self).__name__} is expecting "
-                             f"{self.n_features_in_} features as input.")
-        return _as_columns(X) if names is None else X
+            return _as_columns(X)
+        X = validate_data(self, X, reset=reset, dtype=None, ensure_min_features=1, accept_sparse=True,
+                          ensure_all_finite="allow-nan" if self.impute is not None else True)
+        if hasattr(X, "toarray"):  # the kernels take dense rows (as fastbp.sklearn's MLPs do)
+            X = X.toarray()
+        return _as_columns(X) if reset else X
 
     def predict(self, X):
         """Class labels (the classifier, in y's type) or values (the regressor, on y's scale)."""

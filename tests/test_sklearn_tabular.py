@@ -125,3 +125,14 @@ def test_onnx_export_takes_the_columns_and_gives_what_predict_gives():
     np.testing.assert_allclose(proba, est.predict_proba(df), atol=1e-5)
     np.testing.assert_array_equal(label, est.predict(df))
     assert valid.all()
+
+
+def test_a_frame_without_names_is_read_by_position_whichever_way_it_was_fitted():
+    df, score = _table()
+    named = TabularMLPRegressor(epochs=2, impute="median", **SMALL).fit(df, score)
+    positional = df.set_axis(range(3), axis=1)  # pandas' default names 0, 1, 2
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        np.testing.assert_array_equal(named.predict(positional), named.predict(df))
+    unnamed = TabularMLPRegressor(epochs=2, impute="median", **SMALL).fit(positional, score)
+    assert not hasattr(unnamed, "feature_names_in_") and unnamed.trainer_.layer_sizes == named.trainer_.layer_sizes
+    np.testing.assert_array_equal(unnamed.predict(positional), named.predict(df))  # the same schema and seed
