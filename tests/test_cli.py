@@ -139,6 +139,7 @@ def test_the_recipe_says_when_its_min_steps_add_epochs(files, tmp_path):
     assert code == 0 and "optimizer steps" not in out and len(fastbp.load(tmp_path / "m.fbp").history) == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_identically(files, tmp_path):
     """SIGINT lands anywhere (inside an epoch, mostly: several buffers each), the checkpoint holds the
     state of the last whole epoch, RNG included, and --resume ends where an uninterrupted run does, also where
@@ -375,6 +376,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
 
 
+@pytest.mark.slow
 def test_no_output_may_overwrite_a_file_the_command_reads(files, tmp_path):
     data = tmp_path / "d.csv"
     data.write_bytes((files / "d.csv").read_bytes())

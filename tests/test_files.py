@@ -51,6 +51,7 @@ def test_a_predict_file_with_only_numeric_looking_categories_is_read_as_text(tmp
     assert Preprocessor(fastbp.load("m.fbp").preprocessing).state["categories"] == [["1", "2", "x", "y"]]
 
 
+@pytest.mark.slow
 def test_a_latin1_csv_needs_its_encoding_and_then_matches_a_utf8_file(tmp_path):
     rng = np.random.default_rng(1)
     city = rng.choice(["München", "Berlin", "Köln"], size=1500)
@@ -337,6 +338,7 @@ def test_parquet_row_groups_are_read_in_bounded_slices(tmp_path):
     assert raw // 2 < source.read_memory(table.column_names) <= 2 * raw  # one page per column at most
 
 
+@pytest.mark.slow
 def test_option_values_and_a_directory_are_refused_before_any_work(tmp_path):
     pq.write_table(pa.table({"x": np.arange(10.0), "t": np.arange(10) % 2}), tmp_path / "d.parquet")
     for args, message in ((("--chunk-rows", "0"), "--chunk-rows must be >= 1"),
@@ -411,6 +413,7 @@ def test_csv_parts_in_a_folder_or_a_glob_read_as_one_table(tmp_path):
     assert pcsv.read_csv(tmp_path / "p.csv").num_rows == 700 + 500  # a glob: the two parts at the top
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_hive_partition_columns_are_read_from_folder_names(tmp_path, fmt):
     rng = np.random.default_rng(8)
