@@ -96,7 +96,8 @@ class _TabularMLP(BaseEstimator):
         return self.trainer_.predict(X)
 
     def to_onnx(self, path=None, input_dtype=None):
-        """The fitted model as ONNX (fastbp.Trainer.to_onnx: its inputs are the encoded columns)."""
+        """The fitted model and its schema as ONNX (fastbp.Trainer.to_onnx): one (n, 1) input per column, named as
+        the table's (x0, x1, ... for an array), numbers as double and text as string."""
         check_is_fitted(self, "trainer_")
         return self.trainer_.to_onnx(path, input_dtype)
 
