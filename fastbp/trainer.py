@@ -8,7 +8,7 @@ import numpy as np
 
 from .core.checks import DTYPES, check_bool, check_dtype, check_int, check_number
 from .core.errors import InputError, InputTypeError, NotFittedError, warn
-from .core.layout import INITS, check_embeddings, check_layer_sizes, n_parameters
+from .core.layout import ADAPTERS, INITS, check_embeddings, check_layer_sizes, n_parameters
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization, writable_copies
 from .core.threads import resolve_n_threads
@@ -46,7 +46,9 @@ class Trainer:
     ensemble=k > 1 trains k members together on the same batches (TabM-mini, Gorishniy et al. 2025): every layer
     but the last is shared, each member reads the inputs through its own adapter (a vector of random signs to
     start) and has its own output layer; each member trains on its own loss (the loss reported is their mean)
-    and predictions are the mean of the members' probabilities or values.
+    and predictions are the mean of the members' probabilities or values. ensemble_adapters="every_layer" gives
+    every shared layer per-member adapters and biases (TabM, BatchEnsemble): member e computes
+    ((h * R_l[e]) @ W_l) * S_l[e] + B_l[e] at each shared layer l (R_0 random signs, the other adapters ones to start).
     min_steps: a fit runs `epochs` epochs, or more (up to 4 x epochs) where those would take fewer optimizer steps
     than min_steps in all (counting the steps of earlier fits), so that small tables get enough updates: the
     recipe's 30 epochs and 720 steps are 120 epochs on 1,500 rows or fewer, 30 on 6,000 or more. The epochs a fit
@@ -57,6 +59,7 @@ class Trainer:
     layer_sizes = Fixed()
     embeddings = Fixed()
     ensemble = Fixed()
+    ensemble_adapters = Fixed()
     activation = Fixed()
     loss = Fixed()
     huber_delta = Fixed()
@@ -105,13 +108,16 @@ class Trainer:
                  huber_delta=1.0, lr_schedule=None, on_divergence="raise", verbose=0, comm=None, sync_every=1,
                  impute=None, max_categories=1000, numeric="standard", numeric_bins=16, hidden=None,
                  embeddings=None, categorical="auto", onehot_max=128, embedding_dim=None, label_smoothing=0.0,
-                 ensemble=1, min_steps=0):
+                 ensemble=1, min_steps=0, ensemble_adapters="first_layer"):
         if (layer_sizes is None) == (hidden is None):
             raise InputError("give layer_sizes=[n_in, hidden..., n_out], or hidden=(widths...) to take n_in and n_out "
                              "from the first fit's data" + ("" if layer_sizes is None else ", not both"))
         if layer_sizes is not None:
             layer_sizes = check_layer_sizes(layer_sizes)
         self.ensemble = check_int("ensemble", ensemble, 1)
+        if ensemble_adapters not in ADAPTERS:
+            raise InputError(f"ensemble_adapters must be one of {', '.join(ADAPTERS)}, got {ensemble_adapters!r}")
+        self.ensemble_adapters = ensemble_adapters
         # tables for an array's category codes (a table's categorical columns bring their own at the first fit)
         self._given_embeddings = None if embeddings is None else check_embeddings(
             embeddings, layer_sizes[0] if layer_sizes is not None else None)
@@ -183,7 +189,7 @@ class Trainer:
         activations = [self.activation] * self._n_hidden if isinstance(self.activation, str) else self.activation
         embeddings = self._given_embeddings if embeddings is None else embeddings
         layout, net = build_net(layer_sizes, activations, self.loss, self.huber_delta, embeddings=embeddings or (),
-                                members=self.ensemble)
+                                members=self.ensemble, adapters=self.ensemble_adapters)
         self.embeddings = [list(t) for t in layout.embeddings] if layout.embeddings else None
         if self.loss == "cross_entropy" and layout.n_out < 2:
             raise InputError("cross_entropy needs at least 2 outputs (layer_sizes[-1] >= 2); "
@@ -619,10 +625,14 @@ class Trainer:
             sizes = check_layer_sizes(init_args.get("layer_sizes"))
             tables = check_embeddings(init_args.get("embeddings") or (), sizes[0])
             members = check_int("ensemble", init_args.get("ensemble", 1), 1)
-            n_params = n_parameters(sizes, tables, members)
+            adapters = init_args.get("ensemble_adapters", "first_layer")
+            if adapters not in ADAPTERS:
+                raise InputError(f"unknown ensemble_adapters {adapters!r}")
+            n_params = n_parameters(sizes, tables, members, adapters == "every_layer")
             if arrays["params"].shape != (n_params,):
                 raise InputError(f"layer_sizes {init_args.get('layer_sizes')}, embeddings {tables} and ensemble "
-                                 f"{members} need {n_params} parameters, the file holds {arrays['params'].shape}")
+                                 f"{members} ({adapters}) need {n_params} parameters, the file holds "
+                                 f"{arrays['params'].shape}")
             init_args.pop("n_threads", None)  # files from before n_threads became a run setting
             trainer = cls(**init_args, comm=comm, n_threads=n_threads)
             state = {name[4:]: a for name, a in arrays.items() if name.startswith("opt_") and name != "opt_step"}
@@ -690,7 +700,7 @@ class Trainer:
             params = self.params.copy()
         model = onnx_export.trainer_model(self.layout.views(params), hidden, self.loss, self.params.dtype, prep,
                                           self.classes_, _version(), input_dtype, self.layout.tables(params),
-                                          self.layout.adapters(params))
+                                          self.layout.adapters(params), self.layout.layer_adapters(params))
         if path is not None:
             onnx_export.save(model, path)
         return model
@@ -714,7 +724,11 @@ class Trainer:
             widths = [max(len(r[k]) for r in rows) for k in range(4)]
             lines = [f"Trainer: MLP {self.layer_sizes}, {self.layout.n_params:,} parameters, {self.dtype}"]
             lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-            if self.ensemble > 1:
+            if self.ensemble > 1 and self.layout.every_layer:
+                lines.append(f"an ensemble of {self.ensemble} members: each shared layer scales its inputs and "
+                             "outputs by each member's adapters and adds the member's own biases (counted above), "
+                             "the heads are the members' own; predictions are their mean")
+            elif self.ensemble > 1:
                 lines.append(f"an ensemble of {self.ensemble} members: layer 1 reads each member's input adapter "
                              f"({self.ensemble} x {self.layer_sizes[0]} parameters), the other layers are shared, "
                              "the heads are the members' own; predictions are their mean")
@@ -765,7 +779,8 @@ class Trainer:
                 "impute": self.impute, "max_categories": self.max_categories, "numeric": self.numeric,
                 "numeric_bins": self.numeric_bins, "embeddings": self.embeddings, "categorical": self.categorical,
                 "onehot_max": self.onehot_max, "embedding_dim": self.embedding_dim,
-                "label_smoothing": self.label_smoothing, "ensemble": self.ensemble, "min_steps": self.min_steps}
+                "label_smoothing": self.label_smoothing, "ensemble": self.ensemble, "min_steps": self.min_steps,
+                "ensemble_adapters": self.ensemble_adapters}
         args.update(self.optimizer_settings.settings())
         return args
 

@@ -1,4 +1,4 @@
-"""Ensembles (Trainer(ensemble=k), TabM-mini): the compiled members against plain NumPy, gradients against central
+"""Ensembles (Trainer(ensemble=k): TabM-mini, and TabM with ensemble_adapters="every_layer"): the compiled members against plain NumPy, gradients against central
 differences, training against a PyTorch module of the same ensemble (both gradient paths, one and two threads,
 with embedding tables), predictions as the mean of the members', save/load and resume."""
 import json
@@ -30,11 +30,18 @@ def problem(n, n_in, n_out, seed=0, loss="cross_entropy"):
 
 def member_logits(tr, X):
     """Each member's logits (members, n, n_out) in NumPy: the inputs times the member's adapter, the shared
-    layers, the member's head."""
+    layers (with adapters on every layer, each layer's input times R_l[e], its product times S_l[e], plus the
+    member's bias), the member's head."""
     layers = tr.layers
     adapters = tr.layout.adapters(tr.params)
     out = []
     for e, head in enumerate(zip(*layers[-1])):
+        if tr.layout.every_layer:
+            h = X
+            for (W, b), (R, S) in zip(layers[:-1], tr.layout.layer_adapters(tr.params)):
+                h = naive.activate(tr.activation, (h * R[e]) @ W * S[e] + b[e])
+            out.append(h @ head[0] + head[1])
+            continue
         hidden = [tr.activation] * (len(layers) - 1)
         _, acts = naive.forward(layers[:-1] + [head], hidden, X * adapters[e])
         out.append(acts[-1])
@@ -64,10 +71,51 @@ def test_layout_and_initialization():
         fastbp.Trainer([6, 8, 3], ensemble=0)
 
 
+def test_layout_with_adapters_on_every_layer():
+    k = 4
+    tr = fastbp.Trainer([6, 8, 5, 3], ensemble=k, ensemble_adapters="every_layer", seed=1)
+    shared = 6 * 8 + 8 * 5  # W only: the members' own biases replace the shared ones
+    heads = k * (5 * 3 + 3)
+    adapters = k * 6 + k * 8 * 3 + k * 5 * 2  # R_0; S_0, B_0, R_1; S_1, B_1 (the heads read layer 2 as it is)
+    assert tr.params.size == shared + heads + adapters == tr.layout.n_params
+    (W0, b0), (W1, b1), (W2, b2) = tr.layers
+    assert W0.shape == (6, 8) and b0.shape == (k, 8) and b1.shape == (k, 5) and W2.shape == (k, 5, 3)
+    (R0, S0), (R1, S1) = tr.layout.layer_adapters(tr.params)
+    assert R0.shape == (k, 6) and S0.shape == (k, 8) and R1.shape == (k, 8) and S1.shape == (k, 5)
+    assert set(np.unique(R0)) <= {-1.0, 1.0}  # TabM's start: random signs in, every other adapter one
+    assert (S0 == 1).all() and (R1 == 1).all() and (S1 == 1).all() and (b0 == 0).all()
+    R1[2, 3] = 7.0  # views
+    assert np.count_nonzero(tr.params == 7.0) == 1
+    # the same draws as the first-layer variant: its shared layers' weights, heads and input adapters
+    mini = fastbp.Trainer([6, 8, 5, 3], ensemble=k, seed=1)
+    for (W, _), (W_mini, _) in zip(tr.layers, mini.layers):
+        np.testing.assert_array_equal(W, W_mini)
+    np.testing.assert_array_equal(R0, mini.layout.adapters(mini.params))
+    assert "adds the member's own biases" in tr.summary()
+    with pytest.raises(fastbp.InputError, match="ensemble_adapters"):
+        fastbp.Trainer([6, 8, 3], ensemble=2, ensemble_adapters="all")
+    # one member is one model whatever the adapters
+    np.testing.assert_array_equal(fastbp.Trainer([6, 8, 3], ensemble_adapters="every_layer", seed=1).params,
+                                  fastbp.Trainer([6, 8, 3], seed=1).params)
+
+
+def perturbed(tr, seed=0):
+    """tr with its adapters and the members' biases moved off their start (ones and zeros), so that a wrong
+    gradient or forward of any of them shows."""
+    rng = np.random.default_rng(seed)
+    start = tr.layout.adapter_offset
+    tr.params[start:tr.layout.n_layer_params] += rng.normal(scale=0.3, size=tr.layout.n_layer_params - start)
+    for _, b in tr.layers[:-1]:
+        b += rng.normal(scale=0.3, size=b.shape)
+    return tr
+
+
+@pytest.mark.parametrize("adapters", ["first_layer", "every_layer"])
 @pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy", "mse", "poisson"])
-def test_prediction_is_the_mean_of_the_members(loss):
+def test_prediction_is_the_mean_of_the_members(loss, adapters):
     n_out = 3
-    tr = fastbp.Trainer([5, 7, 6, n_out], activation="tanh", loss=loss, ensemble=3, dtype="float64", seed=2)
+    tr = perturbed(fastbp.Trainer([5, 7, 6, n_out], activation="tanh", loss=loss, ensemble=3, dtype="float64",
+                                  seed=2, ensemble_adapters=adapters))
     X, _ = problem(40, 5, n_out, loss=loss)
     z = member_logits(tr, X)  # at the seeded start: decision_function needs no fit
     if loss == "cross_entropy":
@@ -85,10 +133,16 @@ def test_prediction_is_the_mean_of_the_members(loss):
         np.testing.assert_allclose(tr.decision_function(X), z.mean(axis=0), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("sizes,activation,adapters", [([4, 5, 3], "tanh", "first_layer"),
+                                                       ([4, 5, 3], "tanh", "every_layer"),
+                                                       ([4, 6, 5, 7, 3], "gelu", "every_layer"),
+                                                       ([4, 6, 5, 3], "relu", "every_layer")])
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
-def test_gradient_matches_central_differences(loss):
-    tr = fastbp.Trainer([4, 5, 3], activation="tanh", loss=loss, ensemble=3, dtype="float64", seed=3)
+def test_gradient_matches_central_differences(loss, sizes, activation, adapters):
+    tr = perturbed(fastbp.Trainer(sizes, activation=activation, loss=loss, ensemble=3, dtype="float64", seed=3,
+                                  ensemble_adapters=adapters))
     X, y = problem(11, 4, 3, seed=4, loss=loss)
+    X[:, 0] += 0.05  # no relu input sits on its kink within the differences' step
     value, grad = tr.loss_and_grad(X, y)
     numeric = naive.numeric_gradient(tr, X, y)
     rel = np.linalg.norm(grad - numeric) / np.linalg.norm(numeric)
@@ -103,8 +157,10 @@ def test_gradient_with_tables_and_no_hidden_layer():
     """Embedded columns go through the adapters too; with no hidden layer the only layer is the heads."""
     from test_embeddings import coded_problem
 
-    for sizes in ([2 + 5, 4, 2], [2 + 5, 2]):
-        tr = fastbp.Trainer(sizes, activation="tanh", embeddings=TABLES, ensemble=2, dtype="float64", seed=5)
+    for sizes, adapters in [([2 + 5, 4, 2], "first_layer"), ([2 + 5, 2], "first_layer"),
+                            ([2 + 5, 4, 3, 2], "every_layer"), ([2 + 5, 2], "every_layer")]:
+        tr = perturbed(fastbp.Trainer(sizes, activation="tanh", embeddings=TABLES, ensemble=2, dtype="float64",
+                                      seed=5, ensemble_adapters=adapters))
         X, y = coded_problem(9, 2, TABLES, 2, seed=6)
         _, grad = tr.loss_and_grad(X, y)
         numeric = naive.numeric_gradient(tr, X, y)
@@ -113,44 +169,62 @@ def test_gradient_with_tables_and_no_hidden_layer():
 
 
 def _torch_twin(tr, torch):
-    """A torch module computing what the ensemble `tr` computes, with its parameters copied."""
-    f64 = torch.float64
-    shared = [torch.nn.Linear(W.shape[0], W.shape[1], dtype=f64) for W, _ in tr.layers[:-1]]
-    heads = [torch.nn.Linear(W.shape[0], W.shape[1], dtype=f64) for W in tr.layers[-1][0]]
-    adapters = torch.nn.Parameter(torch.from_numpy(tr.layout.adapters(tr.params).copy()))
-    with torch.no_grad():
-        for lin, (W, b) in zip(shared + heads, tr.layers[:-1] + list(zip(*tr.layers[-1]))):
-            lin.weight.copy_(torch.from_numpy(W.T.copy()))
-            lin.bias.copy_(torch.from_numpy(b.copy()))
+    """A torch module computing what the ensemble `tr` computes, with its parameters copied: TabM-mini's shared
+    layers, or with adapters on every layer BatchEnsemble layers ((h * R) @ W) * S + B, written out here."""
+    def parameter(a):
+        return torch.nn.Parameter(torch.from_numpy(np.array(a, dtype=np.float64)))
+
+    every_layer = tr.layout.every_layer
+    shared = [(parameter(W), parameter(b)) for W, b in tr.layers[:-1]]  # b: (members, n_out) with every_layer
+    heads = [(parameter(W), parameter(b)) for W, b in zip(*tr.layers[-1])]
+    adapters = parameter(tr.layout.adapters(tr.params))
+    layer_adapters = [(parameter(R), parameter(S)) for R, S in tr.layout.layer_adapters(tr.params)[1:]] \
+        if every_layer else []
+    scales = [parameter(S) for _, S in tr.layout.layer_adapters(tr.params)[:1]] if every_layer else []
 
     def member_outputs(X):  # (members, n, n_out)
         out = []
-        for e, head in enumerate(heads):
+        for e, (W_head, b_head) in enumerate(heads):
             h = X * adapters[e]
-            for lin in shared:
-                h = torch.relu(lin(h))
-            out.append(head(h))
+            for l, (W, b) in enumerate(shared):
+                if every_layer:
+                    R, S = (None, scales[0]) if l == 0 else layer_adapters[l - 1]
+                    h = h if R is None else h * R[e]
+                    h = torch.relu(h @ W * S[e] + b[e])
+                else:
+                    h = torch.relu(h @ W + b)
+            out.append(h @ W_head + b_head)
         return torch.stack(out)
 
-    def flat():
-        parts = [np.concatenate([lin.weight.detach().numpy().T.ravel(), lin.bias.detach().numpy()])
-                 for lin in shared + heads]
-        return np.concatenate(parts + [adapters.detach().numpy().ravel()])
+    def flat():  # in fastbp.core.layout's order
+        def np_(p):
+            return p.detach().numpy().ravel()
 
-    params = [p for lin in shared + heads for p in lin.parameters()] + [adapters]
+        parts = [np_(W) if every_layer else np.concatenate([np_(W), np_(b)]) for W, b in shared]
+        parts += [np.concatenate([np_(W), np_(b)]) for W, b in heads] + [np_(adapters)]
+        if every_layer:
+            for l, (_, b) in enumerate(shared):
+                S = scales[0] if l == 0 else layer_adapters[l - 1][1]
+                parts += [np_(S), np_(b)] + ([np_(layer_adapters[l][0])] if l < len(shared) - 1 else [])
+        return np.concatenate(parts)
+
+    params = [p for pair in shared + heads + layer_adapters for p in pair] + [adapters] + scales
     return member_outputs, params, flat
 
 
-@pytest.mark.parametrize("n_threads,batch_size,widths", [(1, 8, [16]), (2, 8, [40, 40]), (2, 64, [4])],
-                         ids=["one-thread", "weight-slices", "slabs"])
-def test_training_matches_torch(n_threads, batch_size, widths):
+@pytest.mark.parametrize("adapters", ["first_layer", "every_layer"])
+@pytest.mark.parametrize("n_threads,batch_size,widths", [(1, 8, [16]), (2, 8, [40, 40]), (2, 64, [4]),
+                                                         (2, 64, [4, 6, 5])],
+                         ids=["one-thread", "weight-slices", "slabs", "slabs-3-hidden"])
+def test_training_matches_torch(n_threads, batch_size, widths, adapters):
     """Adam steps on the mean of the members' cross-entropies, as a PyTorch loop over the same module takes them:
     the batch's rows split over threads either way (weight slices for few rows and many parameters, per-thread
     slabs otherwise), a member's rows may span two threads."""
     torch = pytest.importorskip("torch")
     k, n_in, n_out = 3, 5, 3
     tr = fastbp.Trainer([n_in, *widths, n_out], optimizer="adam", lr=0.01, batch_size=batch_size, epochs=2,
-                        shuffle=False, ensemble=k, dtype="float64", seed=7, n_threads=n_threads)
+                        shuffle=False, ensemble=k, dtype="float64", seed=7, n_threads=n_threads,
+                        ensemble_adapters=adapters)
     X, y = problem(100, n_in, n_out, seed=8)
     member_outputs, params, flat = _torch_twin(tr, torch)
     opt = torch.optim.Adam(params, lr=0.01)
@@ -166,22 +240,25 @@ def test_training_matches_torch(n_threads, batch_size, widths):
     np.testing.assert_allclose(tr.params, flat(), rtol=1e-8, atol=1e-11)
 
 
-def test_runs_repeat_bit_for_bit_and_thread_counts_agree():
+@pytest.mark.parametrize("adapters", ["first_layer", "every_layer"])
+def test_runs_repeat_bit_for_bit_and_thread_counts_agree(adapters):
     X, y = problem(300, 6, 3, seed=9)
     runs = []
     for threads in (2, 2, 1):
-        tr = fastbp.Trainer([6, 32, 3], ensemble=4, optimizer="adamw", batch_size=50, epochs=2, seed=1,
-                            n_threads=threads, dropout=0.1)
+        tr = fastbp.Trainer([6, 32, 16, 3], ensemble=4, optimizer="adamw", batch_size=50, epochs=2, seed=1,
+                            n_threads=threads, dropout=0.1, ensemble_adapters=adapters)
         tr.fit(X, y)
         runs.append(tr.params.copy())
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_allclose(runs[0], runs[2], rtol=1e-4, atol=1e-6)  # another summation order only
 
 
-def test_members_differ_and_learn(tmp_path):
+@pytest.mark.parametrize("adapters", ["first_layer", "every_layer"])
+def test_members_differ_and_learn(tmp_path, adapters):
     X, y = problem(400, 4, 2, seed=10)
     y = (X[:, 0] * X[:, 1] > 0).astype(int)
-    tr = fastbp.Trainer([4, 32, 2], ensemble=4, optimizer="adam", lr=0.01, epochs=30, batch_size=32, seed=0)
+    tr = fastbp.Trainer([4, 32, 2], ensemble=4, optimizer="adam", lr=0.01, epochs=30, batch_size=32, seed=0,
+                        ensemble_adapters=adapters)
     tr.fit(X, y)
     assert (tr.predict(X) == y).mean() > 0.9
     z = member_logits(tr, X.astype(np.float32))
@@ -189,16 +266,18 @@ def test_members_differ_and_learn(tmp_path):
     path = tmp_path / "m.fbp"
     tr.save(path)
     back = fastbp.load(path)
-    assert back.ensemble == 4
+    assert back.ensemble == 4 and back.ensemble_adapters == adapters
     np.testing.assert_array_equal(back.predict_proba(X), tr.predict_proba(X))
     assert "an ensemble of 4 members" in back.summary()
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("adapters", ["first_layer", "every_layer"])
+def test_resume_is_exact(tmp_path, adapters):
     X, y = problem(200, 5, 3, seed=11)
-    whole = fastbp.Trainer([5, 16, 3], ensemble=3, optimizer="adam", epochs=4, batch_size=32, seed=2)
+    common = dict(ensemble=3, optimizer="adam", batch_size=32, seed=2, ensemble_adapters=adapters)
+    whole = fastbp.Trainer([5, 16, 8, 3], epochs=4, **common)
     whole.fit(X, y)
-    half = fastbp.Trainer([5, 16, 3], ensemble=3, optimizer="adam", epochs=2, batch_size=32, seed=2)
+    half = fastbp.Trainer([5, 16, 8, 3], epochs=2, **common)
     half.fit(X, y)
     half.save(tmp_path / "half.fbp")
     resumed = fastbp.load(tmp_path / "half.fbp")
@@ -213,7 +292,11 @@ def test_a_file_whose_parameters_do_not_fit_its_ensemble_is_refused(tmp_path):
     config, arrays = read_model(tmp_path / "m.fbp")
     config["init_args"]["ensemble"] = 2
     write_model(tmp_path / "bad.fbp", config, arrays)
-    with pytest.raises(fastbp.ModelFileError, match="ensemble 2 need 42 parameters"):
+    with pytest.raises(fastbp.ModelFileError, match=r"ensemble 2 \(first_layer\) need 42 parameters"):
+        fastbp.load(tmp_path / "bad.fbp")
+    config["init_args"]["ensemble_adapters"] = "every_layer"
+    write_model(tmp_path / "bad.fbp", config, arrays)
+    with pytest.raises(fastbp.ModelFileError, match=r"ensemble 2 \(every_layer\) need 54 parameters"):
         fastbp.load(tmp_path / "bad.fbp")
 
 

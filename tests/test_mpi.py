@@ -28,6 +28,7 @@ SETTINGS = {
     "sgd_clip": dict(optimizer="sgd", momentum=0.9, nesterov=True, clip_grad_norm=0.5, lr=0.05),
     "rmsprop_weights": dict(optimizer="rmsprop", lr=0.005),
     "adam_dropout": dict(optimizer="adam", dropout=0.3),  # masks follow the data row, not the rank's slice
+    "adam_every_layer": dict(optimizer="adam", ensemble_adapters="every_layer", dropout=0.2),
 }
 
 
@@ -481,7 +482,7 @@ y = (y + (codes % 3 == 0)) % 3
 """
 
 
-@pytest.mark.parametrize("settings,ensemble", [("adam", 1), ("sgd_clip", 1), ("adam", 3)])
+@pytest.mark.parametrize("settings,ensemble", [("adam", 1), ("sgd_clip", 1), ("adam", 3), ("adam_every_layer", 3)])
 def test_embedding_steps_on_ranks_equal_one_process(tmp_path, settings, ensemble):
     """A table's rows step only when some rank's batch looked them up, as in one process (an ensemble's members
     too: each rank runs them on its rows)."""

@@ -47,14 +47,18 @@ def test_trainer_export_predicts_as_fastbp(loss, n_out, activation, tmp_path):
 
 
 @pytest.mark.parametrize("loss,n_out", TRAINER_CASES, ids=[f"{loss}-{n}" for loss, n in TRAINER_CASES])
-@pytest.mark.parametrize("hidden", [[9, 6], []], ids=["hidden", "heads-only"])
-def test_ensemble_export_predicts_as_fastbp(loss, n_out, hidden):
-    """The members' rows as one (N, members, n) tensor through the shared layers, the heads, the mean prediction."""
+@pytest.mark.parametrize("hidden,adapters", [([9, 6], "first_layer"), ([], "first_layer"), ([9, 6], "every_layer")],
+                         ids=["hidden", "heads-only", "every-layer"])
+def test_ensemble_export_predicts_as_fastbp(loss, n_out, hidden, adapters):
+    """The members' rows as one (N, members, n) tensor through the shared layers (and their adapters), the heads,
+    the mean prediction."""
     X, y = make_problem(loss, 200, 5, n_out, seed=3, dtype=np.float32)
     if loss == "binary_cross_entropy" and n_out == 1:
         y = y[:, 0]
     tr = fastbp.Trainer([5, *hidden, n_out], activation="gelu", loss=loss, epochs=3, lr=0.05, seed=1,
-                        ensemble=3).fit(X, y)
+                        ensemble=3, ensemble_adapters=adapters).fit(X, y)
+    if adapters == "every_layer":  # trained adapters, not their start (ones)
+        assert not np.allclose(tr.layout.layer_adapters(tr.params)[1][0], 1.0)
     assert_predicts_as_fastbp(run(tr.to_onnx(), {"X": X}), tr, X)
 
 
@@ -62,7 +66,8 @@ def test_ensemble_with_tables_exports(tmp_path):
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.normal(size=(120, 2)), rng.integers(0, 4, size=120)]).astype(np.float32)
     y = (X[:, 0] + (X[:, 2] == 1) > 0.5).astype(int)
-    tr = fastbp.Trainer([2 + 3, 8, 2], embeddings=[(5, 3)], ensemble=4, epochs=3, seed=2).fit(X, y)
+    tr = fastbp.Trainer([2 + 3, 8, 2], embeddings=[(5, 3)], ensemble=4, epochs=3, seed=2,
+                        ensemble_adapters="every_layer").fit(X, y)
     out = run(tr.to_onnx(), {"X": X})
     np.testing.assert_allclose(out["probabilities"], tr.predict_proba(X), rtol=1e-5, atol=1e-6)
 

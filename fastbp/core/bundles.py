@@ -113,11 +113,12 @@ class Workspace(NamedTuple):
     capacity: int
 
 
-def make_workspace(sizes, pre_activations, capacity, n_params, dtype, grad=None):
-    """Activations, deltas, a gradient and, when pre_activations (a layer uses gelu, whose derivative needs them,
-    or an ensemble, whose input block keeps the inputs before the members' adapters), pre-activations."""
+def make_workspace(sizes, zs_sections, capacity, n_params, dtype, grad=None):
+    """Activations, deltas, a gradient and zs_sections buffers as large as the activations in zs: 1 for
+    pre-activations (a layer uses gelu, whose derivative needs them, or an ensemble, whose input block keeps the
+    inputs before the members' adapters), 3 with adapters on every layer (fastbp.core.kernels), else 0."""
     width = int(capacity) * int(np.sum(sizes))
-    return Workspace(np.empty(width, dtype=dtype), np.empty(width if pre_activations else 0, dtype=dtype),
+    return Workspace(np.empty(width, dtype=dtype), np.empty(width * int(zs_sections), dtype=dtype),
                      np.empty(width, dtype=dtype), np.empty(n_params, dtype=dtype) if grad is None else grad,
                      int(capacity))
 

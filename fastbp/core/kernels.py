@@ -147,8 +147,26 @@ def _gather_row(params, net, X, src, out, at):
 
 @jit
 def _adapter_offset(net):
-    """Where an ensemble's input adapters (members x sizes[0]) start: they end the layers' parameters."""
-    return net.n_layer_params - net.members * net.sizes[0]
+    """Where an ensemble's input adapters (members x sizes[0]) start: after the heads."""
+    sizes = net.sizes
+    n_in, n_out = sizes[sizes.size - 2], sizes[sizes.size - 1]
+    return net.w_offsets[sizes.size - 2] + net.members * (n_in * n_out + n_out)
+
+
+@jit
+def every_layer(net):
+    """True for an ensemble with adapters on every shared layer (TabM): their S, B and R follow R_0."""
+    return net.members > 1 and net.n_layer_params > _adapter_offset(net) + net.members * net.sizes[0]
+
+
+@jit
+def _member_offset(net, l):
+    """Where shared layer l's output adapters S_l (members x sizes[l+1]) start, followed by its members' biases
+    B_l and, unless the heads come next, R_{l+1} (fastbp.core.layout)."""
+    at = _adapter_offset(net) + net.members * net.sizes[0]
+    for j in range(l):
+        at += net.members * net.sizes[j + 1] * (3 if j < net.sizes.size - 3 else 2)
+    return at
 
 
 @jit
@@ -255,12 +273,16 @@ def _forward_rows(params, net, ws, dropout, dropout_seed, t, order, start, row0,
     acts = ws.acts
     zs = ws.zs
     n_layers = sizes.size - 1
+    adapted = every_layer(net)
     for l in range(n_layers):
         n_in = sizes[l]
         n_out = sizes[l + 1]
         code = net.act_codes[l]
         z = zs if code == GELU else acts
         p = dropout[l]
+        if adapted and l < n_layers - 1:
+            _adapted_forward(params, net, ws, l, p, dropout_seed, t, order, start, row0, rows, m)
+            continue
         for e in range(_n_blocks(net, l)):
             lo, hi, w0 = _block(net, l, e, m, row0, rows)
             if hi <= lo:
@@ -282,15 +304,112 @@ def _forward_rows(params, net, ws, dropout, dropout_seed, t, order, start, row0,
 
 
 @jit
+def _adapted_forward(params, net, ws, l, p, dropout_seed, t, order, start, row0, rows, m):
+    """Shared layer l of an ensemble with adapters on every layer, for workspace rows [row0, row0+rows): the product
+    u = (h * R_l) @ W_l (its input in acts, as adapted by the layer before) into the product section of zs, the unit
+    outputs a = f(u * S_l + B_l) (dropped out) into the unit section, the pre-activations z into the first section
+    (gelu), and what the next layer reads, a * R_{l+1} (a itself for the heads), into acts."""
+    one = params.dtype.type(1.0)
+    zero = params.dtype.type(0.0)
+    sizes = net.sizes
+    acts = ws.acts
+    zs = ws.zs
+    section = acts.size  # zs: pre-activations, unit outputs, products, each laid out as acts
+    k = net.members
+    n_in, n_out = sizes[l], sizes[l + 1]
+    code = net.act_codes[l]
+    adapted_next = l < sizes.size - 3
+    off_in = _offset(sizes, ws.capacity, l) + row0 * n_in
+    off_out = _offset(sizes, ws.capacity, l + 1) + row0 * n_out
+    gemm(False, False, rows, n_out, n_in, one, acts, off_in, n_in, params, net.w_offsets[l], n_out, zero, zs,
+         2 * section + off_out, n_out)
+    s0 = _member_offset(net, l)
+    for i in range(rows):
+        e = (row0 + i) // m
+        r = off_out + i * n_out
+        scale = params[s0 + e * n_out:s0 + (e + 1) * n_out]
+        bias = params[s0 + (k + e) * n_out:s0 + (k + e + 1) * n_out]
+        u = zs[2 * section + r:2 * section + r + n_out]
+        a = zs[section + r:section + r + n_out]
+        if code == GELU:
+            z = zs[r:r + n_out]
+            for j in range(n_out):
+                z[j] = u[j] * scale[j]
+            gelu_bias_activate(z, bias, a)
+        else:
+            for j in range(n_out):
+                a[j] = u[j] * scale[j]
+            bias_activate(a, bias, code)
+        if p > 0:
+            apply_mask(a, p, row_key(dropout_seed, t, l, _mask_row(net, order, start, row0 + i, m)))
+        h = acts[r:r + n_out]
+        if adapted_next:
+            adapter = params[s0 + (2 * k + e) * n_out:s0 + (2 * k + e + 1) * n_out]
+            for j in range(n_out):
+                h[j] = a[j] * adapter[j]
+        else:
+            for j in range(n_out):
+                h[j] = a[j]
+
+
+@jit
+def _adapted_deltas(params, net, ws, reg, t, order, start, l, row0, rows, m, acc):
+    """For an ensemble with adapters on every layer: turn the deltas of shared layer l's outputs for workspace
+    rows [row0, row0+rows), as the layer above left them (with respect to what it read, a * R_{l+1}), into the
+    deltas of its product u (what dW_l and the layer's input deltas need), adding the gradients of R_{l+1}, S_l
+    and B_l of these rows into acc (laid out as the parameters from _member_offset(net, 0) on)."""
+    sizes = net.sizes
+    zs = ws.zs
+    section = ws.acts.size
+    k = net.members
+    n = sizes[l + 1]
+    code = net.act_codes[l]
+    p = reg.dropout[l]
+    keep = params.dtype.type(1.0) - p
+    adapted_next = l < sizes.size - 3
+    s0 = _member_offset(net, l)
+    a0 = s0 - _member_offset(net, 0)  # the same entries in acc
+    off = _offset(sizes, ws.capacity, l + 1) + row0 * n
+    for i in range(rows):
+        e = (row0 + i) // m
+        r = off + i * n
+        d = ws.deltas[r:r + n]
+        a = zs[section + r:section + r + n]
+        if adapted_next:  # d(a * R) -> dR += a * d, d(a) = d * R
+            adapter = params[s0 + (2 * k + e) * n:s0 + (2 * k + e + 1) * n]
+            g = acc[a0 + (2 * k + e) * n:a0 + (2 * k + e + 1) * n]
+            for j in range(n):
+                g[j] += a[j] * d[j]
+                d[j] *= adapter[j]
+        if p > 0:
+            mask_delta(d, p, row_key(reg.dropout_seed, t, l, _mask_row(net, order, start, row0 + i, m)))
+        if code == GELU:
+            gelu_scale_by_derivative(d, zs[r:r + n])
+        else:
+            scale_by_derivative(d, a, code, keep)
+        # d(u * S + B) -> dS += u * d, dB += d, d(u) = d * S
+        u = zs[2 * section + r:2 * section + r + n]
+        scale = params[s0 + e * n:s0 + (e + 1) * n]
+        g_scale = acc[a0 + e * n:a0 + (e + 1) * n]
+        g_bias = acc[a0 + (k + e) * n:a0 + (k + e + 1) * n]
+        for j in range(n):
+            g_scale[j] += u[j] * d[j]
+            g_bias[j] += d[j]
+            d[j] *= scale[j]
+
+
+@jit
 def _mask_row(net, order, start, i, m):
     """The dropout masks' key of workspace row i of a batch of m rows: its data row, and its ensemble member."""
     return order[start + i % m] * net.members + i // m
 
 
 @jit
-def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale):
+def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, acc):
     """Output delta and the deltas of every hidden layer for workspace rows [row0, row0+rows) of a batch of m rows;
-    returns their loss sum. An ensemble's rows also get the input deltas (its adapters' gradients need them).
+    returns their loss sum. An ensemble's rows also get the input deltas (its adapters' gradients need them); with
+    adapters on every layer, these rows' gradients of the adapters after R_0 and of the members' biases are added
+    into acc (_adapted_deltas).
 
     With sample weights, row i's loss and delta count weights[i] times.
     """
@@ -315,11 +434,15 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale):
         w = weights[src] if weights.size else one
         loss += w * row_loss_and_delta(net.loss_code, huber_delta, acts[r:r + n_out], batch.Y[src],
                                        deltas[r:r + n_out], scale * w, reg.label_smoothing)
+    adapted = every_layer(net)
     for l in range(n_layers - 1, 0, -1):  # the input layer needs no delta
         n_in = sizes[l]
         n_out = sizes[l + 1]
         din_off = _offset(sizes, ws.capacity, l) + row0 * n_in
         _input_deltas(params, net, ws, l, row0, rows, m, 0, n_in)  # d_in = d @ W^T
+        if adapted:
+            _adapted_deltas(params, net, ws, reg, t, order, start, l - 1, row0, rows, m, acc)
+            continue
         code = net.act_codes[l - 1]
         p = reg.dropout[l - 1]
         keep = one - p
@@ -357,12 +480,12 @@ def _input_deltas(params, net, ws, l, row0, rows, m, j0, j1):
 
 
 @jit
-def _forward_backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale):
+def _forward_backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, acc):
     """Workspace rows [row0, row0+rows) of the batch order[start:start+m]: gathered, forward, output delta and
-    hidden deltas; their loss sum."""
+    hidden deltas; their loss sum (acc: _backward_rows)."""
     _gather(params, net, batch.X, batch.order, start, row0, rows, m, ws.acts, ws.zs)
     _forward_rows(params, net, ws, reg.dropout, reg.dropout_seed, t, batch.order, start, row0, rows, m)
-    return _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale)
+    return _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, acc)
 
 
 @jit
@@ -382,17 +505,21 @@ def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_
     grad_squares = 0.0
     sizes = net.sizes
     n_layers = sizes.size - 1
+    adapted = every_layer(net)
     for l in range(n_layers):
         n_in = sizes[l]
         n_out = sizes[l + 1]
         k0, k1 = _split(n_in, part, n_parts)
         c0, c1 = _split(n_out, part, n_parts)
+        if adapted and l < n_layers - 1:
+            c1 = c0  # the members' own biases (B_l): their gradients come from _adapted_deltas
         for e in range(_n_blocks(net, l)):
             lo, hi, w0 = _block(net, l, e, m, row0, rows)
             if hi <= lo:  # a head whose member has no rows here
                 if beta == 0:
                     grad[w0 + k0 * n_out:w0 + k1 * n_out] = 0
-                    grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1] = 0
+                    if c1 > c0:
+                        grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1] = 0
                 lo = hi
             off_in = _offset(sizes, ws.capacity, l) + lo * n_in
             d_off = _offset(sizes, ws.capacity, l + 1) + lo * n_out
@@ -411,6 +538,8 @@ def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_
                     grad_squares += _sum_squares(grad, w0 + k0 * n_out, w0 + k1 * n_out)
                 if update:
                     update_range(opt, hyper, params, grad, one, w0 + k0 * n_out, w0 + k1 * n_out)
+            if c1 == c0:
+                continue
             db = grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1]
             if beta == 0:
                 db[:] = 0
@@ -455,6 +584,27 @@ def _adapter_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n
 
 
 @jit
+def _member_gradients(grad, params, acc, net, opt, hyper, part, n_parts, beta, update, measure):
+    """This part's slice of the gradients _adapted_deltas added up per part (acc: n_parts blocks laid out as the
+    parameters from _member_offset(net, 0) on), summed into grad in a fixed order and stepped as _weight_gradients
+    steps; the slice's sum of gradient squares with `measure`."""
+    first = _member_offset(net, 0)
+    size = net.n_layer_params - first
+    lo, hi = _split(size, part, n_parts)
+    g = grad[first + lo:first + hi]
+    if beta == 0:
+        g[:] = 0
+    for q in range(acc.size // size):
+        block = acc[q * size + lo:q * size + hi]
+        for j in range(hi - lo):
+            g[j] += block[j]
+    grad_squares = _sum_squares(grad, first + lo, first + hi) if measure else 0.0
+    if update:
+        update_range(opt, hyper, params, grad, grad.dtype.type(1.0), first + lo, first + hi)
+    return grad_squares
+
+
+@jit
 def _sum_squares(v, lo, hi):
     total = 0.0
     for i in range(lo, hi):
@@ -484,6 +634,9 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
     scale = scale / params.dtype.type(net.members)
     slabs_path = beta == 0 and uses_slabs(P, net.sizes, rows, n_parts)
     slabs = np.empty((n_parts - 1) * P if slabs_path else 0, dtype=grad.dtype)
+    # per part, the gradients the row pass adds up (adapters on every layer: _adapted_deltas), from member0 on
+    member0 = _member_offset(net, 0) if every_layer(net) else P
+    acc = np.zeros(n_parts * (P - member0), dtype=grad.dtype)
     zero = grad.dtype.type(0.0)
     # typed, not literal, arguments for _weight_gradients: Numba compiles a callee anew for each
     # combination of literal and non-literal arguments (~3.5 s each when cold)
@@ -494,13 +647,17 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
         fp_mode = flush_denormals()
         r0 = (part * rows) // n_parts
         r1 = ((part + 1) * rows) // n_parts
+        part_acc = acc[part * (P - member0):(part + 1) * (P - member0)]
         if r1 > r0:
-            part_loss[part] = _forward_backward_rows(params, net, ws, reg, t, batch, start, r0, r1 - r0, m, scale)
+            part_loss[part] = _forward_backward_rows(params, net, ws, reg, t, batch, start, r0, r1 - r0, m, scale,
+                                                     part_acc)
         if slabs_path:  # this thread's rows' whole gradient: thread 0 into grad, the others into a slab
             target = grad if part == 0 else slabs[(part - 1) * P:part * P]
             if r1 > r0:
                 _weight_gradients(target, params, net, ws, opt, hyper, r0, r1 - r0, m, first, one_part, zero, 0.0, no,
                                   no)
+                for j in range(part_acc.size):
+                    target[member0 + j] = part_acc[j]
             else:
                 target[:] = 0
         restore_fp_mode(fp_mode)
@@ -530,6 +687,9 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
         else:
             squares[part], grad_squares[part] = _weight_gradients(grad, params, net, ws, opt, hyper, first, rows, m,
                                                                   np.int64(part), n_parts, beta, penalty, fused, clip)
+            if acc.size:
+                grad_squares[part] += _member_gradients(grad, params, acc, net, opt, hyper, np.int64(part), n_parts,
+                                                        beta, fused, clip)
         restore_fp_mode(fp_mode)
     if reg.weight_penalty > 0:
         for part in range(n_parts):

@@ -23,10 +23,11 @@ GRADIENT_BLOCK_ROWS = 4096  # rows per block of the full-data gradient
 
 def workspace(net, capacity, dtype, grad=None):
     """A Workspace for batches of up to `capacity` rows of this net (members x capacity workspace rows for an
-    ensemble; pre-activations only when a layer uses gelu or the members have adapters)."""
+    ensemble; pre-activations only when a layer uses gelu or the members have adapters, and two more sections with
+    adapters on every layer)."""
     n_params = net.n_layer_params + int((net.tables[:, TABLE_ROWS] * net.tables[:, TABLE_DIM]).sum())
-    pre_activations = bool((net.act_codes == GELU).any()) or net.members > 1
-    return make_workspace(net.sizes, pre_activations, capacity * net.members, n_params, dtype, grad)
+    zs_sections = 3 if kernels.every_layer(net) else int(bool((net.act_codes == GELU).any()) or net.members > 1)
+    return make_workspace(net.sizes, zs_sections, capacity * net.members, n_params, dtype, grad)
 
 
 def table_marks(net, capacity, dtype, touched=None):

@@ -16,12 +16,12 @@ SKLEARN_LOSS_CODES = {"sklearn_squared_error": SKLEARN_SQUARED, "sklearn_poisson
 
 
 def build_net(layer_sizes, hidden_activations, loss, huber_delta=1.0, mean_over_outputs=True, embeddings=(),
-              members=1):
+              members=1, adapters="first_layer"):
     """(Layout, Net) for these layers, one activation name per hidden layer and a loss name.
     mean_over_outputs=False sums a row's loss over its outputs (scikit-learn's losses) instead of
     averaging over every element (PyTorch's mean reduction). embeddings: (rows, dim) per categorical
-    table (fastbp.core.layout); members: an ensemble's (fastbp.core.layout)."""
-    layout = Layout(layer_sizes, embeddings, members)
+    table (fastbp.core.layout); members, adapters: an ensemble's (fastbp.core.layout)."""
+    layout = Layout(layer_sizes, embeddings, members, adapters)
     codes = [activation_code(a) for a in hidden_activations] + [IDENTITY]
     code = SKLEARN_LOSS_CODES[loss] if loss in SKLEARN_LOSS_CODES else loss_code(loss)
     return layout, make_net(layout.sizes, layout.w_offsets, codes, code, huber_delta,

@@ -56,17 +56,23 @@ def forward(g, x, layers, activations):
     return x
 
 
-def ensemble_forward(g, x, layers, activations, adapters, loss):
+def ensemble_forward(g, x, layers, activations, adapters, loss, layer_adapters=None):
     """An ensemble's logits (fastbp.core.layout): the (N, n_in) input `x` times each member's adapter row
     (adapters: (members, n_in)) as (N, members, n_in), the shared layers on all of it at once, each member's head
     (the last of `layers`, stacked: (members, n, n_out) and (members, n_out)), the members' predictions averaged
-    through the loss's link and turned back into logits, as fastbp.engine.full_data.ensemble_logits does."""
+    through the loss's link and turned back into logits, as fastbp.engine.full_data.ensemble_logits does.
+    layer_adapters: [(R_l, S_l)] of every shared layer (adapters on every layer; its b are then (members, n_out)):
+    each layer's input times R_l (R_0 is `adapters`), its product times S_l."""
     dtype = adapters.dtype
     axis = g.const(np.array([1], dtype=np.int64))
     h = g.node("Mul", [g.node("Unsqueeze", [x, axis]), g.const(adapters, "adapters")])
     for i, (W, b) in enumerate(layers[:-1]):
-        h = activate(g, activations[i], g.node("Add", [g.node("MatMul", [h, g.const(W, "W")]), g.const(b, "b")]),
-                     dtype)
+        if layer_adapters and i > 0:
+            h = g.node("Mul", [h, g.const(layer_adapters[i][0], "R")])
+        z = g.node("MatMul", [h, g.const(W, "W")])
+        if layer_adapters:
+            z = g.node("Mul", [z, g.const(layer_adapters[i][1], "S")])
+        h = activate(g, activations[i], g.node("Add", [z, g.const(b, "b")]), dtype)
     W, b = layers[-1]
     axis2 = g.const(np.array([2], dtype=np.int64))
     z = g.node("Squeeze", [g.node("MatMul", [g.node("Unsqueeze", [h, axis2]), g.const(W, "heads")]), axis2])
@@ -201,7 +207,7 @@ INPUT_DTYPES = ("float32", "float64", "int64", "int32", "bool")
 
 
 def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, producer_version="", input_dtype=None,
-                  tables=(), adapters=None):
+                  tables=(), adapters=None, layer_adapters=None):
     """The ONNX model of a Trainer: outputs as Trainer.predict / predict_proba give them ("label" and
     "probabilities" for classification losses, "variable" otherwise); a file-trained model
     (`prep`: the Preprocessor of its stored state) takes its columns and gives labels, probabilities
@@ -212,7 +218,8 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
     predict refuses (see valid_rows), whose probabilities, scores or values are NaN and whose label means
     nothing. tables: the embedding tables (fastbp.core.layout): an array model's X then ends with their category
     codes. adapters: an ensemble's (members, n_in) input adapters; its last layer is then the members' heads,
-    (members, n_in, n_out) and (members, n_out) (ensemble_forward)."""
+    (members, n_in, n_out) and (members, n_out); layer_adapters: with adapters on every layer, theirs
+    (ensemble_forward)."""
     onnx = require_onnx()
     g = Graph()
     dtype = np.dtype(dtype)
@@ -238,7 +245,7 @@ def trainer_model(layers, activations, loss, dtype, prep=None, classes=None, pro
         g.node("Where", [valid_column, value, g.const(np.full((1, 1), np.nan, value_dtype))], outputs=[name])
 
     logits = forward(g, x, layers, activations) if adapters is None else \
-        ensemble_forward(g, x, layers, activations, adapters, loss)
+        ensemble_forward(g, x, layers, activations, adapters, loss, layer_adapters)
     # a file-trained classifier with one output per class and another loss learned the classes one-hot
     one_hot = prep is not None and prep.task == "classify" and FileTargets(loss, n_out).one_hot
     if loss == "cross_entropy" or one_hot:
