@@ -148,13 +148,13 @@ RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
                   "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins", "categorical",
                   "onehot_max", "embedding_dim", "label_smoothing", "lr_schedule", "warmup_epochs", "ensemble",
-                  "min_steps")
+                  "min_steps", "ensemble_adapters")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
                  "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss",
                  "numeric": "standard", "numeric_bins": 16, "categorical": "onehot", "onehot_max": 128,
                  "embedding_dim": None, "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0,
-                 "ensemble": 1, "min_steps": 0}
+                 "ensemble": 1, "min_steps": 0, "ensemble_adapters": "first_layer"}
 
 
 def _result_options(args, ranks, shard):
@@ -350,7 +350,7 @@ def train(args):
                           categorical=args.categorical, onehot_max=args.onehot_max, embedding_dim=args.embedding_dim,
                           label_smoothing=args.label_smoothing,
                           lr_schedule=lr_schedule(args.lr_schedule, args.warmup_epochs), ensemble=args.ensemble,
-                          min_steps=args.min_steps)
+                          ensemble_adapters=args.ensemble_adapters, min_steps=args.min_steps)
         trainer.metadata["cli_options"] = options
     _say(args, f"{prep.task}: {n_rows} training rows, {len(prep.features)} columns -> {prep.n_inputs} inputs, "
                f"MLP {trainer.layer_sizes}, loss {trainer.loss}")
@@ -767,7 +767,8 @@ def _summary(config, arrays):
     init = config["init_args"]
     prep = config.get("preprocessing") or {}
     return {"fastbp_version": config.get("fastbp_version"), "layer_sizes": init["layer_sizes"],
-               "ensemble": init.get("ensemble", 1), "activation": init["activation"], "loss": init["loss"], "optimizer": init["optimizer"],
+               "ensemble": init.get("ensemble", 1),
+               "ensemble_adapters": init.get("ensemble_adapters", "first_layer"), "activation": init["activation"], "loss": init["loss"], "optimizer": init["optimizer"],
                "dtype": init["dtype"], "parameters": int(arrays["params"].size), "epochs_trained": len(config["history"]),
                "last_epoch": config["history"][-1] if config["history"] else None,
                "target": prep.get("target"), "task": prep.get("task"), "features": prep.get("features"),
@@ -817,6 +818,7 @@ _EXAMPLES = {
 
 def _parser():
     from .core.activations import ACTIVATIONS
+    from .core.layout import ADAPTERS
     from .core.losses import LOSSES
     from .core.optim import OPTIMIZERS
 
@@ -876,6 +878,10 @@ def _parser():
     p.add_argument("--ensemble", type=int, default=None, metavar="K",
                    help="train K members together (TabM-mini: shared hidden layers, an input adapter and an output "
                         f"layer each) and predict their mean; costs up to K times an epoch ({_by_preset('ensemble')})")
+    p.add_argument("--ensemble-adapters", default=None, choices=list(ADAPTERS),
+                   help="first_layer (TabM-mini: one input adapter per member) or every_layer (TabM: each shared "
+                        f"layer scales its inputs and outputs per member and has the members' own biases; "
+                        f"{_by_preset('ensemble_adapters')})")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout rate of every hidden layer, in [0, 1)")
     p.add_argument("--batch-size", type=int, default=256, help="rows per gradient step")
     p.add_argument("--epochs", type=int, default=None,

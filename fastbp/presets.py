@@ -9,10 +9,11 @@ from .core.errors import InputError
 PRESETS = {
     "plain": {"activation": "relu", "optimizer": "adam", "lr": None, "epochs": 10, "min_steps": 0,
               "early_stopping": False, "patience": 10, "numeric": "standard", "label_smoothing": 0.0,
-              "lr_schedule": "constant", "warmup_epochs": 0, "ensemble": 1},
+              "lr_schedule": "constant", "warmup_epochs": 0, "ensemble": 1, "ensemble_adapters": "first_layer"},
     "recipe": {"activation": "gelu", "optimizer": "adamw", "lr": 3e-3, "epochs": 30, "min_steps": 720,
                "early_stopping": False, "patience": 6, "numeric": "auto", "label_smoothing": 0.1,
-               "lr_schedule": "cosine", "warmup_epochs": 2, "ensemble": 4},
+               "lr_schedule": "cosine", "warmup_epochs": 2, "ensemble": 4,
+               "ensemble_adapters": "first_layer"},
 }
 HIDDEN = (256, 256)  # both presets' hidden widths (the CLI's --hidden default)
 
@@ -37,4 +38,5 @@ def trainer_settings(name, loss="cross_entropy"):
     return {"hidden": HIDDEN, "activation": preset["activation"], "optimizer": preset["optimizer"], "lr": preset["lr"],
             "epochs": preset["epochs"], "min_steps": preset["min_steps"],
             "numeric": preset["numeric"], "label_smoothing": label_smoothing(name, loss),
-            "lr_schedule": lr_schedule(preset["lr_schedule"], preset["warmup_epochs"]), "ensemble": preset["ensemble"]}
+            "lr_schedule": lr_schedule(preset["lr_schedule"], preset["warmup_epochs"]), "ensemble": preset["ensemble"],
+            "ensemble_adapters": preset["ensemble_adapters"]}

@@ -22,7 +22,8 @@ from .inputs import table_columns
 from .trainer import Trainer
 
 # estimator parameter -> Trainer argument, for the parameters whose None means "the preset's"
-_PRESET_SETTINGS = {"hidden_layer_sizes": "hidden", "n_members": "ensemble", "epochs": "epochs",
+_PRESET_SETTINGS = {"hidden_layer_sizes": "hidden", "n_members": "ensemble", "ensemble_adapters": "ensemble_adapters",
+                    "epochs": "epochs",
                     "min_steps": "min_steps", "lr": "lr", "weight_decay": "weight_decay",
                     "label_smoothing": "label_smoothing", "numeric": "numeric"}
 
@@ -112,7 +113,8 @@ class _TabularMLP(BaseEstimator):
 
 class TabularMLPClassifier(ClassifierMixin, _TabularMLP):
     """fastbp's tabular recipe as a scikit-learn classifier (cross-entropy; binary and multi-class labels of any
-    type). Parameters at None take the preset's: hidden_layer_sizes (256, 256), n_members 4, epochs 30 (or more on
+    type). Parameters at None take the preset's: hidden_layer_sizes (256, 256), n_members 4, ensemble_adapters
+    "first_layer" (TabM-mini; "every_layer": TabM's adapters on every shared layer), epochs 30 (or more on
     small tables: min_steps 720), lr 3e-3 (AdamW; weight_decay torch's 0.01), label_smoothing 0.1, numeric "auto"
     (docs/api.md, "Presets"). impute "mean" or "median" fills missing numbers (None refuses them); class_weight as
     Trainer.fit's ({label: weight} or "balanced"). After fit: trainer_ (the fastbp.Trainer: save, summary,
@@ -121,12 +123,14 @@ class TabularMLPClassifier(ClassifierMixin, _TabularMLP):
 
     _loss = "cross_entropy"
 
-    def __init__(self, preset="recipe", *, hidden_layer_sizes=None, n_members=None, epochs=None, min_steps=None,
-                 lr=None, weight_decay=None, label_smoothing=None, numeric=None, batch_size=256, dropout=0.0,
-                 impute=None, class_weight=None, random_state=None, n_threads=None, dtype="float32", verbose=0):
+    def __init__(self, preset="recipe", *, hidden_layer_sizes=None, n_members=None, ensemble_adapters=None,
+                 epochs=None, min_steps=None, lr=None, weight_decay=None, label_smoothing=None, numeric=None,
+                 batch_size=256, dropout=0.0, impute=None, class_weight=None, random_state=None, n_threads=None,
+                 dtype="float32", verbose=0):
         self.preset = preset
         self.hidden_layer_sizes = hidden_layer_sizes
         self.n_members = n_members
+        self.ensemble_adapters = ensemble_adapters
         self.epochs = epochs
         self.min_steps = min_steps
         self.lr = lr
@@ -164,13 +168,15 @@ class TabularMLPRegressor(RegressorMixin, _TabularMLP):
     its own scale). loss: "mse", "huber", "mae" or "poisson". The other parameters and attributes as
     TabularMLPClassifier's (label_smoothing does not apply: the preset gives a regression none)."""
 
-    def __init__(self, preset="recipe", *, loss="mse", hidden_layer_sizes=None, n_members=None, epochs=None,
-                 min_steps=None, lr=None, weight_decay=None, numeric=None, batch_size=256, dropout=0.0,
-                 impute=None, random_state=None, n_threads=None, dtype="float32", verbose=0):
+    def __init__(self, preset="recipe", *, loss="mse", hidden_layer_sizes=None, n_members=None,
+                 ensemble_adapters=None, epochs=None, min_steps=None, lr=None, weight_decay=None, numeric=None,
+                 batch_size=256, dropout=0.0, impute=None, random_state=None, n_threads=None, dtype="float32",
+                 verbose=0):
         self.preset = preset
         self.loss = loss
         self.hidden_layer_sizes = hidden_layer_sizes
         self.n_members = n_members
+        self.ensemble_adapters = ensemble_adapters
         self.epochs = epochs
         self.min_steps = min_steps
         self.lr = lr

@@ -323,11 +323,19 @@ def test_cli_trains_an_ensemble_and_refuses_resuming_with_another(tmp_path):
     cli(*common, "--epochs", 2, "--ensemble", 3, "--out", tmp_path / "m.fbp")
     model = fastbp.load(tmp_path / "m.fbp")
     assert model.ensemble == 3 and model.layers[-1][0].shape[0] == 3
-    assert json.loads(cli("info", tmp_path / "m.fbp").stdout)["ensemble"] == 3
+    info = json.loads(cli("info", tmp_path / "m.fbp").stdout)
+    assert info["ensemble"] == 3 and info["ensemble_adapters"] == "first_layer"
     scores = json.loads(cli("evaluate", tmp_path / "m.fbp", tmp_path / "d.csv").stdout)
     assert scores["accuracy"] > 0.7
     cli(*common, "--epochs", 4, "--ensemble", 3, "--resume", "--out", tmp_path / "m.fbp")
     assert len(fastbp.load(tmp_path / "m.fbp").history) == 4
-    proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, common), "--epochs", "6", "--resume", "--out",
-                           str(tmp_path / "m.fbp")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "ensemble" in proc.stderr
+    for other in (["--ensemble", "3", "--ensemble-adapters", "every_layer"], []):
+        proc = subprocess.run([sys.executable, "-m", "fastbp", *map(str, common), "--epochs", "6", "--resume",
+                               "--out", str(tmp_path / "m.fbp"), *other], capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and "ensemble" in proc.stderr
+    cli(*common, "--epochs", 2, "--ensemble", 3, "--ensemble-adapters", "every_layer", "--out", tmp_path / "e.fbp",
+        "--checkpoint-dir", tmp_path / "ck2")
+    model = fastbp.load(tmp_path / "e.fbp")
+    assert model.ensemble_adapters == "every_layer" and json.loads(cli("info", tmp_path / "e.fbp").stdout)[
+        "ensemble_adapters"] == "every_layer"
+    assert json.loads(cli("evaluate", tmp_path / "e.fbp", tmp_path / "d.csv").stdout)["accuracy"] > 0.7

@@ -40,19 +40,21 @@ def _table(n=240, seed=0):
     return df, score.to_numpy()
 
 
-@pytest.mark.parametrize("n_members", [1, 3])
-def test_the_estimator_is_the_preset_trainer(n_members):
+@pytest.mark.parametrize("n_members,adapters", [(1, None), (3, None), (3, "every_layer")])
+def test_the_estimator_is_the_preset_trainer(n_members, adapters):
     """The estimator's parameters reach the Trainer under its names: the same model as Trainer.from_preset with
     those settings, fitted on the same table, bit for bit."""
     df, score = _table()
     y = np.where(score > 0.5, "late", "on time")
-    est = TabularMLPClassifier(n_members=n_members, hidden_layer_sizes=(16, 8), epochs=3, lr=1e-2,
-                               impute="median", random_state=5).fit(df, y)
+    est = TabularMLPClassifier(n_members=n_members, ensemble_adapters=adapters, hidden_layer_sizes=(16, 8), epochs=3,
+                               lr=1e-2, impute="median", random_state=5).fit(df, y)
     tr = Trainer.from_preset("recipe", loss="cross_entropy", ensemble=n_members, hidden=(16, 8), epochs=3, lr=1e-2,
-                             impute="median", seed=5).fit(df, y)
+                             impute="median", seed=5, **({"ensemble_adapters": adapters} if adapters else {}))
+    tr.fit(df, y)
     np.testing.assert_array_equal(est.trainer_.params, tr.params)
     np.testing.assert_array_equal(est.predict_proba(df), tr.predict_proba(df))
     assert est.trainer_.ensemble == n_members and est.trainer_.label_smoothing == pytest.approx(0.1)
+    assert est.trainer_.ensemble_adapters == (adapters or "first_layer")
     assert list(est.classes_) == ["late", "on time"] and est.predict(df).dtype == y.dtype
     assert list(est.feature_names_in_) == ["size", "colour", "count"] and est.n_features_in_ == 3
     assert len(est.loss_curve_) == 3
