@@ -269,7 +269,9 @@ class Trainer:
     @property
     def layers(self):
         """[(W, b)] live views into params; W has shape (n_in, n_out). An ensemble's last layer, its heads, has W
-        (members, n_in, n_out) and b (members, n_out) (its input adapters: layout.adapters(params))."""
+        (members, n_in, n_out) and b (members, n_out) (its input adapters: layout.adapters(params)); with adapters on
+        every layer each shared layer's b is the members' biases, (members, n_out) (its adapters:
+        layout.layer_adapters(params))."""
         return self.layout.views(self.params)
 
     @property

@@ -31,6 +31,11 @@ layer (acts: layer l, l = 0 the input and l = L the logits, is a row-major
 (capacity, sizes[l]) block at capacity*sum(sizes[:l])), the gelu pre-activations
 at the same offsets (zs, empty when no layer uses gelu), and the deltas of
 every layer's outputs at the same offsets (deltas; the input block is unused).
+An ensemble with adapters on every layer (fastbp.core.layout) keeps three sections in zs, each laid out as
+acts: the pre-activations, the unit outputs, and each shared layer's product before its output adapter; acts
+then holds what each layer reads, the unit outputs times its input adapter. The gradients of those adapters and
+of the members' biases are added up per part in the row pass (_adapted_deltas), since the deltas buffer keeps
+only the products' deltas, and summed with the slabs or in the second region (_member_gradients).
 
 Embedding tables (Net.tables) sit after the layers in params. The gather copies
 each row's category codes' table rows into the input block; the backward pass
