@@ -558,7 +558,8 @@ def main(argv=None):
             threads = thread_counts[-1]
             emit(f"**Epoch time of an ensemble relative to one model, fastbp, {args.dtype}, {threads} thread(s), "
                  f"{condition}** (k members cost at most k×)", "",
-                 "| workload | one model s | 4 members | 8 members | 8, adapters on every layer |", "|---|---|---|---|---|")
+                 "| workload | one model s | 4 members | 8 members | 8, adapters on every layer |",
+                 "|---|---|---|---|---|")
             for name in workloads:
                 c = epoch_costs(name, args.dtype, threads, args.repeat, ENSEMBLE_VARIANTS)
                 emit(f"| {name} | {c[1]:.3f} | {c[4] / c[1]:.2f}× | {c[8] / c[1]:.2f}× | "

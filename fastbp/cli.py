@@ -767,12 +767,12 @@ def _summary(config, arrays):
     init = config["init_args"]
     prep = config.get("preprocessing") or {}
     return {"fastbp_version": config.get("fastbp_version"), "layer_sizes": init["layer_sizes"],
-               "ensemble": init.get("ensemble", 1),
-               "ensemble_adapters": init.get("ensemble_adapters", "first_layer"), "activation": init["activation"], "loss": init["loss"], "optimizer": init["optimizer"],
-               "dtype": init["dtype"], "parameters": int(arrays["params"].size), "epochs_trained": len(config["history"]),
-               "last_epoch": config["history"][-1] if config["history"] else None,
-               "target": prep.get("target"), "task": prep.get("task"), "features": prep.get("features"),
-               "classes": prep.get("classes")}
+            "ensemble": init.get("ensemble", 1), "ensemble_adapters": init.get("ensemble_adapters", "first_layer"),
+            "activation": init["activation"], "loss": init["loss"], "optimizer": init["optimizer"],
+            "dtype": init["dtype"], "parameters": int(arrays["params"].size), "epochs_trained": len(config["history"]),
+            "last_epoch": config["history"][-1] if config["history"] else None,
+            "target": prep.get("target"), "task": prep.get("task"), "features": prep.get("features"),
+            "classes": prep.get("classes")}
 
 
 # ---------------------------------------------------------------------------- plumbing

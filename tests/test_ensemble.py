@@ -1,6 +1,7 @@
-"""Ensembles (Trainer(ensemble=k): TabM-mini, and TabM with ensemble_adapters="every_layer"): the compiled members against plain NumPy, gradients against central
-differences, training against a PyTorch module of the same ensemble (both gradient paths, one and two threads,
-with embedding tables), predictions as the mean of the members', save/load and resume."""
+"""Ensembles (Trainer(ensemble=k): TabM-mini, and TabM with ensemble_adapters="every_layer"): the compiled members
+against plain NumPy, gradients against central differences, training against a PyTorch module of the same ensemble
+(both gradient paths, one and two threads, with embedding tables), predictions as the mean of the members',
+save/load and resume."""
 import json
 import subprocess
 import sys
