@@ -169,6 +169,19 @@ def test_gradient_with_tables_and_no_hidden_layer():
         assert rel < 1e-6, f"{sizes}: relative gradient error {rel:.2e}"
 
 
+@pytest.mark.parametrize("adapters", ["first_layer", "every_layer"])
+def test_whole_data_gradient_adds_up_over_blocks(adapters):
+    """loss_and_grad takes 4,096 rows at a time, each block adding to the gradient: over 5,000 rows it is the
+    row-weighted mean of the gradients of its two parts."""
+    tr = perturbed(fastbp.Trainer([4, 6, 5, 3], activation="tanh", ensemble=3, dtype="float64", seed=3,
+                                  ensemble_adapters=adapters))
+    X, y = problem(5000, 4, 3, seed=12)
+    value, grad = tr.loss_and_grad(X, y)
+    parts = [tr.loss_and_grad(X[rows], y[rows]) for rows in (slice(0, 1000), slice(1000, 5000))]
+    np.testing.assert_allclose(value, (parts[0][0] * 1000 + parts[1][0] * 4000) / 5000, rtol=1e-12)
+    np.testing.assert_allclose(grad, (parts[0][1] * 1000 + parts[1][1] * 4000) / 5000, rtol=1e-9, atol=1e-13)
+
+
 def _torch_twin(tr, torch):
     """A torch module computing what the ensemble `tr` computes, with its parameters copied: TabM-mini's shared
     layers, or with adapters on every layer BatchEnsemble layers ((h * R) @ W) * S + B, written out here."""
@@ -220,12 +233,14 @@ def _torch_twin(tr, torch):
 def test_training_matches_torch(n_threads, batch_size, widths, adapters):
     """Adam steps on the mean of the members' cross-entropies, as a PyTorch loop over the same module takes them:
     the batch's rows split over threads either way (weight slices for few rows and many parameters, per-thread
-    slabs otherwise), a member's rows may span two threads."""
+    slabs otherwise), a member's rows may span two threads; with adapters on every layer, each step's gradient
+    clipped to norm 0.5 first (every parameter counts in the norm)."""
     torch = pytest.importorskip("torch")
     k, n_in, n_out = 3, 5, 3
+    clip = 0.5 if adapters == "every_layer" else None
     tr = fastbp.Trainer([n_in, *widths, n_out], optimizer="adam", lr=0.01, batch_size=batch_size, epochs=2,
                         shuffle=False, ensemble=k, dtype="float64", seed=7, n_threads=n_threads,
-                        ensemble_adapters=adapters)
+                        ensemble_adapters=adapters, clip_grad_norm=clip)
     X, y = problem(100, n_in, n_out, seed=8)
     member_outputs, params, flat = _torch_twin(tr, torch)
     opt = torch.optim.Adam(params, lr=0.01)
@@ -236,6 +251,8 @@ def test_training_matches_torch(n_threads, batch_size, widths, adapters):
             z = member_outputs(Xt[start:start + batch_size])
             loss = sum(torch.nn.functional.cross_entropy(z[e], yt[start:start + batch_size]) for e in range(k)) / k
             loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
     tr.fit(X, y)
     np.testing.assert_allclose(tr.params, flat(), rtol=1e-8, atol=1e-11)
