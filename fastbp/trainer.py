@@ -727,9 +727,10 @@ class Trainer:
             lines = [f"Trainer: MLP {self.layer_sizes}, {self.layout.n_params:,} parameters, {self.dtype}"]
             lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
             if self.ensemble > 1 and self.layout.every_layer:
+                adapters = sum(R.size + S.size for R, S in self.layout.layer_adapters(self.params))
                 lines.append(f"an ensemble of {self.ensemble} members: each shared layer scales its inputs and "
-                             "outputs by each member's adapters and adds the member's own biases (counted above), "
-                             "the heads are the members' own; predictions are their mean")
+                             f"outputs by each member's adapters ({adapters:,} parameters) and adds the member's own "
+                             "biases (counted above), the heads are the members' own; predictions are their mean")
             elif self.ensemble > 1:
                 lines.append(f"an ensemble of {self.ensemble} members: layer 1 reads each member's input adapter "
                              f"({self.ensemble} x {self.layer_sizes[0]} parameters), the other layers are shared, "

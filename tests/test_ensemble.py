@@ -92,7 +92,7 @@ def test_layout_with_adapters_on_every_layer():
     for (W, _), (W_mini, _) in zip(tr.layers, mini.layers):
         np.testing.assert_array_equal(W, W_mini)
     np.testing.assert_array_equal(R0, mini.layout.adapters(mini.params))
-    assert "adds the member's own biases" in tr.summary()
+    assert f"adapters ({6 * k + 8 * k * 2 + 5 * k:,} parameters) and adds the member's own biases" in tr.summary()
     with pytest.raises(fastbp.InputError, match="ensemble_adapters"):
         fastbp.Trainer([6, 8, 3], ensemble=2, ensemble_adapters="all")
     # one member is one model whatever the adapters
