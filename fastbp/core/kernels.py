@@ -183,11 +183,20 @@ def _n_blocks(net, l):
 @jit
 def _block(net, l, e, m, row0, rows):
     """Layer l's parameter block e (_n_blocks): the workspace rows of [row0, row0+rows) it acts on, [lo, hi)
-    (member e's of a batch of m rows, for a head), and the start of its W (its b follows)."""
+    (member e's of a batch of m rows, for a head), and the start of its W (_w_start)."""
+    if l == net.sizes.size - 2 and net.members > 1:
+        return max(row0, e * m), min(row0 + rows, (e + 1) * m), _w_start(net, l, e)
+    return row0, row0 + rows, net.w_offsets[l]
+
+
+@jit
+def _w_start(net, l, e):
+    """Where layer l's parameter block e (_n_blocks) starts: its W, then its b (but a shared layer's of an ensemble
+    with adapters on every layer, whose biases are the members')."""
     if l == net.sizes.size - 2 and net.members > 1:
         n_in, n_out = net.sizes[l], net.sizes[l + 1]
-        return max(row0, e * m), min(row0 + rows, (e + 1) * m), net.w_offsets[l] + e * (n_in * n_out + n_out)
-    return row0, row0 + rows, net.w_offsets[l]
+        return net.w_offsets[l] + e * (n_in * n_out + n_out)
+    return net.w_offsets[l]
 
 
 @jit
@@ -748,7 +757,7 @@ def _add_weight_penalty(grad, params, net, weight_l2, lo, hi):
     sizes = net.sizes
     for l in range(sizes.size - 1):
         for e in range(_n_blocks(net, l)):
-            w0 = _block(net, l, e, 1, 0, 0)[2]
+            w0 = _w_start(net, l, e)
             for i in range(max(lo, w0), min(hi, w0 + sizes[l] * sizes[l + 1])):
                 grad[i] += weight_l2 * params[i]
                 squares += float(params[i]) * float(params[i])
