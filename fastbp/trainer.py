@@ -8,7 +8,7 @@ import numpy as np
 
 from .core.checks import DTYPES, check_bool, check_dtype, check_int, check_number
 from .core.errors import InputError, InputTypeError, NotFittedError, warn
-from .core.layout import ADAPTERS, INITS, check_embeddings, check_layer_sizes, n_parameters
+from .core.layout import INITS, check_adapters, check_embeddings, check_layer_sizes, n_parameters
 from .core.losses import BINARY_CROSS_ENTROPY, CLASSIFICATION_LOSSES, CROSS_ENTROPY, POISSON
 from .core.bundles import make_optimizer, make_regularization, writable_copies
 from .core.threads import resolve_n_threads
@@ -115,9 +115,7 @@ class Trainer:
         if layer_sizes is not None:
             layer_sizes = check_layer_sizes(layer_sizes)
         self.ensemble = check_int("ensemble", ensemble, 1)
-        if ensemble_adapters not in ADAPTERS:
-            raise InputError(f"ensemble_adapters must be one of {', '.join(ADAPTERS)}, got {ensemble_adapters!r}")
-        self.ensemble_adapters = ensemble_adapters
+        self.ensemble_adapters = check_adapters(ensemble_adapters)
         # tables for an array's category codes (a table's categorical columns bring their own at the first fit)
         self._given_embeddings = None if embeddings is None else check_embeddings(
             embeddings, layer_sizes[0] if layer_sizes is not None else None)
@@ -627,9 +625,7 @@ class Trainer:
             sizes = check_layer_sizes(init_args.get("layer_sizes"))
             tables = check_embeddings(init_args.get("embeddings") or (), sizes[0])
             members = check_int("ensemble", init_args.get("ensemble", 1), 1)
-            adapters = init_args.get("ensemble_adapters", "first_layer")
-            if adapters not in ADAPTERS:
-                raise InputError(f"unknown ensemble_adapters {adapters!r}")
+            adapters = check_adapters(init_args.get("ensemble_adapters", "first_layer"))
             n_params = n_parameters(sizes, tables, members, adapters == "every_layer")
             if arrays["params"].shape != (n_params,):
                 raise InputError(f"layer_sizes {init_args.get('layer_sizes')}, embeddings {tables} and ensemble "

@@ -316,6 +316,10 @@ def test_a_file_whose_parameters_do_not_fit_its_ensemble_is_refused(tmp_path):
     write_model(tmp_path / "bad.fbp", config, arrays)
     with pytest.raises(fastbp.ModelFileError, match=r"ensemble 2 \(every_layer\) need 54 parameters"):
         fastbp.load(tmp_path / "bad.fbp")
+    config["init_args"]["ensemble_adapters"] = ["every_layer"]
+    write_model(tmp_path / "bad.fbp", config, arrays)
+    with pytest.raises(fastbp.ModelFileError, match="ensemble_adapters must be one of"):
+        fastbp.load(tmp_path / "bad.fbp")
 
 
 @pytest.mark.slow

@@ -61,6 +61,13 @@ def check_embeddings(embeddings, n_in=None):
 ADAPTERS = ("first_layer", "every_layer")  # an ensemble's adapters: TabM-mini's, TabM's
 
 
+def check_adapters(adapters):
+    """An ensemble's adapters, one of ADAPTERS."""
+    if not isinstance(adapters, str) or adapters not in ADAPTERS:
+        raise InputError(f"ensemble_adapters must be one of {', '.join(ADAPTERS)}, got {adapters!r}")
+    return adapters
+
+
 def n_parameters(layer_sizes, embeddings=(), members=1, every_layer=False):
     """The flat vector's length for checked layer sizes, embedding tables (rows, dim) and members (Layout's
     order: layers with a head per member, the members' adapters, the tables), in Python ints: a file's figures
@@ -84,9 +91,7 @@ class Layout:
         self.sizes = np.asarray(check_layer_sizes(layer_sizes), dtype=np.int64)
         self.n_layers = len(self.sizes) - 1
         self.members = check_int("ensemble (the members)", members, 1)
-        if adapters not in ADAPTERS:
-            raise InputError(f"unknown ensemble adapters {adapters!r}; valid: {', '.join(ADAPTERS)}")
-        self.every_layer = adapters == "every_layer" and self.members > 1
+        self.every_layer = check_adapters(adapters) == "every_layer" and self.members > 1
         fan = self.sizes[:-1] * self.sizes[1:] + self.sizes[1:]
         if self.every_layer:
             fan[:-1] -= self.sizes[1:-1]  # the shared layers' biases are the members' own (B_l)
