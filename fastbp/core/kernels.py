@@ -421,9 +421,8 @@ def _mask_row(net, order, start, i, m):
 @jit
 def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, acc):
     """Output delta and the deltas of every hidden layer for workspace rows [row0, row0+rows) of a batch of m rows;
-    returns their loss sum. An ensemble's rows also get the input deltas (its adapters' gradients need them); with
-    adapters on every layer, these rows' gradients of the adapters after R_0 and of the members' biases are added
-    into acc (_adapted_deltas).
+    returns their loss sum. With adapters on every layer, these rows' gradients of the adapters after R_0 and of
+    the members' biases are added into acc (_adapted_deltas).
 
     With sample weights, row i's loss and delta count weights[i] times.
     """
@@ -469,10 +468,10 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, 
                 gelu_scale_by_derivative(deltas[r:r + n_in], ws.zs[r:r + n_in])
             else:
                 scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], code, keep)
-    # the input deltas an ensemble's adapters need (all), else the embedded columns' (the looked-up rows' deltas)
-    first = 0 if net.members > 1 else net.n_dense
-    if first < sizes[0]:
-        _input_deltas(params, net, ws, 0, row0, rows, m, first, sizes[0])
+    # the embedded columns' input deltas (the looked-up rows' gradients); an ensemble's input adapters take theirs
+    # from the input layer's weight gradient (_input_layer_member_gradients)
+    if net.n_dense < sizes[0]:
+        _input_deltas(params, net, ws, 0, row0, rows, m, net.n_dense, sizes[0])
     return loss
 
 
@@ -527,11 +526,15 @@ def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_
         c0, c1 = _split(n_out, part, n_parts)
         if adapted and l < n_layers - 1:
             c1 = c0  # the members' own biases (B_l): their gradients come from _adapted_deltas
+        member_inputs = l == 0 and net.members > 1
+        if member_inputs:  # dW with the input adapters' gradients
+            _input_layer_member_gradients(grad, params, net, ws, row0, rows, m, k0, k1, beta)
         for e in range(_n_blocks(net, l)):
             lo, hi, w0 = _block(net, l, e, m, row0, rows)
             if hi <= lo:  # a head whose member has no rows here
                 if beta == 0:
-                    grad[w0 + k0 * n_out:w0 + k1 * n_out] = 0
+                    if not member_inputs:
+                        grad[w0 + k0 * n_out:w0 + k1 * n_out] = 0
                     if c1 > c0:
                         grad[w0 + n_in * n_out + c0:w0 + n_in * n_out + c1] = 0
                 lo = hi
@@ -539,7 +542,7 @@ def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_
             d_off = _offset(sizes, ws.capacity, l + 1) + lo * n_out
             # dW[k0:k1] = a_in[:, k0:k1]^T @ d
             if k1 > k0:
-                if hi > lo:
+                if hi > lo and not member_inputs:
                     gemm(True, False, k1 - k0, n_out, hi - lo, one, ws.acts, off_in + k0, n_in, ws.deltas, d_off,
                          n_out, beta, grad, w0 + k0 * n_out, n_out)
                 if weight_l2 > 0:
@@ -566,35 +569,54 @@ def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_
                 grad_squares += _sum_squares(grad, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
             if update:
                 update_range(opt, hyper, params, grad, one, w0 + n_in * n_out + c0, w0 + n_in * n_out + c1)
-    if net.members > 1:
-        grad_squares += _adapter_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_parts, beta,
-                                           update, measure)
+    if net.members > 1:  # the input adapters' slice, complete since layer 0
+        k0, k1 = _split(sizes[0], part, n_parts)
+        for e in range(net.members):
+            a0 = _adapter_offset(net) + e * sizes[0]
+            if measure:
+                grad_squares += _sum_squares(grad, a0 + k0, a0 + k1)
+            if update:
+                update_range(opt, hyper, params, grad, one, a0 + k0, a0 + k1)
     return squares, grad_squares
 
 
 @jit
-def _adapter_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_parts, beta, update, measure):
-    """This part's slice of an ensemble's adapter gradients, dR[e, j] = sum over member e's rows of x_j * d_j (the
-    inputs before the adapter, zs's input block, times the input deltas), stepped as _weight_gradients steps; the
-    slice's sum of gradient squares with `measure`."""
-    n_in = net.sizes[0]
-    k0, k1 = _split(n_in, part, n_parts)
-    grad_squares = 0.0
+def _input_layer_member_gradients(grad, params, net, ws, row0, rows, m, k0, k1, beta):
+    """An ensemble's input layer (shared, or the heads when there is no hidden layer): rows [k0, k1) of dW over
+    workspace rows [row0, row0+rows), and the same slice of each member's input adapter's gradient. Per member e,
+    M = x[:, k0:k1]^T @ d over its rows, x the inputs before the adapter (zs's input block); then dW += R_e * M
+    (row j times R_e[j]) and dR_e[j] = sum_c W[j, c] * M[j, c]. That takes the place of the input deltas
+    d @ W^T a GEMM as large as the layer's would need (dR_e = sum over rows of x * (d @ W^T)), and of the GEMM of
+    dW on the adapted inputs. beta as _weight_gradients's."""
+    one = grad.dtype.type(1.0)
+    zero = grad.dtype.type(0.0)
+    n_in, n_out = net.sizes[0], net.sizes[1]
+    heads = net.sizes.size == 2
+    d_off = _offset(net.sizes, ws.capacity, 1)
+    product = np.empty((k1 - k0) * n_out, dtype=grad.dtype)
     for e in range(net.members):
-        a0 = _adapter_offset(net) + e * n_in
-        g = grad[a0 + k0:a0 + k1]
+        w0 = _w_start(net, 0, e) + k0 * n_out
+        a0 = _adapter_offset(net) + e * n_in + k0
+        dW = grad[w0:w0 + (k1 - k0) * n_out]
+        dR = grad[a0:a0 + k1 - k0]
         if beta == 0:
-            g[:] = 0
-        for i in range(max(row0, e * m), min(row0 + rows, (e + 1) * m)):
-            x = ws.zs[i * n_in + k0:i * n_in + k1]
-            d = ws.deltas[i * n_in + k0:i * n_in + k1]
-            for j in range(k1 - k0):
-                g[j] += x[j] * d[j]
-        if measure:
-            grad_squares += _sum_squares(grad, a0 + k0, a0 + k1)
-        if update:
-            update_range(opt, hyper, params, grad, grad.dtype.type(1.0), a0 + k0, a0 + k1)
-    return grad_squares
+            dR[:] = 0
+            if e == 0 or heads:
+                dW[:] = 0
+        lo, hi = max(row0, e * m), min(row0 + rows, (e + 1) * m)
+        if hi <= lo or k1 <= k0:
+            continue
+        gemm(True, False, k1 - k0, n_out, hi - lo, one, ws.zs, lo * n_in + k0, n_in, ws.deltas, d_off + lo * n_out,
+             n_out, zero, product, 0, n_out)
+        W = params[w0:w0 + (k1 - k0) * n_out]
+        R = params[a0:a0 + k1 - k0]
+        for j in range(k1 - k0):
+            r = R[j]
+            total = zero
+            for c in range(j * n_out, (j + 1) * n_out):
+                dW[c] += r * product[c]
+                total += W[c] * product[c]
+            dR[j] += total
 
 
 @jit

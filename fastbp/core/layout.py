@@ -210,8 +210,7 @@ class Layout:
 
 def flops_per_row(sizes, backward=True, members=1):
     """Floating-point operations of one row: the forward products, 2*sum(P) over the layers' weight counts P,
-    and for training also the weight gradients 2*sum(P) and the deltas 2*sum(P) without the first layer
-    (with it for an ensemble, whose adapters need the input deltas); an ensemble's members each take the row."""
+    and for training also the weight gradients 2*sum(P) and the deltas 2*sum(P) without the first layer; an
+    ensemble's members each take the row."""
     P = [int(a) * int(b) for a, b in zip(sizes[:-1], sizes[1:])]
-    deltas = 2 * sum(P) if members > 1 else 2 * sum(P[1:])
-    return members * (2 * sum(P) + (2 * sum(P) + deltas if backward else 0))
+    return members * (2 * sum(P) + (2 * sum(P) + 2 * sum(P[1:]) if backward else 0))
