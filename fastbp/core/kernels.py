@@ -585,9 +585,9 @@ def _input_layer_member_gradients(grad, params, net, ws, row0, rows, m, k0, k1, 
     """An ensemble's input layer (shared, or the heads when there is no hidden layer): rows [k0, k1) of dW over
     workspace rows [row0, row0+rows), and the same slice of each member's input adapter's gradient. Per member e,
     M = x[:, k0:k1]^T @ d over its rows, x the inputs before the adapter (zs's input block); then dW += R_e * M
-    (row j times R_e[j]) and dR_e[j] = sum_c W[j, c] * M[j, c]. That takes the place of the input deltas
-    d @ W^T a GEMM as large as the layer's would need (dR_e = sum over rows of x * (d @ W^T)), and of the GEMM of
-    dW on the adapted inputs. beta as _weight_gradients's."""
+    (row j times R_e[j]) and dR_e[j] = sum_c W[j, c] * M[j, c]. The products cost what dW's one GEMM on the adapted
+    inputs did, and spare the input deltas d @ W^T, a GEMM as large, that dR_e = sum over rows of x * (d @ W^T)
+    would need. beta as _weight_gradients's."""
     one = grad.dtype.type(1.0)
     zero = grad.dtype.type(0.0)
     n_in, n_out = net.sizes[0], net.sizes[1]
