@@ -109,6 +109,7 @@ def test_bad_input_exit_codes(files, tmp_path):
     assert code == 2 and "usage" in err
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(files, tmp_path):
     # the plain preset: the 2-epoch run stands in for an interrupted 4-epoch one, which a cosine schedule spanning 4
     # epochs or early stopping's restore at the end would tell apart
@@ -333,6 +334,7 @@ def test_help_lists_defaults_choices_and_examples():
     assert "usage: fastbp bench" in fastbp_cli("bench", "--help")[1]
 
 
+@pytest.mark.slow
 def test_training_options_and_compressed_csv(files, tmp_path):
     import gzip
     (tmp_path / "d.csv.gz").write_bytes(gzip.compress((files / "d.csv").read_bytes()))
