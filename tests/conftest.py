@@ -29,33 +29,26 @@ def make_problem(loss, n, n_in, n_out, seed=0, dtype=np.float64):
     return X, y
 
 
-def _lowest_priority():
-    """In the child: run only on a core nothing else wants (Linux's idle class; elsewhere the highest nice)."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19)
-
-
-_float64_compile = None
+_compile = None
 
 
 def pytest_sessionstart(session):
-    """With an empty kernel cache the tests compile float32 first (one core busy compiling, the other idle) and
-    float64 later: `fastbp compile --dtype float64` fills the cache's float64 kernels meanwhile, on the idle core,
-    and the tests load them (about 45 s less of a cold run on 2 cores). With a warm cache it only loads them."""
-    global _float64_compile
+    """With an empty kernel cache the first tests compile a single model's kernels (one core compiling, the other
+    idle): a process of tiny fits compiles the ensembles' builds meanwhile, the ones the tests reach next, and the
+    tests load them (about a minute less of a cold run on 2 cores; at its lowest priority it would starve whenever
+    the tests train on both cores, and both would compile the same build). With a warm cache it only loads them."""
+    global _compile
     if os.environ.get("NUMBA_DISABLE_JIT", "0") != "0" or hasattr(session.config, "workerinput"):
         return
-    _float64_compile = subprocess.Popen([sys.executable, "-m", "fastbp", "compile", "--dtype", "float64"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        preexec_fn=_lowest_priority if os.name == "posix" else None)
+    builds = "('float32', 2), ('float64', 2), ('float64', 1), ('float32', 1)"
+    code = f"from fastbp.precompile import tiny_fits\nfor build in ({builds}):\n    tiny_fits(*build)"
+    _compile = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def pytest_sessionfinish(session):
-    if _float64_compile is not None and _float64_compile.poll() is None:
-        _float64_compile.terminate()  # the kernels it finished stay cached; Numba writes each file whole
-        _float64_compile.wait()
+    if _compile is not None and _compile.poll() is None:
+        _compile.terminate()  # the kernels it finished stay cached; Numba writes each file whole
+        _compile.wait()
 
 
 @pytest.fixture

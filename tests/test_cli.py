@@ -175,6 +175,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_identically(files, tmp_path)
                                   fastbp.load(tmp_path / "full.fbp").params)
 
 
+@pytest.mark.slow
 def test_resume_after_early_stopping_keeps_its_best_epoch(files, tmp_path):
     """The last checkpoint of a run that stopped early holds its last epoch; --resume from it knows the run had
     stopped (it trains no more) and restores the best epoch from best.fbp beside the checkpoint, as the run did."""
@@ -224,6 +225,7 @@ def test_loader_buffers_stay_within_their_configured_size(files):
     assert stats.rows_per_epoch == n
 
 
+@pytest.mark.slow
 def test_predictions_match_the_python_api(files, tmp_path):
     from fastbp.files.preprocess import Preprocessor
     model = tmp_path / "m.fbp"

@@ -217,8 +217,9 @@ def test_sample_weights_spanning_more_than_the_dtype_holds_are_refused():
 
 
 def test_each_kernel_compiles_once_per_dtype():
-    """The bundles fix every type: other layer counts, batch sizes, losses, optimizers, dropout, weights
-    and thread counts reuse the same compiled kernels (run in a fresh process to count signatures)."""
+    """The bundles fix every type: other layer counts, batch sizes, losses, optimizers, dropout, weights,
+    thread counts and ensembles of any size and adapters reuse the same compiled kernels, in two builds per dtype
+    (a single model's, and one with the ensemble and table code); run in a fresh process to count signatures."""
     code = """
 import numpy as np, fastbp
 from fastbp.core import kernels
@@ -228,7 +229,9 @@ for dtype in ("float32", "float64"):
     for sizes, loss, options in (([3, 2], "cross_entropy", {}), ([3, 7, 5, 2], "cross_entropy",
                                   dict(optimizer="adam", dropout=0.2, clip_grad_norm=1.0, n_threads=1)),
                                  ([3, 4, 1], "binary_cross_entropy", dict(optimizer="rmsprop", centered=True)),
-                                 ([3, 6, 2], "huber", dict(batch_size=7, momentum=0.9))):
+                                 ([3, 6, 2], "huber", dict(batch_size=7, momentum=0.9)),
+                                 ([3, 5, 2], "cross_entropy", dict(ensemble=2)),
+                                 ([3, 5, 5, 2], "cross_entropy", dict(ensemble=3, ensemble_adapters="every_layer"))):
         target = y if loss == "cross_entropy" else np.column_stack([y] * sizes[-1]).astype(float)
         tr = fastbp.Trainer(sizes, loss=loss, dtype=dtype, epochs=1, **options)
         tr.fit(X, target, sample_weight=rng.uniform(size=50) if loss == "huber" else None)
@@ -237,7 +240,7 @@ print(len(kernels.train_epoch.signatures), len(kernels.forward_all.signatures))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["2", "2"]
+    assert proc.stdout.split() == ["4", "4"]  # per dtype: a single model's build, and the ensembles' (extras_of)
 
 
 @pytest.mark.parametrize("options", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="adam", amsgrad=True),

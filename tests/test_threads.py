@@ -148,7 +148,8 @@ def test_kernel_cache_folders_of_other_code_are_removed_when_long_unused(tmp_pat
 @pytest.mark.slow
 def test_after_fastbp_compile_a_new_process_compiles_nothing(tmp_path):
     """`fastbp compile` fills the cache with what a run uses (the tiny fits reach every kernel): a later process
-    that fits a DataFrame with an embedded column, validates, predicts and evaluates compiles nothing."""
+    that fits a DataFrame with an embedded column, validates, predicts and evaluates, then a single model and an
+    ensemble, compiles nothing."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_CACHE_DIR=str(tmp_path / "cache"))
     built = subprocess.run([sys.executable, "-m", "fastbp", "compile", "--dtype", "float32"], capture_output=True,
                            text=True, env=env, timeout=900)
@@ -161,7 +162,10 @@ def test_after_fastbp_compile_a_new_process_compiles_nothing(tmp_path):
             "tr = fastbp.Trainer(hidden=(8,), optimizer='adamw', epochs=2, categorical='embed', label_smoothing=0.1)\n"
             "tr.fit(df, y, validation_split=0.2)\n"
             "tr.predict_proba(df), tr.evaluate(df, y)\n"
-            "fastbp.Trainer([3, 4, 2], loss='mse', epochs=1).fit(rng.normal(size=(50, 3)), rng.normal(size=(50, 2)))\n")
+            "fastbp.Trainer([3, 4, 2], loss='mse', epochs=1).fit(rng.normal(size=(50, 3)), rng.normal(size=(50, 2)))\n"
+            "X = rng.normal(size=(50, 3))\n"
+            "fastbp.Trainer([3, 4, 2], epochs=1).fit(X, np.arange(50) % 2).predict(X)\n"
+            "fastbp.Trainer([3, 4, 2], loss='mse', epochs=1, ensemble=3).fit(X, rng.normal(size=(50, 2))).predict(X)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr
     assert "CompileNotice" not in run.stderr, run.stderr

@@ -69,6 +69,14 @@ _ALIGN = 16  # split points fall on multiples of 16 elements: whole cache lines 
 _STEP_BLOCK = 1024  # parameters summed and stepped together (grad, slabs, params, state blocks stay in L1)
 
 
+def extras_of(net):
+    """The kernels' `extras` argument: the net again for an ensemble or embedding tables, None for a single dense
+    model. Numba drops a branch on an argument typed None before typing it, so a single model's kernels are built
+    without the ensemble and table code (a cold first fit 30 s instead of 43 s here); the others get a build of
+    their own."""
+    return net if net.members > 1 or net.tables.shape[0] > 0 else None
+
+
 @jit
 def uses_slabs(n_params, sizes, rows, n_parts):
     """True when batch_gradient sums per-thread gradient slabs, False when threads split the weights:
@@ -98,13 +106,13 @@ def _split(n, part, n_parts):
 
 
 @jit
-def _gather(params, net, X, order, start, row0, rows, m, acts, zs):
+def _gather(params, net, extras, X, order, start, row0, rows, m, acts, zs):
     """Workspace rows [row0, row0+rows) of a batch of m rows order[start:start+m] of X into the input block (acts'):
     _gather_rows, or for an ensemble _gather_member_rows."""
-    if net.members > 1:
+    if extras is not None and net.members > 1:
         _gather_member_rows(params, net, X, order, start, row0, rows, m, acts, zs)
     else:
-        _gather_rows(params, net, X, order, start, row0, rows, acts)
+        _gather_rows(params, net, extras, X, order, start, row0, rows, acts)
 
 
 @jit
@@ -121,11 +129,11 @@ def _gather_member_rows(params, net, X, order, start, row0, rows, m, acts, zs):
 
 
 @jit
-def _gather_rows(params, net, X, order, start, row0, rows, acts):
+def _gather_rows(params, net, extras, X, order, start, row0, rows, acts):
     """Rows order[start+row0 : start+row0+rows] of X into the input block: the dense inputs, then for each
     embedding table the row its category code picks."""
     n_in = net.sizes[0]
-    if net.n_dense == n_in:  # no tables: X's rows as they are (the loop the compiler vectorizes best)
+    if extras is None or net.n_dense == n_in:  # no tables: X's rows as they are (the loop vectorizes best)
         for i in range(row0, row0 + rows):
             src = order[start + i]
             for j in range(n_in):
@@ -273,7 +281,7 @@ def _touched_table_rows(opt, hyper, params, grad, grad_scale, net, marks, rows, 
 
 
 @jit
-def _forward_rows(params, net, ws, dropout, dropout_seed, t, order, start, row0, rows, m):
+def _forward_rows(params, net, extras, ws, dropout, dropout_seed, t, order, start, row0, rows, m):
     """Forward pass of workspace rows [row0, row0+rows) of a batch of m rows through every layer:
     a = f(a_in @ W + b), an ensemble member's rows through its own head.
 
@@ -294,7 +302,7 @@ def _forward_rows(params, net, ws, dropout, dropout_seed, t, order, start, row0,
         code = net.act_codes[l]
         z = zs if code == GELU else acts
         p = dropout[l]
-        if adapted and l < n_layers - 1:
+        if extras is not None and adapted and l < n_layers - 1:
             _adapted_forward(params, net, ws, l, p, dropout_seed, t, order, start, row0, rows, m)
             continue
         for e in range(_n_blocks(net, l)):
@@ -419,7 +427,7 @@ def _mask_row(net, order, start, i, m):
 
 
 @jit
-def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, acc):
+def _backward_rows(params, net, extras, ws, reg, t, batch, start, row0, rows, m, scale, acc):
     """Output delta and the deltas of every hidden layer for workspace rows [row0, row0+rows) of a batch of m rows;
     returns their loss sum. With adapters on every layer, these rows' gradients of the adapters after R_0 and of
     the members' biases are added into acc (_adapted_deltas).
@@ -448,12 +456,13 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, 
         loss += w * row_loss_and_delta(net.loss_code, huber_delta, acts[r:r + n_out], batch.Y[src],
                                        deltas[r:r + n_out], scale * w, reg.label_smoothing)
     adapted = every_layer(net)
+    no_column = np.int64(0)  # typed: a literal 0 in either call compiled _input_deltas once more
     for l in range(n_layers - 1, 0, -1):  # the input layer needs no delta
         n_in = sizes[l]
         n_out = sizes[l + 1]
         din_off = _offset(sizes, ws.capacity, l) + row0 * n_in
-        _input_deltas(params, net, ws, l, row0, rows, m, 0, n_in)  # d_in = d @ W^T
-        if adapted:
+        _input_deltas(params, net, ws, l, row0, rows, m, no_column, n_in)  # d_in = d @ W^T
+        if extras is not None and adapted:
             _adapted_deltas(params, net, ws, reg, t, order, start, l - 1, row0, rows, m, acc)
             continue
         code = net.act_codes[l - 1]
@@ -470,8 +479,8 @@ def _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, 
                 scale_by_derivative(deltas[r:r + n_in], acts[r:r + n_in], code, keep)
     # the embedded columns' input deltas (the looked-up rows' gradients); an ensemble's input adapters take theirs
     # from the input layer's weight gradient (_input_layer_member_gradients)
-    if net.n_dense < sizes[0]:
-        _input_deltas(params, net, ws, 0, row0, rows, m, net.n_dense, sizes[0])
+    if extras is not None and net.n_dense < sizes[0]:
+        _input_deltas(params, net, ws, no_column, row0, rows, m, net.n_dense, sizes[0])  # layer 0
     return loss
 
 
@@ -493,17 +502,17 @@ def _input_deltas(params, net, ws, l, row0, rows, m, j0, j1):
 
 
 @jit
-def _forward_backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, acc):
+def _forward_backward_rows(params, net, extras, ws, reg, t, batch, start, row0, rows, m, scale, acc):
     """Workspace rows [row0, row0+rows) of the batch order[start:start+m]: gathered, forward, output delta and
     hidden deltas; their loss sum (acc: _backward_rows)."""
-    _gather(params, net, batch.X, batch.order, start, row0, rows, m, ws.acts, ws.zs)
-    _forward_rows(params, net, ws, reg.dropout, reg.dropout_seed, t, batch.order, start, row0, rows, m)
-    return _backward_rows(params, net, ws, reg, t, batch, start, row0, rows, m, scale, acc)
+    _gather(params, net, extras, batch.X, batch.order, start, row0, rows, m, ws.acts, ws.zs)
+    _forward_rows(params, net, extras, ws, reg.dropout, reg.dropout_seed, t, batch.order, start, row0, rows, m)
+    return _backward_rows(params, net, extras, ws, reg, t, batch, start, row0, rows, m, scale, acc)
 
 
 @jit
-def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_parts, beta, weight_l2, update,
-                      measure):
+def _weight_gradients(grad, params, net, extras, ws, opt, hyper, row0, rows, m, part, n_parts, beta, weight_l2,
+                      update, measure):
     """This part's slice of every layer's dW rows and db entries, over workspace rows [row0, row0+rows) of a batch
     of m rows (an ensemble's heads over their members' rows, then its adapters' slice).
 
@@ -527,7 +536,7 @@ def _weight_gradients(grad, params, net, ws, opt, hyper, row0, rows, m, part, n_
         if adapted and l < n_layers - 1:
             c1 = c0  # the members' own biases (B_l): their gradients come from _adapted_deltas
         member_inputs = l == 0 and net.members > 1
-        if member_inputs:  # dW with the input adapters' gradients
+        if extras is not None and member_inputs:  # dW with the input adapters' gradients
             _input_layer_member_gradients(grad, params, net, ws, row0, rows, m, k0, k1, beta)
         for e in range(_n_blocks(net, l)):
             lo, hi, w0 = _block(net, l, e, m, row0, rows)
@@ -649,7 +658,8 @@ def _sum_squares(v, lo, hi):
 
 
 @jit(parallel=True)
-def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, scale, n_parts, beta, update):
+def batch_gradient(params, net, extras, ws, marks, reg, opt, hyper, batch, start, rows, scale, n_parts, beta,
+                   update):
     """Gradient of scale * (loss sum of rows batch.order[start:start+rows]) into ws.grad (times beta plus it).
 
     The step taken is opt.step[0] + 1 (it also keys the dropout masks). reg.weight_penalty > 0 adds
@@ -661,6 +671,8 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
     Region 1 splits rows; region 2 sums per-thread slabs or splits the weights (module notes).
     An ensemble's members each take the rows (members x rows workspace rows, member-major); the loss is the mean
     of the members' (each trains on its own loss, as TabM's).
+    extras: the net again for an ensemble or embedding tables, None otherwise (extras_of): with None, Numba compiles
+    none of their code.
     """
     grad = ws.grad
     P = net.n_layer_params  # the layers' parameters; embedding tables follow them (only touched rows change)
@@ -671,7 +683,7 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
     slabs_path = beta == 0 and uses_slabs(P, net.sizes, rows, n_parts)
     slabs = np.empty((n_parts - 1) * P if slabs_path else 0, dtype=grad.dtype)
     # per part, the gradients the row pass adds up (adapters on every layer: _adapted_deltas), from member0 on
-    member0 = _member_offset(net, 0) if every_layer(net) else P
+    member0 = _member_offset(net, np.int64(0)) if every_layer(net) else P
     acc = np.zeros(n_parts * (P - member0), dtype=grad.dtype)
     zero = grad.dtype.type(0.0)
     # typed, not literal, arguments for _weight_gradients: Numba compiles a callee anew for each
@@ -685,13 +697,13 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
         r1 = ((part + 1) * rows) // n_parts
         part_acc = acc[part * (P - member0):(part + 1) * (P - member0)]
         if r1 > r0:
-            part_loss[part] = _forward_backward_rows(params, net, ws, reg, t, batch, start, r0, r1 - r0, m, scale,
-                                                     part_acc)
+            part_loss[part] = _forward_backward_rows(params, net, extras, ws, reg, t, batch, start, r0, r1 - r0, m,
+                                                     scale, part_acc)
         if slabs_path:  # this thread's rows' whole gradient: thread 0 into grad, the others into a slab
             target = grad if part == 0 else slabs[(part - 1) * P:part * P]
             if r1 > r0:
-                _weight_gradients(target, params, net, ws, opt, hyper, r0, r1 - r0, m, first, one_part, zero, 0.0, no,
-                                  no)
+                _weight_gradients(target, params, net, extras, ws, opt, hyper, r0, r1 - r0, m, first, one_part, zero,
+                                  0.0, no, no)
                 for j in range(part_acc.size):
                     target[member0 + j] = part_acc[j]
             else:
@@ -704,7 +716,7 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
     if not math.isfinite(loss):
         return loss
     tables = net.tables.shape[0] > 0
-    if tables:
+    if extras is not None and tables:
         if not update and beta == 0:
             grad[P:] = 0
         _lookups(net, marks, batch.X, batch.order, start, rows, m)
@@ -721,9 +733,10 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
             squares[part], grad_squares[part] = _sum_slabs_and_step(grad, params, slabs, net, opt, hyper, penalty,
                                                                     fused, clip, lo, hi)
         else:
-            squares[part], grad_squares[part] = _weight_gradients(grad, params, net, ws, opt, hyper, first, rows, m,
-                                                                  np.int64(part), n_parts, beta, penalty, fused, clip)
-            if acc.size:
+            squares[part], grad_squares[part] = _weight_gradients(grad, params, net, extras, ws, opt, hyper, first,
+                                                                  rows, m, np.int64(part), n_parts, beta, penalty,
+                                                                  fused, clip)
+            if extras is not None and acc.size:
                 grad_squares[part] += _member_gradients(grad, params, acc, net, opt, hyper, np.int64(part), n_parts,
                                                         beta, fused, clip)
         restore_fp_mode(fp_mode)
@@ -735,7 +748,7 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
         total = 0.0
         for part in range(n_parts):
             total += grad_squares[part]
-        if tables:
+        if extras is not None and tables:
             total += _touched_table_rows(opt, hyper, params, grad, coef, net, marks, rows, update)
         coef = grad.dtype.type(min(1.0, reg.clip_norm / (math.sqrt(total) + 1e-6)))
         for part in prange(n_parts):
@@ -743,7 +756,7 @@ def batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, 
             lo, hi = _split(P, part, n_parts)
             update_range(opt, hyper, params, grad, coef, lo, hi)
             restore_fp_mode(fp_mode)
-    if tables and update:
+    if extras is not None and tables and update:
         _touched_table_rows(opt, hyper, params, grad, coef, net, marks, rows, no)
     return loss
 
@@ -787,7 +800,7 @@ def _add_weight_penalty(grad, params, net, weight_l2, lo, hi):
 
 
 @jit
-def train_epoch(totals, params, net, ws, marks, reg, opt, hyper, batch, batch_size, n_parts):
+def train_epoch(totals, params, net, extras, ws, marks, reg, opt, hyper, batch, batch_size, n_parts):
     """Mini-batch training over the rows in batch.order, updating params and opt in place.
 
     Each batch's loss is a mean (weighted by batch.weights when given: sum w_i loss_i / sum w_i).
@@ -814,8 +827,8 @@ def train_epoch(totals, params, net, ws, marks, reg, opt, hyper, batch, batch_si
             if batch_weight <= 0:
                 continue  # nothing to learn from an all-zero-weight batch
         scale = params.dtype.type(1.0) / params.dtype.type(batch_weight * net.loss_elements)
-        batch_loss = batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, m, scale, min(n_parts, m),
-                                    zero, update)
+        batch_loss = batch_gradient(params, net, extras, ws, marks, reg, opt, hyper, batch, start, m, scale,
+                                    min(n_parts, m), zero, update)
         if not math.isfinite(batch_loss):
             totals[0] = np.nan
             return
@@ -826,7 +839,7 @@ def train_epoch(totals, params, net, ws, marks, reg, opt, hyper, batch, batch_si
 
 
 @jit
-def loss_and_gradient(params, net, ws, marks, reg, opt, hyper, X, Y, weights, n_parts):
+def loss_and_gradient(params, net, extras, ws, marks, reg, opt, hyper, X, Y, weights, n_parts):
     """Mean (or weighted mean) loss over all rows of X and its gradient (into ws.grad), ws.capacity rows
     at a time. reg should carry no dropout or penalty; opt and hyper are not used (no step is taken)."""
     n = X.shape[0]
@@ -845,13 +858,13 @@ def loss_and_gradient(params, net, ws, marks, reg, opt, hyper, X, Y, weights, n_
     for start in range(0, n, block):
         rows = min(block, n - start)
         beta = params.dtype.type(0.0 if start == 0 else 1.0)
-        total += batch_gradient(params, net, ws, marks, reg, opt, hyper, batch, start, rows, scale, min(n_parts, rows),
-                                beta, update)
+        total += batch_gradient(params, net, extras, ws, marks, reg, opt, hyper, batch, start, rows, scale,
+                                min(n_parts, rows), beta, update)
     return total / (total_weight * net.loss_elements)
 
 
 @jit(parallel=True)
-def forward_all(out, params, net, ws, X, n_parts):
+def forward_all(out, params, net, extras, ws, X, n_parts):
     """Logits of every row of X into `out`, ws.capacity rows at a time, rows split over n_parts threads; an
     ensemble's member e's logits into out's columns [e*n_out, (e+1)*n_out)."""
     n = X.shape[0]
@@ -874,8 +887,8 @@ def forward_all(out, params, net, ws, X, n_parts):
             fp_mode = flush_denormals()
             r0 = (part * rows) // parts
             r1 = ((part + 1) * rows) // parts
-            _gather(params, net, X, order, start, r0, r1 - r0, m, acts, zs)
-            _forward_rows(params, net, ws, no_dropout, unused, unused, order, start, r0, r1 - r0, m)
+            _gather(params, net, extras, X, order, start, r0, r1 - r0, m, acts, zs)
+            _forward_rows(params, net, extras, ws, no_dropout, unused, unused, order, start, r0, r1 - r0, m)
             restore_fp_mode(fp_mode)
         # element by element: an array slice assignment would compile Numba's shape-mismatch message
         # formatting (~5 s when cold)

@@ -108,8 +108,8 @@ class Engine:
         with thread_limits(groups), announced_compiles("training"):
             for first, count, _ in self._thread_chooser.segments(n_batches, groups):
                 segment = batch._replace(order=batch.order[first * batch_size:(first + count) * batch_size])
-                kernels.train_epoch(totals, self.params, self.net, ws, marks, reg, self.state.optimizer, hyper, segment,
-                                    batch_size, groups)
+                kernels.train_epoch(totals, self.params, self.net, kernels.extras_of(self.net), ws, marks, reg,
+                                    self.state.optimizer, hyper, segment, batch_size, groups)
                 if not math.isfinite(totals[0]):
                     return math.nan, math.nan
         loss_sum, weight_sum, by_rows_sum = totals
@@ -135,7 +135,8 @@ class Engine:
         zero = self.params.dtype.type(0.0)
         threads = self.threads_for_rows(rows)
         with thread_limits(threads):
-            return kernels.batch_gradient(self.params, self.net, ws, marks, self._regularization(dropout_seed),
+            return kernels.batch_gradient(self.params, self.net, kernels.extras_of(self.net), ws, marks,
+                                          self._regularization(dropout_seed),
                                           self.state.optimizer, hyper,
                                           make_batch(X, Y, weights, order), start, rows,
                                           self.params.dtype.type(scale), min(threads, rows), zero, False)

@@ -47,7 +47,7 @@ def forward(params, net, X, n_threads=None):
                                 block * flops_per_row(net.sizes, backward=False, members=net.members))
         ws = workspace(net, block, params.dtype, grad=np.empty(0, dtype=params.dtype))
         with thread_limits(n_threads), announced_compiles("prediction"):
-            kernels.forward_all(out, params, net, ws, kernel_input(X), n_threads)
+            kernels.forward_all(out, params, net, kernels.extras_of(net), ws, kernel_input(X), n_threads)
     return out if net.members == 1 else ensemble_logits(out.reshape(n, net.members, -1), net.loss_code)
 
 
@@ -89,8 +89,9 @@ class FullGradient:
     def __call__(self, params, grad):
         """Mean loss at `params`; its gradient into `grad`."""
         with thread_limits(self.n_threads), announced_compiles("full-data gradient"):
-            loss = kernels.loss_and_gradient(params, self.net, self.ws._replace(grad=grad), self.marks, self.reg,
-                                             self.inert, self.no_hyper, self.X, self.Y, self.weights, self.n_threads)
+            loss = kernels.loss_and_gradient(params, self.net, kernels.extras_of(self.net), self.ws._replace(grad=grad),
+                                             self.marks, self.reg, self.inert, self.no_hyper, self.X, self.Y,
+                                             self.weights, self.n_threads)
         return loss
 
 
