@@ -88,9 +88,10 @@ def test_the_first_compile_in_a_fresh_cache_is_announced_once(tmp_path):
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr
     # said before the pause (so a user knows why it waits) and after it, with the time it took
-    assert first.stderr.count("CompileNotice: compiling fastbp's training kernels, once for this version and CPU") == 1
-    assert first.stderr.count("CompileNotice: compiled fastbp's training kernels in") == 1
-    assert first.stderr.index("compiling fastbp's training") < first.stderr.index("compiled fastbp's training")
+    assert first.stderr.count("CompileNotice: compiling fastbp's single-model training kernels, once for this "
+                              "version and CPU") == 1
+    assert first.stderr.count("CompileNotice: compiled fastbp's single-model training kernels in") == 1
+    assert first.stderr.index("compiling fastbp's single-model") < first.stderr.index("compiled fastbp's single-model")
     assert "<string>:5: CompileNotice" in first.stderr  # attributed to the user's line
     # loaded from the cache, also by another copy of the package (an installed one beside the source tree)
     copy = _copy_of_the_package(tmp_path / "copy")

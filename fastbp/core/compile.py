@@ -193,7 +193,7 @@ class _CompileWatch(numba_events.Listener):
 @contextlib.contextmanager
 def announced_compiles(what):
     """Around a kernel call: a CompileNotice when Numba starts compiling, and one with the time it took.
-    what: the kernels' purpose, e.g. "training". Silence them with warnings.filterwarnings("ignore",
+    what: the kernels' purpose, e.g. "single-model training". Silence them with warnings.filterwarnings("ignore",
     category=fastbp.CompileNotice), or fill the cache ahead with `fastbp compile`."""
     watch = _CompileWatch(what)
     with numba_events.install_listener("numba:compile", watch):

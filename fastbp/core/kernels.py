@@ -77,6 +77,11 @@ def extras_of(net):
     return net if net.members > 1 or net.tables.shape[0] > 0 else None
 
 
+def build_name(net):
+    """The build that runs `net` (extras_of), as compile notices name it."""
+    return "single-model" if extras_of(net) is None else "ensemble and embedding"
+
+
 @jit
 def uses_slabs(n_params, sizes, rows, n_parts):
     """True when batch_gradient sums per-thread gradient slabs, False when threads split the weights:

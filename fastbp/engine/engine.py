@@ -105,7 +105,7 @@ class Engine:
         totals = np.zeros(3)  # loss sum, weight sum, sum of batch means x rows (kernels.train_epoch)
         batch = make_batch(X, Y, weights, order)
         n_batches = -(-len(order) // batch_size)
-        with thread_limits(groups), announced_compiles("training"):
+        with thread_limits(groups), announced_compiles(f"{kernels.build_name(self.net)} training"):
             for first, count, _ in self._thread_chooser.segments(n_batches, groups):
                 segment = batch._replace(order=batch.order[first * batch_size:(first + count) * batch_size])
                 kernels.train_epoch(totals, self.params, self.net, kernels.extras_of(self.net), ws, marks, reg,

@@ -46,7 +46,7 @@ def forward(params, net, X, n_threads=None):
         n_threads = threads_for(resolve_n_threads(n_threads),
                                 block * flops_per_row(net.sizes, backward=False, members=net.members))
         ws = workspace(net, block, params.dtype, grad=np.empty(0, dtype=params.dtype))
-        with thread_limits(n_threads), announced_compiles("prediction"):
+        with thread_limits(n_threads), announced_compiles(f"{kernels.build_name(net)} prediction"):
             kernels.forward_all(out, params, net, kernels.extras_of(net), ws, kernel_input(X), n_threads)
     return out if net.members == 1 else ensemble_logits(out.reshape(n, net.members, -1), net.loss_code)
 
@@ -88,7 +88,7 @@ class FullGradient:
 
     def __call__(self, params, grad):
         """Mean loss at `params`; its gradient into `grad`."""
-        with thread_limits(self.n_threads), announced_compiles("full-data gradient"):
+        with thread_limits(self.n_threads), announced_compiles(f"{kernels.build_name(self.net)} full-data gradient"):
             loss = kernels.loss_and_gradient(params, self.net, kernels.extras_of(self.net), self.ws._replace(grad=grad),
                                              self.marks, self.reg, self.inert, self.no_hyper, self.X, self.Y,
                                              self.weights, self.n_threads)
