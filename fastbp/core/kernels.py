@@ -72,7 +72,7 @@ _STEP_BLOCK = 1024  # parameters summed and stepped together (grad, slabs, param
 def extras_of(net):
     """The kernels' `extras` argument: the net again for an ensemble or embedding tables, None for a single dense
     model. Numba drops a branch on an argument typed None before typing it, so a single model's kernels are built
-    without the ensemble and table code (a cold first fit 30 s instead of 43 s here); the others get a build of
+    without the ensemble and table code (a cold first fit 0.7x as long); the others get a build of
     their own."""
     return net if net.members > 1 or net.tables.shape[0] > 0 else None
 
