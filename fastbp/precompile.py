@@ -34,15 +34,42 @@ def tiny_fits(dtype, members):
 
 
 def compile_kernels(dtypes=DTYPES, progress=print):
-    """Run tiny fits of each dtype, so their kernels are compiled and cached; returns seconds per dtype."""
-    from .core.compile import kernel_cache_dir
+    """Compile and cache every build of each dtype (tiny_fits), a process per build and at most one per core (a
+    compile uses one core); returns the seconds until each dtype's builds were all cached."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
 
-    seconds = {}
-    for dtype in dtypes:
-        start = time.perf_counter()
-        for members in BUILDS:
-            tiny_fits(dtype, members)
-        seconds[dtype] = time.perf_counter() - start
-        progress(f"{dtype}: {seconds[dtype]:.1f} s")
+    from .core.compile import kernel_cache_dir
+    from .core.threads import default_threads
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # these sources, wherever run from
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    waiting = [(dtype, members) for dtype in dtypes for members in BUILDS]
+    running, seconds, start = {}, {}, time.perf_counter()
+    while waiting or running:
+        while waiting and len(running) < default_threads():
+            build = waiting.pop(0)
+            code = f"from fastbp.precompile import tiny_fits\ntiny_fits{build!r}"
+            errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stop the process
+            running[build] = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                                              stderr=errors), errors
+        time.sleep(0.05)
+        for build, (process, errors) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[build]
+            with errors:
+                errors.seek(0)
+                message = errors.read()
+            if process.returncode != 0:
+                for other, _ in running.values():
+                    other.kill()
+                raise RuntimeError(f"compiling the {build[0]} build (members={build[1]}) failed:\n{message}")
+            dtype = build[0]
+            if not any(b[0] == dtype for b in waiting + list(running)):
+                seconds[dtype] = time.perf_counter() - start
+                progress(f"{dtype}: {seconds[dtype]:.1f} s")
     progress(f"compiled kernels are cached in {kernel_cache_dir()}")
     return seconds

@@ -163,7 +163,36 @@ class _SharedCacheImpl(caching.CompileResultCacheImpl):
 
 
 class _SharedFunctionCache(caching.FunctionCache):
+    """Numba's cache with its folder locked around each read and write. Numba writes a function's index (signature ->
+    data file) and then the data file, with no lock: two processes that compile other signatures of the same function
+    at once (two builds, two dtypes, `fastbp compile`'s processes) could each pick the same data file, and the index
+    could then name the other signature's code. Writers take the lock alone, readers together."""
     _impl_class = _SharedCacheImpl
+
+    def load_overload(self, sig, target_context):
+        with _folder_lock(self.cache_path, shared=True):
+            return super().load_overload(sig, target_context)
+
+    def save_overload(self, sig, data):
+        with _folder_lock(self.cache_path, shared=False):
+            super().save_overload(sig, data)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder, shared):
+    """An advisory lock on the cache folder (POSIX; elsewhere none, as in Numba's own cache)."""
+    try:
+        import fcntl
+        handle = open(os.path.join(folder, ".lock"), "a+b")
+    except (ImportError, OSError):  # no fcntl, or the folder is not writable (Numba's own places are used then)
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class CompileNotice(UserWarning):
