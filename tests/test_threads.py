@@ -146,6 +146,23 @@ def test_kernel_cache_folders_of_other_code_are_removed_when_long_unused(tmp_pat
     assert os.path.isdir(current) and recent.is_dir() and not old.exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="reaches the C library through ctypes.CDLL(None)")
+def test_a_kernel_that_cannot_be_cached_still_runs_with_numbas_warning():
+    """Numba refuses to cache code holding a process's own addresses (ctypes pointers; at NUMBA_OPT=0 some constant
+    arrays too) and warns, naming the source file: the shared cache must give it that file, not fail."""
+    import ctypes
+    from numba.core.errors import NumbaWarning
+    from fastbp.core.compile import jit
+
+    labs = ctypes.CDLL(None).labs
+    labs.restype, labs.argtypes = ctypes.c_long, [ctypes.c_long]
+    namespace = {"labs": labs}  # a global of the function: Numba's cache cannot pickle a closure over a pointer
+    exec("def absolute(x):\n    return labs(x)\n", namespace)
+    absolute = jit(namespace["absolute"])
+    with pytest.warns(NumbaWarning, match="Cannot cache compiled function"):
+        assert absolute(-3) == 3
+
+
 @pytest.mark.slow
 def test_after_fastbp_compile_a_new_process_compiles_nothing(tmp_path):
     """`fastbp compile` fills the cache with what a run uses (the tiny fits reach every kernel): a later process

@@ -131,8 +131,9 @@ _used_folders = set()
 
 
 class _SharedCacheLocator(caching._CacheLocator):
-    def __init__(self, py_func):
+    def __init__(self, py_func, py_file):
         self._lineno = py_func.__code__.co_firstlineno
+        self._py_file = py_file  # Numba names it when it warns that a function cannot be cached
         self._path = kernel_cache_dir()
 
     def get_cache_path(self):
@@ -146,7 +147,7 @@ class _SharedCacheLocator(caching._CacheLocator):
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        self = cls(py_func)
+        self = cls(py_func, py_file)
         try:
             self.ensure_cache_path()
             if self._path not in _used_folders:  # marks it used (its mtime), once per process
