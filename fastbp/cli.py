@@ -1044,7 +1044,12 @@ def _stdin_as_file(args):
         shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
         spool.flush()
         args.data = spool.name
-        yield
+        try:
+            yield
+        except InputError as exc:  # the message names the copy; the user gave standard input
+            exc.args = tuple(a.replace(repr(spool.name), "standard input").replace(spool.name, "standard input")
+                             if isinstance(a, str) else a for a in exc.args)
+            raise
 
 
 def _parse(argv):

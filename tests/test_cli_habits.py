@@ -135,3 +135,11 @@ def test_data_dash_reads_csv_from_standard_input(trained, tmp_path):
     code, out, err = piped("train", "-", "--target", "label", "--hidden", "4", "--epochs", "1", "--quiet", "--out",
                            tmp_path / "m.fbp")
     assert code == 0 and "model saved to" in out, err
+
+
+@pytest.mark.parametrize("text, message", [("a,b\n1,2\n", "standard input has no column(s) 'label'"),
+                                           ("", "standard input is not a readable CSV file")])
+def test_bad_standard_input_is_named_as_such(trained, text, message):
+    proc = subprocess.run([sys.executable, "-m", "fastbp", "evaluate", str(trained / "m.fbp"), "-"],
+                          capture_output=True, text=True, input=text, timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr and "fastbp-stdin" not in proc.stderr, proc.stderr
