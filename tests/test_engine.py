@@ -67,12 +67,13 @@ def test_sweep_optimizers_schedules_and_options(options, schedule):
         np.testing.assert_array_equal(first, second)
 
 
-def _fit_params(result, **kwargs):
+def _fit_params(result, seed=1, **kwargs):
     X, y = make_problem("cross_entropy", 600, 28, 2, seed=5, dtype=np.float32)
-    tr = fastbp.Trainer([28, 256, 2], batch_size=32, epochs=2, seed=1, n_threads=2, dropout=0.2,
+    tr = fastbp.Trainer([28, 256, 2], batch_size=32, epochs=2, seed=seed, n_threads=2, dropout=0.2,
                         optimizer="rmsprop", **kwargs)
     tr.fit(X, y)
     result.append((tr.params.copy(), tr.predict_proba(X)))
+    return result[-1]
 
 
 def test_same_bits_in_any_calling_thread():
@@ -86,6 +87,22 @@ def test_same_bits_in_any_calling_thread():
     worker.join()
     np.testing.assert_array_equal(main[0][0], other[0][0])
     np.testing.assert_array_equal(main[0][1], other[0][1])
+
+
+def test_fits_running_at_once_in_threads_equal_fits_one_after_another():
+    """Separate Trainers may train at once from several Python threads (joblib's threading backend does): each
+    sets its own Numba thread count, and BLAS stays single-threaded until the last of them leaves."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seeds = (1, 2, 3)
+    alone = []
+    for seed in seeds:
+        _fit_params(alone, seed=seed)
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        together = list(pool.map(lambda seed: _fit_params([], seed=seed), seeds))
+    for (params, proba), (params_alone, proba_alone) in zip(together, alone):
+        np.testing.assert_array_equal(params, params_alone)
+        np.testing.assert_array_equal(proba, proba_alone)
 
 
 def test_a_second_concurrent_fit_on_the_same_trainer_is_refused():

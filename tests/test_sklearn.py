@@ -187,6 +187,26 @@ def test_pipeline_grid_search_clone_pickle():
     assert clone(MLPClassifier(n_threads=1, activation="gelu")).get_params()["activation"] == "gelu"
 
 
+def test_a_search_in_threads_equals_the_one_in_a_single_process():
+    """The kernels release the GIL, so joblib's threading backend runs a search's fits at once with no worker
+    processes to start (docs/sklearn.md); concurrent fits must give the sequential search's scores and model."""
+    from joblib import parallel_backend
+    X, y = datasets.load_digits(return_X_y=True)
+    X, y = X[:600] / 16.0, y[:600]
+    grid = {"hidden_layer_sizes": [(16,), (32,)], "alpha": [1e-4, 1e-2]}
+    searches = []
+    for n_jobs in (1, 2):
+        with parallel_backend("threading", n_jobs=n_jobs):
+            search = GridSearchCV(MLPClassifier(max_iter=15, random_state=0), grid, cv=3, n_jobs=n_jobs)
+            searches.append(fit_quietly(search, X, y))
+    sequential, threaded = searches
+    for key in ("mean_test_score", "split0_test_score", "split2_test_score"):
+        np.testing.assert_array_equal(threaded.cv_results_[key], sequential.cv_results_[key])
+    assert threaded.best_params_ == sequential.best_params_
+    for a, b in zip(threaded.best_estimator_.coefs_, sequential.best_estimator_.coefs_):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("problem", ["multiclass", "regression"])
 def test_pickled_estimator_predicts_and_trains_on_identically(problem, tmp_path):
     import joblib
