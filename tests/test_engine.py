@@ -105,6 +105,24 @@ def test_fits_running_at_once_in_threads_equal_fits_one_after_another():
         np.testing.assert_array_equal(proba, proba_alone)
 
 
+def test_fits_in_threads_take_turns_under_numbas_workqueue_layer():
+    """Numba's fallback threading layer (no OpenMP or TBB) aborts the process when two threads run parallel code
+    at once; fastbp's kernel calls then take turns, with the same results."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import numba, numpy as np\n"
+            "from concurrent.futures import ThreadPoolExecutor\n"
+            "from test_engine import _fit_params\n"
+            "alone = [_fit_params([], seed=s) for s in (1, 2)]\n"
+            "with ThreadPoolExecutor(2) as pool:\n"
+            "    together = list(pool.map(lambda s: _fit_params([], seed=s), (1, 2)))\n"
+            "assert all(np.array_equal(a[0], b[0]) for a, b in zip(alone, together))\n"
+            "print(numba.threading_layer())\n")
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    proc = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["workqueue"]
+
+
 def test_a_second_concurrent_fit_on_the_same_trainer_is_refused():
     X, y = make_problem("cross_entropy", 100, 4, 3, seed=0)
     started, release = threading.Event(), threading.Event()

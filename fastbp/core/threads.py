@@ -219,23 +219,40 @@ def thread_limits(numba_threads):
     count is per calling thread; BLAS's is per process, so the first block to
     enter sets it to 1 and the last to leave restores it, whichever Python
     threads they run in. The first block with more workers than before warms
-    their BLAS (blas.warm_up).
+    their BLAS (blas.warm_up). Under Numba's workqueue layer, blocks in several
+    Python threads take turns (_layer_aborts_on_concurrent_calls).
     """
     global _blas_users
 
-    previous = numba.get_num_threads()
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_saved[:] = [lib.num_threads for lib in _blas()]
-            _set_blas_threads([1] * len(_blas_saved))
-        _blas_users += 1
-    numba.set_num_threads(numba_threads)
-    try:
-        warm_up(numba_threads)
-        yield
-    finally:
-        numba.set_num_threads(previous)
+    with _serial_layer_lock if _layer_aborts_on_concurrent_calls() else _NO_LOCK:
+        previous = numba.get_num_threads()
         with _blas_lock:
-            _blas_users -= 1
             if _blas_users == 0:
-                _set_blas_threads(_blas_saved)
+                _blas_saved[:] = [lib.num_threads for lib in _blas()]
+                _set_blas_threads([1] * len(_blas_saved))
+            _blas_users += 1
+        numba.set_num_threads(numba_threads)
+        try:
+            warm_up(numba_threads)
+            yield
+        finally:
+            numba.set_num_threads(previous)
+            with _blas_lock:
+                _blas_users -= 1
+                if _blas_users == 0:
+                    _set_blas_threads(_blas_saved)
+
+
+_serial_layer_lock = threading.RLock()  # re-entrant: a block may run inside another in the same thread
+_NO_LOCK = contextlib.nullcontext()
+_layer_unsafe = None
+
+
+def _layer_aborts_on_concurrent_calls():
+    """True under Numba's workqueue threading layer (its fallback without OpenMP or TBB), which aborts the whole
+    process when two Python threads run parallel code at once (fits in threads: joblib's threading backend)."""
+    global _layer_unsafe
+    if _layer_unsafe is None:
+        numba.get_num_threads()  # starts the threading layer
+        _layer_unsafe = numba.threading_layer() == "workqueue"
+    return _layer_unsafe
