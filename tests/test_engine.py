@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 
+import numba
 import numpy as np
 import pytest
 
@@ -121,6 +122,37 @@ def test_fits_in_threads_take_turns_under_numbas_workqueue_layer():
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["workqueue"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_after_openmp_ran_gets_an_error_not_a_hung_pool():
+    """A child of fork() may train when its parent has not run the kernels yet; once the parent has (on GNU OpenMP,
+    whose threads do not survive fork), Numba would end the child at its first parallel call and the pool would
+    wait forever: the child raises saying what to do instead."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import multiprocessing as mp, numba\n"
+            "from test_engine import _fit_params\n"
+            "def fit(seed):\n"
+            "    return _fit_params([], seed=seed)[0].sum()\n"
+            "if __name__ == '__main__':\n"
+            "    with mp.get_context('fork').Pool(1) as pool:\n"
+            "        pool.map(fit, [1])\n"
+            "    print('before: trained')\n"
+            "    fit(1)\n"
+            "    if numba.threading_layer() != 'omp':\n"
+            "        sys.exit(0)\n"
+            "    with mp.get_context('fork').Pool(1) as pool:\n"
+            "        try:\n"
+            "            pool.map(fit, [1])\n"
+            "        except RuntimeError as exc:\n"
+            "            print('after:', exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True, text=True,
+                          timeout=180)  # a pool left waiting for its ended child never returns
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "before: trained" in proc.stdout
+    from numba.np.ufunc import omppool
+    numba.get_num_threads()  # starts the threading layer here, as in the child
+    if numba.threading_layer() == "omp" and omppool.openmp_vendor == "GNU":
+        assert "after: this process was forked" in proc.stdout and "get_context('spawn')" in proc.stdout
 
 
 def test_a_second_concurrent_fit_on_the_same_trainer_is_refused():

@@ -224,6 +224,12 @@ def thread_limits(numba_threads):
     """
     global _blas_users
 
+    if _forked_after_gnu_openmp:
+        raise RuntimeError(
+            "this process was forked (multiprocessing's 'fork' start method) from one that had already run fastbp's "
+            "kernels on GNU OpenMP, which cannot run again in a forked child (Numba would end the process): start "
+            "the workers with multiprocessing.get_context('spawn') or 'forkserver', use joblib (its default backend "
+            "starts fresh processes), or train in threads")
     with _serial_layer_lock if _layer_aborts_on_concurrent_calls() else _NO_LOCK:
         previous = numba.get_num_threads()
         with _blas_lock:
@@ -246,6 +252,27 @@ def thread_limits(numba_threads):
 _serial_layer_lock = threading.RLock()  # re-entrant: a block may run inside another in the same thread
 _NO_LOCK = contextlib.nullcontext()
 _layer_unsafe = None
+
+
+_forked_after_gnu_openmp = False
+
+
+def _note_fork():
+    """In a child of fork(): did the parent start Numba's threading layer on GNU OpenMP? Numba ends such a child
+    at its first parallel call (libgomp's threads do not survive fork), which left a multiprocessing pool waiting
+    forever; thread_limits raises instead."""
+    global _forked_after_gnu_openmp
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not started in the parent: the child starts its own
+        return
+    if layer == "omp":
+        from numba.np.ufunc import omppool
+        _forked_after_gnu_openmp = omppool.openmp_vendor == "GNU"
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
 
 
 def _layer_aborts_on_concurrent_calls():
