@@ -41,8 +41,13 @@ def compile_kernels(dtypes=DTYPES, progress=print):
     import sys
     import tempfile
 
-    from .core.compile import kernel_cache_dir
+    from .core.compile import CACHE, kernel_cache_dir
+    from .core.errors import InputError
     from .core.threads import default_threads
+
+    if not CACHE:
+        raise InputError("the kernel cache is off (FASTBP_CACHE=0), so compiling ahead would keep nothing: unset "
+                         "FASTBP_CACHE (or set it to 1) to fill the cache")
 
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # these sources, wherever run from
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))

@@ -368,6 +368,12 @@ def test_compile_fills_the_cache_for_each_dtype(capsys):
     assert "cached in" in out
 
 
+def test_compile_with_the_cache_off_is_refused_before_compiling():
+    proc = subprocess.run([sys.executable, "-m", "fastbp", "compile"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, FASTBP_CACHE="0"))
+    assert proc.returncode == 2 and "the kernel cache is off (FASTBP_CACHE=0)" in proc.stderr, proc.stderr
+
+
 def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     """`fastbp info m.fbp | head -1`: the closed pipe ends the command as it ends shell tools (exit 141), with
     no 'internal error'."""
