@@ -143,8 +143,8 @@ def _checkpoint_path(args):
 
 # Options that change what training computes: --resume refuses a checkpoint trained with others.
 # (--epochs is the total to reach; --threads changes only rounding; output options change nothing.)
-RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "task", "hidden", "activation", "loss", "optimizer",
-                  "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
+RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "sep", "decimal", "task", "hidden", "activation",
+                  "loss", "optimizer", "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
                   "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
                   "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins", "categorical",
                   "onehot_max", "embedding_dim", "label_smoothing", "lr_schedule", "warmup_epochs", "ensemble",
@@ -154,7 +154,7 @@ LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, 
                  "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss",
                  "numeric": "standard", "numeric_bins": 16, "categorical": "onehot", "onehot_max": 128,
                  "embedding_dim": None, "label_smoothing": 0.0, "lr_schedule": "constant", "warmup_epochs": 0,
-                 "ensemble": 1, "min_steps": 0, "ensemble_adapters": "first_layer"}
+                 "ensemble": 1, "min_steps": 0, "ensemble_adapters": "first_layer", "sep": None, "decimal": "."}
 
 
 def _result_options(args, ranks, shard):
@@ -298,7 +298,7 @@ def train(args):
         _check_loss_fits_task(args.loss, args.task)
     _check_training_options(args)
     categorical = categorical_encoding(args.categorical, args.onehot_max, args.embedding_dim)
-    data = FileData(args.data, args.chunk_rows, args.encoding)
+    data = FileData(args.data, args.chunk_rows, _csv_format(args))
     # checked before the first pass, which can take long on a big file
     shard = shard_mode(args.shard, data.source, comm.size if comm else 1)
     checkpoint = _checkpoint_path(args)
@@ -578,7 +578,7 @@ def _load_with_prep(args):
         raise UsageError(f"{args.model!r} was not trained from a file (no column information); "
                          "use the Python API to predict with it")
     prep = Preprocessor(trainer.preprocessing, on_unknown=args.on_unknown)
-    return trainer, prep, open_source(args.data, args.chunk_rows, args.encoding)
+    return trainer, prep, open_source(args.data, args.chunk_rows, _csv_format(args))
 
 
 def _report_unknown(prep):
@@ -844,7 +844,7 @@ def _parser():
     p.add_argument("--features", help="comma-separated feature columns (default: all but the target and a pandas "
                                       "index)")
     p.add_argument("--exclude", help="comma-separated columns to leave out of the features")
-    p.add_argument("--encoding", help="text encoding of a CSV file, e.g. latin-1 (default: UTF-8)")
+    _csv_format_options(p)
     p.add_argument("--task", choices=["classify", "regress"], help="default: guessed from the target column")
     p.add_argument("--hidden", default=",".join(map(str, HIDDEN)),
                    help="hidden layer sizes, comma-separated; none for no hidden layer")
@@ -993,9 +993,20 @@ def compile_command(args):
     return 0
 
 
+def _csv_format_options(p):
+    p.add_argument("--encoding", help="text encoding of a CSV file, e.g. latin-1 (default: UTF-8)")
+    p.add_argument("--sep", help="column separator of a CSV file, e.g. ';' or '|' (default: a comma; a tab in .tsv)")
+    p.add_argument("--decimal", choices=[".", ","], default=".", help="decimal mark of a CSV file's numbers")
+
+
+def _csv_format(args):
+    from .files.sources import CsvFormat
+    return CsvFormat(args.encoding, args.sep, args.decimal)
+
+
 def _reading_options(p):
     p.add_argument("--chunk-rows", type=int, default=65536, help="rows read at a time (.npy/.npz; CSV approx.)")
-    p.add_argument("--encoding", help="text encoding of a CSV file (default: UTF-8), e.g. latin-1")
+    _csv_format_options(p)
     p.add_argument("--on-unknown", choices=["ignore", "error"], default="ignore",
                    help="a category not seen in training: encode it as all zeros (or its embedding's unknown row) "
                         "and count it (ignore), or stop")

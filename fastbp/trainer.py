@@ -402,7 +402,8 @@ class Trainer:
         return self
 
     def fit_file(self, data, target=None, *, features=None, exclude=(), task=None, val_split=0.0,
-                 val_max_rows=200_000, chunk_rows=None, encoding=None, resume=False, **options):
+                 val_max_rows=200_000, chunk_rows=None, encoding=None, sep=None, decimal=".", resume=False,
+                 **options):
         """Train for `epochs` epochs on a data file as `fastbp train` does: the first pass learns the schema
         (kinds, categories, statistics, the target's classes or scale; impute and max_categories as set on
         this Trainer), `val_split` of the rows is held out and validated on (up to val_max_rows), and the
@@ -412,17 +413,18 @@ class Trainer:
         data: a path (.csv, also compressed, .parquet, .npy, .npz, a folder or glob of parts; target: the column
         to predict, features/exclude: the columns to use or leave out, task: "classify" or "regress", else
         inferred) or a fastbp.files.file_data.FileData already scanned (the first pass's options were its
-        scan's). A model that is already trained keeps its schema: the file must prepare the same way.
+        scan's). encoding, sep, decimal: how a CSV is written, as in pandas.read_csv (UTF-8, a comma or a tab for
+        .tsv, and "."). A model that is already trained keeps its schema: the file must prepare the same way.
         resume: continue an interrupted fit of this same file (checks it holds the same training rows in the
         same order, as far as the first pass tells: their count, and how often the target changes value).
         """
         from .files.file_data import FileData
         from .files.preprocess import Preprocessor
-        from .files.sources import DEFAULT_CHUNK_ROWS
+        from .files.sources import DEFAULT_CHUNK_ROWS, CsvFormat
         if not isinstance(data, FileData):
             if target is None:
                 raise InputError("fit_file needs target=, the name of the column to predict")
-            data = FileData(data, chunk_rows or DEFAULT_CHUNK_ROWS, encoding).scan(
+            data = FileData(data, chunk_rows or DEFAULT_CHUNK_ROWS, CsvFormat(encoding, sep, decimal)).scan(
                 target, features, exclude, task, self.impute, self.max_categories, val_split, val_max_rows,
                 self.seed, comm=self._comm if self._comm.size > 1 else None, scale_target=self.loss != "poisson",
                 numeric=self.numeric, bins=self.numeric_bins, categorical=self.categorical_encoding())

@@ -399,7 +399,7 @@ def test_settings_changed_after_construction_are_honoured_or_refused(tmp_path):
 def test_a_cut_short_warning_reads_the_last_character_in_the_files_encoding(tmp_path, encoding):
     import warnings
 
-    from fastbp.files.sources import CsvSource
+    from fastbp.files.sources import CsvFormat, CsvSource
 
     text = "a,b\n" + "".join(f"{i},{i % 3}\n" for i in range(20))
     whole, cut = tmp_path / "whole.csv", tmp_path / "cut.csv"
@@ -407,9 +407,9 @@ def test_a_cut_short_warning_reads_the_last_character_in_the_files_encoding(tmp_
     cut.write_bytes(text[:-1].encode(encoding))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        CsvSource(str(whole), 1000, encoding=encoding)
+        CsvSource(str(whole), 1000, CsvFormat(encoding, ","))
     with pytest.warns(UserWarning, match="does not end with a line break"):
-        CsvSource(str(cut), 1000, encoding=encoding)
+        CsvSource(str(cut), 1000, CsvFormat(encoding, ","))
 
 
 def test_resume_takes_the_same_rows_in_another_format_and_refuses_others(tmp_path, capsys):

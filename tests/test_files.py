@@ -68,6 +68,52 @@ def test_a_latin1_csv_needs_its_encoding_and_then_matches_a_utf8_file(tmp_path):
     assert code == 2 and "unknown text encoding 'klingon'" in err
 
 
+def _european_csv(tmp_path, n=600):
+    """The same table as a comma CSV and as a ';'-separated one with decimal commas (pandas' sep=';',
+    decimal=',')."""
+    rng = np.random.default_rng(3)
+    x, size = rng.normal(size=n).tolist(), rng.choice(["S", "M", "L"], n)
+    label = np.where(np.array(x) + (size == "L") > 0.3, "yes", "no")
+    rows = list(zip(x, size, label))
+    (tmp_path / "plain.csv").write_text("x,size,label\n" + "".join(f"{a!r},{b},{c}\n" for a, b, c in rows))
+    (tmp_path / "european.csv").write_text("x;size;label\n" + "".join(f"{a!r};{b};{c}\n".replace(".", ",")
+                                                                      for a, b, c in rows))
+    return tmp_path / "plain.csv", tmp_path / "european.csv"
+
+
+def test_a_csv_with_another_separator_and_decimal_commas_trains_as_the_plain_one(tmp_path):
+    plain, european = _european_csv(tmp_path)
+    settings = dict(hidden=[8], epochs=3, batch_size=32, n_threads=1, seed=0)
+    reference = fastbp.Trainer(**settings).fit_file(plain, "label")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no decimal-comma warning: the numbers are read as numbers
+        ours = fastbp.Trainer(**settings).fit_file(european, "label", sep=";", decimal=",")
+    assert ours.preprocessing["categories"] == reference.preprocessing["categories"] == [None, ["L", "M", "S"]]
+    np.testing.assert_array_equal(ours.params, reference.params)
+    with pytest.warns(UserWarning, match="column 'x' is read as text, but its values look like numbers written "
+                                         "with a decimal comma"):
+        fastbp.Trainer(**settings).fit_file(european, "label", sep=";")
+
+
+def test_sep_and_decimal_on_the_command_line(tmp_path):
+    plain, european = _european_csv(tmp_path)
+    model = tmp_path / "m.fbp"
+    code, _, err = cli("train", european, "--target", "label", "--quiet", "--out", model)
+    assert code == 2 and "It seems to separate columns with ';'" in err and "--sep ';'" in err
+    train(european, "label", "--sep", ";", "--decimal", ",", "--epochs", "3", "--quiet", out=model)
+    assert evaluate(model, european, "--sep", ";", "--decimal", ",") == evaluate(model, plain)
+    (tmp_path / "tabs.txt").write_text(plain.read_text().replace(",", "\t"))
+    assert evaluate(model, tmp_path / "tabs.txt", "--sep", "\\t") == evaluate(model, plain)  # typed as \t
+    for args, message in ((["--sep", ";;"], "sep must be one character"),
+                          (["--sep", ",", "--decimal", ","], "sep and decimal are both ','"),
+                          (["--decimal", ","], "sep and decimal are both ','")):
+        code, _, err = cli("evaluate", model, plain, *args)
+        assert code == 2 and message in err, err
+    np.save(tmp_path / "d.npy", np.zeros((3, 3)))
+    code, _, err = cli("evaluate", model, tmp_path / "d.npy", "--sep", ";")
+    assert code == 2 and "--sep applies to CSV files only" in err
+
+
 def test_standardization_is_exact_for_a_large_offset(tmp_path):
     rng = np.random.default_rng(2)
     x = rng.normal(size=20000)
@@ -296,7 +342,7 @@ def test_a_file_with_another_separator_or_a_repeated_column_name_is_refused_with
     (tmp_path / "parses.csv").write_text("a;b;label\n1;2;x\n3;4;y\n")  # reads as one column "a;b;label"
     (tmp_path / "fails.csv").write_text("a;label\n2,5;x\n3,5;y\n")  # decimal commas: rows of 2 columns
     for name in ("parses.csv", "fails.csv"):
-        with pytest.raises(SourceError, match=r"separate columns with ';'.*pandas.read_csv\(path, sep=';'\)"):
+        with pytest.raises(SourceError, match=r"separate columns with ';'.*pass --sep ';'.*--decimal ','"):
             open_source(tmp_path / name)
     (tmp_path / "twice.csv").write_text("x,x,label\n1,2,a\n3,4,b\n")
     pq.write_table(pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0]), pa.array([0])], names=["x", "x", "t"]),

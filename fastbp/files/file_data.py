@@ -2,7 +2,7 @@
 its schema, held-out validation rows and training row count, as Trainer.fit_file and `fastbp train` use them.
 Opening is cheap and separate from the scan, so a caller can check its options before the first pass."""
 from .preprocess import Categorical, Preprocessor
-from .sources import DEFAULT_CHUNK_ROWS, open_source
+from .sources import DEFAULT_CHUNK_ROWS, CsvFormat, open_source
 
 
 class FileData:
@@ -10,9 +10,9 @@ class FileData:
     prep (the fitted Preprocessor, with the class counts and row order of this pass), held (validation
     columns or None), n_rows (training rows), val_split and seed (which rows were held out)."""
 
-    def __init__(self, path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
+    def __init__(self, path, chunk_rows=DEFAULT_CHUNK_ROWS, csv=CsvFormat()):
         self.path = path
-        self.source = open_source(path, chunk_rows, encoding)
+        self.source = open_source(path, chunk_rows, csv)
         self.prep = self.held = self.n_rows = None
         self.val_split, self.seed = 0.0, 0
 

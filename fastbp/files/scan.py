@@ -8,15 +8,18 @@ slot with probability k/i), the distinct text values while they are few, and the
 cell that is not a number. Whether a CSV column is numeric is decided from the whole
 file, not from its first block; `kind` and `categories` give the verdict for the whole file.
 """
+import re
+
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.errors import InputError, warn
 from .columns import NUMBER, NUMBER_PATTERN, TEXT, concat, is_arrow, take, to_numbers, to_text, where
 
 MISSING = "<missing>"
 MEDIAN_SAMPLE = 10_000  # numbers kept per column for --impute median and quantile encodings (exact below that)
 MAX_LABELS = 10_000
 NUMBER_GROUP = 256  # numeric columns scanned together (bounds the block: rows x 256 float64)
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")  # a number as a CSV with --decimal ',' writes it
 STRAY_TEXT = 99  # a column of numbers with fewer than 1 text cell in 100 has bad cells; more make it categorical
 
 
@@ -192,6 +195,10 @@ class ColumnScan:
             return NUMBER
         if self.count + self.seen_numeric_text >= STRAY_TEXT * self.seen_text:
             raise InputError(f"column {self.name!r} holds numbers, but {self._first_text()}; fix or remove that cell")
+        if self.first_text is not None and _DECIMAL_COMMA.fullmatch(str(self.first_text[1]).strip()):
+            warn(f"column {self.name!r} is read as text, but its values look like numbers written with a decimal comma "
+                 f"({self.first_text[1]!r}): for a CSV pass --decimal ',' (decimal=',' in Trainer.fit_file); in a "
+                 "DataFrame convert the column to numbers first")
         return TEXT
 
     def _first_text(self):

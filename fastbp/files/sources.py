@@ -24,6 +24,7 @@ import mmap
 import os
 import re
 import tempfile
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -41,17 +42,40 @@ PAGE_BYTES = 2 << 20  # a decoded data page and a dictionary page, at pyarrow's 
 _INDEX_NAME = re.compile(r"^(|Unnamed: \d+)$")  # how pandas' to_csv names the index column
 
 
+class CsvFormat(NamedTuple):
+    """How a CSV file is written, as pandas.read_csv says it: encoding (UTF-8 when None), sep (the column
+    separator, one character; None: by extension, a tab for .tsv, else a comma) and decimal (the decimal mark of
+    its numbers, "." or ",")."""
+    encoding: Optional[str] = None
+    sep: Optional[str] = None
+    decimal: str = "."
+
+    def checked(self):
+        """The same format with sep written as one character ("\\t" and "tab" mean a tab), or a SourceError."""
+        sep = {"\\t": "\t", "tab": "\t"}.get(self.sep, self.sep)
+        if sep is not None and (len(sep) != 1 or sep in "\r\n\""):
+            raise SourceError(f"sep must be one character other than a quote or a line break, e.g. ';' or '|', "
+                              f"got {self.sep!r}")
+        if self.decimal not in (".", ","):
+            raise SourceError(f"decimal must be '.' or ',', got {self.decimal!r}")
+        if sep is not None and sep == self.decimal:
+            raise SourceError(f"sep and decimal are both {sep!r}: a file with decimal commas separates its columns "
+                              "with another character, often ';'")
+        return self._replace(sep=sep)
+
+
 def _arrow_errors():
     """What pyarrow raises for files it cannot read (not MemoryError, not bugs)."""
     import pyarrow as pa
     return pa.ArrowException, OSError, ValueError, EOFError
 
 
-def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
+def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, csv=CsvFormat()):
     """A chunked reader for `path`, chosen by extension (.npy, .npz, .parquet/.pq, .csv/.tsv/.txt, also
     compressed: .csv.gz, .csv.bz2, .csv.zst, .csv.lz4, streamed).
-    `encoding` (CSV only): the text encoding of the file, UTF-8 when None."""
+    csv: how a CSV file is written (CsvFormat); other formats refuse anything but the defaults."""
     path = os.fspath(path)
+    csv = csv.checked()
     chunk_rows = int(chunk_rows)
     if chunk_rows < 1:
         raise SourceError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -68,8 +92,9 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
         raise FileNotFoundError(f"no data file at {path!r}")
     else:
         ext = data_extension(path)
-    if encoding is not None and ext not in CSV_EXTENSIONS:
-        raise SourceError(f"--encoding applies to CSV files only, not to {ext!r}")
+    given = [name for name, value in csv._asdict().items() if value != CsvFormat._field_defaults[name]]
+    if given and ext not in CSV_EXTENSIONS:
+        raise SourceError(f"{', '.join('--' + name for name in given)} applies to CSV files only, not to {ext!r}")
     if ext == ".npy":
         return NpySource(path, chunk_rows)
     if ext == ".npz":
@@ -77,8 +102,9 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, encoding=None):
     if ext in PARQUET_EXTENSIONS:
         return ParquetSource(path, chunk_rows, parts, partitions)
     if ext in CSV_EXTENSIONS:
-        return CsvSource(path, chunk_rows, delimiter="\t" if ext == ".tsv" else ",", encoding=encoding, parts=parts,
-                         partitions=partitions)
+        if csv.sep is None:
+            csv = csv._replace(sep="\t" if ext == ".tsv" else ",").checked()
+        return CsvSource(path, chunk_rows, csv, parts=parts, partitions=partitions)
     raise SourceError(f"{path!r}: unknown data format {ext!r}; use .npy, .npz, .parquet or .csv "
                       f"(CSV also compressed: {', '.join('.csv' + c for c in COMPRESSIONS)})")
 
@@ -447,11 +473,12 @@ class CsvSource:
     shard_by_chunks = False
     n_chunks = chunk_starts = None
 
-    def __init__(self, path, chunk_rows, delimiter=",", encoding=None, parts=None, partitions=None):
+    def __init__(self, path, chunk_rows, csv=CsvFormat(sep=","), parts=None, partitions=None):
         try:
             import pyarrow.csv as pcsv
         except ImportError:
             raise SourceError("reading CSV needs pyarrow: pip install pyarrow") from None
+        encoding = csv.encoding
         if encoding is not None:
             try:
                 encoding = codecs.lookup(encoding).name
@@ -461,7 +488,8 @@ class CsvSource:
         self.parts = list(parts) if parts is not None else [path]
         # ~64 bytes a row is a guess; blocks bound memory, not exact row counts
         self._read = pcsv.ReadOptions(block_size=max(1 << 20, int(chunk_rows) * 64), encoding=encoding or "utf8")
-        self._parse = pcsv.ParseOptions(delimiter=delimiter)
+        self._parse = pcsv.ParseOptions(delimiter=csv.sep)
+        self._decimal = csv.decimal
         self.file_columns = self._header(self.parts[0])
         # the first part cut short is enough to say
         cut = next((part for part in self.parts if _ends_mid_line(part, encoding or "utf-8")), None)
@@ -504,9 +532,8 @@ class CsvSource:
         other = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
         if not other:
             return ""
-        return (f" It seems to separate columns with {other[0]!r}; fastbp reads {self._parse.delimiter!r} (a tab in "
-                f".tsv files): convert it first, e.g. pandas.read_csv(path, sep={other[0]!r}).to_parquet('data.parquet')"
-                " (with decimal=',' if its numbers are written 2,5)")
+        return (f" It seems to separate columns with {other[0]!r}, not {self._parse.delimiter!r}: pass --sep "
+                f"{other[0]!r} (sep= in Trainer.fit_file), and --decimal ',' if its numbers are written 2,5")
 
     def _open(self, part, columns, kinds):
         import pyarrow as pa
@@ -515,7 +542,7 @@ class CsvSource:
         if columns:
             types = {c: pa.float64() if (kinds or {}).get(c) == NUMBER else pa.string() for c in columns}
         convert = self._pcsv.ConvertOptions(include_columns=list(columns) if columns else None, column_types=types,
-                                            strings_can_be_null=True)
+                                            strings_can_be_null=True, decimal_point=self._decimal)
         return self._pcsv.open_csv(part, read_options=self._read, parse_options=self._parse, convert_options=convert)
 
     def chunks(self, columns, kinds=None, order=None):
@@ -527,13 +554,28 @@ class CsvSource:
             try:
                 with self._open(part, stored, kinds) as reader:
                     for batch in reader:
-                        chunk = {c: batch.column(j) for j, c in enumerate(stored)}
+                        chunk = {c: self._as_read(batch.column(j)) for j, c in enumerate(stored)}
                         yield start, self.partitions.add(chunk, columns, i, kinds)
                         start += batch.num_rows
             except SourceError:
                 raise
             except _arrow_errors() as exc:  # ragged rows, bad encodings, text in a numeric column
                 raise SourceError(self._explain(part, stored, str(exc), start - first, kinds)) from None
+
+    def _as_read(self, column):
+        """A column as parsed, with decimal commas made points in its text cells that are numbers (decimal=","): the
+        first pass reads every column as text and tells numbers by their spelling, later ones read text columns
+        as text, and both must see the same values."""
+        if self._decimal == "." or not self._is_text_type(column.type):
+            return column
+        import pyarrow.compute as pc
+        return pc.replace_substring_regex(column, pattern=r"^(\s*[+-]?\d*),(\d+(?:[eE][+-]?\d+)?\s*)$",
+                                          replacement=r"\1.\2")
+
+    @staticmethod
+    def _is_text_type(dtype):
+        import pyarrow as pa
+        return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
 
     def _explain(self, part, columns, message, start, kinds):
         """What went wrong reading these columns of a part (a later part's header is read only now, on the error
