@@ -144,11 +144,11 @@ def _checkpoint_path(args):
 # Options that change what training computes: --resume refuses a checkpoint trained with others.
 # (--epochs is the total to reach; --threads changes only rounding; output options change nothing.)
 RESULT_OPTIONS = ("target", "features", "exclude", "encoding", "sep", "decimal", "task", "hidden", "activation",
-                  "loss", "optimizer", "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories", "chunk_rows",
-                  "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping", "patience",
-                  "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins", "categorical",
-                  "onehot_max", "embedding_dim", "label_smoothing", "lr_schedule", "warmup_epochs", "ensemble",
-                  "min_steps", "ensemble_adapters")
+                  "loss", "optimizer", "lr", "batch_size", "val_split", "seed", "dtype", "impute", "max_categories",
+                  "chunk_rows", "buffer_rows", "shard", "sync_every", "dropout", "weight_decay", "early_stopping",
+                  "patience", "class_weight", "no_spill", "val_max_rows", "monitor", "numeric", "numeric_bins",
+                  "categorical", "onehot_max", "embedding_dim", "label_smoothing", "lr_schedule", "warmup_epochs",
+                  "ensemble", "min_steps", "ensemble_adapters")
 # options added after checkpoints existed: one without them was trained with these values
 LATER_OPTIONS = {"dropout": 0.0, "weight_decay": None, "early_stopping": False, "patience": 10,
                  "class_weight": None, "no_spill": True, "val_max_rows": 200_000, "monitor": "val_loss",

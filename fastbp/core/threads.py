@@ -251,10 +251,8 @@ def thread_limits(numba_threads):
 
 _serial_layer_lock = threading.RLock()  # re-entrant: a block may run inside another in the same thread
 _NO_LOCK = contextlib.nullcontext()
-_layer_unsafe = None
-
-
-_forked_after_gnu_openmp = False
+_layer_unsafe = None  # _layer_aborts_on_concurrent_calls, once known
+_forked_after_gnu_openmp = False  # set in a forked child (_note_fork)
 
 
 def _note_fork():
