@@ -106,20 +106,24 @@ def test_fits_running_at_once_in_threads_equal_fits_one_after_another():
         np.testing.assert_array_equal(proba, proba_alone)
 
 
+def _run_with_fit_params(code, timeout, env=None):
+    """`code` in a fresh Python process, after `from test_engine import _fit_params`."""
+    preamble = f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\nfrom test_engine import _fit_params\n"
+    return subprocess.run([sys.executable, "-c", preamble + code], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
 def test_fits_in_threads_take_turns_under_numbas_workqueue_layer():
     """Numba's fallback threading layer (no OpenMP or TBB) aborts the process when two threads run parallel code
     at once; fastbp's kernel calls then take turns, with the same results."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import numba, numpy as np\n"
+    code = ("import numba, numpy as np\n"
             "from concurrent.futures import ThreadPoolExecutor\n"
-            "from test_engine import _fit_params\n"
             "alone = [_fit_params([], seed=s) for s in (1, 2)]\n"
             "with ThreadPoolExecutor(2) as pool:\n"
             "    together = list(pool.map(lambda s: _fit_params([], seed=s), (1, 2)))\n"
             "assert all(np.array_equal(a[0], b[0]) for a, b in zip(alone, together))\n"
             "print(numba.threading_layer())\n")
-    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
-    proc = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = _run_with_fit_params(code, timeout=600, env=dict(os.environ, NUMBA_THREADING_LAYER="workqueue"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["workqueue"]
 
@@ -129,8 +133,7 @@ def test_a_child_forked_after_openmp_ran_gets_an_error_not_a_hung_pool():
     """A child of fork() may train when its parent has not run the kernels yet; once the parent has (on GNU OpenMP,
     whose threads do not survive fork), Numba would end the child at its first parallel call and the pool would
     wait forever: the child raises saying what to do instead."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import multiprocessing as mp, numba\n"
-            "from test_engine import _fit_params\n"
+    code = ("import sys, multiprocessing as mp, numba\n"
             "def fit(seed):\n"
             "    return _fit_params([], seed=seed)[0].sum()\n"
             "if __name__ == '__main__':\n"
@@ -145,8 +148,7 @@ def test_a_child_forked_after_openmp_ran_gets_an_error_not_a_hung_pool():
             "            pool.map(fit, [1])\n"
             "        except RuntimeError as exc:\n"
             "            print('after:', exc)\n")
-    proc = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True, text=True,
-                          timeout=180)  # a pool left waiting for its ended child never returns
+    proc = _run_with_fit_params(code, timeout=180)  # a pool left waiting for its ended child never returns
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "before: trained" in proc.stdout
     from numba.np.ufunc import omppool

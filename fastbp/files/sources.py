@@ -75,7 +75,6 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, csv=CsvFormat()):
     compressed: .csv.gz, .csv.bz2, .csv.zst, .csv.lz4, streamed).
     csv: how a CSV file is written (CsvFormat); other formats refuse anything but the defaults."""
     path = os.fspath(path)
-    csv = csv.checked()
     chunk_rows = int(chunk_rows)
     if chunk_rows < 1:
         raise SourceError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -103,8 +102,8 @@ def open_source(path, chunk_rows=DEFAULT_CHUNK_ROWS, csv=CsvFormat()):
         return ParquetSource(path, chunk_rows, parts, partitions)
     if ext in CSV_EXTENSIONS:
         if csv.sep is None:
-            csv = csv._replace(sep="\t" if ext == ".tsv" else ",").checked()
-        return CsvSource(path, chunk_rows, csv, parts=parts, partitions=partitions)
+            csv = csv._replace(sep="\t" if ext == ".tsv" else ",")
+        return CsvSource(path, chunk_rows, csv.checked(), parts=parts, partitions=partitions)
     raise SourceError(f"{path!r}: unknown data format {ext!r}; use .npy, .npz, .parquet or .csv "
                       f"(CSV also compressed: {', '.join('.csv' + c for c in COMPRESSIONS)})")
 
